@@ -1,0 +1,6 @@
+"""distnn: a data-parallel neural-network trainer on Ray with a pure NumPy core."""
+__version__ = "0.1.0"
+
+from .core.network import Network
+
+__all__ = ["Network", "__version__"]

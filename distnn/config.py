@@ -1,0 +1,155 @@
+"""Every hyperparameter of a training run, in one frozen dataclass, with validation.
+
+The same names are used by the CLI flags (``--batch-size``), TOML files
+(``batch_size = 10``), checkpoints and TensorBoard.  Unknown keys are errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+from .core import activations, costs, init, optim, schedules
+from .data.augment import parse_spec
+from .data.datasets import DATASETS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run.  See ``distnn train --help`` for each field's meaning."""
+
+    # data
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    train_size: int | None = None
+    standardize: bool = False
+    augment: str = "none"
+    # network
+    layers: tuple[int, ...] = (784, 30, 10)
+    activation: str = "sigmoid"
+    output: str = "softmax"
+    cost: str = "log-likelihood"
+    init: str = "fan-in"
+    init_scale: float = 0.05
+    keep_prob: float = 1.0
+    keep_prob_input: float = 1.0
+    batchnorm: bool = False
+    dtype: str = "float32"
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    rho: float = 0.9
+    l1: float = 0.0
+    l2: float = 0.0
+    max_norm: float | None = None
+    batch_size: int = 10
+    epochs: int = 30
+    schedule: str = "constant"
+    warmup: float = 0.0
+    early_stop: int = 0
+    monitor: str = "valid_accuracy"
+    # run
+    seed: int = 0
+    workers: int = 1
+    monitor_train: bool = True
+    metrics_out: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
+        validate(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+
+MONITORS = ("valid_accuracy", "valid_cost", "train_accuracy", "train_cost")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+def _int_at_least(name, value, lo):
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= lo,
+             f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+def _positive(name, value):
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+             and math.isfinite(value) and value > 0,
+             f"{name} must be a finite number > 0, got {value!r}")
+
+
+def validate(c: TrainConfig) -> None:
+    """Raise ValueError naming the first bad value and what was expected."""
+    _require(c.dataset in DATASETS, f"unknown dataset {c.dataset!r}; expected one of "
+             f"{list(DATASETS)}")
+    _require(len(c.layers) >= 2 and all(isinstance(n, int) and n >= 1 for n in c.layers),
+             f"layers must be >= 2 positive integers like 784,30,10, got {list(c.layers)!r}")
+    activations.get(c.activation)
+    out = activations.get(c.output, output=True)
+    costs.get(c.cost).check_output(out)
+    init.check(c.init, c.init_scale)
+    _require(c.dtype in ("float32", "float64"), f"dtype must be float32 or float64, got {c.dtype!r}")
+    for name in ("keep_prob", "keep_prob_input"):
+        v = getattr(c, name)
+        _require(isinstance(v, (int, float)) and 0 < v <= 1,
+                 f"{name} must be in (0, 1], got {v!r}")
+    _require(c.optimizer in optim.OPTIMIZERS, f"unknown optimizer {c.optimizer!r}; expected "
+             f"one of {sorted(optim.OPTIMIZERS)}")
+    _positive("lr", c.lr)
+    optim.make(c.optimizer, lr=c.lr, momentum=c.momentum, beta1=c.beta1, beta2=c.beta2,
+               eps=c.eps, rho=c.rho)
+    for name in ("l1", "l2"):
+        v = getattr(c, name)
+        _require(isinstance(v, (int, float)) and v >= 0, f"{name} must be >= 0, got {v!r}")
+    if c.max_norm is not None:
+        _positive("max_norm", c.max_norm)
+    _int_at_least("batch_size", c.batch_size, 1)
+    _int_at_least("epochs", c.epochs, 1)
+    _int_at_least("early_stop", c.early_stop, 0)
+    _int_at_least("seed", c.seed, 0)
+    _int_at_least("workers", c.workers, 1)
+    if c.train_size is not None:
+        _int_at_least("train_size", c.train_size, 1)
+    schedules.parse(c.schedule, c.lr, c.warmup)
+    _require(c.monitor in MONITORS, f"monitor must be one of {list(MONITORS)}, got {c.monitor!r}")
+    parse_spec(c.augment)
+    if c.batchnorm:
+        _require(c.batch_size >= 2, "batchnorm needs batch_size >= 2")
+
+
+def from_mapping(values: dict, base: TrainConfig | None = None, where: str = "config") -> TrainConfig:
+    """Build a config from a flat mapping (TOML table or parsed flags); unknown keys are
+    errors that name the key and list the known ones."""
+    known = set(field_names())
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    base = base or TrainConfig()
+    vals = dict(values)
+    if "layers" in vals and isinstance(vals["layers"], str):
+        vals["layers"] = parse_layers(vals["layers"])
+    return base.replace(**vals)
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"layers must be comma-separated integers like 784,30,10, got "
+                         f"{text!r}") from None

@@ -1,0 +1,216 @@
+"""Layers: forward/backward pairs that cache what backward needs.
+
+Layers never update their own parameters.  Each declares its parameters with
+``param_specs()``; the network allocates one flat vector for all of them and hands
+each layer views into it (``bind``).  ``backward`` writes parameter gradients into
+the bound gradient views and returns the gradient with respect to the layer input.
+
+Buffers are reused between calls of the same batch size, so the arrays a layer
+returns are only valid until its next forward/backward call.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import activations
+from .random import fold_key, keyed_bits
+
+
+class Layer:
+    name = ""
+
+    def param_specs(self) -> list[tuple[str, tuple[int, ...], bool]]:
+        """[(param name, shape, regularised?)] for this layer's parameters."""
+        return []
+
+    def bind(self, params: dict, grads: dict) -> None:
+        """Receive views into the network's flat parameter/gradient vectors."""
+
+    def forward(self, x: np.ndarray, *, train: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def _buf(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        cache = self.__dict__.setdefault("_bufs", {})
+        buf = cache.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = cache[key] = np.empty(shape, dtype)
+        return buf
+
+
+class Dense(Layer):
+    """Affine map  y = x @ W + b,  x (N, n_in), W (n_in, n_out), b (n_out,).
+
+    Backward:  dW = x^T dy,  db = sum_n dy,  dx = dy W^T (skipped when the input
+    needs no gradient, as for the first layer during training).
+    """
+
+    def __init__(self, name: str, n_in: int, n_out: int, *, bias: bool = True,
+                 need_input_grad: bool = True):
+        self.name, self.n_in, self.n_out = name, n_in, n_out
+        self.has_bias = bias
+        self.need_input_grad = need_input_grad
+
+    def param_specs(self):
+        specs = [("weight", (self.n_in, self.n_out), True)]
+        if self.has_bias:
+            specs.append(("bias", (self.n_out,), False))
+        return specs
+
+    def bind(self, params, grads):
+        self.W, self.gW = params["weight"], grads["weight"]
+        self.b = params.get("bias")
+        self.gb = grads.get("bias")
+
+    def forward(self, x, *, train):
+        out = self._buf("out", (x.shape[0], self.n_out), self.W.dtype)
+        np.matmul(x, self.W, out=out)
+        if self.b is not None:
+            out += self.b
+        self.x = x
+        return out
+
+    def backward(self, dout):
+        np.matmul(self.x.T, dout, out=self.gW)
+        if self.gb is not None:
+            np.sum(dout, axis=0, out=self.gb)
+        if not self.need_input_grad:
+            return None
+        dx = self._buf("dx", (dout.shape[0], self.n_in), dout.dtype)
+        np.matmul(dout, self.W.T, out=dx)
+        return dx
+
+
+class Act(Layer):
+    """An elementwise activation applied in place; keeps a = f(z) for backward."""
+
+    def __init__(self, name: str, fn: activations.Activation):
+        self.name, self.fn = name, fn
+
+    def forward(self, x, *, train):
+        self.a = self.fn.forward_(x)
+        return self.a
+
+    def backward(self, dout):
+        scratch = self._buf("scratch", dout.shape, dout.dtype)
+        return self.fn.backward_(dout, self.a, scratch)
+
+
+class Dropout(Layer):
+    """Inverted dropout: train  y = x ⊙ m / p  with m_ij ~ Bernoulli(p = keep_prob);
+    eval  y = x.  Backward:  dx = dy ⊙ m / p.
+
+    The mask of example i depends only on (seed, layer, epoch, index[i]) through the
+    counter-based hash in ``core.random``; set ``context = (epoch, indices)`` before
+    a training forward pass.
+    """
+
+    def __init__(self, name: str, keep_prob: float, seed: int, stream: int):
+        if not 0.0 < keep_prob <= 1.0:
+            raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob!r}")
+        self.name, self.keep_prob, self.seed, self.stream = name, keep_prob, seed, stream
+        self.context = (0, None)
+        self._key_epoch = None
+        # keep an element when its 64-bit hash is below p * 2^64
+        self._threshold = np.uint64(min(int(keep_prob * 2.0 ** 64), 2 ** 64 - 1))
+
+    def mask(self, epoch: int, indices: np.ndarray, n: int, dtype) -> np.ndarray:
+        """(len(indices), n) mask with values 0 and 1/keep_prob."""
+        if self._key_epoch is None or self._key_epoch[1] != epoch:
+            self._key_epoch = (fold_key(self.seed, self.stream, epoch), epoch)
+        keep = keyed_bits(self._key_epoch[0], indices, n) < self._threshold
+        m = self._buf("mask", keep.shape, dtype)
+        np.multiply(keep, dtype.type(1.0 / self.keep_prob), out=m)
+        return m
+
+    def forward(self, x, *, train):
+        if not train or self.keep_prob == 1.0:
+            self.m = None
+            return x
+        epoch, indices = self.context
+        if indices is None:
+            indices = np.arange(x.shape[0])
+        if len(indices) != x.shape[0]:
+            raise ValueError(f"dropout got {len(indices)} example indices for a batch of "
+                             f"{x.shape[0]}")
+        self.m = self.mask(epoch, indices, x.shape[1], x.dtype)
+        out = self._buf("out", x.shape, x.dtype)
+        return np.multiply(x, self.m, out=out)
+
+    def backward(self, dout):
+        if self.m is not None:
+            dout *= self.m
+        return dout
+
+
+class BatchNorm(Layer):
+    """Batch normalisation (Ioffe & Szegedy 2015) over the batch axis.
+
+    Train:  x̂ = (x - μ_B) / sqrt(σ²_B + eps),  y = γ ⊙ x̂ + β, and the running
+    averages move as  r ← m r + (1 - m) s_B  (m = ``momentum``; the running variance
+    uses the unbiased batch variance).  Eval: μ, σ² are the running averages.
+    Backward (train):  dx = (γ / (N σ)) (N dŷ - Σ dŷ - x̂ Σ dŷ x̂),  dγ = Σ dy x̂,
+    dβ = Σ dy, with dŷ = dy (the γ factor is applied outside the bracket).
+    """
+
+    def __init__(self, name: str, n: int, *, momentum: float = 0.9, eps: float = 1e-5):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"batch-norm momentum must be in [0, 1), got {momentum!r}")
+        if not eps > 0:
+            raise ValueError(f"batch-norm eps must be > 0, got {eps!r}")
+        self.name, self.n, self.momentum, self.eps = name, n, momentum, eps
+        self.running_mean = None
+        self.running_var = None
+
+    def param_specs(self):
+        return [("gamma", (self.n,), False), ("beta", (self.n,), False)]
+
+    def bind(self, params, grads):
+        self.gamma, self.beta = params["gamma"], params["beta"]
+        self.ggamma, self.gbeta = grads["gamma"], grads["beta"]
+        if self.running_mean is None or self.running_mean.dtype != self.gamma.dtype:
+            self.running_mean = np.zeros(self.n, self.gamma.dtype)
+            self.running_var = np.ones(self.n, self.gamma.dtype)
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def forward(self, x, *, train):
+        out = self._buf("out", x.shape, x.dtype)
+        if train:
+            n = x.shape[0]
+            if n < 2:
+                raise ValueError("batch norm needs at least 2 examples per batch in "
+                                 f"training, got {n}; raise --batch-size")
+            mean = x.mean(axis=0)
+            np.subtract(x, mean, out=out)
+            var = np.mean(np.square(out), axis=0)
+            self.inv_std = 1.0 / np.sqrt(var + self.eps)
+            out *= self.inv_std
+            self.xhat = self._buf("xhat", x.shape, x.dtype)
+            np.copyto(self.xhat, out)
+            m = self.momentum
+            self.running_mean *= m
+            self.running_mean += (1 - m) * mean
+            self.running_var *= m
+            self.running_var += (1 - m) * var * (n / (n - 1))
+        else:
+            np.subtract(x, self.running_mean, out=out)
+            out /= np.sqrt(self.running_var + self.eps)
+        out *= self.gamma
+        out += self.beta
+        return out
+
+    def backward(self, dout):
+        n = dout.shape[0]
+        xhat = self.xhat
+        np.sum(dout, axis=0, out=self.gbeta)
+        np.einsum("ij,ij->j", dout, xhat, out=self.ggamma)
+        dx = self._buf("dx", dout.shape, dout.dtype)
+        np.multiply(xhat, self.ggamma / n, out=dx)
+        dx += self.gbeta / n
+        np.subtract(dout, dx, out=dx)
+        dx *= self.gamma * self.inv_std
+        return dx

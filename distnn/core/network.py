@@ -1,0 +1,237 @@
+"""A fully-connected network over one flat parameter vector.
+
+Layer stack for ``sizes = [n0, n1, ..., nL]``::
+
+    [Dropout(keep_prob_input)] -> Dense0 -> [BatchNorm0] -> f -> [Dropout(keep_prob)]
+    -> ... -> Dense(L-1) -> output activation -> cost
+
+All parameters live in ``net.params`` (one contiguous array) and all gradients in
+``net.grads``; ``named_params()`` gives views keyed ``"dense0.weight"`` etc.  The
+regularised parameters (Dense weights) come first, so ``params[:net.n_decay]`` is
+exactly the part that L1/L2 act on.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import activations, costs, init as initializers
+from .layers import Act, BatchNorm, Dense, Dropout, Layer
+
+DTYPES = ("float32", "float64")
+
+
+def _check_sizes(sizes) -> list[int]:
+    sizes = list(sizes)
+    if len(sizes) < 2 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in sizes):
+        raise ValueError(f"layer sizes must be >= 2 positive integers, got {sizes!r}")
+    return [int(s) for s in sizes]
+
+
+class Network:
+    """Fully-connected network.
+
+    Parameters
+    ----------
+    sizes : [n_in, hidden..., n_classes]
+    activation : hidden activation (sigmoid, tanh, scaled-tanh, relu)
+    output : output activation (softmax, sigmoid, tanh, scaled-tanh, relu, identity)
+    cost : quadratic, cross-entropy (sigmoid output) or log-likelihood (softmax output)
+    init : weight initialiser (see ``core.init``); ``init_scale`` for ``uniform``
+    keep_prob, keep_prob_input : dropout keep probabilities after each hidden
+        activation and on the input (1.0 = off)
+    batchnorm : batch norm between each hidden Dense layer and its activation
+    seed : seeds the initial weights and the dropout masks
+    dtype : "float32" (default) or "float64"
+    """
+
+    def __init__(self, sizes, activation="sigmoid", output="softmax", cost="log-likelihood",
+                 init="fan-in", keep_prob=1.0, batchnorm=False, seed=0, dtype="float32",
+                 *, keep_prob_input=1.0, init_scale=0.05, bn_momentum=0.9):
+        self.sizes = _check_sizes(sizes)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.dtype = np.dtype(dtype)
+        self.hidden_fn = activations.get(activation)
+        self.out_fn = activations.get(output, output=True)
+        self.cost = costs.get(cost)
+        self.cost.check_output(self.out_fn)
+        initializers.check(init, init_scale)
+        self.config = dict(sizes=self.sizes, activation=activation, output=output, cost=cost,
+                           init=init, keep_prob=keep_prob, keep_prob_input=keep_prob_input,
+                           batchnorm=bool(batchnorm), seed=int(seed), dtype=dtype,
+                           init_scale=init_scale, bn_momentum=bn_momentum)
+        self.layers = self._build(keep_prob, keep_prob_input, batchnorm, seed, bn_momentum)
+        self._allocate()
+        self.reset(init, seed, init_scale)
+
+    # -- construction -------------------------------------------------------------
+    def _build(self, keep_prob, keep_prob_input, batchnorm, seed, bn_momentum) -> list[Layer]:
+        layers: list[Layer] = []
+        if keep_prob_input != 1.0:
+            layers.append(Dropout("drop_in", keep_prob_input, seed, stream=1000))
+        n = len(self.sizes) - 1
+        for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+            bn = batchnorm and i < n - 1
+            # nothing before the first Dense layer has parameters: skip its dx GEMM
+            layers.append(Dense(f"dense{i}", a, b, bias=not bn, need_input_grad=i > 0))
+            if i == n - 1:
+                break
+            if bn:
+                layers.append(BatchNorm(f"bn{i}", b, momentum=bn_momentum))
+            layers.append(Act(f"act{i}", self.hidden_fn))
+            if keep_prob != 1.0:
+                layers.append(Dropout(f"drop{i}", keep_prob, seed, stream=1001 + i))
+        self.dense = [l for l in layers if isinstance(l, Dense)]
+        self.dropouts = [l for l in layers if isinstance(l, Dropout)]
+        self.batchnorms = [l for l in layers if isinstance(l, BatchNorm)]
+        return layers
+
+    def _allocate(self) -> None:
+        specs = [(l, name, shape, decay) for l in self.layers
+                 for name, shape, decay in l.param_specs()]
+        specs.sort(key=lambda s: not s[3])  # regularised parameters first (stable sort)
+        total = sum(int(np.prod(s[2])) for s in specs)
+        self.params = np.zeros(total, self.dtype)
+        self.grads = np.zeros(total, self.dtype)
+        self._views, self._gviews, self.slices = {}, {}, {}
+        per_layer: dict[Layer, tuple[dict, dict]] = {}
+        off = 0
+        self.n_decay = 0
+        for layer, name, shape, decay in specs:
+            size = int(np.prod(shape))
+            key = f"{layer.name}.{name}"
+            self.slices[key] = slice(off, off + size)
+            p = self.params[off:off + size].reshape(shape)
+            g = self.grads[off:off + size].reshape(shape)
+            self._views[key], self._gviews[key] = p, g
+            pv, gv = per_layer.setdefault(layer, ({}, {}))
+            pv[name], gv[name] = p, g
+            off += size
+            if decay:
+                self.n_decay = off
+        for layer, (pv, gv) in per_layer.items():
+            layer.bind(pv, gv)
+
+    def reset(self, init: str = "fan-in", seed: int = 0, init_scale: float = 0.05) -> None:
+        """Re-draw all parameters from ``init`` with ``np.random.default_rng(seed)``."""
+        rng = np.random.default_rng(seed)
+        for d in self.dense:
+            initializers.init_dense(init, d.W, d.b, rng, init_scale)
+        for bn in self.batchnorms:
+            bn.gamma[...] = 1.0
+            bn.beta[...] = 0.0
+            bn.running_mean[...] = 0.0
+            bn.running_var[...] = 1.0
+
+    # -- views -------------------------------------------------------------------
+    def named_params(self) -> dict[str, np.ndarray]:
+        """{"dense0.weight": (n_in, n_out) view, "dense0.bias": (n_out,), ...}."""
+        return dict(self._views)
+
+    def named_grads(self) -> dict[str, np.ndarray]:
+        return dict(self._gviews)
+
+    def named_buffers(self) -> dict[str, np.ndarray]:
+        """Non-trained state (batch-norm running statistics), keyed like parameters."""
+        return {f"{bn.name}.{k}": v for bn in self.batchnorms for k, v in bn.buffers().items()}
+
+    @property
+    def n_classes(self) -> int:
+        return self.sizes[-1]
+
+    # -- computation ---------------------------------------------------------------
+    def _forward(self, x, train, epoch, indices):
+        for d in self.dropouts:
+            d.context = (epoch, indices)
+        for layer in self.layers:
+            x = layer.forward(x, train=train)
+        return x  # z of the output layer (the last Dense output buffer)
+
+    def _loss_and_grad_sum(self, x, y, *, epoch=0, indices=None, scale=1.0):
+        """Forward + backward without input checks.  Returns the summed cost; writes
+        ``scale`` times the summed gradient into ``self.grads``."""
+        z = self._forward(x, True, epoch, indices)
+        last = self.layers[-1]
+        a = last._buf("a", z.shape, z.dtype)
+        np.copyto(a, z)
+        self.out_fn.forward_(a)
+        delta = last._buf("delta", z.shape, z.dtype)
+        scratch = last._buf("cost_scratch", z.shape, z.dtype)
+        loss = self.cost.loss_and_delta(z, a, y, self.out_fn, delta, scratch, scale)
+        d = delta
+        for layer in reversed(self.layers):
+            d = layer.backward(d)
+            if d is None:
+                break
+        return loss
+
+    def check_batch(self, x, y=None):
+        """Validate and convert a batch; returns (x as self.dtype, y as intp)."""
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"inputs must have shape (N, {self.sizes[0]}) for layer sizes "
+                             f"{self.sizes}, got {x.shape}")
+        if not np.issubdtype(x.dtype, np.number):
+            raise ValueError(f"inputs must be numeric, got dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if not np.isfinite(x).all():
+            raise ValueError("inputs contain NaN or inf; clean or impute the data first")
+        if y is None:
+            return x, None
+        y = np.asarray(y)
+        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"labels must be integers of shape ({x.shape[0]},), got "
+                             f"{y.dtype} {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= self.n_classes):
+            raise ValueError(f"labels must be in [0, {self.n_classes}) for an output layer of "
+                             f"{self.n_classes}, got range [{y.min()}, {y.max()}]")
+        return x, y.astype(np.intp, copy=False)
+
+    def loss_and_grad(self, x, y, *, epoch=0, indices=None):
+        """Mean cost over the batch (no regularisation) and its flat gradient (a copy).
+
+        Parameters
+        ----------
+        x : (N, n_in) inputs; y : (N,) int labels.
+        epoch, indices : select the dropout masks (default: epoch 0, indices 0..N-1).
+
+        Returns
+        -------
+        cost : float, (1/N) sum_i C_i
+        grad : (P,) array aligned with ``self.params``
+        """
+        x, y = self.check_batch(x, y)
+        loss = self._loss_and_grad_sum(x, y, epoch=epoch, indices=indices,
+                                       scale=1.0 / x.shape[0])
+        return loss / x.shape[0], self.grads.copy()
+
+    def forward(self, x, *, train=False, epoch=0, indices=None) -> np.ndarray:
+        """Output activations (N, n_classes), a new array."""
+        x, _ = self.check_batch(x)
+        z = self._forward(x, train, epoch, indices)
+        return self.out_fn.forward_(z.copy())
+
+    def evaluate(self, x, y, *, chunk=2000) -> tuple[float, int]:
+        """(summed cost, number correct) in eval mode, in chunks to bound memory."""
+        x_all, y_all = np.asarray(x), np.asarray(y)
+        loss, correct = 0.0, 0
+        for s in range(0, len(x_all), chunk):
+            xb, yb = self.check_batch(x_all[s:s + chunk], y_all[s:s + chunk])
+            z = self._forward(xb, False, 0, None)
+            a = self.out_fn.forward_(z.copy())
+            delta = np.empty_like(z)
+            loss += self.cost.loss_and_delta(z, a, yb, self.out_fn, delta, np.empty_like(z), 1.0)
+            correct += int((a.argmax(axis=1) == yb).sum())
+        return loss, correct
+
+    def predict_proba(self, x, *, chunk=2000) -> np.ndarray:
+        """Output activations (N, n_classes) in eval mode."""
+        x = np.asarray(x)
+        out = [self.forward(x[s:s + chunk]) for s in range(0, len(x), chunk)]
+        return np.concatenate(out) if out else np.empty((0, self.n_classes), self.dtype)
+
+    def predict(self, x, *, chunk=2000) -> np.ndarray:
+        """(N,) predicted labels."""
+        return self.predict_proba(x, chunk=chunk).argmax(axis=1)

@@ -1,0 +1,200 @@
+"""Optimizers on flat parameter/gradient arrays, updated in place.
+
+Notation: w parameters, g gradient, η learning rate (``lr``), t step count (from 1).
+
+=============  =============================================================
+SGD            w ← w − η g
+Momentum       v ← μ v − η g;   w ← w + v                      (Nielsen ch. 3)
+Nesterov       v ← μ v − η g;   w ← w + μ v − η g
+               (Sutskever et al. 2013 with w stored at the look-ahead point;
+               the same trajectory as torch.optim.SGD(nesterov=True))
+RMSprop        s ← ρ s + (1 − ρ) g²;   w ← w − η g / (√s + ε)
+Adam           m ← β1 m + (1 − β1) g;  s ← β2 s + (1 − β2) g²;
+               m̂ = m / (1 − β1^t);  ŝ = s / (1 − β2^t);  w ← w − η m̂ / (√ŝ + ε)
+=============  =============================================================
+
+State is explicit and round-trips through ``state_dict``/``load_state_dict``
+(plain floats and arrays, so it can be written to Parquet/JSON).  ``lr`` may be
+changed between steps by a schedule.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _positive(name, value):
+    if not (isinstance(value, (int, float, np.floating)) and value > 0 and np.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _unit(name, value, *, closed_low=True):
+    ok = (0.0 <= value < 1.0) if closed_low else (0.0 < value < 1.0)
+    if not ok:
+        lo = "[0" if closed_low else "(0"
+        raise ValueError(f"{name} must be in {lo}, 1), got {value!r}")
+
+
+class Optimizer:
+    name = ""
+    slots: tuple[str, ...] = ()
+    hyper: tuple[str, ...] = ("lr",)
+
+    def __init__(self, lr: float):
+        _positive("lr", lr)
+        self.lr = float(lr)
+        self.t = 0
+        self.state: dict[str, np.ndarray] = {}
+
+    def _slot(self, name, like):
+        s = self.state.get(name)
+        if s is None or s.shape != like.shape or s.dtype != like.dtype:
+            s = self.state[name] = np.zeros_like(like)
+        return s
+
+    def _scratch(self, like):
+        s = self.__dict__.get("_tmp")
+        if s is None or s.shape != like.shape or s.dtype != like.dtype:
+            s = self._tmp = np.empty_like(like)
+        return s
+
+    def step(self, params: np.ndarray, grads: np.ndarray) -> None:
+        """Apply one update to ``params`` in place using ``grads`` (same shape)."""
+        self.t += 1
+        self._update(params, grads)
+
+    def _update(self, params, grads):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """{"name", "t", hyperparameters..., "slots": {name: array}} (arrays copied)."""
+        return {"name": self.name, "t": self.t, **{h: getattr(self, h) for h in self.hyper},
+                "slots": {k: self.state[k].copy() for k in self.slots if k in self.state}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("name") != self.name:
+            raise ValueError(f"optimizer state is for {state.get('name')!r}, not {self.name!r}")
+        unknown = set(state["slots"]) - set(self.slots)
+        if unknown:
+            raise ValueError(f"unknown {self.name} state slots {sorted(unknown)}")
+        self.t = int(state["t"])
+        for h in self.hyper:
+            setattr(self, h, state[h])
+        self.state = {k: np.array(v, copy=True) for k, v in state["slots"].items()}
+
+
+class SGD(Optimizer):
+    name = "sgd"
+
+    def _update(self, params, grads):
+        tmp = self._scratch(params)
+        np.multiply(grads, params.dtype.type(self.lr), out=tmp)
+        params -= tmp
+
+
+class Momentum(Optimizer):
+    name = "momentum"
+    slots = ("velocity",)
+    hyper = ("lr", "momentum")
+
+    def __init__(self, lr: float, momentum: float = 0.9):
+        super().__init__(lr)
+        _unit("momentum", momentum)
+        self.momentum = float(momentum)
+
+    def _velocity(self, params, grads):
+        v, tmp = self._slot("velocity", params), self._scratch(params)
+        v *= params.dtype.type(self.momentum)
+        np.multiply(grads, params.dtype.type(self.lr), out=tmp)
+        v -= tmp
+        return v, tmp
+
+    def _update(self, params, grads):
+        v, _ = self._velocity(params, grads)
+        params += v
+
+
+class Nesterov(Momentum):
+    name = "nesterov"
+
+    def _update(self, params, grads):
+        v, lr_g = self._velocity(params, grads)
+        params -= lr_g
+        lr_g[...] = v
+        lr_g *= params.dtype.type(self.momentum)
+        params += lr_g
+
+
+class RMSprop(Optimizer):
+    name = "rmsprop"
+    slots = ("square_avg",)
+    hyper = ("lr", "rho", "eps")
+
+    def __init__(self, lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-8):
+        super().__init__(lr)
+        _unit("rho", rho)
+        _positive("eps", eps)
+        self.rho, self.eps = float(rho), float(eps)
+
+    def _update(self, params, grads):
+        s, tmp = self._slot("square_avg", params), self._scratch(params)
+        f = params.dtype.type
+        s *= f(self.rho)
+        np.multiply(grads, grads, out=tmp)
+        tmp *= f(1.0 - self.rho)
+        s += tmp
+        np.sqrt(s, out=tmp)
+        tmp += f(self.eps)
+        np.divide(grads, tmp, out=tmp)
+        tmp *= f(self.lr)
+        params -= tmp
+
+
+class Adam(Optimizer):
+    name = "adam"
+    slots = ("m", "v")
+    hyper = ("lr", "beta1", "beta2", "eps")
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8):
+        super().__init__(lr)
+        _unit("beta1", beta1)
+        _unit("beta2", beta2)
+        _positive("eps", eps)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def _update(self, params, grads):
+        m, v, tmp = self._slot("m", params), self._slot("v", params), self._scratch(params)
+        f = params.dtype.type
+        m *= f(self.beta1)
+        np.multiply(grads, f(1.0 - self.beta1), out=tmp)
+        m += tmp
+        v *= f(self.beta2)
+        np.multiply(grads, grads, out=tmp)
+        tmp *= f(1.0 - self.beta2)
+        v += tmp
+        c1 = 1.0 - self.beta1 ** self.t
+        c2 = 1.0 - self.beta2 ** self.t
+        # w -= lr m̂ / (sqrt(ŝ) + eps)  ==  w -= (lr / c1) m / (sqrt(s / c2) + eps)
+        np.multiply(v, f(1.0 / c2), out=tmp)
+        np.sqrt(tmp, out=tmp)
+        tmp += f(self.eps)
+        np.divide(m, tmp, out=tmp)
+        tmp *= f(self.lr / c1)
+        params -= tmp
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam)}
+
+
+def make(name: str, *, lr: float, momentum: float = 0.9, beta1: float = 0.9,
+         beta2: float = 0.999, eps: float = 1e-8, rho: float = 0.9) -> Optimizer:
+    """Build an optimizer by name from the one spelling of each hyperparameter."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
+    if name == "sgd":
+        return SGD(lr)
+    if name in ("momentum", "nesterov"):
+        return OPTIMIZERS[name](lr, momentum)
+    if name == "rmsprop":
+        return RMSprop(lr, rho, eps)
+    return Adam(lr, beta1, beta2, eps)

@@ -1,0 +1,71 @@
+"""Splitting and input normalisation.
+
+Normalisation is fitted on the training split only and stored with the model:
+
+    scale:        x' = x / pixel_max                      into [0, 1]
+    standardise:  x' = (x / pixel_max - μ) / (σ + eps)    μ, σ per pixel, from train
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PRESETS = {"60/20/20": (0.6, 0.2, 0.2), "98/1/1": (0.98, 0.01, 0.01)}
+
+
+def train_valid_test_split(x, y, fractions=(0.6, 0.2, 0.2), *, seed: int = 0):
+    """Shuffle with ``np.random.default_rng(seed)`` and cut into three parts.
+
+    ``fractions`` is a 3-tuple summing to 1 or a preset name ("60/20/20", "98/1/1").
+    Returns ((x_train, y_train), (x_valid, y_valid), (x_test, y_test)).
+    """
+    if isinstance(fractions, str):
+        if fractions not in PRESETS:
+            raise ValueError(f"unknown split preset {fractions!r}; expected {list(PRESETS)}")
+        fractions = PRESETS[fractions]
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.shape != (3,) or (f < 0).any() or not np.isclose(f.sum(), 1.0):
+        raise ValueError(f"split fractions must be 3 numbers >= 0 summing to 1, got {fractions!r}")
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(f"{n} inputs but {len(y)} labels")
+    order = np.random.default_rng(seed).permutation(n)
+    a = int(round(f[0] * n))
+    b = a + int(round(f[1] * n))
+    parts = (order[:a], order[a:b], order[b:])
+    return tuple((x[p], y[p]) for p in parts)
+
+
+@dataclass
+class Normalizer:
+    """Maps uint8 images (N, H, W) or (N, D) to float (N, D) inputs."""
+
+    pixel_max: float = 255.0
+    mean: np.ndarray | None = None   # (D,) when standardising
+    std: np.ndarray | None = None
+    eps: float = 1e-3
+
+    @classmethod
+    def fit(cls, train_x, pixel_max=255.0, standardize=False, eps=1e-3) -> "Normalizer":
+        norm = cls(float(pixel_max), eps=eps)
+        if standardize:
+            flat = np.asarray(train_x, np.float64).reshape(len(train_x), -1) / pixel_max
+            norm.mean = flat.mean(axis=0).astype(np.float32)
+            norm.std = flat.std(axis=0).astype(np.float32)
+        return norm
+
+    def __call__(self, x, dtype=np.float32, out=None) -> np.ndarray:
+        flat = np.asarray(x).reshape(len(x), -1)
+        if out is None:
+            out = np.empty(flat.shape, dtype)
+        np.multiply(flat, out.dtype.type(1.0 / self.pixel_max), out=out)
+        if self.mean is not None:
+            out -= self.mean
+            out /= self.std + self.eps
+        return out
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        if self.mean is None:
+            return {}
+        return {"input.mean": self.mean, "input.std": self.std}

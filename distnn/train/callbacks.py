@@ -1,0 +1,131 @@
+"""Callbacks: they see ``(epoch, logs, trainer)`` after each epoch, run on the driver
+only, and act only through the trainer (``trainer.stop = True``, the schedule, the
+parameters).  ``mode`` is always explicit and a missing monitored metric is an error.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+class Callback:
+    def on_train_begin(self, trainer) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict, trainer) -> None:
+        pass
+
+    def on_progress(self, done: int, total: int, trainer) -> None:
+        """Called a few hundred times an epoch at most, with examples done/total."""
+
+    def on_train_end(self, trainer) -> None:
+        pass
+
+
+def _metric(logs: dict, name: str) -> float:
+    if name not in logs or logs[name] is None:
+        raise KeyError(f"monitored metric {name!r} is not in this run's logs "
+                       f"{sorted(k for k, v in logs.items() if v is not None)}; "
+                       "is there a validation split, or is --no-monitor-train set?")
+    return float(logs[name])
+
+
+class _Improvement:
+    """Tracks the best value of a metric; ``mode`` is "min" or "max"."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float = 0.0):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def update(self, logs: dict) -> bool:
+        v = _metric(logs, self.monitor)
+        better = v < self.best - self.min_delta if self.mode == "min" \
+            else v > self.best + self.min_delta
+        if better:
+            self.best = v
+        return better
+
+
+class EarlyStopping(Callback):
+    """Stop after ``patience`` epochs without improvement of ``monitor`` (Nielsen's
+    no-improvement-in-n), and optionally put back the best epoch's parameters."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, restore_best: bool = True):
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience!r}")
+        self.tracker = _Improvement(monitor, mode)
+        self.patience, self.restore_best = patience, restore_best
+        self.wait, self.best_epoch, self.best_state = 0, None, None
+        self.stopped_epoch = None
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        if self.tracker.update(logs):
+            self.wait, self.best_epoch = 0, epoch
+            if self.restore_best:
+                self.best_state = trainer.snapshot()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            trainer.stop = True
+            self.stopped_epoch = epoch
+            log.info("early stopping at epoch %d: no improvement of %s in %d epochs "
+                     "(best %.6g at epoch %d)", epoch, self.tracker.monitor, self.patience,
+                     self.tracker.best, self.best_epoch)
+
+    def on_train_end(self, trainer):
+        if self.restore_best and self.best_state is not None:
+            trainer.restore(self.best_state)
+            trainer.best_epoch = self.best_epoch
+
+
+class PlateauSchedule(Callback):
+    """Drives a plateau schedule (``plateau:N[:F]``): halve the learning rate after N
+    epochs without improvement, and stop once it has fallen by F."""
+
+    def __init__(self, monitor: str, mode: str):
+        self.tracker = _Improvement(monitor, mode)
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        trainer.schedule.on_epoch_end(self.tracker.update(logs))
+        if trainer.schedule.finished:
+            log.info("stopping at epoch %d: the learning rate has fallen by the plateau "
+                     "schedule's factor", epoch)
+            trainer.stop = True
+
+
+class ProgressLogger(Callback):
+    """One line per epoch through ``logging``, and a live progress bar on a terminal."""
+
+    def __init__(self, stream=None, bar: bool | None = None, min_interval: float = 0.25):
+        self.stream = stream or sys.stderr
+        self.bar = self.stream.isatty() if bar is None else bar
+        self.min_interval, self._last = min_interval, 0.0
+
+    def on_progress(self, done, total, trainer):
+        now = time.monotonic()
+        if not self.bar or now - self._last < self.min_interval and done < total:
+            return
+        self._last = now
+        width = 30
+        filled = int(width * done / max(total, 1))
+        self.stream.write(f"\r  epoch {trainer.epoch}: [{'#' * filled}{'.' * (width - filled)}]"
+                          f" {done}/{total}")
+        self.stream.flush()
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        if self.bar:
+            self.stream.write("\r" + " " * 70 + "\r")
+        parts = [f"epoch {epoch}"]
+        for k in ("train_cost", "train_accuracy", "valid_cost", "valid_accuracy"):
+            if logs.get(k) is not None:
+                v = logs[k]
+                parts.append(f"{k} {100 * v:.2f}%" if k.endswith("accuracy") else f"{k} {v:.4f}")
+        parts.append(f"lr {logs['lr']:.4g}")
+        parts.append(f"{logs['examples_per_second']:.0f} ex/s")
+        log.info("  ".join(parts))

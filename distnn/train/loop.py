@@ -1,0 +1,247 @@
+"""The single-process training loop.
+
+Each epoch visits the training set in an order drawn from (seed, epoch); each
+mini-batch is (optionally) augmented, the mean gradient is computed, the L1/L2
+gradient is added, and the optimizer steps.  ``step`` is the unit the distributed
+engine reuses: it returns gradient *sums*, so results do not depend on how a batch
+is split across workers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core import regularizers
+from ..core.network import Network
+from ..core.optim import Optimizer
+from ..core.schedules import Schedule
+from ..data.augment import Augmenter
+from ..data.datasets import Split
+from ..data.splits import Normalizer
+
+log = logging.getLogger(__name__)
+
+
+class DivergenceError(RuntimeError):
+    """The cost became NaN or infinite.  ``history`` holds the epochs completed; the
+    network's parameters were put back to the end of the last complete epoch."""
+
+    def __init__(self, msg: str, history: list):
+        super().__init__(msg)
+        self.history = history
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The global visiting order of epoch ``epoch``: a permutation of range(n) that
+    depends only on (seed, epoch)."""
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+
+
+@dataclass
+class Batches:
+    """Turns example indices into network-ready float batches (N, D).
+
+    Without augmentation the whole split is normalised once up front; with it, each
+    batch is resampled from the uint8 images on the fly.
+    """
+
+    split: Split
+    normalizer: Normalizer
+    augmenter: Augmenter | None
+    dtype: np.dtype
+
+    def __post_init__(self):
+        self.active = self.augmenter is not None and self.augmenter.spec.active
+        self.x = None if self.active else self.normalizer(self.split.x, self.dtype)
+        self.y = np.ascontiguousarray(self.split.y, dtype=np.intp)
+
+    def get(self, idx: np.ndarray, epoch: int):
+        if not self.active:
+            return self.x.take(idx, axis=0), self.y.take(idx)
+        imgs = self.augmenter(self.split.x.take(idx, axis=0), idx, epoch)
+        x = imgs.reshape(len(idx), -1)
+        if self.normalizer.mean is not None:
+            x -= self.normalizer.mean
+            x /= self.normalizer.std + self.normalizer.eps
+        return x.astype(self.dtype, copy=False), self.y.take(idx)
+
+
+def prefetch(batches: Batches, order: np.ndarray, batch_size: int, epoch: int, depth: int = 3):
+    """Yield (start, indices, x, y) for consecutive batches of ``order``.  With
+    augmentation the batches are built in a background thread (NumPy releases the GIL),
+    overlapping augmentation with the gradient computation."""
+    starts = range(0, len(order), batch_size)
+    if not batches.active:
+        for s in starts:
+            idx = order[s:s + batch_size]
+            yield (s, idx, *batches.get(idx, epoch))
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for s in starts:
+                if stop.is_set():
+                    return
+                idx = order[s:s + batch_size]
+                q.put((s, idx, *batches.get(idx, epoch)))
+            q.put(None)
+        except BaseException as e:  # handed to the consumer, re-raised there
+            q.put(e)
+
+    t = threading.Thread(target=work, name="distnn-augment", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.01)
+
+
+class Trainer:
+    """Mini-batch training of one ``Network`` in this process.
+
+    Parameters
+    ----------
+    net, optimizer, schedule : the model, its optimizer and learning-rate schedule.
+    l1, l2 : penalty strengths λ (scaled by 1/n, n = training-set size).
+    max_norm : cap on each unit's incoming-weight norm, or None.
+    batch_size, seed : mini-batch size and the seed of the epoch orders.
+    callbacks : list of ``Callback``.
+    """
+
+    def __init__(self, net: Network, optimizer: Optimizer, schedule: Schedule, *,
+                 l1=0.0, l2=0.0, max_norm=None, batch_size=10, seed=0, callbacks=()):
+        regularizers.check(l1, l2, max_norm)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.net, self.optimizer, self.schedule = net, optimizer, schedule
+        self.l1, self.l2, self.max_norm = l1, l2, max_norm
+        self.batch_size, self.seed = batch_size, seed
+        self.callbacks = list(callbacks)
+        self.stop = False
+        self.epoch = 0
+        self.best_epoch = None
+        self.history: list[dict] = []
+        self._scratch = np.empty(net.n_decay, net.dtype)
+
+    # -- state the callbacks may use -------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr
+
+    def snapshot(self) -> dict:
+        """A copy of everything needed to resume from here (parameters, buffers,
+        optimizer and schedule state)."""
+        return {"params": self.net.params.copy(),
+                "buffers": {k: v.copy() for k, v in self.net.named_buffers().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict()}
+
+    def restore(self, state: dict) -> None:
+        self.net.params[...] = state["params"]
+        for k, v in self.net.named_buffers().items():
+            v[...] = state["buffers"][k]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+
+    # -- the unit of work ----------------------------------------------------------
+    def step(self, x, y, idx, epoch, n_train) -> float:
+        """One update on batch (x, y); returns the batch's summed data cost."""
+        net = self.net
+        loss = net._loss_and_grad_sum(x, y, epoch=epoch, indices=idx, scale=1.0 / len(x))
+        self.apply_update(n_train)
+        return loss
+
+    def apply_update(self, n_train: int) -> None:
+        """Add the L1/L2 gradient (once, to the mean data gradient) and step."""
+        net = self.net
+        if self.l1 or self.l2:
+            regularizers.add_grad(net.grads[:net.n_decay], net.params[:net.n_decay],
+                                  self.l1, self.l2, n_train, self._scratch)
+        self.optimizer.step(net.params, net.grads)
+        if self.max_norm is not None:
+            regularizers.apply_max_norm([d.W for d in net.dense], self.max_norm)
+
+    def evaluate(self, batches: Batches, n_train: int) -> tuple[float, float]:
+        """(mean cost + penalty, accuracy) of a split in eval mode, unaugmented."""
+        x = batches.x if batches.x is not None else \
+            batches.normalizer(batches.split.x, batches.dtype)
+        loss, correct = self.net.evaluate(x, batches.y)
+        n = len(batches.y)
+        pen = regularizers.penalty(self.net.params[:self.net.n_decay], self.l1, self.l2, n_train)
+        return loss / n + pen, correct / n
+
+    # -- the loop --------------------------------------------------------------------
+    def fit(self, train: Batches, valid: Batches | None, epochs: int,
+            monitor_train: bool = True) -> list[dict]:
+        """Train for up to ``epochs`` epochs (fewer if a callback stops it)."""
+        n = len(train.y)
+        steps = math.ceil(n / self.batch_size)
+        every = max(1, steps // 200)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        last_good = self.snapshot()
+        for epoch in range(self.epoch, epochs):
+            self.epoch = epoch
+            self.optimizer.lr = self.schedule(epoch)
+            warm = self.schedule.warmup > 0 and epoch < self.schedule.warmup
+            order = epoch_order(self.seed, epoch, n)
+            t0 = time.perf_counter()
+            for k, (s, idx, xb, yb) in enumerate(prefetch(train, order, self.batch_size, epoch)):
+                if warm:
+                    self.optimizer.lr = self.schedule(epoch + (k + 1) / steps)
+                loss = self.step(xb, yb, idx, epoch, n)
+                if not math.isfinite(loss):
+                    self.restore(last_good)
+                    raise DivergenceError(self._diverged_msg(loss, epoch, k), self.history)
+                if k % every == 0:
+                    for cb in self.callbacks:
+                        cb.on_progress(s + len(idx), n, self)
+            seconds = time.perf_counter() - t0
+            logs = self._epoch_logs(epoch, train, valid, n, seconds, monitor_train)
+            if any(v is not None and not math.isfinite(v) for v in logs.values()):
+                self.restore(last_good)
+                raise DivergenceError(self._diverged_msg(math.nan, epoch, steps - 1), self.history)
+            self.history.append(logs)
+            last_good = self.snapshot()
+            for cb in self.callbacks:
+                cb.on_epoch_end(epoch, logs, self)
+            self.epoch = epoch + 1
+            if self.stop:
+                break
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def _epoch_logs(self, epoch, train, valid, n, seconds, monitor_train) -> dict:
+        logs = {"epoch": epoch, "train_cost": None, "train_accuracy": None,
+                "valid_cost": None, "valid_accuracy": None, "lr": self.optimizer.lr,
+                "train_seconds": seconds, "examples_per_second": n / seconds}
+        if monitor_train:
+            logs["train_cost"], logs["train_accuracy"] = self.evaluate(train, n)
+        if valid is not None:
+            logs["valid_cost"], logs["valid_accuracy"] = self.evaluate(valid, n)
+        return logs
+
+    def _diverged_msg(self, loss, epoch, step) -> str:
+        lr = self.optimizer.lr
+        return (f"training diverged: the cost became {loss} at epoch {epoch}, step {step} "
+                f"(lr {lr:g}). The parameters were put back to the end of the last complete "
+                f"epoch. Try a smaller --lr (e.g. {lr / 10:g}), inputs scaled to [0, 1] "
+                "(or --standardize), a cross-entropy or log-likelihood cost, or a smaller "
+                "--init scale.")
