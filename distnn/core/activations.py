@@ -42,10 +42,10 @@ class Sigmoid(Activation):
     name = "sigmoid"
 
     def forward_(self, z):
-        # exp(-z) overflows to inf for z < -88 (float32); 1/(1+inf) = 0 is the right limit.
-        with np.errstate(over="ignore"):
-            np.negative(z, out=z)
-            np.exp(z, out=z)
+        # exp(-z) overflows to inf for z < -88 (float32) and 1/(1+inf) = 0 is the right
+        # limit; callers run this under np.errstate(over="ignore") (see ``quiet``).
+        np.negative(z, out=z)
+        np.exp(z, out=z)
         z += 1.0
         np.reciprocal(z, out=z)
         return z
@@ -131,6 +131,12 @@ class Softmax(Activation):
         grad -= dot
         grad *= a
         return grad
+
+
+def quiet() -> np.errstate:
+    """The floating-point error state the activations expect: overflow in exp is the
+    intended saturation of sigmoid, not an error."""
+    return np.errstate(over="ignore", under="ignore")
 
 
 HIDDEN = {cls.name: cls for cls in (Sigmoid, Tanh, ScaledTanh, ReLU)}

@@ -41,16 +41,23 @@ class Cost:
         Parameters
         ----------
         z, a : (N, C) pre-activation and output activation f(z) of the last layer.
-        y : (N,) int labels.  act : the output Activation.
+        y : (N,) flat positions of the targets, ``arange(N) * C + labels`` (see
+            ``target_positions``).  act : the output Activation.
         delta, scratch : (N, C) buffers; ``delta`` receives the result.
         scale : float multiplying delta (1 for sums, 1/N for means).
         """
         raise NotImplementedError
 
 
-def _a_minus_onehot(a, y, delta, scale):
+def target_positions(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Flat indices of the one-hot 1s in an (N, n_classes) array: i * C + labels[i]."""
+    return np.arange(0, len(labels) * n_classes, n_classes) + labels
+
+
+def _a_minus_onehot(a, pos, delta, scale):
     np.copyto(delta, a)
-    delta[np.arange(len(y)), y] -= 1.0
+    flat = delta.reshape(-1)
+    flat[pos] -= 1.0
     if scale != 1.0:
         delta *= scale
     return delta
@@ -76,7 +83,7 @@ class CrossEntropy(Cost):
         # -[Y ln s(z) + (1-Y) ln(1-s(z))] = softplus(z) - Y z, and softplus is logaddexp(0, z).
         np.logaddexp(0.0, z, out=scratch)
         loss = float(scratch.sum(dtype=np.float64)) - float(
-            z[np.arange(len(y)), y].sum(dtype=np.float64))
+            z.reshape(-1).take(y).sum(dtype=np.float64))
         _a_minus_onehot(a, y, delta, scale)
         return loss
 
@@ -91,7 +98,7 @@ class LogLikelihood(Cost):
         np.subtract(z, m, out=scratch)
         np.exp(scratch, out=scratch)
         lse = np.log(scratch.sum(axis=1, dtype=np.float64)) + m[:, 0]
-        loss = float(lse.sum() - z[np.arange(len(y)), y].sum(dtype=np.float64))
+        loss = float(lse.sum() - z.reshape(-1).take(y).sum(dtype=np.float64))
         _a_minus_onehot(a, y, delta, scale)
         return loss
 

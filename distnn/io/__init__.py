@@ -1,0 +1,2 @@
+"""The only code that knows file formats (PNG here; Parquet, TensorBoard and JSON
+checkpoints as they arrive)."""

@@ -1,0 +1,15 @@
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def data_home(tmp_path, monkeypatch):
+    """An empty DISTNN_DATA cache for tests that must not see the user's cache."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("DISTNN_DATA", str(d))
+    return d
