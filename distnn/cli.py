@@ -17,8 +17,10 @@ log = logging.getLogger("distnn")
 
 # flag help; the default shown comes from TrainConfig so the two cannot disagree
 HELP = {
-    "dataset": "dataset: mnist, fashion-mnist or digits",
-    "data_dir": "directory holding the dataset files (IDX, mnist.pkl.gz or digits.csv)",
+    "dataset": "dataset: mnist, fashion-mnist, digits, or idx (your own IDX files in "
+               "--data-dir)",
+    "data_dir": "directory holding the dataset files (IDX files, mnist.pkl.gz or "
+                "digits.csv); required for --dataset idx",
     "train_size": "use only the first N training examples (e.g. 1000 to study overfitting)",
     "standardize": "standardise inputs per pixel with training-split mean/std "
                    "(inputs are always scaled to [0, 1])",
@@ -79,8 +81,6 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
             typ = int
         if name == "max_norm":
             typ = float
-        if name == "layers":
-            typ = parse_layers
         metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
                    "metrics_out": "FILE.json", "data_dir": "DIR"}.get(name, name.upper())
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_, metavar=metavar)
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=cmd_gradcheck)
     d = sub.add_parser("data", help="fetch, describe or preview a dataset")
     d.add_argument("action", choices=("fetch", "info", "preview"))
-    d.add_argument("name", choices=("mnist", "fashion-mnist", "digits"))
+    d.add_argument("name", choices=("mnist", "fashion-mnist", "digits", "idx"))
     d.add_argument("out", nargs="?", help="output PNG (preview)")
     d.add_argument("--data-dir", default=None)
     d.add_argument("--augment", default="rotate=15,shift=2,elastic=34:4",

@@ -134,9 +134,10 @@ class Softmax(Activation):
 
 
 def quiet() -> np.errstate:
-    """The floating-point error state the activations expect: overflow in exp is the
-    intended saturation of sigmoid, not an error."""
-    return np.errstate(over="ignore", under="ignore")
+    """The floating-point error state the network runs under: overflow in exp is the
+    intended saturation of sigmoid, and a NaN from a diverging run is caught by the
+    trainer's finite-cost check, which says what happened and what to try."""
+    return np.errstate(over="ignore", under="ignore", invalid="ignore")
 
 
 HIDDEN = {cls.name: cls for cls in (Sigmoid, Tanh, ScaledTanh, ReLU)}

@@ -165,11 +165,11 @@ class Network:
             scratch = last._buf("cost_scratch", z.shape, z.dtype)
             pos = costs.target_positions(y, self.n_classes)
             loss = self.cost.loss_and_delta(z, a, pos, self.out_fn, delta, scratch, scale)
-        d = delta
-        for layer in reversed(self.layers):
-            d = layer.backward(d)
-            if d is None:
-                break
+            d = delta
+            for layer in reversed(self.layers):
+                d = layer.backward(d)
+                if d is None:
+                    break
         return loss
 
     def check_batch(self, x, y=None):

@@ -114,7 +114,8 @@ def _find(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _arrays_from_idx(spec: IdxSpec, raw: dict[str, bytes], where: str) -> dict[str, np.ndarray]:
+def _arrays_from_idx(spec: IdxSpec | None, raw: dict[str, bytes], where: str
+                     ) -> dict[str, np.ndarray]:
     """Parse the four files and check that images and labels agree in count."""
     arrays = {n: idx.parse(raw[n], f"{where}/{n}") for n in IDX_NAMES}
     for pre in ("train", "t10k"):
@@ -275,9 +276,32 @@ def load_idx_dataset(spec: IdxSpec, data_dir=None, mirrors=None) -> Splits:
                   n_classes, where)
 
 
+def load_custom_idx(data_dir) -> Splits:
+    """The user's own IDX files (any image size and class count) from ``data_dir``.
+    There is no known hash to check, so they are validated structurally only; the
+    last sixth of the training images (MNIST's ratio) becomes the validation split."""
+    if data_dir is None:
+        raise DataError("--dataset idx needs --data-dir DIR holding " + ", ".join(IDX_NAMES))
+    d = Path(data_dir).expanduser()
+    found = {n: _find(d, n) for n in IDX_NAMES}
+    missing = [n for n, p in found.items() if p is None]
+    if missing:
+        raise DataError(f"--data-dir {d}: IDX files missing: {missing}")
+    a = {n: idx.load(p) for n, p in found.items()}
+    a = _arrays_from_idx(None, {n: idx.encode(v) for n, v in a.items()}, str(d))
+    y = a["train-labels-idx1-ubyte"].astype(np.int64)
+    yt = a["t10k-labels-idx1-ubyte"].astype(np.int64)
+    n_classes = int(max(y.max(initial=0), yt.max(initial=0))) + 1
+    x, xt = a["train-images-idx3-ubyte"], a["t10k-images-idx3-ubyte"]
+    k = len(x) - len(x) // 6
+    return Splits("idx", Split(x[:k], y[:k]), Split(x[k:], y[k:]), Split(xt, yt),
+                  n_classes, str(d))
+
+
 def load(name: str, data_dir: str | os.PathLike | None = None, *,
          mirrors: tuple[str, ...] | None = None) -> Splits:
-    """Load ``name`` ("mnist", "fashion-mnist" or "digits") as train/valid/test splits.
+    """Load ``name`` ("mnist", "fashion-mnist", "digits", or "idx" for your own IDX
+    files in ``data_dir``) as train/valid/test splits.
 
     Images are uint8 (N, H, W); labels int64 (N,).  MNIST and Fashion-MNIST keep the
     last 10,000 training images for validation (50k / 10k / 10k, as in Nielsen's
@@ -291,7 +315,9 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *,
     if name == "digits":
         from .digits import load_digits
         return load_digits(data_dir)
+    if name == "idx":
+        return load_custom_idx(data_dir)
     raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
 
 
-DATASETS = ("mnist", "fashion-mnist", "digits")
+DATASETS = ("mnist", "fashion-mnist", "digits", "idx")

@@ -27,7 +27,8 @@ SPLIT_SEED = 0
 
 def parse_csv(text: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        table = np.loadtxt(text.decode("ascii").splitlines(), delimiter=",", dtype=np.int64)
+        table = np.loadtxt(text.decode("ascii").splitlines(), delimiter=",", dtype=np.int64,
+                           ndmin=2)
     except ValueError as e:
         raise DataError(f"{where}: not a digits CSV ({e})") from None
     if table.ndim != 2 or table.shape[1] != 65:

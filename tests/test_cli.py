@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+
+from distnn import cli
+from distnn.data import idx
+
+
+@pytest.fixture
+def digits_dir(tmp_path, data_home):
+    """Generated 8x8 IDX files (10 separable classes) for --dataset idx."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "digits"
+    d.mkdir()
+    for pre, n in (("train", 360), ("t10k", 100)):
+        y = np.arange(n) % 10
+        x = rng.integers(0, 40, (n, 64)) + (np.arange(64)[None, :] % 10 == y[:, None]) * 200
+        (d / f"{pre}-images-idx3-ubyte").write_bytes(idx.encode(x.reshape(n, 8, 8)))
+        (d / f"{pre}-labels-idx1-ubyte").write_bytes(idx.encode(y))
+    return d
+
+
+def test_gradcheck_passes_and_exits_zero(capsys):
+    assert cli.main(["gradcheck", "--layers", "8,6,5", "--activation", "tanh"]) == 0
+    out = capsys.readouterr().out
+    assert "dense0.weight" in out and "PASS" in out
+
+
+def test_gradcheck_fails_above_tolerance(capsys):
+    assert cli.main(["gradcheck", "--layers", "8,6,5", "--tol", "1e-30"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_train_from_flags_and_toml_with_flags_overriding(tmp_path, digits_dir, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('dataset = "idx"\nlayers = [64, 20, 10]\nepochs = 5\nlr = 0.5\n'
+                   f'data_dir = "{digits_dir}"\nbatch_size = 10\n')
+    out = tmp_path / "m.json"
+    rc = cli.main(["-q", "train", "--config", str(cfg), "--epochs", "2", "--metrics-out", str(out)])
+    assert rc == 0
+    m = json.loads(out.read_text())
+    assert len(m["history"]) == 2 and m["config"]["lr"] == 0.5 and m["test_accuracy"] > 0.5
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--lr", "0"], "lr must be a finite number > 0, got 0.0"),
+    (["--lr", "-0.1"], "lr must be"),
+    (["--activation", "swish"], "unknown hidden activation 'swish'"),
+    (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+    (["--keep-prob", "1.5"], r"keep_prob must be in \(0, 1\]"),
+    (["--cost", "cross-entropy", "--output", "softmax"], "needs output activation 'sigmoid'"),
+    (["--layers", "784,x,10"], "comma-separated integers"),
+    (["--layers", "30,10"], "images have 64 pixels"),
+])
+def test_bad_flags_exit_2_with_a_message(argv, match, digits_dir, capsys):
+    rc = cli.main(["train", "--dataset", "idx", "--data-dir", str(digits_dir),
+                   "--layers", "64,10,10", "--epochs", "1"] + argv)
+    assert rc == 2
+    import re
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_unknown_toml_key_is_an_error(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("learning_rate = 0.1\n")
+    assert cli.main(["train", "--config", str(cfg)]) == 2
+    assert "unknown key(s) ['learning_rate']" in capsys.readouterr().err
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--dataset", "--layers", "--activation", "--output", "--cost", "--init",
+                 "--optimizer", "--lr", "--momentum", "--l2", "--l1", "--keep-prob",
+                 "--batchnorm", "--batch-size", "--epochs", "--early-stop", "--schedule",
+                 "--train-size", "--seed", "--workers", "--augment", "--metrics-out",
+                 "--config"):
+        assert flag in out
+    flat = " ".join(out.split())
+    assert "(default: 784,30,10)" in flat and "(default: sgd)" in flat
+
+
+def test_data_info_and_preview(digits_dir, tmp_path, capsys):
+    assert cli.main(["data", "info", "idx", "--data-dir", str(digits_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["train"]["images"] == [300, 8, 8] and info["classes"] == 10
+    assert info["valid"]["images"] == [60, 8, 8] and info["test"]["labels_per_class"] == [10] * 10
+    png = tmp_path / "p.png"
+    assert cli.main(["data", "preview", "idx", str(png), "--data-dir", str(digits_dir),
+                     "--augment", "rotate=20", "--count", "4"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_workers_above_one_is_refused_until_the_engine_exists(digits_dir, capsys):
+    rc = cli.main(["train", "--dataset", "idx", "--data-dir", str(digits_dir),
+                   "--layers", "64,10,10", "--workers", "2"])
+    assert rc == 2 and "Ray engine" in capsys.readouterr().err

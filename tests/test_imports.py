@@ -1,0 +1,55 @@
+"""The layering of STYLE.md: core and data are leaves, only dist imports ray."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "distnn"
+ALLOWED = {
+    "core": {"core"},
+    "data": {"data", "core.random"},  # the counter-based RNG shared with dropout
+    "train": {"train", "core", "data", "io", "config"},
+    "io": {"io"},
+}
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text())
+    pkg = path.relative_to(ROOT).parts[:-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(pkg[:len(pkg) - node.level + 1])
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+                if not mod.startswith("distnn"):
+                    yield "ext:" + mod
+                    continue
+                mod = mod[len("distnn."):]
+            yield mod
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield "ext:" + a.name
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_it_may(package):
+    for f in (ROOT / package).rglob("*.py"):
+        for mod in _imports(f):
+            if mod.startswith("ext:"):
+                assert not mod.startswith("ext:ray"), f"{f} imports ray"
+                continue
+            ok = any(mod == a or mod.startswith(a + ".") for a in ALLOWED[package])
+            assert ok, f"{f.relative_to(ROOT)} imports distnn.{mod}"
+
+
+def test_core_and_data_use_only_numpy_and_stdlib():
+    import sys
+    std = sys.stdlib_module_names
+    for package in ("core", "data"):
+        for f in (ROOT / package).rglob("*.py"):
+            for mod in _imports(f):
+                if mod.startswith("ext:"):
+                    top = mod[4:].split(".")[0]
+                    assert top in std or top in ("numpy", "__future__"), f"{f} imports {top}"
