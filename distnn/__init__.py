@@ -2,6 +2,19 @@
 __version__ = "0.1.0"
 
 from . import data
+from .config import TrainConfig
 from .core.network import Network
 
-__all__ = ["Network", "data", "__version__"]
+__all__ = ["Network", "TrainConfig", "data", "fit", "__version__"]
+
+
+def fit(config: TrainConfig | None = None, splits=None, **overrides) -> dict:
+    """Train from a ``TrainConfig`` (fields may be overridden by keyword, e.g.
+    ``workers=2``); ``workers > 1`` runs on Ray.  Returns the metrics dict (history,
+    test accuracy, ...) with the trained ``network``."""
+    cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    if cfg.workers == 1:
+        from .train.run import train as single
+        return single(cfg, splits)
+    from .dist.driver import train as distributed
+    return distributed(cfg, splits)

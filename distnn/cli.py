@@ -55,7 +55,17 @@ HELP = {
     "monitor": "metric for early stopping and plateau: valid_accuracy, valid_cost, "
                "train_accuracy, train_cost",
     "seed": "seed for initial weights, shuffling, dropout and augmentation",
-    "workers": "number of data-parallel workers (1 = in this process)",
+    "workers": "number of data-parallel workers: 1 trains in this process, N >= 2 on Ray "
+               "(--batch-size stays the global batch)",
+    "address": "Ray cluster to join: auto or HOST:PORT (default: start a local Ray on "
+               "127.0.0.1 and stop it at the end)",
+    "allreduce": "all-reduce backend: auto (shm when all workers share a node, else ring), "
+                 "shm (shared memory, one node) or ring (Ray object refs, any nodes)",
+    "lr_scaling": "none, or linear: multiply --lr by --workers for a global batch grown with "
+                  "the worker count (pair it with --warmup)",
+    "check_replicas": "compare the workers' parameter digests every K steps (0 = only at "
+                      "the end of each epoch)",
+    "max_failures": "replays of one epoch after worker deaths before giving up",
     "monitor_train": "evaluate cost and accuracy on the training split every epoch",
     "metrics_out": "write per-epoch history and test metrics to this JSON file",
 }
@@ -101,14 +111,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args) -> int:
+    from . import fit
     from .train.loop import DivergenceError
-    from .train.run import train
     cfg = config_from_args(args)
     try:
-        m = train(cfg)
+        m = fit(cfg)
     except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except RuntimeError as e:  # worker failures beyond --max-failures, replica divergence
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     h = m["history"]
     if h:
         last = h[-1]
@@ -229,7 +242,7 @@ def main(argv=None) -> int:
     from .data.idx import DataError
     try:
         return args.fn(args)
-    except (ValueError, DataError, KeyError) as e:
+    except (ValueError, DataError, KeyError, ConnectionError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
 

@@ -55,6 +55,11 @@ class TrainConfig:
     # run
     seed: int = 0
     workers: int = 1
+    address: str | None = None
+    allreduce: str = "auto"
+    lr_scaling: str = "none"
+    check_replicas: int = 0
+    max_failures: int = 3
     monitor_train: bool = True
     metrics_out: str | None = None
 
@@ -124,6 +129,16 @@ def validate(c: TrainConfig) -> None:
     _int_at_least("early_stop", c.early_stop, 0)
     _int_at_least("seed", c.seed, 0)
     _int_at_least("workers", c.workers, 1)
+    _require(c.allreduce in ("auto", "shm", "ring"),
+             f"allreduce must be auto, shm or ring, got {c.allreduce!r}")
+    _require(c.lr_scaling in ("none", "linear"),
+             f"lr_scaling must be none or linear, got {c.lr_scaling!r}")
+    _int_at_least("check_replicas", c.check_replicas, 0)
+    _int_at_least("max_failures", c.max_failures, 0)
+    if c.workers > 1:
+        _require(c.batch_size % c.workers == 0,
+                 f"batch_size {c.batch_size} is the global batch and must be divisible by "
+                 f"workers {c.workers} (each worker takes an equal slice)")
     if c.train_size is not None:
         _int_at_least("train_size", c.train_size, 1)
     schedules.parse(c.schedule, c.lr, c.warmup)

@@ -94,7 +94,7 @@ def test_data_info_and_preview(digits_dir, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_workers_above_one_is_refused_until_the_engine_exists(digits_dir, capsys):
+def test_global_batch_must_divide_by_workers(digits_dir, capsys):
     rc = cli.main(["train", "--dataset", "idx", "--data-dir", str(digits_dir),
-                   "--layers", "64,10,10", "--workers", "2"])
-    assert rc == 2 and "Ray engine" in capsys.readouterr().err
+                   "--layers", "64,10,10", "--workers", "3", "--batch-size", "10"])
+    assert rc == 2 and "must be divisible by workers 3" in capsys.readouterr().err

@@ -128,6 +128,25 @@ class Network:
             bn.running_mean[...] = 0.0
             bn.running_var[...] = 1.0
 
+    def rebind_grads(self, buf: np.ndarray) -> None:
+        """Make ``buf[:P]`` the gradient vector (e.g. inside a larger all-reduce buffer
+        that also carries the loss), so no copy is needed before communicating."""
+        if buf.dtype != self.dtype or buf.size < self.params.size:
+            raise ValueError(f"gradient buffer must be {self.dtype} with >= {self.params.size} "
+                             f"entries, got {buf.dtype} {buf.size}")
+        self.grads = buf[:self.params.size]
+        per_layer: dict = {}
+        for key, sl in self.slices.items():
+            layer_name, pname = key.split(".", 1)
+            g = self.grads[sl].reshape(self._views[key].shape)
+            self._gviews[key] = g
+            per_layer.setdefault(layer_name, {})[pname] = g
+        for layer in self.layers:
+            if layer.name in per_layer:
+                params = {k.split(".", 1)[1]: v for k, v in self._views.items()
+                          if k.split(".", 1)[0] == layer.name}
+                layer.bind(params, per_layer[layer.name])
+
     # -- views -------------------------------------------------------------------
     def named_params(self) -> dict[str, np.ndarray]:
         """{"dense0.weight": (n_in, n_out) view, "dense0.bias": (n_out,), ...}."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core import regularizers
 from ..core.network import Network
-from ..core.optim import Optimizer
+from ..core.optim import SGD, Optimizer
 from ..core.schedules import Schedule
 from ..data.augment import Augmenter
 from ..data.datasets import Split
@@ -55,15 +55,21 @@ class Batches:
     normalizer: Normalizer
     augmenter: Augmenter | None
     dtype: np.dtype
+    #: normalise the whole split once (fast) or each batch from the uint8 images
+    #: (no float copy of the dataset: what data-parallel workers sharing one copy use)
+    cache: bool = True
 
     def __post_init__(self):
         self.active = self.augmenter is not None and self.augmenter.spec.active
-        self.x = None if self.active else self.normalizer(self.split.x, self.dtype)
+        self.x = self.normalizer(self.split.x, self.dtype) if self.cache and not self.active \
+            else None
         self.y = np.ascontiguousarray(self.split.y, dtype=np.intp)
 
     def get(self, idx: np.ndarray, epoch: int):
-        if not self.active:
+        if self.x is not None:
             return self.x.take(idx, axis=0), self.y.take(idx)
+        if not self.active:
+            return self.normalizer(self.split.x.take(idx, axis=0), self.dtype), self.y.take(idx)
         imgs = self.augmenter(self.split.x.take(idx, axis=0), idx, epoch)
         x = imgs.reshape(len(idx), -1)
         if self.normalizer.mean is not None:
@@ -77,7 +83,7 @@ def prefetch(batches: Batches, order: np.ndarray, batch_size: int, epoch: int, d
     augmentation the batches are built in a background thread (NumPy releases the GIL),
     overlapping augmentation with the gradient computation."""
     starts = range(0, len(order), batch_size)
-    if not batches.active:
+    if not batches.active and batches.x is not None:
         for s in starts:
             idx = order[s:s + batch_size]
             yield (s, idx, *batches.get(idx, epoch))
@@ -170,10 +176,16 @@ class Trainer:
     def apply_update(self, n_train: int) -> None:
         """Add the L1/L2 gradient (once, to the mean data gradient) and step."""
         net = self.net
-        if self.l1 or self.l2:
-            regularizers.add_grad(net.grads[:net.n_decay], net.params[:net.n_decay],
-                                  self.l1, self.l2, n_train, self._scratch)
-        self.optimizer.step(net.params, net.grads)
+        if self.l2 and not self.l1 and type(self.optimizer) is SGD:
+            # w - lr (g + (l2/n) w) == (1 - lr l2 / n) w - lr g: one pass fewer each
+            w = net.params[:net.n_decay]
+            w *= w.dtype.type(1.0 - self.optimizer.lr * self.l2 / n_train)
+            self.optimizer.step(net.params, net.grads)
+        else:
+            if self.l1 or self.l2:
+                regularizers.add_grad(net.grads[:net.n_decay], net.params[:net.n_decay],
+                                      self.l1, self.l2, n_train, self._scratch)
+            self.optimizer.step(net.params, net.grads)
         if self.max_norm is not None:
             regularizers.apply_max_norm([d.W for d in net.dense], self.max_norm)
 
