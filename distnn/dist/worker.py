@@ -1,0 +1,134 @@
+"""The worker actor: a replica of the parameters and optimizer state, and a view of the
+shared dataset (zero-copy from the node's object store).
+
+Each call of ``run_epoch`` trains through a whole epoch: for every global batch the
+worker takes its contiguous slice, computes the gradient and cost *sums* scaled by
+1/(global batch size), all-reduces them with its peers (no driver round trip), adds
+the L1/L2 terms once and applies the optimizer step, exactly as every other replica.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+
+import numpy as np
+
+from ..config import TrainConfig
+from ..data.augment import Augmenter
+from ..data.datasets import Split
+from ..data.splits import Normalizer
+from ..train.loop import Batches, epoch_order
+from ..train.run import build_network, build_trainer
+from .collective import Collective, CollectiveAborted, RingCollective, SharedMemoryCollective
+
+
+def digest(a: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(a).view(np.uint8), digest_size=16).hexdigest()
+
+
+class Worker:
+    """Plain class; the driver wraps it with ``ray.remote`` (threaded, so ``deliver``
+    and ``abort`` can run while ``run_epoch`` is blocked in an all-reduce)."""
+
+    def __init__(self, rank: int, world: int, cfg: dict, norm: dict, n_train: int,
+                 train_x, train_y, valid_x, valid_y):
+        self.rank, self.world = rank, world
+        self.cfg = TrainConfig(**{**cfg, "layers": tuple(cfg["layers"])})
+        self.net = build_network(self.cfg)
+        self.trainer = build_trainer(self.cfg, self.net)
+        self.buf = np.zeros(self.net.params.size + 1, self.net.dtype)
+        self.net.rebind_grads(self.buf)
+        normalizer = Normalizer(norm["pixel_max"], norm.get("mean"), norm.get("std"))
+        aug = Augmenter(self.cfg.augment, seed=self.cfg.seed, pixel_max=norm["pixel_max"])
+        self.train = Batches(Split(train_x, train_y), normalizer, aug, self.net.dtype, cache=False)
+        self.valid = Batches(Split(valid_x, valid_y), normalizer, None, self.net.dtype,
+                             cache=False) if len(valid_y) else None
+        self.n_train = n_train
+        self.collective: Collective = Collective()
+
+    # -- plumbing -------------------------------------------------------------------
+    def info(self) -> dict:
+        import ray
+        return {"rank": self.rank, "pid": os.getpid(),
+                "node": ray.get_runtime_context().get_node_id()}
+
+    def setup_collective(self, spec: dict, peers=None) -> None:
+        self.collective.close()
+        if spec["backend"] == "shm":
+            self.collective = SharedMemoryCollective(self.rank, spec["path"], spec["world"],
+                                                     spec["size"], spec["dtype"])
+        elif spec["backend"] == "ring":
+            self.collective = RingCollective(self.rank, self.world, peers)
+        else:
+            self.collective = Collective()
+
+    def deliver(self, key, data) -> None:
+        self.collective.deliver(tuple(key), data)
+
+    def abort(self) -> None:
+        self.collective.abort()
+
+    def get_state(self) -> dict:
+        return self.trainer.snapshot()
+
+    def set_state(self, state: dict) -> None:
+        self.trainer.restore(state)
+
+    def digest(self) -> str:
+        return digest(self.net.params)
+
+    # -- work -----------------------------------------------------------------------
+    def run_epoch(self, epoch: int, schedule_state: dict, batch_size: int,
+                  check_every: int = 0) -> dict:
+        """Train one epoch; return summed cost, timings and (optionally) digests."""
+        t = self.trainer
+        t.schedule.load_state_dict(schedule_state)
+        n = len(self.train.y)
+        order = epoch_order(self.cfg.seed, epoch, n)
+        steps = math.ceil(n / batch_size)
+        warm = t.schedule.warmup > 0 and epoch < t.schedule.warmup
+        t.optimizer.lr = t.schedule(epoch)
+        loss_total, comm, digests = 0.0, 0.0, []
+        P = self.net.params.size
+        t0 = time.perf_counter()
+        for k in range(steps):
+            gidx = order[k * batch_size:(k + 1) * batch_size]
+            b = len(gidx)
+            idx = gidx[self.rank * b // self.world:(self.rank + 1) * b // self.world]
+            if warm:
+                t.optimizer.lr = t.schedule(epoch + (k + 1) / steps)
+            if len(idx):
+                x, y = self.train.get(idx, epoch)
+                self.buf[P] = self.net._loss_and_grad_sum(x, y, epoch=epoch, indices=idx,
+                                                          scale=1.0 / b)
+            else:
+                self.buf[:] = 0.0
+            c0 = time.perf_counter()
+            self.collective.allreduce_(epoch * steps + k, self.buf)
+            comm += time.perf_counter() - c0
+            loss = float(self.buf[P]) * b
+            if not math.isfinite(loss):
+                return {"diverged": True, "step": k, "lr": t.optimizer.lr,
+                        "loss": loss, "rank": self.rank}
+            loss_total += loss
+            t.apply_update(self.n_train)
+            if check_every and k % check_every == 0:
+                digests.append((k, digest(self.net.params)))
+        return {"diverged": False, "loss_sum": loss_total, "seconds": time.perf_counter() - t0,
+                "comm_seconds": comm, "lr": t.optimizer.lr, "digests": digests,
+                "final_digest": digest(self.net.params), "rank": self.rank}
+
+    def evaluate(self, which: str) -> tuple[float, int, int]:
+        """(summed cost, correct, count) on this worker's shard of a split."""
+        data = self.train if which == "train" else self.valid
+        n = len(data.y)
+        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        loss, correct = 0.0, 0
+        for s in range(lo, hi, 2000):
+            idx = np.arange(s, min(s + 2000, hi))
+            x = data.normalizer(data.split.x[idx], self.net.dtype)
+            l_, c_ = self.net.evaluate(x, data.y[idx])
+            loss, correct = loss + l_, correct + c_
+        return loss, correct, hi - lo

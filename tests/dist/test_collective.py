@@ -1,0 +1,119 @@
+"""All-reduce backends and the distributed gradient contract, without Ray (threads)."""
+import threading
+
+import numpy as np
+import pytest
+
+import distnn
+from distnn.dist.collective import (CollectiveAborted, RingCollective, SharedMemoryCollective,
+                                    SharedMemoryGroup)
+
+
+def _run(fns):
+    out, errs = [None] * len(fns), []
+
+    def call(i):
+        try:
+            out[i] = fns[i]()
+        except BaseException as e:  # surfaced below
+            errs.append(e)
+    ts = [threading.Thread(target=call, args=(i,)) for i in range(len(fns))]
+    [t.start() for t in ts]
+    [t.join(30) for t in ts]
+    if errs:
+        raise errs[0]
+    return out
+
+
+@pytest.fixture
+def shm3():
+    group = SharedMemoryGroup(3, 1001, np.float32)
+    members = [SharedMemoryCollective(r, group.path, 3, 1001, np.dtype(np.float32).str,
+                                      timeout=10) for r in range(3)]
+    yield group, members
+    for m in members:
+        m.close()
+    group.close()
+
+
+def test_shm_allreduce_sums_identically_over_many_steps(shm3, rng):
+    _, members = shm3
+    for step in range(6):   # exercises both parity buffers
+        bufs = [rng.standard_normal(1001).astype(np.float32) for _ in range(3)]
+        expect = bufs[0] + bufs[1] + bufs[2]
+        _run([lambda m=m, b=b: m.allreduce_(step, b) for m, b in zip(members, bufs)])
+        for b in bufs:
+            np.testing.assert_array_equal(b, bufs[0])
+        np.testing.assert_allclose(bufs[0], expect, rtol=1e-6)
+
+
+def test_shm_abort_releases_a_waiting_worker(shm3):
+    group, members = shm3
+    threading.Timer(0.2, group.abort).start()
+    with pytest.raises(CollectiveAborted, match="a worker died"):
+        members[0].allreduce_(0, np.ones(1001, np.float32))
+
+
+class _Handle:
+    """Stands in for a Ray actor handle: h.deliver.remote(key, data) -> target.deliver."""
+
+    def __init__(self):
+        self.target = None
+        self.deliver = self
+
+    def remote(self, key, data):
+        self.target.deliver(key, np.array(data))  # a copy, as serialisation makes
+
+
+def test_ring_allreduce_sums_identically(rng):
+    n = 4
+    handles = [_Handle() for _ in range(n)]
+    members = [RingCollective(r, n, handles, timeout=10) for r in range(n)]
+    for h, m in zip(handles, members):
+        h.target = m
+    for step in range(3):
+        bufs = [rng.standard_normal(103) for _ in range(n)]
+        expect = sum(bufs)
+        _run([lambda m=m, b=b: m.allreduce_(step, b) for m, b in zip(members, bufs)])
+        for b in bufs:
+            np.testing.assert_array_equal(b, bufs[0])
+        np.testing.assert_allclose(bufs[0], expect, rtol=1e-12)
+
+
+def test_ring_abort(rng):
+    handles = [_Handle(), _Handle()]
+    members = [RingCollective(r, 2, handles, timeout=10) for r in range(2)]
+    for h, m in zip(handles, members):
+        h.target = m
+    threading.Timer(0.2, members[0].abort).start()
+    with pytest.raises(CollectiveAborted):
+        members[0].allreduce_(0, np.ones(10))
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(keep_prob=0.7, keep_prob_input=0.9)])
+def test_n_workers_reduce_to_the_one_process_gradient(opts, rng):
+    """Each worker sums its slice scaled by 1/B; the all-reduced result is the mean
+    gradient of the whole batch (dropout masks keyed by example index)."""
+    x = rng.standard_normal((12, 9))
+    y = rng.integers(0, 4, 12)
+    idx = np.arange(100, 112)
+    ref = distnn.Network([9, 7, 4], dtype="float64", seed=3, **opts)
+    _, want = ref.loss_and_grad(x, y, epoch=2, indices=idx)
+    world = 3
+    group = SharedMemoryGroup(world, ref.params.size, np.float64)
+    try:
+        nets = [distnn.Network([9, 7, 4], dtype="float64", seed=3, **opts) for _ in range(world)]
+        coll = [SharedMemoryCollective(r, group.path, world, ref.params.size,
+                                       np.dtype(np.float64).str) for r in range(world)]
+
+        def work(r):
+            s = slice(r * 12 // world, (r + 1) * 12 // world)
+            nets[r]._loss_and_grad_sum(x[s], y[s], epoch=2, indices=idx[s], scale=1 / 12)
+            coll[r].allreduce_(0, nets[r].grads)
+            return nets[r].grads.copy()
+        got = _run([lambda r=r: work(r) for r in range(world)])
+        [c.close() for c in coll]
+    finally:
+        group.close()
+    for g in got:
+        np.testing.assert_allclose(g, want, rtol=1e-10, atol=1e-13)

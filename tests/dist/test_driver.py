@@ -1,0 +1,98 @@
+"""End to end on Ray: N workers reproduce one, a killed worker costs no result."""
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from distnn.config import TrainConfig
+from distnn.data.datasets import Split, Splits
+from distnn.dist.driver import WorkerFailure, start_ray, train
+from distnn.train.callbacks import Callback
+from distnn.train.run import train as train_one
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def splits():
+    rng = np.random.default_rng(0)
+    n = 1600
+    y = rng.integers(0, 4, n)
+    centres = rng.random((4, 64)) * 200
+    x = np.clip(centres[y] + rng.standard_normal((n, 64)) * 60, 0, 255).astype(np.uint8)
+    x = x.reshape(n, 8, 8)
+    return Splits("blobs", Split(x[:1200], y[:1200]), Split(x[1200:1400], y[1200:1400]),
+                  Split(x[1400:], y[1400:]), 4, "generated")
+
+
+def cfg(**kw):
+    base = dict(dataset="idx", layers=(64, 32, 4), lr=0.2, optimizer="momentum",
+                batch_size=20, epochs=3, workers=2, seed=5, monitor_train=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(keep_prob=0.8, augment="rotate=10,elastic=4:2",
+                                               l2=1.0, allreduce="ring")])
+def test_two_workers_reproduce_one_process(ray_session, splits, opts):
+    two = train(cfg(**opts), splits)
+    one = train_one(cfg(workers=1, **opts), splits, progress=False)
+    np.testing.assert_allclose(two["network"].params, one["network"].params,
+                               rtol=1e-4, atol=1e-5)
+    v2 = [h["valid_accuracy"] for h in two["history"]]
+    v1 = [h["valid_accuracy"] for h in one["history"]]
+    assert v2 == pytest.approx(v1, abs=0.011) and two["test_accuracy"] > 0.8
+
+
+class KillWorker(Callback):
+    """SIGKILLs worker 1 shortly after epoch 0 ends, i.e. during epoch 1."""
+
+    def __init__(self):
+        self.killed = []
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        if epoch == 0:
+            pid = trainer.worker_pids()[1]
+            self.killed.append(pid)
+            threading.Timer(0.05, os.kill, (pid, signal.SIGKILL)).start()
+
+
+@pytest.mark.parametrize("backend", ["shm", "ring"])
+def test_killed_worker_costs_time_not_the_result(ray_session, splits, backend):
+    c = cfg(allreduce=backend, check_replicas=10, epochs=3, keep_prob=0.9)
+    clean = train(c, splits)["network"].params
+    killer = KillWorker()
+    faulted = train(c, splits, callbacks=[killer])
+    assert killer.killed
+    np.testing.assert_array_equal(faulted["network"].params, clean)
+    assert len(faulted["history"]) == 3
+
+
+def test_gives_up_after_max_failures(ray_session, splits):
+    class KillAlways(Callback):
+        def on_epoch_end(self, epoch, logs, trainer):
+            orig = trainer._attempt
+
+            def attempt(e):
+                for pid in trainer.worker_pids()[1:]:
+                    threading.Timer(0.02, os.kill, (pid, signal.SIGKILL)).start()
+                return orig(e)
+            trainer._attempt = attempt
+    with pytest.raises(WorkerFailure, match=r"epoch 1 failed 2 times in a row .* epoch \(0\)"):
+        train(cfg(max_failures=1, epochs=2, batch_size=2), splits, callbacks=[KillAlways()])
+
+
+def test_clear_errors_before_any_work(ray_session, splits):
+    with pytest.raises(ValueError, match="needs 3 CPUs but the Ray cluster has 2"):
+        train(cfg(workers=3, batch_size=21), splits)
+    with pytest.raises(ConnectionError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
+        from distnn.dist.driver import _check_address
+        _check_address("127.0.0.1:1")
+    with pytest.raises(ValueError, match="must be divisible by workers 2"):
+        cfg(batch_size=21)
+
+
+def test_start_ray_joins_a_running_session(ray_session):
+    assert start_ray(None, 2) is False
