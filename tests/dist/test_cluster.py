@@ -1,0 +1,98 @@
+"""Cluster launcher configs (validated by Ray itself) and the Jobs API, for real."""
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["aws", "gcp", "local"])
+def test_cluster_yaml_passes_rays_validation(name):
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("jsonschema")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    config = yaml.safe_load((ROOT / "cluster" / f"{name}.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+    assert any("pip install" in c and "distnn" in c for c in config["setup_commands"])
+    broken = copy.deepcopy(config)
+    broken["setup_comands"] = broken.pop("setup_commands")  # a typo must not pass
+    with pytest.raises(Exception, match="setup_comands"):
+        validate_config(prepare_config(broken))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_session(marker: str):
+    """Stop every process whose command line mentions ``marker`` (our --temp-dir), by
+    PID, so other Ray instances on the machine are left alone."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker.encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(1.0)
+
+
+@pytest.fixture
+def idx_dir(tmp_path):
+    from distnn.data import idx
+    rng = np.random.default_rng(0)
+    for pre, n in (("train", 600), ("t10k", 100)):
+        y = np.arange(n) % 4
+        x = rng.integers(0, 40, (n, 64)) + (np.arange(64)[None, :] % 4 == y[:, None]) * 200
+        (tmp_path / f"{pre}-images-idx3-ubyte").write_bytes(idx.encode(x.reshape(n, 8, 8)))
+        (tmp_path / f"{pre}-labels-idx1-ubyte").write_bytes(idx.encode(y))
+    return tmp_path
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_job_submit_with_token_auth(idx_dir):
+    bindir = Path(sys.executable).parent
+    ray_cli = bindir / "ray"
+    if not ray_cli.exists():
+        pytest.skip("the ray CLI is not installed next to this Python")
+    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")   # short: Ray's socket paths are limited
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bindir}:{os.environ['PATH']}"}
+    gcs, dash = _free_port(), _free_port()
+    try:
+        subprocess.run([str(ray_cli), "start", "--head", f"--port={gcs}", "--num-cpus=2",
+                        f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+                        "--node-ip-address=127.0.0.1", f"--temp-dir={temp}"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        argv = [str(ray_cli), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                "--working-dir", str(ROOT), "--", "python", "-m", "distnn.cli", "train",
+                "--dataset", "idx", "--data-dir", str(idx_dir), "--layers", "64,16,4",
+                "--epochs", "2", "--workers", "2", "--batch-size", "20", "--address", "auto"]
+        for _ in range(20):  # the job agent can come up a little after `ray start` returns
+            job = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+            out = job.stdout + job.stderr
+            if "No available agent" not in out:
+                break
+            time.sleep(3)
+        assert job.returncode == 0, out[-3000:]
+        assert "succeeded" in out and "test accuracy" in out and "2 workers" in out
+    finally:
+        _kill_session(temp)
