@@ -13,6 +13,10 @@ Adam           m ← β1 m + (1 − β1) g;  s ← β2 s + (1 − β2) g²;
                m̂ = m / (1 − β1^t);  ŝ = s / (1 − β2^t);  w ← w − η m̂ / (√ŝ + ε)
 =============  =============================================================
 
+SGD, momentum and Nesterov are linear in g, so they also accept gradients already
+multiplied by -η (``step_prescaled(params, -η g)``): the trainer folds -η/B into the
+backward pass, which costs nothing there and saves a full pass over the parameters.
+
 State is explicit and round-trips through ``state_dict``/``load_state_dict``
 (plain floats and arrays, so it can be written to Parquet/JSON).  ``lr`` may be
 changed between steps by a schedule.
@@ -57,10 +61,17 @@ class Optimizer:
             s = self._tmp = np.empty_like(like)
         return s
 
+    #: True when ``step_prescaled`` is available (the update is linear in g)
+    prescalable = False
+
     def step(self, params: np.ndarray, grads: np.ndarray) -> None:
         """Apply one update to ``params`` in place using ``grads`` (same shape)."""
         self.t += 1
         self._update(params, grads)
+
+    def step_prescaled(self, params: np.ndarray, neg_lr_grads: np.ndarray) -> None:
+        """The same update as ``step`` given ``-lr * grads`` instead of ``grads``."""
+        raise NotImplementedError(f"{self.name} is not linear in the gradient")
 
     def _update(self, params, grads):
         raise NotImplementedError
@@ -84,17 +95,23 @@ class Optimizer:
 
 class SGD(Optimizer):
     name = "sgd"
+    prescalable = True
 
     def _update(self, params, grads):
         tmp = self._scratch(params)
         np.multiply(grads, params.dtype.type(self.lr), out=tmp)
         params -= tmp
 
+    def step_prescaled(self, params, neg_lr_grads):
+        self.t += 1
+        params += neg_lr_grads
+
 
 class Momentum(Optimizer):
     name = "momentum"
     slots = ("velocity",)
     hyper = ("lr", "momentum")
+    prescalable = True
 
     def __init__(self, lr: float, momentum: float = 0.9):
         super().__init__(lr)
@@ -111,6 +128,19 @@ class Momentum(Optimizer):
     def _update(self, params, grads):
         v, _ = self._velocity(params, grads)
         params += v
+
+    def step_prescaled(self, params, neg_lr_grads):
+        self.t += 1
+        v = self._slot("velocity", params)
+        v *= params.dtype.type(self.momentum)
+        v += neg_lr_grads
+        if self.name == "nesterov":       # w += mu v - lr g
+            params += neg_lr_grads
+            tmp = self._scratch(params)
+            np.multiply(v, params.dtype.type(self.momentum), out=tmp)
+            params += tmp
+        else:                             # w += v
+            params += v
 
 
 class Nesterov(Momentum):

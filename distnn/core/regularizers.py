@@ -35,16 +35,17 @@ def penalty(weights: np.ndarray, l1: float, l2: float, n: int) -> float:
 
 
 def add_grad(grad_w: np.ndarray, weights: np.ndarray, l1: float, l2: float, n: int,
-             scratch: np.ndarray | None = None) -> None:
-    """grad_w += (λ2/n) w + (λ1/n) sign(w), in place."""
+             scratch: np.ndarray | None = None, scale: float = 1.0) -> None:
+    """grad_w += scale ((λ2/n) w + (λ1/n) sign(w)), in place (``scale`` = -lr when the
+    gradient has been pre-multiplied by -lr)."""
     if scratch is None:
         scratch = np.empty_like(weights)
     if l2:
-        np.multiply(weights, weights.dtype.type(l2 / n), out=scratch)
+        np.multiply(weights, weights.dtype.type(scale * l2 / n), out=scratch)
         grad_w += scratch
     if l1:
         np.sign(weights, out=scratch)
-        scratch *= weights.dtype.type(l1 / n)
+        scratch *= weights.dtype.type(scale * l1 / n)
         grad_w += scratch
 
 

@@ -82,7 +82,10 @@ class Worker:
     # -- work -----------------------------------------------------------------------
     def run_epoch(self, epoch: int, schedule_state: dict, batch_size: int,
                   check_every: int = 0) -> dict:
-        """Train one epoch; return summed cost, timings and (optionally) digests."""
+        """Train one epoch; return summed cost, timings and (optionally) digests.
+
+        Every worker scales its gradient sum by ``grad_scale(B)`` for the global batch
+        size B, so the all-reduced buffer is exactly what one process would compute."""
         t = self.trainer
         t.schedule.load_state_dict(schedule_state)
         n = len(self.train.y)
@@ -102,13 +105,13 @@ class Worker:
             if len(idx):
                 x, y = self.train.get(idx, epoch)
                 self.buf[P] = self.net._loss_and_grad_sum(x, y, epoch=epoch, indices=idx,
-                                                          scale=1.0 / b)
+                                                          scale=t.grad_scale(b))
             else:
                 self.buf[:] = 0.0
             c0 = time.perf_counter()
             self.collective.allreduce_(epoch * steps + k, self.buf)
             comm += time.perf_counter() - c0
-            loss = float(self.buf[P]) * b
+            loss = float(self.buf[P])           # the batch's summed cost, all shards
             if not math.isfinite(loss):
                 return {"diverged": True, "step": k, "lr": t.optimizer.lr,
                         "loss": loss, "rank": self.rank}

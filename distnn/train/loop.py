@@ -166,26 +166,38 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
 
     # -- the unit of work ----------------------------------------------------------
+    def grad_scale(self, batch_count: int) -> float:
+        """What the summed batch gradient is multiplied by in the backward pass: -lr/B
+        for optimizers that take pre-scaled gradients, else 1/B (the mean)."""
+        if self.optimizer.prescalable:
+            return -self.optimizer.lr / batch_count
+        return 1.0 / batch_count
+
     def step(self, x, y, idx, epoch, n_train) -> float:
         """One update on batch (x, y); returns the batch's summed data cost."""
-        net = self.net
-        loss = net._loss_and_grad_sum(x, y, epoch=epoch, indices=idx, scale=1.0 / len(x))
+        loss = self.net._loss_and_grad_sum(x, y, epoch=epoch, indices=idx,
+                                           scale=self.grad_scale(len(x)))
         self.apply_update(n_train)
         return loss
 
     def apply_update(self, n_train: int) -> None:
-        """Add the L1/L2 gradient (once, to the mean data gradient) and step."""
-        net = self.net
-        if self.l2 and not self.l1 and type(self.optimizer) is SGD:
-            # w - lr (g + (l2/n) w) == (1 - lr l2 / n) w - lr g: one pass fewer each
-            w = net.params[:net.n_decay]
-            w *= w.dtype.type(1.0 - self.optimizer.lr * self.l2 / n_train)
-            self.optimizer.step(net.params, net.grads)
+        """Add the L1/L2 gradient (once, to the reduced gradient) and step.  The network's
+        gradient is the one ``grad_scale`` asked for."""
+        net, opt = self.net, self.optimizer
+        w, g = net.params[:net.n_decay], net.grads[:net.n_decay]
+        if not opt.prescalable:
+            if self.l1 or self.l2:
+                regularizers.add_grad(g, w, self.l1, self.l2, n_train, self._scratch)
+            opt.step(net.params, net.grads)
+        elif self.l2 and not self.l1 and type(opt) is SGD:
+            # w - lr (g + (l2/n) w) == (1 - lr l2 / n) w - lr g: one pass fewer
+            w *= w.dtype.type(1.0 - opt.lr * self.l2 / n_train)
+            opt.step_prescaled(net.params, net.grads)
         else:
             if self.l1 or self.l2:
-                regularizers.add_grad(net.grads[:net.n_decay], net.params[:net.n_decay],
-                                      self.l1, self.l2, n_train, self._scratch)
-            self.optimizer.step(net.params, net.grads)
+                regularizers.add_grad(g, w, self.l1, self.l2, n_train, self._scratch,
+                                      scale=-opt.lr)
+            opt.step_prescaled(net.params, net.grads)
         if self.max_norm is not None:
             regularizers.apply_max_norm([d.W for d in net.dense], self.max_norm)
 

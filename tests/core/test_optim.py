@@ -117,3 +117,24 @@ def test_float32_updates_stay_float32(rng):
         opt = optim.make(name, lr=0.1)
         opt.step(w, np.ones(5, np.float32))
         assert w.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov"])
+def test_prescaled_step_equals_the_plain_step(name, case):
+    w0, gs = case
+    plain, pre = optim.make(name, lr=0.07), optim.make(name, lr=0.07)
+    assert pre.prescalable
+    wa, wb = w0.copy(), w0.copy()
+    for g in gs:
+        plain.step(wa, g.copy())
+        pre.step_prescaled(wb, -0.07 * g)
+    np.testing.assert_allclose(wa, wb, rtol=1e-12, atol=1e-15)
+    assert pre.t == len(gs)
+
+
+def test_adaptive_optimizers_refuse_prescaled_gradients():
+    for name in ("adam", "rmsprop"):
+        opt = optim.make(name, lr=0.1)
+        assert not opt.prescalable
+        with pytest.raises(NotImplementedError, match="not linear"):
+            opt.step_prescaled(np.zeros(2), np.zeros(2))
