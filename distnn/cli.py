@@ -68,6 +68,13 @@ HELP = {
     "max_failures": "replays of one epoch after worker deaths before giving up",
     "monitor_train": "evaluate cost and accuracy on the training split every epoch",
     "metrics_out": "write per-epoch history and test metrics to this JSON file",
+    "checkpoint_dir": "save a checkpoint (Parquet tensors + JSON metadata) here after every "
+                      "epoch; CKPT_DIR/latest names the newest",
+    "keep_last": "checkpoints to keep (the best by --monitor is kept as well)",
+    "resume": "continue a run: from --checkpoint-dir's latest checkpoint (no value) or the "
+              "checkpoint PATH given",
+    "logdir": "write TensorBoard logs here (e.g. runs/NAME); open them with "
+              "tensorboard --logdir DIR",
 }
 BOOL_FLAGS = {"standardize", "batchnorm", "monitor_train"}
 
@@ -82,6 +89,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         default = getattr(defaults, name)
         shown = ",".join(map(str, default)) if name == "layers" else default
         help_ = f"{HELP[name]} (default: {shown})"
+        if name == "resume":
+            p.add_argument(flag, dest=name, nargs="?", const="latest", default=None,
+                           metavar="PATH", help=help_)
+            continue
         if name in BOOL_FLAGS:
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                            default=None, help=help_)
@@ -92,7 +103,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         if name == "max_norm":
             typ = float
         metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
-                   "metrics_out": "FILE.json", "data_dir": "DIR"}.get(name, name.upper())
+                   "metrics_out": "FILE.json", "data_dir": "DIR", "checkpoint_dir": "DIR",
+                   "logdir": "DIR"}.get(name, name.upper())
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_, metavar=metavar)
 
 
@@ -193,6 +205,78 @@ def _preview(args, splits) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .data import load
+    from .train.evaluate import evaluate_split, load_model
+    net, norm, cfg, c = load_model(args.checkpoint)
+    splits = load(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir)
+    split = getattr(splits, args.split)
+    res = {"checkpoint": str(c.path), "dataset": splits.name, "split": args.split,
+           **evaluate_split(net, norm, split.x, split.y)}
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{c.path}: {splits.name} {args.split} ({res['examples']} examples)")
+    print(f"accuracy {100 * res['accuracy']:.2f}%  cost {res['cost']:.4f}")
+    print("per-class accuracy: " + "  ".join(f"{k}:{100 * a:.1f}%"
+                                             for k, a in enumerate(res["per_class_accuracy"])))
+    print("confusion matrix (rows: true class, columns: predicted):")
+    for k, row in enumerate(res["confusion"]):
+        print(f"  {k:>2} " + " ".join(f"{v:>5}" for v in row))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .io.checkpoint import load
+    c = load(args.checkpoint)
+    shapes = {k: list(v.shape) for k, v in c.tensors.items()}
+    n_params = sum(int(np.prod(v.shape)) for k, v in c.tensors.items()
+                   if k.startswith(("dense", "bn")) and k.endswith(("weight", "bias", "gamma",
+                                                                    "beta")))
+    info = {"checkpoint": str(c.path), "format": f"{c.meta['format']} v{c.meta['version']}",
+            "distnn_version": c.meta.get("distnn_version"), "epoch": c.meta["epoch"],
+            "parameters": n_params, "tensors": shapes,
+            "optimizer": c.meta["optimizer"], "config": c.meta["config"],
+            "history": c.meta["history"]}
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .io import network2
+    from .train.evaluate import load_model
+    net, norm, _, c = load_model(args.checkpoint)
+    if norm.mean is not None:
+        raise ValueError("this model standardises its inputs, which network2.py cannot do")
+    network2.export(net, args.out)
+    print(f"wrote {args.out} (network2 JSON) from {c.path}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from . import __version__
+    from .config import TrainConfig
+    from .io import checkpoint, network2
+    net = network2.load(args.json_in)
+    cfg = TrainConfig(dataset=args.dataset, layers=tuple(net.sizes), activation="sigmoid",
+                      output="sigmoid", cost=net.config["cost"], dtype="float64")
+    meta = {"distnn_version": __version__, "config": cfg.to_dict(), "epoch": -1,
+            "step": None, "history": [], "best_epoch": None,
+            "optimizer": {"name": cfg.optimizer, "t": 0, "lr": cfg.lr},
+            "schedule": {"spec": "constant"}, "imported_from": str(args.json_in)}
+    path = checkpoint.save(args.out, "imported", net.named_params(), {}, meta)
+    print(f"wrote checkpoint {path}; evaluate it with: distnn eval {path}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .io.plot import history_of, plot_history
+    history, name = history_of(args.run)
+    plot_history(history, args.out, title=name)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distnn", description="Data-parallel training of "
                                 "fully-connected networks with a NumPy core.")
@@ -232,6 +316,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rows", type=int, default=3, help="distorted rows, one per epoch")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=cmd_data)
+    e = sub.add_parser("eval", help="accuracy, cost, per-class accuracy and confusion matrix "
+                       "of a checkpoint")
+    e.add_argument("checkpoint", help="checkpoint directory, or a --checkpoint-dir (latest)")
+    e.add_argument("--dataset", default=None, help="default: the one it was trained on")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(fn=cmd_eval)
+    i = sub.add_parser("inspect", help="architecture, parameter count, config and history")
+    i.add_argument("checkpoint")
+    i.set_defaults(fn=cmd_inspect)
+    x = sub.add_parser("export", help="write a checkpoint in another format")
+    x.add_argument("checkpoint")
+    x.add_argument("out")
+    x.add_argument("--format", choices=("network2-json",), default="network2-json")
+    x.set_defaults(fn=cmd_export)
+    m = sub.add_parser("import-network2", help="turn Nielsen's network2.py JSON into a "
+                       "checkpoint")
+    m.add_argument("json_in", metavar="IN.json")
+    m.add_argument("out", metavar="CKPT_DIR")
+    m.add_argument("--dataset", default="mnist", help="the dataset it was trained on")
+    m.set_defaults(fn=cmd_import)
+    pl = sub.add_parser("plot", help="cost and accuracy curves as a PNG (needs matplotlib)")
+    pl.add_argument("run", help="a --metrics-out JSON, a checkpoint, or a --checkpoint-dir")
+    pl.add_argument("out", help="output PNG")
+    pl.set_defaults(fn=cmd_plot)
     return p
 
 
@@ -240,9 +350,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     from .data.idx import DataError
+    from .io.checkpoint import CheckpointError
     try:
         return args.fn(args)
-    except (ValueError, DataError, KeyError, ConnectionError) as e:
+    except (ValueError, DataError, KeyError, ConnectionError, CheckpointError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
 

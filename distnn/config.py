@@ -62,6 +62,10 @@ class TrainConfig:
     max_failures: int = 3
     monitor_train: bool = True
     metrics_out: str | None = None
+    checkpoint_dir: str | None = None
+    keep_last: int = 3
+    resume: str | None = None
+    logdir: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -135,6 +139,10 @@ def validate(c: TrainConfig) -> None:
              f"lr_scaling must be none or linear, got {c.lr_scaling!r}")
     _int_at_least("check_replicas", c.check_replicas, 0)
     _int_at_least("max_failures", c.max_failures, 0)
+    _int_at_least("keep_last", c.keep_last, 1)
+    _require(c.resume is None or c.resume != "latest" or c.checkpoint_dir is not None,
+             "--resume without a path resumes from --checkpoint-dir's latest checkpoint; "
+             "give --checkpoint-dir DIR or --resume PATH")
     if c.workers > 1:
         _require(c.batch_size % c.workers == 0,
                  f"batch_size {c.batch_size} is the global batch and must be divisible by "

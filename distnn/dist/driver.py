@@ -87,6 +87,7 @@ class DistTrainer:
         local = build_trainer(cfg, self.net, callbacks)
         self.schedule, self.callbacks = local.schedule, local.callbacks
         self.stop, self.epoch, self.best_epoch, self.history = False, 0, None, []
+        self.state_loader = None
         self.normalizer = Normalizer.fit(train_split.x, splits.pixel_max, cfg.standardize)
         self.n_train = len(train_split)
         self._refs = [ray.put(a) for a in (train_split.x, train_split.y,
@@ -296,6 +297,9 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, callbacks=()) -> di
         trainer = DistTrainer(cfg, splits, train_split, allreduce=cfg.allreduce,
                               check_every=cfg.check_replicas, max_failures=cfg.max_failures,
                               callbacks=[ProgressLogger(bar=False), *callbacks])
+        from ..data.augment import Augmenter
+        single.attach_run_callbacks(trainer, cfg, trainer.normalizer, splits,
+                                    Augmenter(cfg.augment, cfg.seed, splits.pixel_max))
         log.info("training %s on %s with %d workers (all-reduce: %s)", cfg.layers,
                  cfg.dataset, cfg.workers, trainer.backend)
         error = None

@@ -64,6 +64,17 @@ class EarlyStopping(Callback):
         self.wait, self.best_epoch, self.best_state = 0, None, None
         self.stopped_epoch = None
 
+    def on_train_begin(self, trainer):
+        """After a resume, rebuild best/wait from the history so far."""
+        for logs in trainer.history:
+            if self.tracker.update(logs):
+                self.wait, self.best_epoch = 0, logs["epoch"]
+            else:
+                self.wait += 1
+        if trainer.history and self.restore_best:
+            last = trainer.history[-1]["epoch"]
+            self.best_state = trainer.snapshot() if self.best_epoch == last else None
+
     def on_epoch_end(self, epoch, logs, trainer):
         if self.tracker.update(logs):
             self.wait, self.best_epoch = 0, epoch
@@ -79,8 +90,13 @@ class EarlyStopping(Callback):
                      self.tracker.best, self.best_epoch)
 
     def on_train_end(self, trainer):
-        if self.restore_best and self.best_state is not None:
-            trainer.restore(self.best_state)
+        if not self.restore_best or self.best_epoch is None:
+            return
+        state = self.best_state
+        if state is None and getattr(trainer, "state_loader", None) is not None:
+            state = trainer.state_loader(self.best_epoch)   # best epoch predates a resume
+        if state is not None:
+            trainer.restore(state)
             trainer.best_epoch = self.best_epoch
 
 
@@ -90,6 +106,10 @@ class PlateauSchedule(Callback):
 
     def __init__(self, monitor: str, mode: str):
         self.tracker = _Improvement(monitor, mode)
+
+    def on_train_begin(self, trainer):
+        for logs in trainer.history:   # after a resume: the best value so far
+            self.tracker.update(logs)
 
     def on_epoch_end(self, epoch, logs, trainer):
         trainer.schedule.on_epoch_end(self.tracker.update(logs))

@@ -143,6 +143,7 @@ class Trainer:
         self.epoch = 0
         self.best_epoch = None
         self.history: list[dict] = []
+        self.state_loader = None   # epoch -> state, when checkpoints are kept
         self._scratch = np.empty(net.n_decay, net.dtype)
 
     # -- state the callbacks may use -------------------------------------------------

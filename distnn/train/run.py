@@ -57,6 +57,21 @@ def build_trainer(cfg: TrainConfig, net: Network, callbacks=()) -> Trainer:
                    batch_size=cfg.batch_size, seed=cfg.seed, callbacks=cbs)
 
 
+def attach_run_callbacks(trainer, cfg: TrainConfig, norm: Normalizer, splits, aug) -> None:
+    """TensorBoard logging, checkpointing and resume, as the config asks; the
+    checkpoint callback goes last so it captures the other callbacks' decisions."""
+    from .checkpointing import Checkpointing, epoch_state_loader, resume
+    if cfg.logdir:
+        from .tensorboard import TensorBoard
+        trainer.callbacks.append(TensorBoard(cfg.logdir, cfg, splits, aug))
+    if cfg.checkpoint_dir:
+        trainer.callbacks.append(Checkpointing(cfg.checkpoint_dir, cfg, norm, cfg.keep_last,
+                                               cfg.monitor, mode_of(cfg.monitor)))
+        trainer.state_loader = epoch_state_loader(cfg.checkpoint_dir, trainer.net)
+    if cfg.resume:
+        resume(trainer, cfg, cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume)
+
+
 def _subset(split: Split, n: int | None) -> Split:
     if n is None:
         return split
@@ -80,6 +95,7 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     tr = Batches(train_split, norm, aug, dtype)
     va = Batches(splits.valid, norm, None, dtype) if len(splits.valid) else None
     trainer = build_trainer(cfg, net, [ProgressLogger(bar=None if progress else False)])
+    attach_run_callbacks(trainer, cfg, norm, splits, aug)
     log.info("training %s on %s (%d examples, source: %s)", cfg.layers, cfg.dataset,
              len(train_split), splits.source)
     t0 = time.perf_counter()

@@ -1,0 +1,49 @@
+"""Training curves as a PNG (needs matplotlib: ``pip install matplotlib``), for people who
+do not run TensorBoard."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def history_of(run) -> tuple[list[dict], str]:
+    """The per-epoch history from a metrics JSON file, a checkpoint, or a checkpoint
+    directory (its latest checkpoint)."""
+    p = Path(run)
+    if p.is_file():
+        doc = json.loads(p.read_text())
+        if "history" not in doc:
+            raise ValueError(f"{p} has no 'history' (expected a --metrics-out file)")
+        return doc["history"], p.stem
+    from .checkpoint import load
+    c = load(p)
+    return c.meta["history"], c.path.name
+
+
+def plot_history(history: list[dict], out, title: str = "") -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("distnn plot needs matplotlib: pip install matplotlib") from None
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-"), ("valid", "--")):
+        cost = [h.get(f"{split}_cost") for h in history]
+        acc = [h.get(f"{split}_accuracy") for h in history]
+        if any(v is not None for v in cost):
+            ax1.plot(epochs, cost, style, label=split)
+        if any(v is not None for v in acc):
+            ax2.plot(epochs, [100 * v if v is not None else None for v in acc], style,
+                     label=split)
+    ax1.set(xlabel="epoch", ylabel="cost (incl. L1/L2)", title="cost")
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

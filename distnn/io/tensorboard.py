@@ -1,0 +1,42 @@
+"""The TensorBoard writer (tensorboardX) used by the TensorBoard callback; the driver is
+the only process that writes."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class RunWriter:
+    """Scalars, histograms, text, images and hparams for one run directory."""
+
+    def __init__(self, logdir: str):
+        from tensorboardX import SummaryWriter
+        self.logdir = logdir
+        self.w = SummaryWriter(logdir=logdir)
+
+    def scalars(self, step: int, values: dict) -> None:
+        for tag, v in values.items():
+            if v is not None:
+                self.w.add_scalar(tag, float(v), step)
+
+    def histograms(self, step: int, arrays: dict) -> None:
+        for tag, a in arrays.items():
+            self.w.add_histogram(tag, np.asarray(a, np.float64).reshape(-1), step)
+
+    def text(self, tag: str, body: str, step: int = 0) -> None:
+        self.w.add_text(tag, body, step)
+
+    def image(self, tag: str, img: np.ndarray, step: int = 0) -> None:
+        """A uint8 (H, W) greyscale image."""
+        self.w.add_image(tag, img[None, :, :], step, dataformats="CHW")
+
+    def hparams(self, hparams: dict, metrics: dict) -> None:
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                 for k, v in hparams.items() if v is not None}
+        self.w.add_hparams(clean, {k: float(v) for k, v in metrics.items() if v is not None},
+                           name=".")
+
+    def flush(self) -> None:
+        self.w.flush()
+
+    def close(self) -> None:
+        self.w.close()

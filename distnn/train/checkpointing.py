@@ -1,0 +1,118 @@
+"""Saving a trainer to a checkpoint and resuming from one, exactly.
+
+Resuming is exact because nothing in training draws from a stateful generator: the
+epoch order comes from (seed, epoch) and dropout/augmentation from (seed, epoch, example
+index).  A run resumed from the checkpoint of epoch k therefore computes epochs k+1...
+exactly as the uninterrupted run did; a run killed mid-epoch replays that epoch from
+the last checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..io import checkpoint as ckpt
+from .callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+ARCH_KEYS = ("layers", "activation", "output", "cost", "batchnorm", "dtype")
+
+
+def state_to_checkpoint(state: dict, net, normalizer) -> tuple[dict, dict, dict]:
+    """(tensors, optimizer slots, optimizer/schedule scalars) from ``trainer.snapshot()``."""
+    tensors = {}
+    for key, sl in net.slices.items():
+        tensors[key] = state["params"][sl].reshape(net.named_params()[key].shape)
+    tensors.update(state["buffers"])
+    if normalizer is not None:
+        tensors.update(normalizer.tensors())
+    opt = state["optimizer"]
+    slots = {f"{name}.{key}": slot[sl].reshape(net.named_params()[key].shape)
+             for name, slot in opt["slots"].items() for key, sl in net.slices.items()}
+    scalars = {"optimizer": {k: v for k, v in opt.items() if k != "slots"},
+               "schedule": state["schedule"]}
+    return tensors, slots, scalars
+
+
+def checkpoint_to_state(c: ckpt.Checkpoint, net) -> dict:
+    """The inverse of ``state_to_checkpoint``: a ``trainer.restore()`` state."""
+    params = np.empty_like(net.params)
+    for key, sl in net.slices.items():
+        params[sl] = c.tensors[key].reshape(-1)
+    buffers = {k: c.tensors[k] for k in net.named_buffers()}
+    slot_names = sorted({k.split(".", 1)[0] for k in c.optimizer})
+    slots = {}
+    for name in slot_names:
+        flat = np.empty_like(net.params)
+        for key, sl in net.slices.items():
+            flat[sl] = c.optimizer[f"{name}.{key}"].reshape(-1)
+        slots[name] = flat
+    return {"params": params, "buffers": buffers,
+            "optimizer": {**c.meta["optimizer"], "slots": slots},
+            "schedule": c.meta["schedule"]}
+
+
+def check_architecture(c: ckpt.Checkpoint, cfg) -> None:
+    have = {k: c.meta["config"].get(k) for k in ARCH_KEYS}
+    want = {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in ((k, getattr(cfg, k)) for k in ARCH_KEYS)}
+    if have != want:
+        diff = {k: (have[k], want[k]) for k in ARCH_KEYS if have[k] != want[k]}
+        raise ckpt.CheckpointError(
+            f"checkpoint {c.path} does not fit the requested network: "
+            + "; ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items()))
+    if c.meta["config"].get("optimizer") != cfg.optimizer:
+        raise ckpt.CheckpointError(f"checkpoint {c.path} holds {c.meta['config']['optimizer']} "
+                                   f"state but --optimizer is {cfg.optimizer}")
+
+
+class Checkpointing(Callback):
+    """Save ``CKPT_DIR/epoch-NNNN`` after every epoch (after the other callbacks, so
+    schedule and early-stopping decisions are included), keep the last ``keep_last``
+    and the best by ``monitor``."""
+
+    def __init__(self, root, cfg, normalizer, keep_last=3, monitor=None, mode=None):
+        self.root, self.cfg, self.normalizer = Path(root), cfg, normalizer
+        self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        tensors, slots, scalars = state_to_checkpoint(trainer.snapshot(), trainer.net,
+                                                      self.normalizer)
+        from .. import __version__
+        meta = {"distnn_version": __version__, "config": self.cfg.to_dict(), "epoch": epoch,
+                "step": None,
+                "history": trainer.history, "best_epoch": trainer.best_epoch,
+                "randomness": {"seed": self.cfg.seed, "generator": "counter-based, keyed "
+                               "by (seed, epoch, example index); no stateful RNG"},
+                **scalars}
+        name = f"epoch-{epoch:04d}"
+        ckpt.save(self.root, name, tensors, slots, meta)
+        v = logs.get(self.monitor) if self.monitor else None
+        if v is not None and (self.best is None or (v > self.best[0] if self.mode == "max"
+                                                    else v < self.best[0])):
+            self.best = (v, name)
+        ckpt.prune(self.root, self.keep_last, {self.best[1]} if self.best else set())
+
+
+def resume(trainer, cfg, source) -> ckpt.Checkpoint:
+    """Load ``source`` (a checkpoint, or a root's latest) into ``trainer``."""
+    c = ckpt.load(source)
+    check_architecture(c, cfg)
+    trainer.restore(checkpoint_to_state(c, trainer.net))
+    trainer.history = list(c.meta["history"])
+    trainer.epoch = c.meta["epoch"] + 1
+    trainer.best_epoch = c.meta.get("best_epoch")
+    log.info("resumed from %s (epoch %d done)", c.path, c.meta["epoch"])
+    return c
+
+
+def epoch_state_loader(root, net):
+    """A function epoch -> restore-state, reading ``root/epoch-NNNN`` (for early stopping
+    after a resume, whose best epoch may be older than the resume point)."""
+    def load(epoch):
+        return checkpoint_to_state(ckpt.load(Path(root) / f"epoch-{epoch:04d}"), net)
+    return load

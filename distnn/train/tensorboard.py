@@ -1,0 +1,94 @@
+"""The TensorBoard callback: per-epoch scalars, per-layer histograms of weights and
+gradients, the fraction of saturated units, the config, augmented samples, hparams.
+
+Gradients and saturation are measured on a fixed probe batch of training examples at
+the end of each epoch, in evaluation mode, so the single-process and the distributed
+runs log the same quantities."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+
+from ..io.png import grid
+from ..io.tensorboard import RunWriter
+from .callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+SCALARS = {"train_cost": "train/cost", "train_accuracy": "train/accuracy",
+           "valid_cost": "valid/cost", "valid_accuracy": "valid/accuracy", "lr": "lr",
+           "examples_per_second": "throughput/examples_per_second",
+           "train_seconds": "time/train_seconds", "comm_seconds": "time/communication_seconds"}
+
+
+def saturation(net, x) -> dict[str, float]:
+    """Per hidden layer: the fraction of saturated units (sigmoid a < 0.02 or > 0.98;
+    tanh |a| > 0.98 of its range) or, for ReLU, of units dead on every probe example."""
+    net.forward(x)
+    out = {}
+    for layer in net.layers:
+        if not hasattr(layer, "fn") or not hasattr(layer, "a"):
+            continue
+        a, name = layer.a, layer.fn.name
+        if name == "relu":
+            out[f"dead_relu/{layer.name}"] = float(np.mean(np.all(a <= 0, axis=0)))
+        elif name == "sigmoid":
+            out[f"saturated/{layer.name}"] = float(np.mean((a < 0.02) | (a > 0.98)))
+        else:
+            top = 1.7159 if name == "scaled-tanh" else 1.0
+            out[f"saturated/{layer.name}"] = float(np.mean(np.abs(a) > 0.98 * top))
+    return out
+
+
+class TensorBoard(Callback):
+    def __init__(self, logdir: str, cfg, splits, augmenter, probe: int = 512):
+        self.logdir, self.cfg, self.splits, self.aug = logdir, cfg, splits, augmenter
+        self.probe = probe
+        self.writer = None
+
+    def _probe(self, trainer):
+        s = self.splits.train
+        n = min(self.probe, len(s))
+        x = s.x[:n].reshape(n, -1).astype(trainer.net.dtype) * trainer.net.dtype.type(
+            1.0 / self.splits.pixel_max)
+        return x, s.y[:n]
+
+    def on_train_begin(self, trainer):
+        self.writer = RunWriter(self.logdir)
+        self.writer.text("config", "```\n" + json.dumps(self.cfg.to_dict(), indent=2) + "\n```")
+        if self.aug is not None and self.aug.spec.active:
+            x = self.splits.train.x[:8]
+            rows = [x.astype(np.float32) / self.splits.pixel_max]
+            rows += [self.aug(x, np.arange(8), e) for e in range(3)]
+            img = np.clip(np.rint(np.concatenate(rows) * 255), 0, 255).astype(np.uint8)
+            self.writer.image("augmented_samples", grid(img, cols=8))
+        log.info("TensorBoard logs in %s; view them with: tensorboard --logdir %s",
+                 self.logdir, self.logdir)
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        w = self.writer
+        w.scalars(epoch, {tag: logs.get(k) for k, tag in SCALARS.items()})
+        net = trainer.net
+        x, y = self._probe(trainer)
+        _, grad = net.loss_and_grad(x, y)
+        w.histograms(epoch, {f"weights/{k}": v for k, v in net.named_params().items()})
+        w.histograms(epoch, {f"grads/{k}": grad[sl] for k, sl in net.slices.items()})
+        w.scalars(epoch, saturation(net, x))
+        w.flush()
+
+    def on_train_end(self, trainer):
+        h = trainer.history
+        if h:
+            best = max((e["valid_accuracy"] for e in h if e["valid_accuracy"] is not None),
+                       default=None)
+            last = h[-1]
+            self.writer.hparams(
+                {k: v for k, v in self.cfg.to_dict().items() if not isinstance(v, (list, dict))}
+                | {"layers": ",".join(map(str, self.cfg.layers))},
+                {"hparam/best_valid_accuracy": best,
+                 "hparam/final_valid_accuracy": last["valid_accuracy"],
+                 "hparam/final_train_accuracy": last["train_accuracy"],
+                 "hparam/epochs": len(h)})
+        self.writer.close()
