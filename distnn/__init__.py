@@ -1,7 +1,6 @@
 """distnn: a data-parallel neural-network trainer on Ray with a pure NumPy core."""
-__version__ = "0.1.0"
-
 from . import data
+from ._version import __version__
 from .config import TrainConfig
 from .core.network import Network
 

@@ -254,7 +254,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from . import __version__
+    from ._version import __version__
     from .config import TrainConfig
     from .io import checkpoint, network2
     net = network2.load(args.json_in)

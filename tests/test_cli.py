@@ -4,21 +4,15 @@ import numpy as np
 import pytest
 
 from distnn import cli
-from distnn.data import idx
+from tests.data import tiny
 
 
 @pytest.fixture
 def digits_dir(tmp_path, data_home):
     """Generated 8x8 IDX files (10 separable classes) for --dataset idx."""
-    rng = np.random.default_rng(0)
     d = tmp_path / "digits"
     d.mkdir()
-    for pre, n in (("train", 360), ("t10k", 100)):
-        y = np.arange(n) % 10
-        x = rng.integers(0, 40, (n, 64)) + (np.arange(64)[None, :] % 10 == y[:, None]) * 200
-        (d / f"{pre}-images-idx3-ubyte").write_bytes(idx.encode(x.reshape(n, 8, 8)))
-        (d / f"{pre}-labels-idx1-ubyte").write_bytes(idx.encode(y))
-    return d
+    return tiny.write_blobs(d, 360, 100, classes=10)
 
 
 def test_gradcheck_passes_and_exits_zero(capsys):

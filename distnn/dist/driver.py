@@ -21,7 +21,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..data.datasets import Splits
 from ..data.splits import Normalizer
-from ..train.loop import DivergenceError
+from ..train.loop import DivergenceError, end_epoch, epoch_logs
 from ..train.run import build_network, build_trainer, check_data, mode_of
 from .collective import SharedMemoryGroup
 from .worker import Worker
@@ -243,19 +243,10 @@ class DistTrainer:
             self._load_local(self.state)
             comm = max(r["comm_seconds"] for r in results.values())
             self.comm_seconds += comm
-            logs = {"epoch": epoch, "train_cost": None, "train_accuracy": None,
-                    "valid_cost": None, "valid_accuracy": None, "lr": results[0]["lr"],
-                    "train_seconds": seconds, "examples_per_second": self.n_train / seconds,
-                    "comm_seconds": comm}
-            if monitor_train:
-                logs["train_cost"], logs["train_accuracy"] = self.evaluate("train", self.n_train)
-            if has_valid:
-                logs["valid_cost"], logs["valid_accuracy"] = self.evaluate("valid", self.n_train)
-            self.history.append(logs)
-            for cb in self.callbacks:
-                cb.on_epoch_end(epoch, logs, self)
-            self.epoch = epoch + 1
-            if self.stop:
+            logs = epoch_logs(epoch, results[0]["lr"], self.n_train, seconds,
+                              lambda which: self.evaluate(which, self.n_train), monitor_train,
+                              has_valid, comm_seconds=comm)
+            if end_epoch(self, epoch, logs):
                 break
         for cb in self.callbacks:
             cb.on_train_end(self)

@@ -82,7 +82,7 @@ class Checkpointing(Callback):
     def on_epoch_end(self, epoch, logs, trainer):
         tensors, slots, scalars = state_to_checkpoint(trainer.snapshot(), trainer.net,
                                                       self.normalizer)
-        from .. import __version__
+        from .._version import __version__
         meta = {"distnn_version": __version__, "config": self.cfg.to_dict(), "epoch": epoch,
                 "step": None,
                 "history": trainer.history, "best_epoch": trainer.best_epoch,

@@ -118,6 +118,28 @@ def prefetch(batches: Batches, order: np.ndarray, batch_size: int, epoch: int, d
                 t.join(0.01)
 
 
+def epoch_logs(epoch, lr, n, seconds, evaluate, monitor_train, has_valid, **extra) -> dict:
+    """The per-epoch record every trainer writes (``evaluate(which)`` gives (cost,
+    accuracy) for "train" or "valid")."""
+    logs = {"epoch": epoch, "train_cost": None, "train_accuracy": None, "valid_cost": None,
+            "valid_accuracy": None, "lr": lr, "train_seconds": seconds,
+            "examples_per_second": n / seconds, **extra}
+    if monitor_train:
+        logs["train_cost"], logs["train_accuracy"] = evaluate("train")
+    if has_valid:
+        logs["valid_cost"], logs["valid_accuracy"] = evaluate("valid")
+    return logs
+
+
+def end_epoch(trainer, epoch: int, logs: dict) -> bool:
+    """Record the epoch and run the callbacks; True when training should stop."""
+    trainer.history.append(logs)
+    for cb in trainer.callbacks:
+        cb.on_epoch_end(epoch, logs, trainer)
+    trainer.epoch = epoch + 1
+    return trainer.stop
+
+
 class Trainer:
     """Mini-batch training of one ``Network`` in this process.
 
@@ -238,30 +260,19 @@ class Trainer:
                     for cb in self.callbacks:
                         cb.on_progress(s + len(idx), n, self)
             seconds = time.perf_counter() - t0
-            logs = self._epoch_logs(epoch, train, valid, n, seconds, monitor_train)
+            data = {"train": train, "valid": valid}
+            logs = epoch_logs(epoch, self.optimizer.lr, n, seconds,
+                              lambda which: self.evaluate(data[which], n), monitor_train,
+                              valid is not None)
             if any(v is not None and not math.isfinite(v) for v in logs.values()):
                 self.restore(last_good)
                 raise DivergenceError(self._diverged_msg(math.nan, epoch, steps - 1), self.history)
-            self.history.append(logs)
             last_good = self.snapshot()
-            for cb in self.callbacks:
-                cb.on_epoch_end(epoch, logs, self)
-            self.epoch = epoch + 1
-            if self.stop:
+            if end_epoch(self, epoch, logs):
                 break
         for cb in self.callbacks:
             cb.on_train_end(self)
         return self.history
-
-    def _epoch_logs(self, epoch, train, valid, n, seconds, monitor_train) -> dict:
-        logs = {"epoch": epoch, "train_cost": None, "train_accuracy": None,
-                "valid_cost": None, "valid_accuracy": None, "lr": self.optimizer.lr,
-                "train_seconds": seconds, "examples_per_second": n / seconds}
-        if monitor_train:
-            logs["train_cost"], logs["train_accuracy"] = self.evaluate(train, n)
-        if valid is not None:
-            logs["valid_cost"], logs["valid_accuracy"] = self.evaluate(valid, n)
-        return logs
 
     def _diverged_msg(self, loss, epoch, step) -> str:
         lr = self.optimizer.lr

@@ -36,3 +36,15 @@ def write(directory, compress=False, override=None):
         else:
             (directory / n).write_bytes(data)
     return directory
+
+
+def write_blobs(directory, n_train, n_test, classes=4, side=8, seed=0, low=40, high=200):
+    """Separable generated IDX files: class k lights up pixels p with p % classes == k."""
+    rng = np.random.default_rng(seed)
+    d = side * side
+    for pre, n in (("train", n_train), ("t10k", n_test)):
+        y = np.arange(n) % classes
+        x = rng.integers(0, low, (n, d)) + (np.arange(d)[None, :] % classes == y[:, None]) * high
+        (directory / f"{pre}-images-idx3-ubyte").write_bytes(idx.encode(x.reshape(n, side, side)))
+        (directory / f"{pre}-labels-idx1-ubyte").write_bytes(idx.encode(y))
+    return directory

@@ -9,7 +9,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,14 +57,8 @@ def _kill_session(marker: str):
 
 @pytest.fixture
 def idx_dir(tmp_path):
-    from distnn.data import idx
-    rng = np.random.default_rng(0)
-    for pre, n in (("train", 600), ("t10k", 100)):
-        y = np.arange(n) % 4
-        x = rng.integers(0, 40, (n, 64)) + (np.arange(64)[None, :] % 4 == y[:, None]) * 200
-        (tmp_path / f"{pre}-images-idx3-ubyte").write_bytes(idx.encode(x.reshape(n, 8, 8)))
-        (tmp_path / f"{pre}-labels-idx1-ubyte").write_bytes(idx.encode(y))
-    return tmp_path
+    from tests.data import tiny
+    return tiny.write_blobs(tmp_path, 600, 100)
 
 
 @pytest.mark.ray

@@ -21,14 +21,8 @@ pytest.importorskip("pyarrow")
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("idxdata")
-    rng = np.random.default_rng(0)
-    for pre, n in (("train", 3600), ("t10k", 400)):
-        y = np.arange(n) % 4
-        x = rng.integers(0, 120, (n, 64)) + (np.arange(64)[None, :] % 4 == y[:, None]) * 120
-        (d / f"{pre}-images-idx3-ubyte").write_bytes(idx.encode(x.reshape(n, 8, 8)))
-        (d / f"{pre}-labels-idx1-ubyte").write_bytes(idx.encode(y))
-    return d
+    from tests.data import tiny
+    return tiny.write_blobs(tmp_path_factory.mktemp("idxdata"), 3600, 400, low=120, high=120)
 
 
 def _args(data_dir, ckpt_dir, epochs=6, extra=()):
