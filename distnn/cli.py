@@ -73,6 +73,8 @@ HELP = {
     "keep_last": "checkpoints to keep (the best by --monitor is kept as well)",
     "resume": "continue a run: from --checkpoint-dir's latest checkpoint (no value) or the "
               "checkpoint PATH given",
+    "bayes_error": "the best achievable error (e.g. human error) for the bias/variance "
+                   "diagnosis, as a fraction",
     "logdir": "write TensorBoard logs here (e.g. runs/NAME); open them with "
               "tensorboard --logdir DIR",
 }
@@ -81,6 +83,9 @@ BOOL_FLAGS = {"standardize", "batchnorm", "monitor_train"}
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
+    p.add_argument("--recipe", metavar="NAME",
+                   help="start from a named recipe (`distnn recipes` lists them); --config "
+                        "and flags override it")
     p.add_argument("--config", metavar="FILE.toml",
                    help="TOML file of these settings (keys spelled with underscores); "
                         "flags given on the command line override it")
@@ -109,15 +114,18 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < TOML file < command-line flags."""
-    values: dict = {}
+    """Defaults < recipe < TOML file < command-line flags."""
+    from . import recipes
+    cfg = TrainConfig()
+    if getattr(args, "recipe", None):
+        cfg = from_mapping(recipes.settings(args.recipe), where=f"recipe {args.recipe}")
     if args.config:
         try:
             with open(args.config, "rb") as f:
                 values = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ValueError(f"--config {args.config}: {e}") from None
-    cfg = from_mapping(values, where=args.config or "config")
+        cfg = from_mapping(values, base=cfg, where=args.config)
     flags = {k: getattr(args, k) for k in field_names() if getattr(args, k) is not None}
     return from_mapping(flags, base=cfg, where="command line")
 
@@ -141,6 +149,9 @@ def cmd_train(args) -> int:
               f"valid accuracy {100 * (last['valid_accuracy'] or 0):.2f}%")
     if "test_accuracy" in m:
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test cost {m['test_cost']:.4f}")
+    if m.get("diagnosis"):
+        from .train.diagnosis import format_diagnosis
+        print(format_diagnosis(m["diagnosis"]))
     if cfg.metrics_out:
         print(f"metrics written to {cfg.metrics_out}")
     return 0
@@ -202,6 +213,89 @@ def _preview(args, splits) -> int:
     img = grid(np.clip(np.rint(tiles * 255), 0, 255).astype(np.uint8), cols=args.count)
     write_png(args.out, img)
     print(f"wrote {args.out}: first row original, then {args.rows} epochs of '{aug.spec}'")
+    return 0
+
+
+def _search_args(p):
+    p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+                   help="grid values, e.g. hidden=10,25,50 lr=0.05,0.1 l2=0.0001,0.001")
+    p.add_argument("--random", nargs="+", default=[], metavar="KEY=DIST",
+                   help="random specs: lr=loguniform:1e-3:1 hidden=choice:30,100 "
+                        "keep_prob=uniform:0.5:1 batch_size=randint:8:64")
+    p.add_argument("--samples", type=int, default=20, help="random trials to draw")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the random draws")
+    p.add_argument("--asha", action="store_true", help="stop poor trials early (ASHA)")
+    p.add_argument("--out", default="search", help="directory for results.csv/.parquet, "
+                   "best.toml, summary.json and the Tune state")
+    p.add_argument("--name", default="search", help="search name (resume uses it)")
+    p.add_argument("--resume-search", action="store_true",
+                   help="continue an interrupted search in --out")
+
+
+def cmd_search(args) -> int:
+    from . import recipes, tune
+    cfg = config_from_args(args)
+    grid, rand = list(args.grid), list(args.random)
+    if args.recipe and not grid and not rand:
+        spec = recipes.load(args.recipe).get("search", {})
+        grid, rand = spec.get("grid", []), spec.get("random", [])
+    if not grid and not rand:
+        raise ValueError("nothing to search: give --grid and/or --random (or a search recipe)")
+    trials = tune.expand_grid(tune.parse_grid(grid)) if grid else [{}]
+    if rand:
+        draws = tune.sample_random(tune.parse_random(rand), args.samples, args.search_seed)
+        trials = [{**t, **d} for t in trials for d in draws]
+    print(f"{len(trials)} trials, {cfg.workers} CPU each, selecting on {cfg.monitor}")
+    res = tune.run_search(cfg, trials, args.out, name=args.name, asha=args.asha,
+                          resume=args.resume_search, address=cfg.address)
+    table = res["table"]
+    cols = [c for c in table.columns if c != "trial_dir"]
+    print(table[cols].head(15).to_string(index=False))
+    print(f"best: {res['best']}  {cfg.monitor} {res['best_valid']:.4f}  "
+          f"test accuracy (winner, once) {100 * (res['test_accuracy'] or 0):.2f}%")
+    print(f"best config: {res['best_config']}  (distnn train --config {res['best_config']})")
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from . import tune
+    from .data import load
+    from .train.run import train
+    cfg = config_from_args(args).replace(epochs=args.find_epochs, early_stop=0,
+                                         checkpoint_dir=None, logdir=None, metrics_out=None,
+                                         resume=None)
+    splits = load(cfg.dataset, cfg.data_dir)
+
+    from .train.loop import DivergenceError
+
+    def curve(lr):
+        try:
+            h = train(cfg.replace(lr=lr, monitor_train=True), splits, progress=False)["history"]
+            costs = [e["train_cost"] for e in h]
+        except DivergenceError:
+            costs = [float("nan")]
+        print(f"  lr {lr:<10.4g} training cost by epoch: "
+              + ", ".join(f"{c:.4f}" for c in costs), flush=True)
+        return costs
+
+    res = tune.find_threshold(curve, start=args.start, refine=args.refine)
+    print(f"threshold learning rate ~ {res['threshold']:.4g} (cost no longer falls at "
+          f"{res['first_failing']:.4g}); suggested --lr {res['suggested_lr']:.4g}")
+    if args.plot:
+        _plot_lr_find(res, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot_lr_find(res, out):
+    from .io.plot import plot_lr_find
+    plot_lr_find(res["tried"], res["threshold"], out)
+
+
+def cmd_recipes(args) -> int:
+    from . import recipes
+    for name in recipes.names():
+        print(f"{name:<16} {recipes.load(name)['description']}")
     return 0
 
 
@@ -316,6 +410,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rows", type=int, default=3, help="distorted rows, one per epoch")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=cmd_data)
+    se = sub.add_parser("search", help="grid or random hyperparameter search on Ray Tune")
+    _add_train_flags(se)
+    _search_args(se)
+    se.set_defaults(fn=cmd_search)
+    lf = sub.add_parser("lr-find", help="Nielsen's learning-rate threshold search")
+    _add_train_flags(lf)
+    lf.add_argument("--start", type=float, default=0.01, help="first learning rate tried")
+    lf.add_argument("--find-epochs", type=int, default=3,
+                    help="epochs per try: the cost must fall over these")
+    lf.add_argument("--refine", type=int, default=4, help="bisection steps after the x10 search")
+    lf.add_argument("--plot", metavar="OUT.png", help="plot the tried cost curves")
+    lf.set_defaults(fn=cmd_lr_find)
+    r = sub.add_parser("recipes", help="list the named configs for --recipe")
+    r.set_defaults(fn=cmd_recipes)
     e = sub.add_parser("eval", help="accuracy, cost, per-class accuracy and confusion matrix "
                        "of a checkpoint")
     e.add_argument("checkpoint", help="checkpoint directory, or a --checkpoint-dir (latest)")

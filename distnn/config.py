@@ -66,6 +66,7 @@ class TrainConfig:
     keep_last: int = 3
     resume: str | None = None
     logdir: str | None = None
+    bayes_error: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -140,6 +141,8 @@ def validate(c: TrainConfig) -> None:
     _int_at_least("check_replicas", c.check_replicas, 0)
     _int_at_least("max_failures", c.max_failures, 0)
     _int_at_least("keep_last", c.keep_last, 1)
+    _require(isinstance(c.bayes_error, (int, float)) and 0 <= c.bayes_error < 1,
+             f"bayes_error must be a fraction in [0, 1), got {c.bayes_error!r}")
     _require(c.resume is None or c.resume != "latest" or c.checkpoint_dir is not None,
              "--resume without a path resumes from --checkpoint-dir's latest checkpoint; "
              "give --checkpoint-dir DIR or --resume PATH")

@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, callbacks=()) -> di
     from ..train import run as single
     from ..train.callbacks import ProgressLogger
     if cfg.workers == 1:
-        return single.train(cfg, splits)
+        return single.train(cfg, splits, callbacks=callbacks)
     splits = splits or load(cfg.dataset, cfg.data_dir)
     check_data(cfg, splits)
     train_split = single._subset(splits.train, cfg.train_size)
@@ -309,6 +309,8 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, callbacks=()) -> di
             local = build_trainer(cfg, net)
             te = Batches(splits.test, trainer.normalizer, None, net.dtype)
             metrics["test_cost"], metrics["test_accuracy"] = local.evaluate(te, len(train_split))
+        from ..train.diagnosis import from_history
+        metrics["diagnosis"] = from_history(trainer.history, trainer.best_epoch, cfg.bayes_error)
         if cfg.metrics_out:
             single.write_json(cfg.metrics_out, metrics)
         metrics["network"] = net

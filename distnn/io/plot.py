@@ -20,13 +20,33 @@ def history_of(run) -> tuple[list[dict], str]:
     return c.meta["history"], c.path.name
 
 
-def plot_history(history: list[dict], out, title: str = "") -> None:
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("distnn plot needs matplotlib: pip install matplotlib") from None
+        raise ValueError("plotting needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot_lr_find(tried: dict, threshold: float, out) -> None:
+    """Training cost per epoch for each learning rate tried; the threshold marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for lr, costs in tried.items():
+        style = "-" if lr <= threshold else ":"
+        ax.plot(range(len(costs)), costs, style, marker="o", label=f"lr {lr:.3g}")
+    ax.set(xlabel="epoch", ylabel="training cost", yscale="log",
+           title=f"lr-find: threshold ~ {threshold:.3g}, suggested {threshold / 2:.3g}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_history(history: list[dict], out, title: str = "") -> None:
+    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "-"), ("valid", "--")):

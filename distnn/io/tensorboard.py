@@ -29,11 +29,17 @@ class RunWriter:
         """A uint8 (H, W) greyscale image."""
         self.w.add_image(tag, img[None, :, :], step, dataformats="CHW")
 
-    def hparams(self, hparams: dict, metrics: dict) -> None:
+    def hparams(self, hparams: dict, metrics: dict, step: int = 0) -> None:
+        """The hparams view's summaries, written into this run's own event file.
+        (tensorboardX's add_hparams opens a second writer whose file name repeats the
+        first's when both start in the same second, clobbering the run's scalars.)"""
+        from tensorboardX.summary import hparams as hparams_summaries
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                  for k, v in hparams.items() if v is not None}
-        self.w.add_hparams(clean, {k: float(v) for k, v in metrics.items() if v is not None},
-                           name=".")
+        values = {k: float(v) for k, v in metrics.items() if v is not None}
+        for summary in hparams_summaries(clean, values):
+            self.w.file_writer.add_summary(summary)
+        self.scalars(step, values)
 
     def flush(self) -> None:
         self.w.flush()

@@ -18,6 +18,7 @@ from ..data.augment import Augmenter
 from ..data.datasets import Split, Splits, load
 from ..data.splits import Normalizer
 from .callbacks import EarlyStopping, PlateauSchedule, ProgressLogger
+from .diagnosis import from_history
 from .loop import Batches, DivergenceError, Trainer
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def _subset(split: Split, n: int | None) -> Split:
     return Split(split.x[:n], split.y[:n])
 
 
-def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = True,
+          callbacks=()) -> dict:
     """Train as ``cfg`` says; return the metrics dict written by ``--metrics-out``."""
     splits = splits or load(cfg.dataset, cfg.data_dir)
     check_data(cfg, splits)
@@ -94,7 +96,8 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     dtype = net.dtype
     tr = Batches(train_split, norm, aug, dtype)
     va = Batches(splits.valid, norm, None, dtype) if len(splits.valid) else None
-    trainer = build_trainer(cfg, net, [ProgressLogger(bar=None if progress else False)])
+    trainer = build_trainer(cfg, net, [ProgressLogger(bar=None if progress else False),
+                                       *callbacks])
     attach_run_callbacks(trainer, cfg, norm, splits, aug)
     log.info("training %s on %s (%d examples, source: %s)", cfg.layers, cfg.dataset,
              len(train_split), splits.source)
@@ -111,6 +114,7 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     if len(splits.test):
         te = Batches(splits.test, norm, None, dtype)
         metrics["test_cost"], metrics["test_accuracy"] = trainer.evaluate(te, len(train_split))
+    metrics["diagnosis"] = from_history(trainer.history, trainer.best_epoch, cfg.bayes_error)
     if cfg.metrics_out:
         write_json(cfg.metrics_out, metrics)
     metrics["network"] = net

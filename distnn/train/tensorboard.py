@@ -14,6 +14,7 @@ import numpy as np
 from ..io.png import grid
 from ..io.tensorboard import RunWriter
 from .callbacks import Callback
+from .diagnosis import format_diagnosis, from_history
 
 log = logging.getLogger(__name__)
 
@@ -90,5 +91,8 @@ class TensorBoard(Callback):
                 {"hparam/best_valid_accuracy": best,
                  "hparam/final_valid_accuracy": last["valid_accuracy"],
                  "hparam/final_train_accuracy": last["train_accuracy"],
-                 "hparam/epochs": len(h)})
+                 "hparam/epochs": len(h)}, step=len(h) - 1)
+            d = from_history(h, trainer.best_epoch, self.cfg.bayes_error)
+            if d:
+                self.writer.text("diagnosis", format_diagnosis(d))
         self.writer.close()

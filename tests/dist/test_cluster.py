@@ -53,6 +53,8 @@ def _kill_session(marker: str):
             except ProcessLookupError:
                 pass
         time.sleep(1.0)
+    import shutil
+    shutil.rmtree(marker, ignore_errors=True)
 
 
 @pytest.fixture

@@ -133,6 +133,8 @@ def test_tensorboard_events_have_every_scalar_for_every_epoch(data_dir, tmp_path
     assert "weights/dense0.weight" in tags["histograms"]
     assert "grads/dense1.weight" in tags["histograms"]
     assert "augmented_samples" in tags["images"] and "config/text_summary" in tags["tensors"]
+    assert ea.PluginTagToContent("hparams")          # the hparams view has this run
+    assert [e.step for e in ea.Scalars("hparam/best_valid_accuracy")] == [2]
 
 
 def test_network2_export_import_round_trip(data_dir, tmp_path, capsys):
