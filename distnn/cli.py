@@ -348,17 +348,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from ._version import __version__
     from .config import TrainConfig
-    from .io import checkpoint, network2
+    from .io import network2
+    from .train.checkpointing import save_model
     net = network2.load(args.json_in)
     cfg = TrainConfig(dataset=args.dataset, layers=tuple(net.sizes), activation="sigmoid",
                       output="sigmoid", cost=net.config["cost"], dtype="float64")
-    meta = {"distnn_version": __version__, "config": cfg.to_dict(), "epoch": -1,
-            "step": None, "history": [], "best_epoch": None,
-            "optimizer": {"name": cfg.optimizer, "t": 0, "lr": cfg.lr},
-            "schedule": {"spec": "constant"}, "imported_from": str(args.json_in)}
-    path = checkpoint.save(args.out, "imported", net.named_params(), {}, meta)
+    path = save_model(args.out, "imported", net, cfg, imported_from=str(args.json_in))
     print(f"wrote checkpoint {path}; evaluate it with: distnn eval {path}")
     return 0
 

@@ -151,24 +151,45 @@ def find_threshold(cost_curve, start: float = 0.01, refine: int = 4,
 
 
 # -- running a search on Ray Tune -----------------------------------------------------------
-def _trial(config, base: dict, splits_ref):
-    """One Tune trial: train the base config with this trial's overrides, report every
-    epoch's metrics, and keep a checkpoint of the final model in the trial directory."""
+def _trial(config, base: dict, splits_ref, out_dir: str, per_epoch: bool):
+    """One Tune trial: train the base config with this trial's overrides and report its
+    metrics (every epoch when a scheduler needs them, else once at the end, which keeps
+    Tune's per-result overhead off short trials).  The final model is saved under
+    ``out_dir/trials/<trial id>`` and its hparams go to ``out_dir/tensorboard``."""
     import ray
     from ray import tune
+    from .data.splits import Normalizer
     from .dist.driver import train as fit
+    from .io.tensorboard import RunWriter
     from .train.callbacks import Callback
+    from .train.checkpointing import save_model
     splits = ray.get(splits_ref) if isinstance(splits_ref, ray.ObjectRef) else splits_ref
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_id = tune.get_context().get_trial_id()
     cfg = apply(TrainConfig(**{**base, "layers": tuple(base["layers"])}), config["trial"])
-    cfg = cfg.replace(checkpoint_dir=str(trial_dir / "ckpt"), keep_last=1,
-                      logdir=str(trial_dir / "tensorboard"), metrics_out=None, resume=None)
+    cfg = cfg.replace(checkpoint_dir=None, logdir=None, metrics_out=None, resume=None)
 
     class Report(Callback):
         def on_epoch_end(self, epoch, logs, trainer):
-            tune.report({k: v for k, v in logs.items() if v is not None})
+            if per_epoch:
+                tune.report(_clean(logs))
 
-    fit(cfg, splits, callbacks=[Report()])
+    m = fit(cfg, splits, callbacks=[Report()])
+    norm = Normalizer.fit(splits.train.x, splits.pixel_max, cfg.standardize)
+    save_model(Path(out_dir) / "trials" / trial_id, "final", m["network"], cfg, norm,
+               m["history"])
+    final = _clean(m["history"][-1])
+    w = RunWriter(str(Path(out_dir) / "tensorboard" / trial_id))
+    w.hparams({k: v for k, v in {**cfg.to_dict(), **config["trial"]}.items()
+               if not isinstance(v, (list, dict))},
+              {f"hparam/{k}": final.get(k) for k in ("valid_accuracy", "train_accuracy",
+                                                     "valid_cost")})
+    w.close()
+    if not per_epoch:
+        tune.report(final)
+
+
+def _clean(logs: dict) -> dict:
+    return {k: v for k, v in logs.items() if v is not None}
 
 
 def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "search",
@@ -180,13 +201,18 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     from ray import tune
     from .data.datasets import load
     from .dist.driver import start_ray
+    import os
+    # distnn writes its own results table and hparams; Tune's per-result CSV/JSON/
+    # TensorBoard loggers only cost time on short trials
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = splits or load(base.dataset, base.data_dir)
     started = start_ray(address, base.workers)
     try:
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, base=base.to_dict(), splits_ref=ray.put(splits)),
+            tune.with_parameters(_trial, base=base.to_dict(), splits_ref=ray.put(splits),
+                                 out_dir=str(out_dir), per_epoch=asha),
             {"cpu": base.workers})
         storage = str(out_dir / "tune")
         if resume and tune.Tuner.can_restore(f"{storage}/{name}"):
@@ -197,7 +223,7 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
             tuner = tune.Tuner(
                 trainable, param_space={"trial": tune.grid_search(trials)},
                 tune_config=tune.TuneConfig(metric=base.monitor, mode=_mode(base.monitor),
-                                            scheduler=sched),
+                                            scheduler=sched, reuse_actors=True),
                 run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0))
         grid = tuner.fit()
         return _summarise(grid, base, splits, out_dir)
@@ -216,12 +242,11 @@ def _summarise(grid, base: TrainConfig, splits, out_dir: Path) -> dict:
     for r in grid:
         if r.metrics is None or base.monitor not in r.metrics:
             continue
-        h = r.metrics_dataframe
-        best_valid = h[base.monitor].max() if _mode(base.monitor) == "max" else h[base.monitor].min()
         rows.append({**r.config["trial"], "valid_accuracy": r.metrics.get("valid_accuracy"),
                      "train_accuracy": r.metrics.get("train_accuracy"),
-                     "valid_cost": r.metrics.get("valid_cost"), "best_" + base.monitor: best_valid,
-                     "epochs": int(r.metrics.get("epoch", -1)) + 1, "trial_dir": r.path})
+                     "valid_cost": r.metrics.get("valid_cost"),
+                     "epochs": int(r.metrics.get("epoch", -1)) + 1,
+                     "trial_dir": str(out_dir / "trials" / r.metrics["trial_id"])})
     if not rows:
         raise RuntimeError("no trial reported a result; see the Tune logs in "
                            f"{out_dir / 'tune'}")
@@ -234,7 +259,7 @@ def _summarise(grid, base: TrainConfig, splits, out_dir: Path) -> dict:
     overrides = {k: (v.item() if hasattr(v, "item") else v) for k, v in overrides.items()}
     best_cfg = apply(base, overrides)
     write_toml(out_dir / "best.toml", best_cfg)
-    net, norm, _, _ = load_model(Path(best["trial_dir"]) / "ckpt")
+    net, norm, _, _ = load_model(Path(best["trial_dir"]))
     test = evaluate_split(net, norm, splits.test.x, splits.test.y) if len(splits.test) else {}
     summary = {"trials": len(df), "best": overrides, "best_valid": float(best[base.monitor]),
                "test_accuracy": test.get("accuracy"), "test_cost": test.get("cost"),

@@ -116,3 +116,16 @@ def epoch_state_loader(root, net):
     def load(epoch):
         return checkpoint_to_state(ckpt.load(Path(root) / f"epoch-{epoch:04d}"), net)
     return load
+
+
+def save_model(root, name: str, net, cfg, normalizer=None, history=(), **extra) -> Path:
+    """A checkpoint of a model alone (parameters, buffers, input normalisation; no
+    optimizer state): enough for ``distnn eval``/``export``, not for ``--resume``."""
+    from .._version import __version__
+    tensors = {**net.named_params(), **net.named_buffers(),
+               **(normalizer.tensors() if normalizer is not None else {})}
+    meta = {"distnn_version": __version__, "config": cfg.to_dict(), "epoch": len(history) - 1,
+            "step": None, "history": list(history), "best_epoch": None,
+            "optimizer": {"name": cfg.optimizer, "t": 0, "lr": cfg.lr},
+            "schedule": {"spec": cfg.schedule}, **extra}
+    return ckpt.save(root, name, tensors, {}, meta)

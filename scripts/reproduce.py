@@ -1,0 +1,116 @@
+"""Run the published-result experiments with distnn's own recipes and commands, read
+each result back from its checkpoint with `distnn eval`, and write docs/RESULTS.md.
+
+    python scripts/reproduce.py run NAME [NAME ...] [--seeds 3] [--root results]
+    python scripts/reproduce.py table [--root results] [--out docs/RESULTS.md]
+
+`run` appends one JSON line per finished run to ROOT/runs.jsonl (so rows can be run in
+parallel processes and over several sessions); `table` builds the Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXPERIMENTS = {
+    # name: (row label, published figure, distnn train arguments, workers)
+    "nielsen-ch3": ("[784,30,10] cross-entropy, η=0.5, λ=5, batch 10, 30 epochs (Nielsen ch. 3)",
+                    "96.49%", "--recipe nielsen-ch3", 1),
+    "nielsen-ch3-100": ("[784,100,10] cross-entropy, λ=5 (Nielsen ch. 3; his 98.04% is on "
+                        "validation)", "≈98.0%", "--recipe nielsen-ch3-100", 1),
+    "tanh-softmax": ("tanh hidden + softmax output, fan-in init, shuffling, L2, momentum "
+                     "(tutorial)", "96%", "--recipe tanh-softmax", 1),
+    "simard-plain": ("800 hidden units, cross-entropy, no distortion (Simard 2003)", "98.4%",
+                     "--recipe simard-elastic --augment none --epochs 40", 1),
+    "simard-affine": ("same + affine distortions (Simard 2003)", "98.9%",
+                      "--recipe simard-elastic --augment rotate=10,shift=2,scale=0.1,shear=10 "
+                      "--epochs 40", 1),
+    "simard-elastic": ("same + elastic distortions (Simard 2003)", "99.3%",
+                       "--recipe simard-elastic --epochs 40", 1),
+    "dropout": ("dropout 0.5 hidden + 0.2 input with max-norm (Hinton 2012 / Srivastava 2014)",
+                "98.7%–98.9%", "--recipe dropout --epochs 40", 1),
+    "fashion-mlp": ("Fashion-MNIST, MLP", "87.1% (88.3% best MLP in its README)",
+                    "--dataset fashion-mnist --layers 784,512,10 --activation relu --init he "
+                    "--output softmax --cost log-likelihood --optimizer momentum --lr 0.02 "
+                    "--momentum 0.9 --batch-size 64 --keep-prob 0.7 --epochs 40 "
+                    "--schedule exponential:0.95", 1),
+}
+
+
+def run(name: str, seed: int, root: Path) -> dict:
+    label, published, args, workers = EXPERIMENTS[name]
+    ckpt = root / f"{name}-s{seed}"
+    cmd = (f"distnn train {args} --seed {seed} --workers {workers} --checkpoint-dir {ckpt} "
+           f"--metrics-out {ckpt}/metrics.json --keep-last 1")
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *shlex.split(cmd)[1:]],
+                   check=True)
+    wall = time.time() - t0
+    ev = subprocess.run([sys.executable, "-m", "distnn.cli", "eval", str(ckpt), "--json"],
+                        check=True, capture_output=True, text=True)
+    res = json.loads(ev.stdout)
+    return {"name": name, "seed": seed, "test_accuracy": res["accuracy"],
+            "test_cost": res["cost"], "wall_seconds": wall, "workers": workers,
+            "command": cmd}
+
+
+def table(root: Path, out: Path) -> None:
+    runs = [json.loads(line) for line in (root / "runs.jsonl").read_text().splitlines()]
+    rows = []
+    for name, (label, published, _, workers) in EXPERIMENTS.items():
+        rs = [r for r in runs if r["name"] == name]
+        if not rs:
+            rows.append(f"| {label} | {published} | not run yet | | | |")
+            continue
+        accs = [100 * r["test_accuracy"] for r in rs]
+        fig = f"{accs[0]:.2f}%" if len(accs) == 1 else \
+            f"{statistics.mean(accs):.2f}% ± {statistics.stdev(accs):.2f} ({len(accs)} seeds)"
+        wall = statistics.mean(r["wall_seconds"] for r in rs)
+        cmd = rs[0]["command"].replace(f"--seed {rs[0]['seed']}", "--seed S")
+        rows.append(f"| {label} | {published} | {fig} | {wall / 60:.1f} min | {workers} | "
+                    f"`{cmd}` |")
+    head = ("| experiment | published | distnn (test) | wall time / run | workers | command |\n"
+            "|---|---|---|---|---|---|")
+    text = out.read_text() if out.exists() else ""
+    marker_a, marker_b = "<!-- results -->", "<!-- /results -->"
+    block = f"{marker_a}\n{head}\n" + "\n".join(rows) + f"\n{marker_b}"
+    if marker_a in text:
+        text = text[:text.index(marker_a)] + block + text[text.index(marker_b) + len(marker_b):]
+    else:
+        text += "\n" + block + "\n"
+    out.write_text(text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("names", nargs="+", choices=sorted(EXPERIMENTS))
+    r.add_argument("--seeds", type=int, default=1)
+    r.add_argument("--root", default="results")
+    t = sub.add_parser("table")
+    t.add_argument("--root", default="results")
+    t.add_argument("--out", default="docs/RESULTS.md")
+    a = p.parse_args(argv)
+    root = Path(a.root)
+    root.mkdir(parents=True, exist_ok=True)
+    if a.cmd == "table":
+        table(root, Path(a.out))
+        return 0
+    for name in a.names:
+        for seed in range(a.seeds):
+            res = run(name, seed, root)
+            with open(root / "runs.jsonl", "a") as f:
+                f.write(json.dumps(res) + "\n")
+            print(json.dumps(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
