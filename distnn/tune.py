@@ -152,51 +152,80 @@ def find_threshold(cost_curve, start: float = 0.01, refine: int = 4,
 
 # -- running a search on Ray Tune -----------------------------------------------------------
 def _trial(config, base: dict, splits_ref, out_dir: str, per_epoch: bool):
-    """One Tune trial: train the base config with this trial's overrides and report its
-    metrics (every epoch when a scheduler needs them, else once at the end, which keeps
-    Tune's per-result overhead off short trials).  The final model is saved under
-    ``out_dir/trials/<trial id>`` and its hparams go to ``out_dir/tensorboard``."""
+    """One Tune trial: train each (index, overrides) of its pack in turn.  Every
+    configuration's final model goes to ``out_dir/trials/NNNN``, its result to
+    ``result.json`` there, and its hparams to ``out_dir/tensorboard/NNNN``.  Metrics are
+    reported every epoch when a scheduler needs them (then packs hold one trial), else
+    once at the end, which keeps Tune's per-result overhead off short trials."""
     import ray
     from ray import tune
-    from .data.splits import Normalizer
     from .dist.driver import train as fit
-    from .io.tensorboard import RunWriter
     from .train.callbacks import Callback
-    from .train.checkpointing import save_model
     splits = ray.get(splits_ref) if isinstance(splits_ref, ray.ObjectRef) else splits_ref
-    trial_id = tune.get_context().get_trial_id()
-    cfg = apply(TrainConfig(**{**base, "layers": tuple(base["layers"])}), config["trial"])
-    cfg = cfg.replace(checkpoint_dir=None, logdir=None, metrics_out=None, resume=None)
+    base_cfg = TrainConfig(**{**base, "layers": tuple(base["layers"])})
 
     class Report(Callback):
         def on_epoch_end(self, epoch, logs, trainer):
             if per_epoch:
                 tune.report(_clean(logs))
 
-    m = fit(cfg, splits, callbacks=[Report()])
+    finals = []
+    for index, overrides in config["pack"]:
+        done = Path(out_dir) / "trials" / f"{index:04d}" / "result.json"
+        if done.exists():                    # finished before the search was interrupted
+            finals.append(json.loads(done.read_text())["final"])
+            continue
+        cfg = apply(base_cfg, overrides).replace(checkpoint_dir=None, logdir=None,
+                                                 metrics_out=None, resume=None)
+        m = fit(cfg, splits, callbacks=[Report()])
+        finals.append(_record(Path(out_dir), index, overrides, cfg, m, splits))
+    if not per_epoch:
+        key = base_cfg.monitor
+        pick = max if _mode(key) == "max" else min
+        tune.report(pick(finals, key=lambda f: f.get(key, float("nan"))))
+
+
+def _record(out_dir: Path, index: int, overrides: dict, cfg: TrainConfig, m: dict, splits):
+    from .data.splits import Normalizer
+    from .io.tensorboard import RunWriter
+    from .train.checkpointing import save_model
+    name = f"{index:04d}"
     norm = Normalizer.fit(splits.train.x, splits.pixel_max, cfg.standardize)
-    save_model(Path(out_dir) / "trials" / trial_id, "final", m["network"], cfg, norm,
-               m["history"])
+    save_model(out_dir / "trials" / name, "final", m["network"], cfg, norm, m["history"])
     final = _clean(m["history"][-1])
-    w = RunWriter(str(Path(out_dir) / "tensorboard" / trial_id))
-    w.hparams({k: v for k, v in {**cfg.to_dict(), **config["trial"]}.items()
+    (out_dir / "trials" / name / "result.json").write_text(
+        json.dumps({"index": index, "overrides": overrides, "final": final}) + "\n")
+    w = RunWriter(str(out_dir / "tensorboard" / name))
+    w.hparams({k: v for k, v in {**cfg.to_dict(), **overrides}.items()
                if not isinstance(v, (list, dict))},
               {f"hparam/{k}": final.get(k) for k in ("valid_accuracy", "train_accuracy",
                                                      "valid_cost")})
     w.close()
-    if not per_epoch:
-        tune.report(final)
+    return final
 
 
 def _clean(logs: dict) -> dict:
     return {k: v for k, v in logs.items() if v is not None}
 
 
+def packs(trials: list[dict], slots: int, pack: int | None) -> list[list]:
+    """Group (index, overrides) pairs: ``pack`` per Tune trial, or by default enough
+    groups for about four waves over the ``slots`` trials that run at once."""
+    size = pack or max(1, math.ceil(len(trials) / (4 * max(slots, 1))))
+    items = list(enumerate(trials))
+    return [items[i::math.ceil(len(items) / size)] for i in range(math.ceil(len(items) / size))]
+
+
 def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "search",
                asha: bool = False, resume: bool = False, address: str | None = None,
-               splits=None) -> dict:
+               splits=None, pack: int | None = None) -> dict:
     """Run ``trials`` (override dicts) on Ray Tune; write results.csv/.parquet and
-    best.toml into ``out``; return the summary (best trial, its test metrics)."""
+    best.toml into ``out``; return the summary (best trial, its test metrics).
+
+    Without ``asha``, trials are packed several to a Tune trial (``pack``; default:
+    about four waves over the CPUs) so that short trials do not drown in Tune's
+    per-trial overhead; with it, each trial is its own Tune trial and reports every
+    epoch for the scheduler to act on."""
     import ray
     from ray import tune
     from .data.datasets import load
@@ -220,8 +249,11 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
         else:
             sched = tune.schedulers.ASHAScheduler(grace_period=max(1, base.epochs // 8)) \
                 if asha else None
+            slots = int(ray.cluster_resources().get("CPU", 1)) // base.workers
+            groups = [[(i, t)] for i, t in enumerate(trials)] if asha else \
+                packs(trials, slots, pack)
             tuner = tune.Tuner(
-                trainable, param_space={"trial": tune.grid_search(trials)},
+                trainable, param_space={"pack": tune.grid_search(groups)},
                 tune_config=tune.TuneConfig(metric=base.monitor, mode=_mode(base.monitor),
                                             scheduler=sched, reuse_actors=True),
                 run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0))
@@ -232,21 +264,29 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
             ray.shutdown()
 
 
+def _row(overrides: dict, metrics: dict, trial_dir) -> dict:
+    return {**overrides, "valid_accuracy": metrics.get("valid_accuracy"),
+            "train_accuracy": metrics.get("train_accuracy"),
+            "valid_cost": metrics.get("valid_cost"),
+            "epochs_trained": int(metrics.get("epoch", -1)) + 1, "trial_dir": trial_dir}
+
+
 def _mode(metric: str) -> str:
     return "max" if metric.endswith("accuracy") else "min"
 
 
 def _summarise(grid, base: TrainConfig, splits, out_dir: Path) -> dict:
     from .train.evaluate import evaluate_split, load_model
-    rows = []
-    for r in grid:
-        if r.metrics is None or base.monitor not in r.metrics:
-            continue
-        rows.append({**r.config["trial"], "valid_accuracy": r.metrics.get("valid_accuracy"),
-                     "train_accuracy": r.metrics.get("train_accuracy"),
-                     "valid_cost": r.metrics.get("valid_cost"),
-                     "epochs": int(r.metrics.get("epoch", -1)) + 1,
-                     "trial_dir": str(out_dir / "trials" / r.metrics["trial_id"])})
+    rows, done = [], set()
+    for f in sorted((out_dir / "trials").glob("*/result.json")):
+        r = json.loads(f.read_text())
+        done.add(r["index"])
+        rows.append(_row(r["overrides"], r["final"], str(f.parent)))
+    for r in grid:   # trials a scheduler stopped early have no final model
+        group = r.config["pack"]
+        if len(group) == 1 and group[0][0] not in done and r.metrics \
+                and base.monitor in r.metrics:
+            rows.append(_row(group[0][1], r.metrics, None))
     if not rows:
         raise RuntimeError("no trial reported a result; see the Tune logs in "
                            f"{out_dir / 'tune'}")
@@ -254,7 +294,7 @@ def _summarise(grid, base: TrainConfig, splits, out_dir: Path) -> dict:
     df = pd.DataFrame(rows).sort_values(base.monitor, ascending=_mode(base.monitor) == "min")
     df.to_csv(out_dir / "results.csv", index=False)
     df.to_parquet(out_dir / "results.parquet", index=False)
-    best = df.iloc[0]
+    best = df[df["trial_dir"].notna()].iloc[0]
     overrides = {k: best[k] for k in df.columns if k in SEARCHABLE}
     overrides = {k: (v.item() if hasattr(v, "item") else v) for k, v in overrides.items()}
     best_cfg = apply(base, overrides)

@@ -115,3 +115,27 @@ def test_search_runs_trials_and_its_best_config_reproduces(tmp_path, ray_session
                      str(again)]) == 0
     rerun = json.loads(again.read_text())["history"][-1]["valid_accuracy"]
     assert rerun == pytest.approx(table["valid_accuracy"].iloc[0], abs=1e-12)
+
+
+def test_packs_cover_every_trial_once():
+    trials = [{"lr": i} for i in range(13)]
+    groups = tune.packs(trials, slots=2, pack=None)
+    flat = sorted(i for g in groups for i, _ in g)
+    assert flat == list(range(13)) and max(map(len, groups)) == 2
+    assert all(t == {"lr": i} for g in groups for i, t in g)
+    assert len(tune.packs(trials, 2, 5)) == 3
+
+
+@pytest.mark.ray
+def test_search_with_asha_reports_every_trial(tmp_path, ray_session, capsys):
+    from distnn import cli
+    from tests.data import tiny
+    data = tiny.write_blobs(tmp_path, 400, 100, low=150, high=100)
+    out = tmp_path / "s"
+    assert cli.main(["-q", "search", "--dataset", "idx", "--data-dir", str(data),
+                     "--layers", "64,8,4", "--epochs", "4", "--batch-size", "20",
+                     "--random", "lr=loguniform:0.01:1", "--samples", "3", "--asha",
+                     "--out", str(out)]) == 0
+    import pandas as pd
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 3 and table["lr"].between(0.01, 1).all()
