@@ -265,16 +265,16 @@ def cmd_lr_find(args) -> int:
                                          checkpoint_dir=None, logdir=None, metrics_out=None,
                                          resume=None)
     splits = load(cfg.dataset, cfg.data_dir)
-
     from .train.loop import DivergenceError
+    initial = _initial_cost(cfg, splits)
 
     def curve(lr):
         try:
             h = train(cfg.replace(lr=lr, monitor_train=True), splits, progress=False)["history"]
-            costs = [e["train_cost"] for e in h]
+            costs = [initial] + [e["train_cost"] for e in h]
         except DivergenceError:
-            costs = [float("nan")]
-        print(f"  lr {lr:<10.4g} training cost by epoch: "
+            costs = [initial, float("nan")]
+        print(f"  lr {lr:<10.4g} training cost from the start, by epoch: "
               + ", ".join(f"{c:.4f}" for c in costs), flush=True)
         return costs
 
@@ -285,6 +285,17 @@ def cmd_lr_find(args) -> int:
         _plot_lr_find(res, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _initial_cost(cfg, splits) -> float:
+    """The untrained network's training cost: where every learning rate starts from."""
+    from .data.splits import Normalizer
+    from .train.loop import Batches
+    from .train.run import _subset, build_network, build_trainer
+    split = _subset(splits.train, cfg.train_size)
+    trainer = build_trainer(cfg, build_network(cfg))
+    norm = Normalizer.fit(split.x, splits.pixel_max, cfg.standardize)
+    return trainer.evaluate(Batches(split, norm, None, trainer.net.dtype), len(split))[0]
 
 
 def _plot_lr_find(res, out):

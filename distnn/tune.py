@@ -112,16 +112,17 @@ from .train.diagnosis import REMEDIES, diagnose, format_diagnosis  # noqa: E402,
 
 # -- learning-rate finder (Nielsen ch. 3) --------------------------------------------------
 def decreasing(costs: list[float]) -> bool:
-    """'The training cost falls over the first few epochs': every epoch ends lower than
-    the first and the last is the lowest-so-far (no blow-up, no oscillation upward)."""
+    """'The training cost falls over the first few epochs': ``costs`` starts with the
+    untrained network's cost; every later value must be below it, and the last the
+    lowest so far (no blow-up, no oscillation upward)."""
     return all(math.isfinite(c) for c in costs) and costs[-1] < costs[0] and \
         costs[-1] <= min(costs) + 1e-12 and max(costs[1:]) < costs[0]
 
 
 def find_threshold(cost_curve, start: float = 0.01, refine: int = 4,
                    lo_limit: float = 1e-6, hi_limit: float = 1e4) -> dict:
-    """Nielsen's procedure.  ``cost_curve(lr)`` returns the training cost after each of
-    the first few epochs.  From ``start``, go up by factors of 10 while the cost falls
+    """Nielsen's procedure.  ``cost_curve(lr)`` returns the training cost before training
+    and after each of the first few epochs.  From ``start``, go up by factors of 10 while the cost falls
     (down while it does not), then bisect (geometrically) between the largest falling
     and the smallest non-falling rate ``refine`` times.  Suggests half the threshold."""
     tried = {}

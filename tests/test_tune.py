@@ -139,3 +139,18 @@ def test_search_with_asha_reports_every_trial(tmp_path, ray_session, capsys):
     import pandas as pd
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 3 and table["lr"].between(0.01, 1).all()
+
+
+def test_lr_find_cli_on_real_training(tmp_path, capsys):
+    from distnn import cli
+    from tests.data import tiny
+    data = tiny.write_blobs(tmp_path, 400, 40, low=150, high=100)
+    rc = cli.main(["-q", "lr-find", "--dataset", "idx", "--data-dir", str(data),
+                   "--layers", "64,8,4", "--batch-size", "20", "--find-epochs", "3",
+                   "--refine", "2", "--no-monitor-train"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    import re
+    m = re.search(r"threshold learning rate ~ ([0-9.e+-]+) .* suggested --lr ([0-9.e+-]+)", out)
+    assert m and float(m.group(2)) == pytest.approx(float(m.group(1)) / 2, rel=1e-3)
+    assert 1e-4 < float(m.group(1)) < 1e4
