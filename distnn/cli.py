@@ -468,6 +468,9 @@ def main(argv=None) -> int:
     from .io.checkpoint import CheckpointError
     try:
         return args.fn(args)
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stderr.close()
+        return 0
     except (ValueError, DataError, KeyError, ConnectionError, CheckpointError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

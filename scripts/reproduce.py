@@ -33,6 +33,8 @@ EXPERIMENTS = {
                       "--epochs 40", 1),
     "simard-elastic": ("same + elastic distortions (Simard 2003)", "99.3%",
                        "--recipe simard-elastic --epochs 40", 1),
+    "simard-elastic-100": ("same + elastic distortions, 100 epochs", "99.3%",
+                           "--recipe simard-elastic --epochs 100", 1),
     "dropout": ("dropout 0.5 hidden + 0.2 input with max-norm (Hinton 2012 / Srivastava 2014)",
                 "98.7%–98.9%", "--recipe dropout --epochs 40", 1),
     "fashion-mlp": ("Fashion-MNIST, MLP", "87.1% (88.3% best MLP in its README)",
