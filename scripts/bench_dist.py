@@ -10,7 +10,6 @@ warm-up epoch; Ray start-up is excluded.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -153,7 +152,6 @@ def ddp_rate(batch, n, world=2):
 
 def worker_rss_growth(data, epochs=30):
     """RSS of each worker after each epoch (MiB)."""
-    import ray
     from distnn.dist.driver import DistTrainer
     from distnn.train.callbacks import Callback
 

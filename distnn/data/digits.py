@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import sources
-from .idx import DataError, read_bytes
+from .idx import DataError
 from .splits import train_valid_test_split
 
 CSV = "digits.csv"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import distnn
-from distnn.core import activations, costs
+from distnn.core import activations
 from distnn.core.gradcheck import check_network
 
 COMBOS = [(h, o, c) for h in sorted(activations.HIDDEN)
