@@ -225,9 +225,10 @@ def main(argv=None) -> int:
         _bench.table(["size", "shm", "ring (Ray object refs)"], ar), "",
         "Worker RSS (MiB, both workers) after epochs 0, 10, 20, 29 of [784,100,10]@256 on "
         "12,800 images: " + "; ".join(f"{', '.join(f'{r:.0f}' for r in rss[e])}"
-                                      for e in (0, 10, 20, 29)) + ". Each worker maps "
-        "pages of the shared 10 MB dataset as it first touches them (it sees a random half "
-        "each epoch), so RSS rises by about that much and then stays flat.",
+                                      for e in (0, 10, 20, 29)) + ". RSS counts "
+        "the pages of the shared, zero-copy 10 MB dataset a worker has touched (it sees a "
+        "random half each epoch), so it rises by about that much early on; watch the last "
+        "interval for real growth.",
         "Target: 2 workers >= 1.7x one worker at global batch 256.",
     ])
     print(body)

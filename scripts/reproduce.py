@@ -74,7 +74,8 @@ def table(root: Path, out: Path) -> None:
         fig = f"{accs[0]:.2f}%" if len(accs) == 1 else \
             f"{statistics.mean(accs):.2f}% ± {statistics.stdev(accs):.2f} ({len(accs)} seeds)"
         wall = statistics.mean(r["wall_seconds"] for r in rs)
-        cmd = rs[0]["command"].replace(f"--seed {rs[0]['seed']}", "--seed S")
+        cmd = rs[0]["command"].replace(f"--seed {rs[0]['seed']}", "--seed S").replace(
+            f"-s{rs[0]['seed']}", "-sS")
         rows.append(f"| {label} | {published} | {fig} | {wall / 60:.1f} min | {workers} | "
                     f"`{cmd}` |")
     head = ("| experiment | published | distnn (test) | wall time / run | workers | command |\n"

@@ -17,7 +17,7 @@ def history_of(run) -> tuple[list[dict], str]:
         return doc["history"], p.stem
     from .checkpoint import load
     c = load(p)
-    return c.meta["history"], c.path.name
+    return c.meta["history"], f"{c.path.parent.name} ({c.path.name})"
 
 
 def _pyplot():
