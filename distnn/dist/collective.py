@@ -54,6 +54,7 @@ class SharedMemoryGroup:
     def __init__(self, world: int, size: int, dtype):
         if not SHM_DIR.is_dir():
             raise RuntimeError("the shm all-reduce needs /dev/shm; use --allreduce ring")
+        sweep_stale()
         self.world, self.size, self.dtype = world, size, np.dtype(dtype).str
         self.path = str(SHM_DIR / f"distnn-{os.getpid()}-{uuid.uuid4().hex[:12]}")
         header = 8 * (world + 1)
@@ -78,6 +79,21 @@ class SharedMemoryGroup:
     def close(self) -> None:
         del self._flags
         Path(self.path).unlink(missing_ok=True)
+
+
+def sweep_stale() -> None:
+    """Remove group files left by drivers that were killed (their PID, in the name, is
+    gone), so SIGKILLed runs do not slowly fill /dev/shm."""
+    for f in SHM_DIR.glob("distnn-*-*"):
+        try:
+            pid = int(f.name.split("-")[1])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+        except PermissionError:  # someone else's live process
+            continue
 
 
 class SharedMemoryCollective(Collective):

@@ -1,5 +1,6 @@
 """All-reduce backends and the distributed gradient contract, without Ray (threads)."""
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,18 @@ def test_n_workers_reduce_to_the_one_process_gradient(opts, rng):
         group.close()
     for g in got:
         np.testing.assert_allclose(g, want, rtol=1e-10, atol=1e-13)
+
+
+def test_files_of_killed_drivers_are_swept(tmp_path):
+    import subprocess
+    import sys
+    from distnn.dist import collective
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = collective.SHM_DIR / f"distnn-{dead}-feedbeef"
+    stale.write_bytes(b"x")
+    mine = SharedMemoryGroup(2, 10, np.float32)
+    try:
+        assert not stale.exists() and Path(mine.path).exists()
+    finally:
+        mine.close()
