@@ -60,3 +60,14 @@ def command_line() -> str:
 
 def now() -> str:
     return time.strftime("%Y-%m-%d")
+
+
+def report(section: str, title: str, setup: str, lines: list[str], write: str | None) -> str:
+    """Print a BENCHMARKS.md section (title, the command and machine, ``lines``) and,
+    with ``write``, replace that section of the file."""
+    body = "\n".join([f"### {title} ({now()})", "",
+                      f"`{command_line()}` on {machine()}; {setup}", "", *lines])
+    print(body)
+    if write:
+        write_section(write, section, body)
+    return body

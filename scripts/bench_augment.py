@@ -83,10 +83,8 @@ def main(argv=None) -> int:
         aug.append(epoch_seconds(split, "elastic=34:4"))
     o, r = _bench.median(o), _bench.median(r)
     plain, aug = _bench.median(plain), _bench.median(aug)
-    body = "\n".join([
-        f"### Augmentation ({_bench.now()})", "",
-        f"`{_bench.command_line()}` on {_bench.machine()}; medians of {args.repeats} "
-        "interleaved runs.", "",
+    _bench.report("bench_augment", "Augmentation",
+                  f"medians of {args.repeats} interleaved runs.", [
         _bench.table(["measure", "distnn", "reference", "ratio"], [
             ["elastic 34:4 img/s, one core", f"{o:,.0f}", f"{r:,.0f} (SciPy per image)",
              f"**{o / r:.1f}x**"],
@@ -95,10 +93,7 @@ def main(argv=None) -> int:
         ]), "",
         "Targets: >= 5x the reference; an augmented epoch <= 1.25x a plain one "
         "(augmentation overlaps the gradient computation in a background thread).",
-    ])
-    print(body)
-    if args.write:
-        _bench.write_section(args.write, "bench_augment", body)
+    ], args.write)
     return 0
 
 

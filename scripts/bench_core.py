@@ -162,10 +162,9 @@ def main(argv=None) -> int:
     n2 = network2_rate((784, 30, 10), 10, split)
     ours_n2 = _bench.median([distnn_rate((784, 30, 10), 10, split, args.seconds, "sgd", 5.0)
                              for _ in range(args.repeats)])
-    body = "\n".join([
-        f"### Core training throughput ({_bench.now()})", "",
-        f"`{_bench.command_line()}` on {_bench.machine()}; one BLAS thread; "
-        f"float32 sgemm peak measured in the same run: {peak / 1e9:.1f} GFLOP/s.", "",
+    _bench.report("bench_core", "Core training throughput",
+                  f"one BLAS thread; float32 sgemm peak measured in the same run: "
+                  f"{peak / 1e9:.1f} GFLOP/s.", [
         _bench.table(["network@batch", "distnn ex/s", "PyTorch ex/s", "distnn/PyTorch",
                       "distnn % of sgemm peak"], rows), "",
         "Sigmoid hidden, softmax + log-likelihood, momentum SGD (lr 0.1, μ 0.9); medians of "
@@ -174,10 +173,7 @@ def main(argv=None) -> int:
         f"L2): distnn {ours_n2:,.0f} ex/s vs a per-example network2.py-style loop "
         f"{n2:,.0f} ex/s = **{ours_n2 / n2:.1f}x** (an epoch of 50,000: "
         f"{50000 / ours_n2:.2f} s vs {50000 / n2:.2f} s).",
-    ])
-    print(body)
-    if args.write:
-        _bench.write_section(args.write, "bench_core", body)
+    ], args.write)
     return 0
 
 

@@ -212,10 +212,8 @@ def main(argv=None) -> int:
         ray.shutdown()
     ar = [[f"{mb:g} MB", f"{1e3 * times[('shm', mb)]:.2f} ms", f"{1e3 * times[('ring', mb)]:.2f} ms"]
           for mb in (0.1, 1.0, 2.5)]
-    body = "\n".join([
-        f"### Data-parallel throughput ({_bench.now()})", "",
-        f"`{_bench.command_line()}` on {_bench.machine()}; one BLAS thread per worker; "
-        "medians over epochs after a warm-up epoch.", "",
+    _bench.report("bench_dist", "Data-parallel throughput",
+                  "one BLAS thread per worker; medians over epochs after a warm-up epoch.", [
         _bench.table(["network@global batch", "1 worker ex/s", "2 workers ex/s (shm)",
                       "2 vs 1", "2 workers ex/s (ring)", "PyTorch DDP 2 proc ex/s",
                       "distnn/DDP"], rows), "",
@@ -230,10 +228,7 @@ def main(argv=None) -> int:
         "random half each epoch), so it rises by about that much early on; watch the last "
         "interval for real growth.",
         "Target: 2 workers >= 1.7x one worker at global batch 256.",
-    ])
-    print(body)
-    if args.write:
-        _bench.write_section(args.write, "bench_dist", body)
+    ], args.write)
     return 0
 
 

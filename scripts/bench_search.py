@@ -46,9 +46,7 @@ def main(argv=None) -> int:
         m = train(tune.apply(base, t), splits, progress=False)
         seq_best = max(seq_best, m["history"][-1]["valid_accuracy"])
     sequential = time.perf_counter() - t0
-    body = "\n".join([
-        f"### Hyperparameter search ({_bench.now()})", "",
-        f"`{_bench.command_line()}` on {_bench.machine()}.", "",
+    _bench.report("bench_search", "Hyperparameter search", "Ray Tune on all CPUs.", [
         _bench.table(["digits-grid, 64 trials x {} epochs".format(args.epochs), "wall time"], [
             ["Ray Tune, in parallel on all CPUs, including Ray start-up",
              f"{parallel:.1f} s (start-up {startup:.1f} s)"],
@@ -58,10 +56,7 @@ def main(argv=None) -> int:
         f"Best trial {res['best']}: validation accuracy {100 * res['best_valid']:.2f}%, "
         f"test accuracy (winner, evaluated once) {100 * res['test_accuracy']:.2f}%; the "
         f"sequential run's best validation accuracy {100 * seq_best:.2f}%.",
-    ])
-    print(body)
-    if args.write:
-        _bench.write_section(args.write, "bench_search", body)
+    ], args.write)
     return 0
 
 

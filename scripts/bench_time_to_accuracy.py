@@ -103,19 +103,16 @@ def main(argv=None) -> int:
         return f"{r[1]:.1f} s ({r[0]} epochs, {100 * r[2]:.2f}%)" if r else \
             f"not reached in {args.max_epochs} epochs"
     ratio = f"**{ours[1] / theirs[1]:.2f}**" if ours and theirs else "n/a"
-    body = "\n".join([
-        f"### Time to {100 * args.target:.1f}% MNIST test accuracy ({_bench.now()})", "",
-        f"`{_bench.command_line()}` on {_bench.machine()}.", "",
+    _bench.report("bench_time_to_accuracy",
+                  f"Time to {100 * args.target:.1f}% MNIST test accuracy",
+                  "training time only; test accuracy measured off the clock.", [
         _bench.table(["", "training time to target"], [
             ["distnn, 2 workers (1 BLAS thread each, shm all-reduce)", cell(ours)],
             ["PyTorch CPU, 2 threads, same network/batch/optimizer", cell(theirs)],
             ["distnn / PyTorch (target <= 1)", ratio]]), "",
         "[784,800,10] ReLU (He init), softmax + log-likelihood, momentum SGD lr 0.05 mu 0.9, "
         "batch 128; test accuracy measured after each epoch, off the clock.",
-    ])
-    print(body)
-    if args.write:
-        _bench.write_section(args.write, "bench_time_to_accuracy", body)
+    ], args.write)
     return 0
 
 
