@@ -221,9 +221,47 @@ class DistTrainer:
                            "parameters differ; this is a bug, please report it")
 
     # -- the loop -------------------------------------------------------------------------
+    # -- between epochs: a worker can die here too --------------------------------------
+    def _live_state(self) -> dict:
+        """The replicated state from the first worker that answers."""
+        for w in self.workers:
+            try:
+                return self.ray.get(w.get_state.remote())
+            except self.ray.exceptions.RayActorError:
+                continue
+        raise WorkerFailure("every worker died at the end of an epoch")
+
+    def _heal(self) -> None:
+        """Replace dead workers and bring every worker to ``self.state``."""
+        dead = []
+        for r, w in enumerate(self.workers):
+            try:
+                self.ray.get(w.info.remote())
+            except self.ray.exceptions.RayActorError:
+                dead.append(r)
+        if dead:
+            log.warning("worker(s) %s died between epochs; replacing them", dead)
+            for r in dead:
+                self.workers[r] = self._spawn(r)
+            self._wire()
+            self.ray.get([w.set_state.remote(self.state) for w in self.workers])
+
+    def _end_of_epoch_state(self) -> None:
+        self.state = self._live_state()
+        self._heal()
+        if self.state["buffers"]:
+            # batch-norm running statistics are per worker; adopt one worker's everywhere
+            # (parameters and optimizer state are already identical: digests checked)
+            self.ray.get([w.set_state.remote(self.state) for w in self.workers])
+        self._load_local(self.state)
+
     def evaluate(self, which: str, n_train: int) -> tuple[float, float]:
         from ..core import regularizers
-        parts = self.ray.get([w.evaluate.remote(which) for w in self.workers])
+        try:
+            parts = self.ray.get([w.evaluate.remote(which) for w in self.workers])
+        except self.ray.exceptions.RayActorError:
+            self._heal()
+            parts = self.ray.get([w.evaluate.remote(which) for w in self.workers])
         loss, correct, n = (sum(p[i] for p in parts) for i in range(3))
         pen = regularizers.penalty(self.net.params[:self.net.n_decay], self.cfg.l1,
                                    self.cfg.l2, n_train)
@@ -237,10 +275,7 @@ class DistTrainer:
             t0 = time.perf_counter()
             results = self.run_epoch(epoch)
             seconds = time.perf_counter() - t0
-            self.state = self.ray.get(self.workers[0].get_state.remote())
-            # batch-norm running statistics are per worker; adopt worker 0's everywhere
-            self.ray.get([w.set_state.remote(self.state) for w in self.workers[1:]])
-            self._load_local(self.state)
+            self._end_of_epoch_state()
             comm = max(r["comm_seconds"] for r in results.values())
             self.comm_seconds += comm
             logs = epoch_logs(epoch, results[0]["lr"], self.n_train, seconds,

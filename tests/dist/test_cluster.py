@@ -73,10 +73,14 @@ def test_ray_job_submit_with_token_auth(idx_dir):
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")   # short: Ray's socket paths are limited
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bindir}:{os.environ['PATH']}"}
     gcs, dash = _free_port(), _free_port()
+    # free ports for every agent too, so another Ray on this machine cannot clash with it
+    agents = [f"--{flag}={_free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port")]
     try:
         subprocess.run([str(ray_cli), "start", "--head", f"--port={gcs}", "--num-cpus=2",
                         f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-                        "--node-ip-address=127.0.0.1", f"--temp-dir={temp}"],
+                        "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", *agents],
                        env=env, check=True, capture_output=True, timeout=120)
         argv = [str(ray_cli), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
                 "--working-dir", str(ROOT), "--", "python", "-m", "distnn.cli", "train",

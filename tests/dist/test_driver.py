@@ -2,6 +2,7 @@
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -96,3 +97,21 @@ def test_clear_errors_before_any_work(ray_session, splits):
 
 def test_start_ray_joins_a_running_session(ray_session):
     assert start_ray(None, 2) is False
+
+
+def test_worker_killed_between_epochs_is_replaced(ray_session, splits):
+    """A death outside run_epoch (evaluation, state fetch) heals without losing state."""
+    from distnn.dist.driver import DistTrainer
+    c = cfg(epochs=2)
+    clean = train(c, splits)["network"].params
+    t = DistTrainer(c, splits, splits.train)
+    try:
+        t.fit(1, monitor_train=False)
+        before = t.evaluate("valid", len(splits.train))
+        os.kill(t.worker_pids()[1], signal.SIGKILL)
+        time.sleep(0.5)
+        assert t.evaluate("valid", len(splits.train)) == before   # healed, same replicas
+        t.fit(2, monitor_train=False)
+        np.testing.assert_array_equal(t.net.params, clean)
+    finally:
+        t.close()
