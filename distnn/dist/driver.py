@@ -104,7 +104,6 @@ class DistTrainer:
         self.group = None
         self._wire()
         self.state = ray.get(self.workers[0].get_state.remote())
-        self.comm_seconds = 0.0
 
     def _spawn(self, rank):
         return self._actor.remote(rank, self.world, *self._worker_args, *self._refs)
@@ -277,7 +276,6 @@ class DistTrainer:
             seconds = time.perf_counter() - t0
             self._end_of_epoch_state()
             comm = max(r["comm_seconds"] for r in results.values())
-            self.comm_seconds += comm
             logs = epoch_logs(epoch, results[0]["lr"], self.n_train, seconds,
                               lambda which: self.evaluate(which, self.n_train), monitor_train,
                               has_valid, comm_seconds=comm)

@@ -76,9 +76,6 @@ class Worker:
     def set_state(self, state: dict) -> None:
         self.trainer.restore(state)
 
-    def digest(self) -> str:
-        return digest(self.net.params)
-
     # -- work -----------------------------------------------------------------------
     def run_epoch(self, epoch: int, schedule_state: dict, batch_size: int,
                   check_every: int = 0) -> dict:
