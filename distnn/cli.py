@@ -10,7 +10,7 @@ import tomllib
 import numpy as np
 
 from . import __version__
-from .config import TrainConfig, field_names, from_mapping, parse_layers
+from .config import TrainConfig, field_names, from_mapping, parse_layers, parse_strength
 
 log = logging.getLogger("distnn")
 
@@ -34,14 +34,19 @@ HELP = {
     "keep_prob": "dropout keep probability after each hidden layer (1 = no dropout)",
     "keep_prob_input": "dropout keep probability on the inputs (1 = no dropout)",
     "batchnorm": "batch normalisation before each hidden activation",
+    "sync_batchnorm": "with --workers N >= 2: batch-norm statistics over the whole global "
+                      "batch (all-reduced, 3 small all-reduces per layer and step) instead of "
+                      "each worker's slice; training then equals one process's",
     "dtype": "float32 or float64",
     "optimizer": "sgd, momentum, nesterov, rmsprop or adam",
     "lr": "learning rate η",
     "momentum": "momentum μ (momentum, nesterov)",
     "beta1": "Adam β1", "beta2": "Adam β2", "eps": "ε of Adam and RMSprop",
     "rho": "RMSprop decay ρ",
-    "l1": "L1 strength λ: adds (λ/n)Σ|w| to the cost (n = training-set size)",
-    "l2": "L2 strength λ: adds (λ/2n)Σw² to the cost (n = training-set size)",
+    "l1": "L1 strength λ: adds (λ/n)Σ|w| to the cost (n = training-set size); one value, "
+          "or one per weight layer like 0.5,0.1",
+    "l2": "L2 strength λ: adds (λ/2n)Σw² to the cost (n = training-set size); one value, "
+          "or one per weight layer like 5,1",
     "max_norm": "cap each unit's incoming weight norm at this value",
     "batch_size": "mini-batch size",
     "epochs": "maximum number of epochs",
@@ -77,7 +82,7 @@ HELP = {
     "logdir": "write TensorBoard logs here (e.g. runs/NAME); open them with "
               "tensorboard --logdir DIR",
 }
-BOOL_FLAGS = {"standardize", "batchnorm", "monitor_train"}
+BOOL_FLAGS = {"standardize", "batchnorm", "sync_batchnorm", "monitor_train"}
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -106,6 +111,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
             typ = int
         if name == "max_norm":
             typ = float
+        if name in ("l1", "l2"):
+            typ = str   # one number, or one per weight layer: parsed by config
         metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
                    "metrics_out": "FILE.json", "data_dir": "DIR", "checkpoint_dir": "DIR",
                    "logdir": "DIR"}.get(name, name.upper())
@@ -252,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-prob", type=float, default=1.0)
     g.add_argument("--keep-prob-input", type=float, default=1.0)
     g.add_argument("--batchnorm", action="store_true")
-    g.add_argument("--l1", type=float, default=0.0)
-    g.add_argument("--l2", type=float, default=0.0)
+    g.add_argument("--l1", type=lambda t: parse_strength(t, "l1"), default=0.0,
+                   help="L1 λ: one value or one per weight layer")
+    g.add_argument("--l2", type=lambda t: parse_strength(t, "l2"), default=0.0,
+                   help="L2 λ: one value or one per weight layer")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--tol", type=float, default=1e-6, help="largest relative error accepted")

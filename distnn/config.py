@@ -9,7 +9,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 
-from .core import activations, costs, init, optim, schedules
+from .core import activations, costs, init, optim, regularizers, schedules
 from .data.augment import parse_spec
 from .data.datasets import DATASETS
 
@@ -34,6 +34,7 @@ class TrainConfig:
     keep_prob: float = 1.0
     keep_prob_input: float = 1.0
     batchnorm: bool = False
+    sync_batchnorm: bool = False
     dtype: str = "float32"
     # optimisation
     optimizer: str = "sgd"
@@ -43,8 +44,8 @@ class TrainConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     rho: float = 0.9
-    l1: float = 0.0
-    l2: float = 0.0
+    l1: float | tuple[float, ...] = 0.0
+    l2: float | tuple[float, ...] = 0.0
     max_norm: float | None = None
     batch_size: int = 10
     epochs: int = 30
@@ -70,6 +71,10 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
+        for name in ("l1", "l2"):
+            v = getattr(self, name)
+            if isinstance(v, (list, tuple)):
+                object.__setattr__(self, name, tuple(v))
         validate(self)
 
     def replace(self, **changes) -> "TrainConfig":
@@ -125,8 +130,7 @@ def validate(c: TrainConfig) -> None:
     optim.make(c.optimizer, lr=c.lr, momentum=c.momentum, beta1=c.beta1, beta2=c.beta2,
                eps=c.eps, rho=c.rho)
     for name in ("l1", "l2"):
-        v = getattr(c, name)
-        _require(isinstance(v, (int, float)) and v >= 0, f"{name} must be >= 0, got {v!r}")
+        regularizers.per_layer(getattr(c, name), len(c.layers) - 1, name)
     if c.max_norm is not None:
         _positive("max_norm", c.max_norm)
     _int_at_least("batch_size", c.batch_size, 1)
@@ -157,6 +161,7 @@ def validate(c: TrainConfig) -> None:
     parse_spec(c.augment)
     if c.batchnorm:
         _require(c.batch_size >= 2, "batchnorm needs batch_size >= 2")
+    _require(c.batchnorm or not c.sync_batchnorm, "sync_batchnorm needs batchnorm (--batchnorm)")
 
 
 def from_mapping(values: dict, base: TrainConfig | None = None, where: str = "config") -> TrainConfig:
@@ -170,7 +175,20 @@ def from_mapping(values: dict, base: TrainConfig | None = None, where: str = "co
     vals = dict(values)
     if "layers" in vals and isinstance(vals["layers"], str):
         vals["layers"] = parse_layers(vals["layers"])
+    for name in ("l1", "l2"):
+        if isinstance(vals.get(name), str):
+            vals[name] = parse_strength(vals[name], name)
     return base.replace(**vals)
+
+
+def parse_strength(text: str, name: str = "l2"):
+    """"5.0" -> 5.0; "0.01,0.001" -> (0.01, 0.001), one λ per weight matrix."""
+    try:
+        vals = tuple(float(p) for p in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"{name} must be a number or comma-separated numbers (one per weight "
+                         f"layer), got {text!r}") from None
+    return vals[0] if len(vals) == 1 else vals
 
 
 def parse_layers(text: str) -> tuple[int, ...]:

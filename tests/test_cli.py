@@ -28,12 +28,16 @@ def test_gradcheck_fails_above_tolerance(capsys):
 def test_train_from_flags_and_toml_with_flags_overriding(tmp_path, digits_dir, capsys):
     cfg = tmp_path / "run.toml"
     cfg.write_text('dataset = "idx"\nlayers = [64, 20, 10]\nepochs = 5\nlr = 0.5\n'
-                   f'data_dir = "{digits_dir}"\nbatch_size = 10\n')
+                   f'data_dir = "{digits_dir}"\nbatch_size = 10\nl2 = [0.5, 0.1]\n')
     out = tmp_path / "m.json"
     rc = cli.main(["-q", "train", "--config", str(cfg), "--epochs", "2", "--metrics-out", str(out)])
     assert rc == 0
     m = json.loads(out.read_text())
     assert len(m["history"]) == 2 and m["config"]["lr"] == 0.5 and m["test_accuracy"] > 0.5
+    assert m["config"]["l2"] == [0.5, 0.1]
+    rc = cli.main(["-q", "train", "--config", str(cfg), "--epochs", "1", "--l2", "2,0",
+                   "--metrics-out", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["config"]["l2"] == [2.0, 0.0]
     assert "test accuracy" in capsys.readouterr().out
 
 
@@ -46,6 +50,8 @@ def test_train_from_flags_and_toml_with_flags_overriding(tmp_path, digits_dir, c
     (["--cost", "cross-entropy", "--output", "softmax"], "needs output activation 'sigmoid'"),
     (["--layers", "784,x,10"], "comma-separated integers"),
     (["--layers", "30,10"], "images have 64 pixels"),
+    (["--l2", "1,2,3"], "l2 has 3 values but the network has 2 weight layers"),
+    (["--l2", "1,x"], "l2 must be a number or comma-separated numbers"),
 ])
 def test_bad_flags_exit_2_with_a_message(argv, match, digits_dir, capsys):
     rc = cli.main(["train", "--dataset", "idx", "--data-dir", str(digits_dir),

@@ -44,23 +44,25 @@ def rel_error(a: np.ndarray, b: np.ndarray, floor: float = 1e-6) -> float:
 
 def check_network(net, x, y, *, l1=0.0, l2=0.0, n=None, h=1e-3, max_per_block=None,
                   rng=None) -> dict[str, float]:
-    """Compare the network's analytic gradient (plus L1/L2 terms) with central
+    """Compare the network's analytic gradient (plus L1/L2 terms; λ a number or one per
+    weight matrix) with central
     differences.  Returns {parameter name: max relative error}.
 
     ``max_per_block`` samples that many positions per parameter block (with ``rng``)
     to keep big networks quick; None checks every parameter.
     """
-    from .regularizers import add_grad, penalty  # local: keeps this module standalone
+    from .regularizers import Penalty  # local: keeps this module standalone
 
     n = n or len(x)
     x, y = net.check_batch(x, y)
+    pen = Penalty(net, l1, l2)
 
     def cost() -> float:
         c, _ = net.loss_and_grad(x, y)
-        return c + penalty(net.params[:net.n_decay], l1, l2, n)
+        return c + pen.value(net.params, n)
 
     _, grad = net.loss_and_grad(x, y)
-    add_grad(grad[:net.n_decay], net.params[:net.n_decay], l1, l2, n)
+    pen.add_grad(grad, net.params, n)
     errors = {}
     for name, sl in net.slices.items():
         size = sl.stop - sl.start

@@ -153,6 +153,15 @@ class BatchNorm(Layer):
     uses the unbiased batch variance).  Eval: μ, σ² are the running averages.
     Backward (train):  dx = (γ / (N σ)) (N dŷ - Σ dŷ - x̂ Σ dŷ x̂),  dγ = Σ dy x̂,
     dβ = Σ dy, with dŷ = dy (the γ factor is applied outside the bracket).
+
+    Synchronised mode (``sync`` set to a function that sums a flat array over every
+    data-parallel replica, in place): the batch B is the *global* batch, split over
+    the replicas.  μ_B and σ²_B come from all-reduced Σx and Σ(x - μ_B)² (two passes,
+    no E[x²] - E[x]² cancellation), and the sums Σ dŷ, Σ dŷ x̂ in dx are all-reduced
+    too, so every replica computes exactly its rows of the one-process dx.  dγ and dβ
+    stay local sums (the gradient all-reduce adds them up).  Three all-reduces of
+    ~2n numbers per layer and step; ``sync_idle`` makes the same calls with zeros for
+    a replica that has no rows in a batch.
     """
 
     def __init__(self, name: str, n: int, *, momentum: float = 0.9, eps: float = 1e-5):
@@ -163,6 +172,7 @@ class BatchNorm(Layer):
         self.name, self.n, self.momentum, self.eps = name, n, momentum, eps
         self.running_mean = None
         self.running_var = None
+        self.sync = None
 
     def param_specs(self):
         return [("gamma", (self.n,), False), ("beta", (self.n,), False)]
@@ -177,16 +187,34 @@ class BatchNorm(Layer):
     def buffers(self) -> dict[str, np.ndarray]:
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
+    def _batch_stats(self, x, centred):
+        """(mean, biased variance, batch count), over the global batch when synced;
+        leaves x - mean in ``centred``."""
+        n = x.shape[0]
+        if self.sync is None:
+            mean = x.mean(axis=0)
+            np.subtract(x, mean, out=centred)
+            return mean, np.mean(np.square(centred), axis=0), n
+        s = self._buf("sync_sum", (self.n + 1,), x.dtype)
+        np.add.reduce(x, axis=0, out=s[:-1])
+        s[-1] = n
+        self.sync(s)
+        n = int(round(float(s[-1])))
+        mean = s[:-1] / n
+        np.subtract(x, mean, out=centred)
+        sq = self._buf("sync_sq", (self.n,), x.dtype)
+        np.einsum("ij,ij->j", centred, centred, out=sq)
+        self.sync(sq)
+        return mean, sq / n, n
+
     def forward(self, x, *, train):
         out = self._buf("out", x.shape, x.dtype)
         if train:
-            n = x.shape[0]
+            mean, var, n = self._batch_stats(x, out)
             if n < 2:
                 raise ValueError("batch norm needs at least 2 examples per batch in "
                                  f"training, got {n}; raise --batch-size")
-            mean = x.mean(axis=0)
-            np.subtract(x, mean, out=out)
-            var = np.mean(np.square(out), axis=0)
+            self.n_batch = n
             self.inv_std = 1.0 / np.sqrt(var + self.eps)
             out *= self.inv_std
             self.xhat = self._buf("xhat", x.shape, x.dtype)
@@ -204,13 +232,27 @@ class BatchNorm(Layer):
         return out
 
     def backward(self, dout):
-        n = dout.shape[0]
+        n = self.n_batch
         xhat = self.xhat
         np.add.reduce(dout, axis=0, out=self.gbeta)
         np.einsum("ij,ij->j", dout, xhat, out=self.ggamma)
+        sum_dy, sum_dy_xhat = self.gbeta, self.ggamma
+        if self.sync is not None:
+            s = self._buf("sync_back", (2, self.n), dout.dtype)
+            s[0], s[1] = self.gbeta, self.ggamma
+            self.sync(s.reshape(-1))
+            sum_dy, sum_dy_xhat = s[0], s[1]
         dx = self._buf("dx", dout.shape, dout.dtype)
-        np.multiply(xhat, self.ggamma / n, out=dx)
-        dx += self.gbeta / n
+        np.multiply(xhat, sum_dy_xhat / n, out=dx)
+        dx += sum_dy / n
         np.subtract(dout, dx, out=dx)
         dx *= self.gamma * self.inv_std
         return dx
+
+    def sync_idle(self, dtype, backward: bool) -> None:
+        """Take part in this layer's all-reduces with zeros (no rows this batch)."""
+        if backward:
+            self.sync(np.zeros(2 * self.n, dtype))
+        else:
+            self.sync(np.zeros(self.n + 1, dtype))
+            self.sync(np.zeros(self.n, dtype))

@@ -147,6 +147,25 @@ class Network:
                           if k.split(".", 1)[0] == layer.name}
                 layer.bind(params, per_layer[layer.name])
 
+    def sync_batchnorm(self, allreduce) -> None:
+        """Batch statistics over the data-parallel global batch: ``allreduce(a)`` must
+        sum the flat array ``a`` over every replica in place (None: this process only)."""
+        for bn in self.batchnorms:
+            bn.sync = allreduce
+
+    def sync_idle(self) -> None:
+        """A replica with no rows in this batch makes the all-reduces a forward and
+        backward pass would make (synchronised batch norm), with zeros."""
+        for bn in self.batchnorms:
+            bn.sync_idle(self.dtype, backward=False)
+        for bn in reversed(self.batchnorms):
+            bn.sync_idle(self.dtype, backward=True)
+
+    @property
+    def syncs_per_step(self) -> int:
+        """All-reduces a training step makes inside forward/backward."""
+        return 3 * sum(bn.sync is not None for bn in self.batchnorms)
+
     # -- views -------------------------------------------------------------------
     def named_params(self) -> dict[str, np.ndarray]:
         """{"dense0.weight": (n_in, n_out) view, "dense0.bias": (n_out,), ...}."""

@@ -2,7 +2,11 @@
 
 ``allreduce_(step, buf)`` replaces ``buf`` (a flat float array) by the elementwise sum of
 every worker's ``buf`` for that step, identically on every worker (the same additions in
-the same order), so replicas that apply the same update stay bit-identical.
+the same order), so replicas that apply the same update stay bit-identical.  ``step``
+numbers the group's calls 0, 1, 2, ... (consecutive: ``shm`` alternates its two buffers
+by parity); every worker makes the same calls with the same sizes, which may vary from
+call to call up to the group's size (synchronised batch norm reduces small vectors
+between the gradient all-reduces).
 
 Backends
 --------
@@ -108,7 +112,7 @@ class SharedMemoryCollective(Collective):
         self.counters = self.flags[:world]
 
     def allreduce_(self, step, buf):
-        slots = self.slots[step % 2]
+        slots = self.slots[step % 2, :, :buf.size]   # a smaller buf uses a slot's head
         np.copyto(slots[self.rank], buf)
         self.counters[self.rank] = step + 1        # publish after the data is written
         deadline = None

@@ -86,6 +86,7 @@ class DistTrainer:
         self.net = build_network(cfg)   # the driver's copy, for snapshots and the test set
         local = build_trainer(cfg, self.net, callbacks)
         self.schedule, self.callbacks = local.schedule, local.callbacks
+        self.penalty = local.penalty
         self.stop, self.epoch, self.best_epoch, self.history = False, 0, None, []
         self.state_loader = None
         self.normalizer = Normalizer.fit(train_split.x, splits.pixel_max, cfg.standardize)
@@ -248,23 +249,20 @@ class DistTrainer:
     def _end_of_epoch_state(self) -> None:
         self.state = self._live_state()
         self._heal()
-        if self.state["buffers"]:
+        if self.state["buffers"] and not self.cfg.sync_batchnorm:
             # batch-norm running statistics are per worker; adopt one worker's everywhere
             # (parameters and optimizer state are already identical: digests checked)
             self.ray.get([w.set_state.remote(self.state) for w in self.workers])
         self._load_local(self.state)
 
     def evaluate(self, which: str, n_train: int) -> tuple[float, float]:
-        from ..core import regularizers
         try:
             parts = self.ray.get([w.evaluate.remote(which) for w in self.workers])
         except self.ray.exceptions.RayActorError:
             self._heal()
             parts = self.ray.get([w.evaluate.remote(which) for w in self.workers])
         loss, correct, n = (sum(p[i] for p in parts) for i in range(3))
-        pen = regularizers.penalty(self.net.params[:self.net.n_decay], self.cfg.l1,
-                                   self.cfg.l2, n_train)
-        return loss / n + pen, correct / n
+        return loss / n + self.penalty.value(self.net.params, n_train), correct / n
 
     def fit(self, epochs: int, monitor_train: bool = True, has_valid: bool = True):
         for cb in self.callbacks:

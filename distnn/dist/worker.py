@@ -47,6 +47,9 @@ class Worker:
                              cache=False) if len(valid_y) else None
         self.n_train = n_train
         self.collective: Collective = Collective()
+        self._key = 0   # the next all-reduce's number (see collective.allreduce_)
+        if self.cfg.sync_batchnorm and world > 1:
+            self.net.sync_batchnorm(self._allreduce)
 
     # -- plumbing -------------------------------------------------------------------
     def info(self) -> dict:
@@ -63,6 +66,10 @@ class Worker:
             self.collective = RingCollective(self.rank, self.world, peers)
         else:
             self.collective = Collective()
+
+    def _allreduce(self, a: np.ndarray) -> None:
+        self.collective.allreduce_(self._key, a)
+        self._key += 1
 
     def deliver(self, key, data) -> None:
         self.collective.deliver(tuple(key), data)
@@ -92,8 +99,10 @@ class Worker:
         t.optimizer.lr = t.schedule(epoch)
         loss_total, comm, digests = 0.0, 0.0, []
         P = self.net.params.size
+        calls = 1 + self.net.syncs_per_step   # all-reduces per step
         t0 = time.perf_counter()
         for k in range(steps):
+            self._key = (epoch * steps + k) * calls
             gidx = order[k * batch_size:(k + 1) * batch_size]
             b = len(gidx)
             idx = gidx[self.rank * b // self.world:(self.rank + 1) * b // self.world]
@@ -105,8 +114,10 @@ class Worker:
                                                           scale=t.grad_scale(b))
             else:
                 self.buf[:] = 0.0
+                if calls > 1:
+                    self.net.sync_idle()
             c0 = time.perf_counter()
-            self.collective.allreduce_(epoch * steps + k, self.buf)
+            self._allreduce(self.buf)
             comm += time.perf_counter() - c0
             loss = float(self.buf[P])           # the batch's summed cost, all shards
             if not math.isfinite(loss):

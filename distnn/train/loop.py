@@ -146,7 +146,8 @@ class Trainer:
     Parameters
     ----------
     net, optimizer, schedule : the model, its optimizer and learning-rate schedule.
-    l1, l2 : penalty strengths λ (scaled by 1/n, n = training-set size).
+    l1, l2 : penalty strengths λ (scaled by 1/n, n = training-set size); a number, or
+        one number per weight matrix.
     max_norm : cap on each unit's incoming-weight norm, or None.
     batch_size, seed : mini-batch size and the seed of the epoch orders.
     callbacks : list of ``Callback``.
@@ -154,11 +155,12 @@ class Trainer:
 
     def __init__(self, net: Network, optimizer: Optimizer, schedule: Schedule, *,
                  l1=0.0, l2=0.0, max_norm=None, batch_size=10, seed=0, callbacks=()):
-        regularizers.check(l1, l2, max_norm)
+        regularizers.check(l1, l2, max_norm, len(net.dense))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.net, self.optimizer, self.schedule = net, optimizer, schedule
         self.l1, self.l2, self.max_norm = l1, l2, max_norm
+        self.penalty = regularizers.Penalty(net, l1, l2)
         self.batch_size, self.seed = batch_size, seed
         self.callbacks = list(callbacks)
         self.stop = False
@@ -206,20 +208,16 @@ class Trainer:
     def apply_update(self, n_train: int) -> None:
         """Add the L1/L2 gradient (once, to the reduced gradient) and step.  The network's
         gradient is the one ``grad_scale`` asked for."""
-        net, opt = self.net, self.optimizer
-        w, g = net.params[:net.n_decay], net.grads[:net.n_decay]
+        net, opt, pen = self.net, self.optimizer, self.penalty
         if not opt.prescalable:
-            if self.l1 or self.l2:
-                regularizers.add_grad(g, w, self.l1, self.l2, n_train, self._scratch)
+            pen.add_grad(net.grads, net.params, n_train, self._scratch)
             opt.step(net.params, net.grads)
-        elif self.l2 and not self.l1 and type(opt) is SGD:
+        elif pen and pen.only_l2 and type(opt) is SGD:
             # w - lr (g + (l2/n) w) == (1 - lr l2 / n) w - lr g: one pass fewer
-            w *= w.dtype.type(1.0 - opt.lr * self.l2 / n_train)
+            pen.decay_(net.params, opt.lr, n_train)
             opt.step_prescaled(net.params, net.grads)
         else:
-            if self.l1 or self.l2:
-                regularizers.add_grad(g, w, self.l1, self.l2, n_train, self._scratch,
-                                      scale=-opt.lr)
+            pen.add_grad(net.grads, net.params, n_train, self._scratch, scale=-opt.lr)
             opt.step_prescaled(net.params, net.grads)
         if self.max_norm is not None:
             regularizers.apply_max_norm([d.W for d in net.dense], self.max_norm)
@@ -230,8 +228,7 @@ class Trainer:
             batches.normalizer(batches.split.x, batches.dtype)
         loss, correct = self.net.evaluate(x, batches.y)
         n = len(batches.y)
-        pen = regularizers.penalty(self.net.params[:self.net.n_decay], self.l1, self.l2, n_train)
-        return loss / n + pen, correct / n
+        return loss / n + self.penalty.value(self.net.params, n_train), correct / n
 
     # -- the loop --------------------------------------------------------------------
     def fit(self, train: Batches, valid: Batches | None, epochs: int,

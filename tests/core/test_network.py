@@ -33,10 +33,11 @@ def test_gradcheck_batchnorm_and_dropout(opts, rng):
     assert max(check_network(net, x, y).values()) < 1e-6
 
 
-def test_gradcheck_with_l1_and_l2(rng):
+@pytest.mark.parametrize("l1,l2", [(0.3, 0.7), ((0.3, 0.0), (0.7, 2.0))])
+def test_gradcheck_with_l1_and_l2(l1, l2, rng):
     net = distnn.Network([6, 5, 4], dtype="float64", seed=3)
     x, y = _data(rng)
-    assert max(check_network(net, x, y, l1=0.3, l2=0.7, n=50).values()) < 1e-6
+    assert max(check_network(net, x, y, l1=l1, l2=l2, n=50).values()) < 1e-6
 
 
 def test_loss_and_grad_is_mean_over_batch(rng):

@@ -120,6 +120,85 @@ def test_n_workers_reduce_to_the_one_process_gradient(opts, rng):
         np.testing.assert_allclose(g, want, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_synchronised_batchnorm_reduces_to_the_one_process_gradient(world, rng):
+    """With batch statistics all-reduced, N workers' slices give the one-process
+    gradient and running statistics of the whole batch (per-worker statistics do not)."""
+    x = rng.standard_normal((12, 9)) * 3 + 1
+    y = rng.integers(0, 4, 12)
+    make = lambda: distnn.Network([9, 7, 6, 4], dtype="float64", seed=3,  # noqa: E731
+                                  batchnorm=True, keep_prob=0.8)
+    ref = make()
+    _, want = ref.loss_and_grad(x, y)
+    want_buffers = ref.named_buffers()
+
+    def run(sync):
+        group = SharedMemoryGroup(world, ref.params.size, np.float64)
+        nets = [make() for _ in range(world)]
+        coll = [SharedMemoryCollective(r, group.path, world, ref.params.size,
+                                       np.dtype(np.float64).str, timeout=10)
+                for r in range(world)]
+        keys = [0] * world
+
+        def work(r):
+            def allreduce(a):
+                coll[r].allreduce_(keys[r], a)
+                keys[r] += 1
+            if sync:
+                nets[r].sync_batchnorm(allreduce)
+            s = slice(r * 12 // world, (r + 1) * 12 // world)
+            nets[r]._loss_and_grad_sum(x[s], y[s], indices=np.arange(12)[s], scale=1 / 12)
+            allreduce(nets[r].grads)
+            return nets[r].grads.copy(), keys[r]
+        try:
+            return _run([lambda r=r: work(r) for r in range(world)]), nets
+        finally:
+            [c.close() for c in coll]
+            group.close()
+
+    got, nets = run(sync=True)
+    for g, calls in got:
+        np.testing.assert_allclose(g, want, rtol=1e-10, atol=1e-13)
+        assert calls == 1 + nets[0].syncs_per_step == 7
+    for net in nets:
+        for k, v in net.named_buffers().items():
+            np.testing.assert_allclose(v, want_buffers[k], rtol=1e-12)
+    unsynced, _ = run(sync=False)
+    assert not np.allclose(unsynced[0][0], want, rtol=1e-6)
+
+
+def test_a_worker_without_rows_still_takes_part_in_batchnorm_syncs(rng):
+    world = 3
+    group = SharedMemoryGroup(world, 500, np.float32)
+    nets = [distnn.Network([5, 6, 3], batchnorm=True, seed=1) for _ in range(world)]
+    coll = [SharedMemoryCollective(r, group.path, world, 500, np.dtype(np.float32).str,
+                                   timeout=10) for r in range(world)]
+    keys = [0] * world
+    x, y = rng.standard_normal((2, 5)).astype(np.float32), np.array([0, 2])
+
+    def work(r):
+        def allreduce(a):
+            coll[r].allreduce_(keys[r], a)
+            keys[r] += 1
+        nets[r].sync_batchnorm(allreduce)
+        if r < 2:   # a batch of 2 over 3 workers: rank 2 has nothing
+            nets[r]._loss_and_grad_sum(x[r:r + 1], y[r:r + 1], scale=0.5)
+        else:
+            nets[r].grads[:] = 0
+            nets[r].sync_idle()
+        allreduce(nets[r].grads)
+        return nets[r].grads.copy()
+    try:
+        got = _run([lambda r=r: work(r) for r in range(world)])
+    finally:
+        [c.close() for c in coll]
+        group.close()
+    ref = distnn.Network([5, 6, 3], batchnorm=True, seed=1)
+    _, want = ref.loss_and_grad(x, y)
+    for g in got:
+        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-6)
+
+
 def test_files_of_killed_drivers_are_swept(tmp_path):
     import subprocess
     import sys

@@ -36,12 +36,16 @@ def cfg(**kw):
 
 
 @pytest.mark.parametrize("opts", [dict(), dict(keep_prob=0.8, augment="rotate=10,elastic=4:2",
-                                               l2=1.0, allreduce="ring")])
+                                               l2=1.0, allreduce="ring"),
+                                  dict(batchnorm=True, sync_batchnorm=True)])
 def test_two_workers_reproduce_one_process(ray_session, splits, opts):
     two = train(cfg(**opts), splits)
     one = train_one(cfg(workers=1, **opts), splits, progress=False)
     np.testing.assert_allclose(two["network"].params, one["network"].params,
                                rtol=1e-4, atol=1e-5)
+    b2, b1 = two["network"].named_buffers(), one["network"].named_buffers()
+    for k in b1:   # synchronised batch norm: the running statistics match too
+        np.testing.assert_allclose(b2[k], b1[k], rtol=1e-4, atol=1e-5)
     v2 = [h["valid_accuracy"] for h in two["history"]]
     v1 = [h["valid_accuracy"] for h in one["history"]]
     assert v2 == pytest.approx(v1, abs=0.011) and two["test_accuracy"] > 0.8
