@@ -1,7 +1,7 @@
 """Run the published-result experiments with distnn's own recipes and commands, read
 each result back from its checkpoint with `distnn eval`, and write docs/RESULTS.md.
 
-    python scripts/reproduce.py run NAME [NAME ...] [--seeds 3] [--root results]
+    python scripts/reproduce.py run NAME [NAME ...] [--seeds 3] [--first-seed 0] [--root results]
     python scripts/reproduce.py table [--root results] [--out docs/RESULTS.md]
 
 `run` appends one JSON line per finished run to ROOT/runs.jsonl (so rows can be run in
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("names", nargs="+", choices=sorted(EXPERIMENTS))
-    r.add_argument("--seeds", type=int, default=1)
+    r.add_argument("--seeds", type=int, default=1, help="how many seeds")
+    r.add_argument("--first-seed", type=int, default=0, help="seeds run from this one up")
     r.add_argument("--root", default="results")
     t = sub.add_parser("table")
     t.add_argument("--root", default="results")
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
         table(root, Path(a.out))
         return 0
     for name in a.names:
-        for seed in range(a.seeds):
+        for seed in range(a.first_seed, a.first_seed + a.seeds):
             res = run(name, seed, root)
             with open(root / "runs.jsonl", "a") as f:
                 f.write(json.dumps(res) + "\n")
