@@ -75,7 +75,8 @@ def table(root: Path, out: Path) -> None:
     runs = [json.loads(line) for line in (root / "runs.jsonl").read_text().splitlines()]
     rows = []
     for name, (label, published, _, workers) in EXPERIMENTS.items():
-        rs = [r for r in runs if r["name"] == name]
+        # a re-run of a seed (e.g. after a recipe changed) replaces the earlier one
+        rs = list({r["seed"]: r for r in runs if r["name"] == name}.values())
         if not rs:
             rows.append(f"| {label} | {published} | not run yet | | | |")
             continue
