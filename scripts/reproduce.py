@@ -35,6 +35,11 @@ EXPERIMENTS = {
                        "--recipe simard-elastic --epochs 40", 1),
     "simard-elastic-100": ("same + elastic distortions, 100 epochs", "99.3%",
                            "--recipe simard-elastic --epochs 100", 1),
+    "simard-elastic-relu": ("same + elastic distortions, ReLU hidden units (He init), batch 128, "
+                            "200 epochs", "99.3%",
+                            "--recipe simard-elastic --activation relu --init he --lr 0.05 "
+                            "--batch-size 128 --epochs 200 --schedule exponential:0.98 "
+                            "--no-monitor-train", 2),
     "dropout": ("dropout 0.5 hidden + 0.2 input with max-norm (Hinton 2012 / Srivastava 2014)",
                 "98.7%–98.9%", "--recipe dropout --epochs 40", 1),
     "dropout-100": ("dropout, as above, 100 epochs", "98.7%–98.9%",
