@@ -24,7 +24,8 @@ HELP = {
     "standardize": "standardise inputs per pixel with training-split mean/std "
                    "(inputs are always scaled to [0, 1])",
     "augment": "on-the-fly augmentation, e.g. rotate=15,shift=2,scale=0.1,shear=10,"
-               "elastic=34:4 (ALPHA:SIGMA), or none",
+               "elastic=34:4 (ALPHA:SIGMA), flip=0.5 (left-right mirror probability, for "
+               "clothing, not digits), or none",
     "layers": "layer sizes, input first, e.g. 784,30,10",
     "activation": "hidden activation: sigmoid, tanh, scaled-tanh, relu",
     "output": "output activation: softmax, sigmoid, tanh, scaled-tanh, relu, identity",

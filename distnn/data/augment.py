@@ -15,7 +15,8 @@ batch, shard or worker.
 
 Spec strings (CLI ``--augment``, TOML ``augment``), comma-separated, any subset:
 ``rotate=DEG`` (uniform in ±DEG), ``shift=PX`` (±PX in each axis), ``scale=F``
-(factor in [1-F, 1+F]), ``shear=DEG`` (±DEG), ``elastic=ALPHA:SIGMA``.
+(factor in [1-F, 1+F]), ``shear=DEG`` (±DEG), ``elastic=ALPHA:SIGMA``, ``flip=P``
+(mirror left-right with probability P: for clothing, not for digits).
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import numpy as np
 
 from ..core.random import fold_key, keyed_uniform
 
-_KEYS = ("rotate", "shift", "scale", "shear", "elastic")
-_STREAM_AFFINE, _STREAM_ELASTIC = 2001, 2002
+_KEYS = ("rotate", "shift", "scale", "shear", "elastic", "flip")
+_STREAM_AFFINE, _STREAM_ELASTIC, _STREAM_FLIP = 2001, 2002, 2003
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,11 @@ class AugmentSpec:
     shear: float = 0.0
     elastic_alpha: float = 0.0
     elastic_sigma: float = 4.0
+    flip: float = 0.0
 
     @property
     def affine(self) -> bool:
-        return bool(self.rotate or self.shift or self.scale or self.shear)
+        return bool(self.rotate or self.shift or self.scale or self.shear or self.flip)
 
     @property
     def active(self) -> bool:
@@ -51,6 +53,8 @@ class AugmentSpec:
                  if getattr(self, k)]
         if self.elastic_alpha:
             parts.append(f"elastic={self.elastic_alpha:g}:{self.elastic_sigma:g}")
+        if self.flip:
+            parts.append(f"flip={self.flip:g}")
         return ",".join(parts) or "none"
 
 
@@ -81,6 +85,8 @@ def parse_spec(spec: str | None) -> AugmentSpec:
                 raise ValueError(f"augmentation {key!r} takes one number, got {val!r}")
             if key == "scale" and nums[0] >= 1:
                 raise ValueError(f"scale=F needs F < 1 (factor in [1-F, 1+F]), got {val!r}")
+            if key == "flip" and nums[0] > 1:
+                raise ValueError(f"flip=P needs a probability P <= 1, got {val!r}")
             vals[key] = nums[0]
     return AugmentSpec(**vals)
 
@@ -142,19 +148,20 @@ def bilinear(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
 
 
 def warp(images, *, angle=None, shift=None, scale=None, shear=None, displacement=None,
-         pixel_max: float = 255.0) -> np.ndarray:
+         flip=None, pixel_max: float = 255.0) -> np.ndarray:
     """Resample ``images`` (N, H, W) once under the given per-image transforms.
 
     angle, shear : (N,) degrees (counter-clockwise as displayed: +90 is np.rot90)
     shift : (N, 2) pixels (down, right);  scale : (N,) factors
     displacement : (N, 2, H, W) extra source offsets (rows, cols), e.g. elastic
+    flip : (N,) bool, mirror left-right (applied first, about the centre)
     Returns float32 (N, H, W) divided by ``pixel_max``.
     """
     images = np.asarray(images)
     n, h, w = images.shape
     inv = np.float32(1.0 / pixel_max)
     if angle is None and shift is None and scale is None and shear is None \
-            and displacement is None:
+            and displacement is None and flip is None:
         return images.astype(np.float32) * inv
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     y, x = np.meshgrid(np.arange(h, dtype=np.float32) - np.float32(cy),
@@ -181,6 +188,9 @@ def warp(images, *, angle=None, shift=None, scale=None, shear=None, displacement
     if displacement is not None:
         rows = rows + displacement[:, 0]
         cols = cols + displacement[:, 1]
+    if flip is not None:   # mirror the source first: read column c of the mirror image
+        f = np.asarray(flip, bool)[:, None, None]
+        cols = np.where(f, np.float32(2 * cx) - cols, cols)
     out = bilinear(images, rows, cols)
     out *= inv
     return out
@@ -228,6 +238,9 @@ class Augmenter:
                 out["scale"] = 1.0 + sp.scale * u[:, 3]
             if sp.shear:
                 out["shear"] = sp.shear * u[:, 4]
+        if sp.flip:
+            f = keyed_uniform(fold_key(self.seed, _STREAM_FLIP, epoch), idx, 1, np.float64)
+            out["flip"] = f[:, 0] < sp.flip
         if sp.elastic_alpha:
             h, w = shape
             key = fold_key(self.seed, _STREAM_ELASTIC, epoch)

@@ -29,6 +29,31 @@ def test_rotation_by_90_degrees_is_rot90(images):
     np.testing.assert_allclose(out, np.rot90(images, axes=(1, 2)), atol=1e-3)
 
 
+def test_flip_mirrors_left_right_exactly_and_composes_with_a_shift(images):
+    flip = np.array([True, False, True, False, True, True])
+    out = warp(images, flip=flip, pixel_max=1.0)
+    want = np.where(flip[:, None, None], images[:, :, ::-1], images).astype(np.float32)
+    np.testing.assert_array_equal(out, want)
+    both = warp(images, flip=np.ones(6, bool), shift=np.tile([0.0, 2.0], (6, 1)),
+                pixel_max=1.0)      # mirror first, then move right
+    np.testing.assert_array_equal(both[:, :, 2:], images[:, :, ::-1][:, :, :-2].astype(np.float32))
+
+
+def test_flip_probability_is_keyed_like_the_other_transforms(rng):
+    imgs = rng.integers(0, 256, (4000, 4, 4), dtype=np.uint8)
+    aug = Augmenter("flip=0.5", seed=3)
+    f = aug.params(np.arange(4000), 1, (4, 4))["flip"]
+    assert 0.45 < f.mean() < 0.55
+    np.testing.assert_array_equal(aug.params(np.arange(10, 20), 1, (4, 4))["flip"], f[10:20])
+    out = aug(imgs[:50], np.arange(50), 1)
+    want = np.where(f[:50, None, None], imgs[:50, :, ::-1], imgs[:50]) / np.float32(255)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    # adding flip leaves the other transforms' random numbers as they were
+    a = Augmenter("rotate=10", seed=3).params(np.arange(5), 0, (4, 4))["angle"]
+    b = Augmenter("rotate=10,flip=0.5", seed=3).params(np.arange(5), 0, (4, 4))["angle"]
+    np.testing.assert_array_equal(a, b)
+
+
 def test_gaussian_matrix_matches_scipy(rng):
     ndimage = pytest.importorskip("scipy.ndimage")
     v = rng.standard_normal(28)
@@ -67,8 +92,10 @@ def test_spec_parsing():
     assert (s.rotate, s.shift, s.elastic_alpha, s.elastic_sigma) == (15, 2, 34, 4)
     assert str(s) == "rotate=15,shift=2,elastic=34:4"
     assert parse_spec("elastic=8").elastic_sigma == 4.0
+    assert str(parse_spec("shift=2,flip=0.5")) == "shift=2,flip=0.5"
     for bad, match in [("spin=3", "bad augmentation item"), ("rotate=x", "needs numbers"),
                        ("rotate=-5", ">= 0"), ("elastic=34:0", "SIGMA > 0"),
-                       ("scale=1.5", "F < 1"), ("shift", "bad augmentation item")]:
+                       ("scale=1.5", "F < 1"), ("shift", "bad augmentation item"),
+                       ("flip=2", "probability P <= 1")]:
         with pytest.raises(ValueError, match=match):
             parse_spec(bad)
