@@ -120,8 +120,8 @@ def test_n_workers_reduce_to_the_one_process_gradient(opts, rng):
         np.testing.assert_allclose(g, want, rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("world", [2, 3, 4])
-def test_synchronised_batchnorm_reduces_to_the_one_process_gradient(world, rng):
+@pytest.mark.parametrize("world,backend", [(2, "shm"), (3, "shm"), (4, "shm"), (3, "ring")])
+def test_synchronised_batchnorm_reduces_to_the_one_process_gradient(world, backend, rng):
     """With batch statistics all-reduced, N workers' slices give the one-process
     gradient and running statistics of the whole batch (per-worker statistics do not)."""
     x = rng.standard_normal((12, 9)) * 3 + 1
@@ -135,9 +135,15 @@ def test_synchronised_batchnorm_reduces_to_the_one_process_gradient(world, rng):
     def run(sync):
         group = SharedMemoryGroup(world, ref.params.size, np.float64)
         nets = [make() for _ in range(world)]
-        coll = [SharedMemoryCollective(r, group.path, world, ref.params.size,
-                                       np.dtype(np.float64).str, timeout=10)
-                for r in range(world)]
+        if backend == "shm":
+            coll = [SharedMemoryCollective(r, group.path, world, ref.params.size,
+                                           np.dtype(np.float64).str, timeout=10)
+                    for r in range(world)]
+        else:
+            handles = [_Handle() for _ in range(world)]
+            coll = [RingCollective(r, world, handles, timeout=10) for r in range(world)]
+            for h, c in zip(handles, coll):
+                h.target = c
         keys = [0] * world
 
         def work(r):
