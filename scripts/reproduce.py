@@ -49,13 +49,6 @@ EXPERIMENTS = {
                     "--output softmax --cost log-likelihood --optimizer momentum --lr 0.02 "
                     "--momentum 0.9 --batch-size 64 --keep-prob 0.7 --epochs 40 "
                     "--schedule exponential:0.95", 1),
-    "fashion-mlp-goal": ("Goal: Fashion-MNIST MLP [784,1024,1024,10] ReLU, dropout, shifts and "
-                         "mirror images, 2 workers", "≥ 90.5% (goal)",
-                         "--dataset fashion-mnist --layers 784,1024,1024,10 --activation relu "
-                         "--init he --output softmax --cost log-likelihood --optimizer momentum "
-                         "--lr 0.03 --momentum 0.9 --batch-size 128 --keep-prob 0.6 "
-                         "--epochs 80 --schedule exponential:0.96 --augment shift=2,flip=0.5 "
-                         "--no-monitor-train", 2),
     "mlp-elastic-goal": ("Goal: MLP [784,1000,500,10] ReLU + affine and elastic distortions, "
                          "under 1 hour on 2 workers", "≥ 99.5% (goal)",
                          "--layers 784,1000,500,10 --activation relu --init he --output softmax "
