@@ -49,6 +49,12 @@ EXPERIMENTS = {
                     "--output softmax --cost log-likelihood --optimizer momentum --lr 0.02 "
                     "--momentum 0.9 --batch-size 64 --keep-prob 0.7 --epochs 40 "
                     "--schedule exponential:0.95", 1),
+    "fashion-mlp-flip": ("Goal: Fashion-MNIST MLP [784,1024,1024,10], dropout, mirror images, "
+                         "2 workers", "≥ 90.5% (goal)",
+                         "--dataset fashion-mnist --layers 784,1024,1024,10 --activation relu "
+                         "--init he --output softmax --cost log-likelihood --optimizer momentum "
+                         "--lr 0.02 --momentum 0.9 --batch-size 64 --keep-prob 0.7 --epochs 40 "
+                         "--schedule exponential:0.95 --augment flip=0.5 --no-monitor-train", 2),
     "mlp-elastic-goal": ("Goal: MLP [784,1000,500,10] ReLU + affine and elastic distortions, "
                          "under 1 hour on 2 workers", "≥ 99.5% (goal)",
                          "--layers 784,1000,500,10 --activation relu --init he --output softmax "
