@@ -31,8 +31,6 @@ def format_diagnosis(d: dict) -> str:
             f"{100 * d['variance']:.2f} points): {d['remedies']}")
 
 
-
-
 def from_history(history: list[dict], best_epoch=None, bayes_error: float = 0.0):
     """Diagnose the epoch whose parameters the run ended with (the best one when early
     stopping restored it); None without training and validation accuracy."""

@@ -159,7 +159,7 @@ class Trainer:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.net, self.optimizer, self.schedule = net, optimizer, schedule
-        self.l1, self.l2, self.max_norm = l1, l2, max_norm
+        self.max_norm = max_norm
         self.penalty = regularizers.Penalty(net, l1, l2)
         self.batch_size, self.seed = batch_size, seed
         self.callbacks = list(callbacks)
