@@ -2,16 +2,37 @@
 the only process that writes."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+
+
+def _import_tensorboardx():
+    """Import tensorboardX without the PyTorch import it attempts at module level.
+
+    tensorboardX's writer does ``try: import torch`` only to accept torch tensors; where
+    torch is installed that costs ~2 s per process (measured: 2.0 s of a 2.1 s import),
+    paid by every trial process of a search.  distnn passes NumPy arrays and floats only,
+    so unless torch is already loaded it is hidden for the duration of the import, then
+    made importable again."""
+    if "tensorboardX.writer" in sys.modules or "torch" in sys.modules:
+        import tensorboardX
+        return tensorboardX
+    sys.modules["torch"] = None          # makes ``import torch`` raise ImportError
+    try:
+        import tensorboardX
+        import tensorboardX.summary  # noqa: F401
+    finally:
+        del sys.modules["torch"]
+    return tensorboardX
 
 
 class RunWriter:
     """Scalars, histograms, text, images and hparams for one run directory."""
 
     def __init__(self, logdir: str):
-        from tensorboardX import SummaryWriter
         self.logdir = logdir
-        self.w = SummaryWriter(logdir=logdir)
+        self.w = _import_tensorboardx().SummaryWriter(logdir=logdir)
 
     def scalars(self, step: int, values: dict) -> None:
         for tag, v in values.items():
@@ -33,7 +54,7 @@ class RunWriter:
         """The hparams view's summaries, written into this run's own event file.
         (tensorboardX's add_hparams opens a second writer whose file name repeats the
         first's when both start in the same second, clobbering the run's scalars.)"""
-        from tensorboardX.summary import hparams as hparams_summaries
+        hparams_summaries = _import_tensorboardx().summary.hparams
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                  for k, v in hparams.items() if v is not None}
         values = {k: float(v) for k, v in metrics.items() if v is not None}
