@@ -26,8 +26,12 @@ def cmd_search(args) -> int:
     res = tune.run_search(cfg, trials, args.out, name=args.name, asha=args.asha,
                           resume=args.resume_search, address=cfg.address)
     table = res["table"]
-    cols = [c for c in table.columns if c != "trial_dir"]
-    print(table[cols].head(15).to_string(index=False))
+    cols = [c for c in table.columns if c != "trial_dir" and table[c].notna().any()]
+    shown = table[cols].head(15).copy()
+    if "error" in shown:                 # the CSV keeps the whole message
+        shown["error"] = shown["error"].map(lambda e: e if not isinstance(e, str)
+                                            else e.split(":")[0][:40])
+    print(shown.to_string(index=False))
     print(f"best: {res['best']}  {cfg.monitor} {res['best_valid']:.4f}  "
           f"test accuracy (winner, once) {100 * (res['test_accuracy'] or 0):.2f}%")
     print(f"best config: {res['best_config']}  (distnn train --config {res['best_config']})")

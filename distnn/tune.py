@@ -122,8 +122,8 @@ def decreasing(costs: list[float]) -> bool:
 def find_threshold(cost_curve, start: float = 0.01, refine: int = 4,
                    lo_limit: float = 1e-6, hi_limit: float = 1e4) -> dict:
     """Nielsen's procedure.  ``cost_curve(lr)`` returns the training cost before training
-    and after each of the first few epochs.  From ``start``, go up by factors of 10 while the cost falls
-    (down while it does not), then bisect (geometrically) between the largest falling
+    and after each of the first few epochs.  From ``start``, go up by factors of 10 while
+    the cost falls (down while it does not), then bisect (geometrically) between the largest falling
     and the smallest non-falling rate ``refine`` times.  Suggests half the threshold."""
     tried = {}
 
@@ -152,38 +152,61 @@ def find_threshold(cost_curve, start: float = 0.01, refine: int = 4,
 
 
 # -- running a search on Ray Tune -----------------------------------------------------------
-def _trial(config, base: dict, splits_ref, out_dir: str, per_epoch: bool):
-    """One Tune trial: train each (index, overrides) of its pack in turn.  Every
-    configuration's final model goes to ``out_dir/trials/NNNN``, its result to
-    ``result.json`` there, and its hparams to ``out_dir/tensorboard/NNNN``.  Metrics are
-    reported every epoch when a scheduler needs them (then packs hold one trial), else
-    once at the end, which keeps Tune's per-result overhead off short trials."""
+def _run_one(index: int, overrides: dict, base_cfg: TrainConfig, splits, out_dir: Path,
+             callbacks=()) -> dict:
+    """Train one configuration and record it in ``out_dir/trials/NNNN``: the final model,
+    ``result.json`` and the hparams for TensorBoard.  A run that diverges, or whose
+    settings are invalid, is recorded with its error (and its last good epoch) instead
+    of stopping the search."""
+    from .dist.driver import train as fit
+    from .train.loop import DivergenceError
+    try:
+        cfg = apply(base_cfg, overrides).replace(checkpoint_dir=None, logdir=None,
+                                                 metrics_out=None, resume=None)
+        m = fit(cfg, splits, callbacks=callbacks)
+    except (DivergenceError, ValueError) as e:
+        history = getattr(e, "history", None) or [{}]
+        final = {**_clean(history[-1]), "error": str(e)}
+        d = out_dir / "trials" / f"{index:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        _write_result(d, index, overrides, final)
+        return final
+    return _record(out_dir, index, overrides, cfg, m, splits)
+
+
+def _lane(config, base: dict, splits_ref, out_dir: str, queue):
+    """One Tune trial per CPU slot: take the next configuration from the search's queue
+    until it is empty, so every slot stays busy to the end (dynamic load balancing: a
+    fast node simply takes more), then report the lane's best result once."""
     import ray
     from ray import tune
-    from .dist.driver import train as fit
+    splits = ray.get(splits_ref) if isinstance(splits_ref, ray.ObjectRef) else splits_ref
+    base_cfg = TrainConfig(**{**base, "layers": tuple(base["layers"])})
+    finals = []
+    while (item := ray.get(queue.next.remote())) is not None:
+        finals.append(_run_one(*item, base_cfg, splits, Path(out_dir)))
+    key = base_cfg.monitor
+    scored = [f for f in finals if key in f and "error" not in f]
+    pick = max if _mode(key) == "max" else min
+    tune.report({"configurations": len(finals),
+                 **(pick(scored, key=lambda f: f[key]) if scored else {})})
+
+
+def _trial(config, base: dict, splits_ref, out_dir: str):
+    """One configuration as one Tune trial, reporting every epoch (for ASHA)."""
+    import ray
+    from ray import tune
     from .train.callbacks import Callback
     splits = ray.get(splits_ref) if isinstance(splits_ref, ray.ObjectRef) else splits_ref
     base_cfg = TrainConfig(**{**base, "layers": tuple(base["layers"])})
 
     class Report(Callback):
         def on_epoch_end(self, epoch, logs, trainer):
-            if per_epoch:
-                tune.report(_clean(logs))
+            tune.report(_clean(logs))
 
-    finals = []
-    for index, overrides in config["pack"]:
-        done = Path(out_dir) / "trials" / f"{index:04d}" / "result.json"
-        if done.exists():                    # finished before the search was interrupted
-            finals.append(json.loads(done.read_text())["final"])
-            continue
-        cfg = apply(base_cfg, overrides).replace(checkpoint_dir=None, logdir=None,
-                                                 metrics_out=None, resume=None)
-        m = fit(cfg, splits, callbacks=[Report()])
-        finals.append(_record(Path(out_dir), index, overrides, cfg, m, splits))
-    if not per_epoch:
-        key = base_cfg.monitor
-        pick = max if _mode(key) == "max" else min
-        tune.report(pick(finals, key=lambda f: f.get(key, float("nan"))))
+    index, overrides = config["trial"]
+    if not (Path(out_dir) / "trials" / f"{index:04d}" / "result.json").exists():
+        _run_one(index, overrides, base_cfg, splits, Path(out_dir), callbacks=[Report()])
 
 
 def _record(out_dir: Path, index: int, overrides: dict, cfg: TrainConfig, m: dict, splits):
@@ -194,8 +217,7 @@ def _record(out_dir: Path, index: int, overrides: dict, cfg: TrainConfig, m: dic
     norm = Normalizer.fit(splits.train.x, splits.pixel_max, cfg.standardize)
     save_model(out_dir / "trials" / name, "final", m["network"], cfg, norm, m["history"])
     final = _clean(m["history"][-1])
-    (out_dir / "trials" / name / "result.json").write_text(
-        json.dumps({"index": index, "overrides": overrides, "final": final}) + "\n")
+    _write_result(out_dir / "trials" / name, index, overrides, final)
     w = RunWriter(str(out_dir / "tensorboard" / name))
     w.hparams({k: v for k, v in {**cfg.to_dict(), **overrides}.items()
                if not isinstance(v, (list, dict))},
@@ -205,89 +227,174 @@ def _record(out_dir: Path, index: int, overrides: dict, cfg: TrainConfig, m: dic
     return final
 
 
+def _write_result(trial_dir: Path, index: int, overrides: dict, final: dict) -> None:
+    (trial_dir / "result.json").write_text(
+        json.dumps({"index": index, "overrides": overrides, "final": final}) + "\n")
+
+
 def _clean(logs: dict) -> dict:
     return {k: v for k, v in logs.items() if v is not None}
 
 
-def packs(trials: list[dict], slots: int, pack: int | None) -> list[list]:
-    """Group (index, overrides) pairs: ``pack`` per Tune trial, or by default enough
-    groups for about four waves over the ``slots`` trials that run at once."""
-    size = pack or max(1, math.ceil(len(trials) / (4 * max(slots, 1))))
-    items = list(enumerate(trials))
-    return [items[i::math.ceil(len(items) / size)] for i in range(math.ceil(len(items) / size))]
+def cost(cfg: TrainConfig, n_train: int) -> float:
+    """A relative estimate of a configuration's training time, used to hand out the
+    longest trials first: steps x (a fixed per-step overhead, worth ~20k weights in
+    NumPy calls, + the weights)."""
+    weights = sum(a * b for a, b in zip(cfg.layers[:-1], cfg.layers[1:]))
+    return cfg.epochs * math.ceil(n_train / cfg.batch_size) * (20_000 + weights)
+
+
+def _done(out_dir: Path) -> dict[int, dict]:
+    done = {}
+    for f in (out_dir / "trials").glob("*/result.json"):
+        r = json.loads(f.read_text())
+        done[r["index"]] = r["overrides"]
+    return done
+
+
+def _pending(trials: list[dict], out_dir: Path, resume: bool) -> list[tuple[int, dict]]:
+    """The (index, overrides) pairs still to run.  A search resumes only what it
+    started: a finished result whose settings differ from this search's is an error,
+    as is an --out that already holds a search when not resuming."""
+    done = _done(out_dir)
+    if done and not resume:
+        raise ValueError(f"{out_dir} already holds the results of {len(done)} trials; "
+                         "continue that search with --resume-search or choose another --out")
+    for i, overrides in done.items():
+        if i >= len(trials) or json.loads(json.dumps(trials[i])) != overrides:
+            raise ValueError(f"{out_dir} holds trial {i} with settings {overrides}, which is "
+                             f"not trial {i} of this search; resume with the same search "
+                             "arguments or choose another --out")
+    return [(i, t) for i, t in enumerate(trials) if i not in done]
+
+
+class _Environ:
+    """Set environment variables for the duration of a ``with`` block."""
+
+    def __init__(self, **values):
+        self.values, self.saved = values, {}
+
+    def __enter__(self):
+        import os
+        for k, v in self.values.items():
+            self.saved[k] = os.environ.get(k)
+            os.environ[k] = v
+
+    def __exit__(self, *exc):
+        import os
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "search",
                asha: bool = False, resume: bool = False, address: str | None = None,
-               splits=None, pack: int | None = None) -> dict:
+               splits=None) -> dict:
     """Run ``trials`` (override dicts) on Ray Tune; write results.csv/.parquet and
     best.toml into ``out``; return the summary (best trial, its test metrics).
 
-    Without ``asha``, trials are packed several to a Tune trial (``pack``; default:
-    about four waves over the CPUs) so that short trials do not drown in Tune's
-    per-trial overhead; with it, each trial is its own Tune trial and reports every
-    epoch for the scheduler to act on."""
+    Without ``asha``, Tune runs one *lane* per CPU slot (``base.workers`` CPUs each);
+    each lane takes configurations, longest first, from a shared queue until none are
+    left, so no slot idles while another still has a backlog and Tune's per-trial
+    overhead is paid once per lane.  With it, each configuration is its own Tune trial
+    and reports every epoch for the scheduler to act on."""
     import ray
-    from ray import tune
     from .data.datasets import load
     from .dist.driver import start_ray
-    import os
-    # distnn writes its own results table and hparams; Tune's per-result CSV/JSON/
-    # TensorBoard loggers only cost time on short trials
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    pending = _pending(trials, out_dir, resume)
     splits = splits or load(base.dataset, base.data_dir)
-    started = start_ray(address, base.workers)
+    started = start_ray(address, base.workers) if pending else False
     try:
-        trainable = tune.with_resources(
-            tune.with_parameters(_trial, base=base.to_dict(), splits_ref=ray.put(splits),
-                                 out_dir=str(out_dir), per_epoch=asha),
-            {"cpu": base.workers})
-        storage = str(out_dir / "tune")
-        if resume and tune.Tuner.can_restore(f"{storage}/{name}"):
-            tuner = tune.Tuner.restore(f"{storage}/{name}", trainable, resume_errored=True)
-        else:
-            sched = tune.schedulers.ASHAScheduler(grace_period=max(1, base.epochs // 8)) \
-                if asha else None
-            slots = int(ray.cluster_resources().get("CPU", 1)) // base.workers
-            groups = [[(i, t)] for i, t in enumerate(trials)] if asha else \
-                packs(trials, slots, pack)
-            tuner = tune.Tuner(
-                trainable, param_space={"pack": tune.grid_search(groups)},
-                tune_config=tune.TuneConfig(metric=base.monitor, mode=_mode(base.monitor),
-                                            scheduler=sched, reuse_actors=True),
-                run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0))
-        grid = tuner.fit()
-        return _summarise(grid, base, splits, out_dir)
+        grid = _fit(base, pending, splits, out_dir, name, asha, resume) if pending else []
+        return _summarise(base, splits, out_dir, grid)
     finally:
         if started:
             ray.shutdown()
+
+
+def _fit(base, pending, splits, out_dir, name, asha, resume):
+    import ray
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    common = dict(base=base.to_dict(), splits_ref=ray.put(splits), out_dir=str(out_dir))
+    storage = str(out_dir / "tune")
+    # distnn writes its own results table and hparams: of Tune's loggers keep the
+    # CSV/JSON ones its result table reads, not its TensorBoard one
+    run_config = tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                callbacks=[CSVLoggerCallback(), JsonLoggerCallback()])
+    resources = {"cpu": base.workers}
+    if asha:
+        trainable = tune.with_resources(tune.with_parameters(_trial, **common), resources)
+        if resume and tune.Tuner.can_restore(f"{storage}/{name}"):
+            tuner = tune.Tuner.restore(f"{storage}/{name}", trainable, resume_errored=True)
+        else:
+            sched = tune.schedulers.ASHAScheduler(grace_period=max(1, base.epochs // 8))
+            tuner = tune.Tuner(
+                trainable, param_space={"trial": tune.grid_search(pending)},
+                tune_config=tune.TuneConfig(metric=base.monitor, mode=_mode(base.monitor),
+                                            scheduler=sched, reuse_actors=True),
+                run_config=run_config)
+    else:
+        n = len(splits.train)
+        order = sorted(pending, key=lambda it: -cost(apply(base, it[1]), n))
+        queue = ray.remote(num_cpus=0)(_Queue).remote(order)
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // base.workers)
+        trainable = tune.with_resources(tune.with_parameters(_lane, queue=queue, **common),
+                                        resources)
+        tuner = tune.Tuner(
+            trainable, param_space={"lane": tune.grid_search(list(range(min(slots,
+                                                                             len(order)))))},
+            run_config=run_config)
+    with _Environ(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
+        grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        log.warning("%d Tune trials failed (the first: %s); the table covers the "
+                    "configurations that finished, and --resume-search runs the rest",
+                    len(errors), errors[0])
+    return grid
+
+
+class _Queue:
+    """The search's backlog of (index, overrides) pairs, served in order (a Ray actor:
+    every lane, on any node, takes from the same one)."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def next(self):
+        return self.items.pop(0) if self.items else None
 
 
 def _row(overrides: dict, metrics: dict, trial_dir) -> dict:
     return {**overrides, "valid_accuracy": metrics.get("valid_accuracy"),
             "train_accuracy": metrics.get("train_accuracy"),
             "valid_cost": metrics.get("valid_cost"),
-            "epochs_trained": int(metrics.get("epoch", -1)) + 1, "trial_dir": trial_dir}
+            "epochs_trained": int(metrics.get("epoch", -1)) + 1,
+            "error": metrics.get("error"), "trial_dir": trial_dir}
 
 
 def _mode(metric: str) -> str:
     return "max" if metric.endswith("accuracy") else "min"
 
 
-def _summarise(grid, base: TrainConfig, splits, out_dir: Path) -> dict:
+def _summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
     from .train.evaluate import evaluate_split, load_model
     rows, done = [], set()
     for f in sorted((out_dir / "trials").glob("*/result.json")):
         r = json.loads(f.read_text())
         done.add(r["index"])
-        rows.append(_row(r["overrides"], r["final"], str(f.parent)))
-    for r in grid:   # trials a scheduler stopped early have no final model
-        group = r.config["pack"]
-        if len(group) == 1 and group[0][0] not in done and r.metrics \
+        failed = "error" in r["final"]          # diverged or invalid: no model saved
+        rows.append(_row(r["overrides"], r["final"], None if failed else str(f.parent)))
+    for r in grid:   # ASHA: trials the scheduler stopped early have no final model
+        index, overrides = r.config.get("trial", (None, None))
+        if index is not None and index not in done and r.metrics \
                 and base.monitor in r.metrics:
-            rows.append(_row(group[0][1], r.metrics, None))
+            rows.append(_row(overrides, r.metrics, None))
     if not rows:
         raise RuntimeError("no trial reported a result; see the Tune logs in "
                            f"{out_dir / 'tune'}")
@@ -295,7 +402,12 @@ def _summarise(grid, base: TrainConfig, splits, out_dir: Path) -> dict:
     df = pd.DataFrame(rows).sort_values(base.monitor, ascending=_mode(base.monitor) == "min")
     df.to_csv(out_dir / "results.csv", index=False)
     df.to_parquet(out_dir / "results.parquet", index=False)
-    best = df[df["trial_dir"].notna()].iloc[0]
+    usable = df[df["trial_dir"].notna()]
+    if usable.empty:
+        first = df["error"].dropna()
+        raise RuntimeError(f"no trial finished with a model ({len(df)} failed); the first "
+                           f"error: {first.iloc[0] if len(first) else 'stopped early'}")
+    best = usable.iloc[0]
     overrides = {k: best[k] for k in df.columns if k in SEARCHABLE}
     overrides = {k: (v.item() if hasattr(v, "item") else v) for k, v in overrides.items()}
     best_cfg = apply(base, overrides)

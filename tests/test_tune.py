@@ -116,13 +116,28 @@ def test_search_runs_trials_and_its_best_config_reproduces(tmp_path, ray_session
     assert rerun == pytest.approx(table["valid_accuracy"].iloc[0], abs=1e-12)
 
 
-def test_packs_cover_every_trial_once():
-    trials = [{"lr": i} for i in range(13)]
-    groups = tune.packs(trials, slots=2, pack=None)
-    flat = sorted(i for g in groups for i, _ in g)
-    assert flat == list(range(13)) and max(map(len, groups)) == 2
-    assert all(t == {"lr": i} for g in groups for i, t in g)
-    assert len(tune.packs(trials, 2, 5)) == 3
+def test_longest_trials_are_handed_out_first():
+    base = TrainConfig(layers=(64, 25, 10), epochs=10, batch_size=10)
+    n = 1000
+    small, big = tune.apply(base, {"hidden": 10}), tune.apply(base, {"hidden": 60})
+    assert tune.cost(big, n) > tune.cost(small, n)
+    assert tune.cost(base.replace(epochs=20), n) == 2 * tune.cost(base, n)
+    assert tune.cost(base.replace(batch_size=100), n) < tune.cost(base, n)
+    q = tune._Queue([(2, {"a": 1}), (0, {"a": 2})])
+    assert [q.next(), q.next(), q.next()] == [(2, {"a": 1}), (0, {"a": 2}), None]
+
+
+def test_pending_resumes_only_the_same_search(tmp_path):
+    trials = [{"lr": 0.1}, {"lr": 0.5}, {"lr": 1.0}]
+    assert tune._pending(trials, tmp_path, resume=False) == list(enumerate(trials))
+    d = tmp_path / "trials" / "0001"
+    d.mkdir(parents=True)
+    tune._write_result(d, 1, {"lr": 0.5}, {"valid_accuracy": 0.9})
+    assert tune._pending(trials, tmp_path, resume=True) == [(0, trials[0]), (2, trials[2])]
+    with pytest.raises(ValueError, match="already holds the results of 1 trials"):
+        tune._pending(trials, tmp_path, resume=False)
+    with pytest.raises(ValueError, match="not trial 1 of this search"):
+        tune._pending([{"lr": 0.1}, {"lr": 0.7}], tmp_path, resume=True)
 
 
 @pytest.mark.ray
@@ -138,6 +153,36 @@ def test_search_with_asha_reports_every_trial(tmp_path, ray_session, capsys):
     import pandas as pd
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 3 and table["lr"].between(0.01, 1).all()
+
+
+@pytest.mark.ray
+def test_search_records_a_diverging_trial_and_resumes_what_is_missing(tmp_path, ray_session,
+                                                                     capsys):
+    import json
+    import shutil
+    from distnn import cli
+    from tests.data import tiny
+    data = tiny.write_blobs(tmp_path, 400, 100, low=150, high=100)
+    out = tmp_path / "s"
+    args = ["-q", "search", "--dataset", "idx", "--data-dir", str(data), "--layers", "64,8,4",
+            "--activation", "relu", "--init", "he", "--epochs", "3", "--batch-size", "20",
+            "--grid", "lr=0.05,0.2,1e30", "--out", str(out)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    import pandas as pd
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 3
+    bad = table[table["lr"] == 1e30].iloc[0]
+    assert "diverged" in bad["error"] and pd.isna(bad["trial_dir"])
+    assert json.loads((out / "summary.json").read_text())["best"]["lr"] in (0.05, 0.2)
+    # a second search into the same --out is refused; resuming runs only what is missing
+    capsys.readouterr()
+    assert cli.main(args) == 2 and "--resume-search" in capsys.readouterr().err
+    kept = (out / "trials" / "0000" / "result.json").stat().st_mtime_ns
+    shutil.rmtree(out / "trials" / "0001")
+    assert cli.main(args + ["--resume-search"]) == 0
+    assert (out / "trials" / "0000" / "result.json").stat().st_mtime_ns == kept
+    assert (out / "trials" / "0001" / "result.json").exists()
+    assert len(pd.read_csv(out / "results.csv")) == 3
 
 
 def test_lr_find_cli_on_real_training(tmp_path, capsys):
