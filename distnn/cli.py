@@ -21,6 +21,8 @@ HELP = {
     "data_dir": "directory holding the dataset files (IDX files, mnist.pkl.gz or "
                 "digits.csv); required for --dataset idx",
     "train_size": "use only the first N training examples (e.g. 1000 to study overfitting)",
+    "merge_valid": "train on the training and validation splits together, for the final "
+                   "model once the settings are chosen (no validation metrics then)",
     "standardize": "standardise inputs per pixel with training-split mean/std "
                    "(inputs are always scaled to [0, 1])",
     "augment": "on-the-fly augmentation, e.g. rotate=15,shift=2,scale=0.1,shear=10,"
@@ -83,7 +85,7 @@ HELP = {
     "logdir": "write TensorBoard logs here (e.g. runs/NAME); open them with "
               "tensorboard --logdir DIR",
 }
-BOOL_FLAGS = {"standardize", "batchnorm", "sync_batchnorm", "monitor_train"}
+BOOL_FLAGS = {"merge_valid", "standardize", "batchnorm", "sync_batchnorm", "monitor_train"}
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:

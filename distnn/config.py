@@ -22,6 +22,7 @@ class TrainConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     train_size: int | None = None
+    merge_valid: bool = False
     standardize: bool = False
     augment: str = "none"
     # network
@@ -136,6 +137,11 @@ def validate(c: TrainConfig) -> None:
     _int_at_least("batch_size", c.batch_size, 1)
     _int_at_least("epochs", c.epochs, 1)
     _int_at_least("early_stop", c.early_stop, 0)
+    if c.merge_valid and c.monitor.startswith("valid_"):
+        _require(not c.early_stop and not str(c.schedule).startswith("plateau"),
+                 "--merge-valid trains on the validation split, so --early-stop and the "
+                 f"plateau schedule have no {c.monitor} to watch; add --monitor "
+                 "train_accuracy (or train_cost) or drop them")
     _int_at_least("seed", c.seed, 0)
     _int_at_least("workers", c.workers, 1)
     _require(c.allreduce in ("auto", "shm", "ring"),

@@ -50,6 +50,15 @@ class Splits:
     source: str = ""
     pixel_max: int = 255              # the value that means "full ink" (16 for digits)
 
+    def merged(self) -> "Splits":
+        """The validation split appended to the training split (and left empty): the
+        data for a final model once the settings have been chosen on validation."""
+        import dataclasses
+        empty = Split(self.valid.x[:0], self.valid.y[:0])
+        train = Split(np.concatenate([self.train.x, self.valid.x]),
+                      np.concatenate([self.train.y, self.valid.y]))
+        return dataclasses.replace(self, train=train, valid=empty)
+
 
 @dataclass(frozen=True)
 class IdxSpec:

@@ -22,7 +22,7 @@ from ..config import TrainConfig
 from ..data.datasets import Splits
 from ..data.splits import Normalizer
 from ..train.loop import DivergenceError, end_epoch, epoch_logs
-from ..train.run import build_network, build_trainer, check_data, mode_of
+from ..train.run import build_network, build_trainer, mode_of
 from .collective import SharedMemoryGroup
 from .worker import Worker
 
@@ -305,9 +305,8 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, callbacks=()) -> di
     from ..train.callbacks import ProgressLogger
     if cfg.workers == 1:
         return single.train(cfg, splits, callbacks=callbacks)
-    splits = splits or load(cfg.dataset, cfg.data_dir)
-    check_data(cfg, splits)
-    train_split = single._subset(splits.train, cfg.train_size)
+    splits, train_split = single.training_data(cfg, splits or load(cfg.dataset,
+                                                                   cfg.data_dir))
     if cfg.lr_scaling == "linear":
         log.info("linear lr scaling: lr %g x %d workers = %g", cfg.lr, cfg.workers,
                  cfg.lr * cfg.workers)

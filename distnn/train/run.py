@@ -73,6 +73,16 @@ def attach_run_callbacks(trainer, cfg: TrainConfig, norm: Normalizer, splits, au
         resume(trainer, cfg, cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume)
 
 
+def training_data(cfg: TrainConfig, splits: Splits) -> tuple[Splits, Split]:
+    """What a run trains on: the splits checked against the network, the validation
+    split folded into training with ``merge_valid``, and the training split cut to
+    ``train_size``.  Shared by the in-process and the Ray paths."""
+    check_data(cfg, splits)
+    if cfg.merge_valid:
+        splits = splits.merged()
+    return splits, _subset(splits.train, cfg.train_size)
+
+
 def _subset(split: Split, n: int | None) -> Split:
     if n is None:
         return split
@@ -85,11 +95,10 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
           callbacks=()) -> dict:
     """Train as ``cfg`` says; return the metrics dict written by ``--metrics-out``."""
     splits = splits or load(cfg.dataset, cfg.data_dir)
-    check_data(cfg, splits)
     if cfg.workers != 1:
         raise ValueError(f"--workers {cfg.workers}: multi-worker training needs the Ray "
                          "engine, which this version does not have yet; use --workers 1")
-    train_split = _subset(splits.train, cfg.train_size)
+    splits, train_split = training_data(cfg, splits)
     net = build_network(cfg)
     norm = Normalizer.fit(train_split.x, splits.pixel_max, cfg.standardize)
     aug = Augmenter(cfg.augment, seed=cfg.seed, pixel_max=splits.pixel_max)

@@ -51,6 +51,16 @@ def test_two_workers_reproduce_one_process(ray_session, splits, opts):
     assert v2 == pytest.approx(v1, abs=0.011) and two["test_accuracy"] > 0.8
 
 
+def test_merge_valid_on_two_workers_matches_one_process(ray_session, splits):
+    two = train(cfg(merge_valid=True), splits)
+    one = train_one(cfg(workers=1, merge_valid=True), splits, progress=False)
+    np.testing.assert_allclose(two["network"].params, one["network"].params,
+                               rtol=1e-4, atol=1e-5)
+    assert two["history"][-1]["valid_accuracy"] is None
+    apart = train_one(cfg(workers=1), splits, progress=False)
+    assert np.abs(apart["network"].params - one["network"].params).max() > 1e-3
+
+
 class KillWorker(Callback):
     """SIGKILLs worker 1 shortly after epoch 0 ends, i.e. during epoch 1."""
 

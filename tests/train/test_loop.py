@@ -135,3 +135,18 @@ def test_loop_matches_a_hand_written_sgd_loop(splits):
         g[:net.n_decay] += (2.0 / 400) * net.params[:net.n_decay]
         net.params -= np.float32(0.3) * g
     np.testing.assert_allclose(got, net.params, rtol=1e-5, atol=1e-6)
+
+
+def test_merge_valid_trains_on_train_and_valid_together(splits):
+    both = Splits("blobs", Split(np.concatenate([splits.train.x, splits.valid.x]),
+                                 np.concatenate([splits.train.y, splits.valid.y])),
+                  Split(splits.valid.x[:0], splits.valid.y[:0]), splits.test, 4, "generated")
+    merged = train(cfg(merge_valid=True), splits, progress=False)
+    by_hand = train(cfg(), both, progress=False)
+    np.testing.assert_array_equal(merged["network"].params, by_hand["network"].params)
+    assert all(h["valid_accuracy"] is None for h in merged["history"])
+    plain = train(cfg(), splits, progress=False)
+    assert not np.array_equal(merged["network"].params, plain["network"].params)
+    with pytest.raises(ValueError, match="--merge-valid trains on the validation split"):
+        cfg(merge_valid=True, early_stop=3)
+    cfg(merge_valid=True, early_stop=3, monitor="train_accuracy")
