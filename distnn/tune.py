@@ -13,7 +13,9 @@ import itertools
 import json
 import logging
 import math
+import os
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -123,8 +125,9 @@ def find_threshold(cost_curve, start: float = 0.01, refine: int = 4,
                    lo_limit: float = 1e-6, hi_limit: float = 1e4) -> dict:
     """Nielsen's procedure.  ``cost_curve(lr)`` returns the training cost before training
     and after each of the first few epochs.  From ``start``, go up by factors of 10 while
-    the cost falls (down while it does not), then bisect (geometrically) between the largest falling
-    and the smallest non-falling rate ``refine`` times.  Suggests half the threshold."""
+    the cost falls (down while it does not), then bisect (geometrically) between the
+    largest falling and the smallest non-falling rate ``refine`` times.  Suggests half
+    the threshold."""
     tried = {}
 
     def ok(lr):
@@ -152,6 +155,17 @@ def find_threshold(cost_curve, start: float = 0.01, refine: int = 4,
 
 
 # -- running a search on Ray Tune -----------------------------------------------------------
+def _trial_dir(out_dir: Path, index: int) -> Path:
+    return Path(out_dir) / "trials" / f"{index:04d}"
+
+
+def _unpack(base: dict, splits_ref):
+    """The base config and the splits a Tune trial was given."""
+    import ray
+    splits = ray.get(splits_ref) if isinstance(splits_ref, ray.ObjectRef) else splits_ref
+    return TrainConfig(**{**base, "layers": tuple(base["layers"])}), splits
+
+
 def _run_one(index: int, overrides: dict, base_cfg: TrainConfig, splits, out_dir: Path,
              callbacks=()) -> dict:
     """Train one configuration and record it in ``out_dir/trials/NNNN``: the final model,
@@ -167,7 +181,7 @@ def _run_one(index: int, overrides: dict, base_cfg: TrainConfig, splits, out_dir
     except (DivergenceError, ValueError) as e:
         history = getattr(e, "history", None) or [{}]
         final = {**_clean(history[-1]), "error": str(e)}
-        d = out_dir / "trials" / f"{index:04d}"
+        d = _trial_dir(out_dir, index)
         d.mkdir(parents=True, exist_ok=True)
         _write_result(d, index, overrides, final)
         return final
@@ -180,8 +194,7 @@ def _lane(config, base: dict, splits_ref, out_dir: str, queue):
     fast node simply takes more), then report the lane's best result once."""
     import ray
     from ray import tune
-    splits = ray.get(splits_ref) if isinstance(splits_ref, ray.ObjectRef) else splits_ref
-    base_cfg = TrainConfig(**{**base, "layers": tuple(base["layers"])})
+    base_cfg, splits = _unpack(base, splits_ref)
     finals = []
     while (item := ray.get(queue.next.remote())) is not None:
         finals.append(_run_one(*item, base_cfg, splits, Path(out_dir)))
@@ -194,18 +207,16 @@ def _lane(config, base: dict, splits_ref, out_dir: str, queue):
 
 def _trial(config, base: dict, splits_ref, out_dir: str):
     """One configuration as one Tune trial, reporting every epoch (for ASHA)."""
-    import ray
     from ray import tune
     from .train.callbacks import Callback
-    splits = ray.get(splits_ref) if isinstance(splits_ref, ray.ObjectRef) else splits_ref
-    base_cfg = TrainConfig(**{**base, "layers": tuple(base["layers"])})
+    base_cfg, splits = _unpack(base, splits_ref)
 
     class Report(Callback):
         def on_epoch_end(self, epoch, logs, trainer):
             tune.report(_clean(logs))
 
     index, overrides = config["trial"]
-    if not (Path(out_dir) / "trials" / f"{index:04d}" / "result.json").exists():
+    if not (_trial_dir(out_dir, index) / "result.json").exists():
         _run_one(index, overrides, base_cfg, splits, Path(out_dir), callbacks=[Report()])
 
 
@@ -213,12 +224,12 @@ def _record(out_dir: Path, index: int, overrides: dict, cfg: TrainConfig, m: dic
     from .data.splits import Normalizer
     from .io.tensorboard import RunWriter
     from .train.checkpointing import save_model
-    name = f"{index:04d}"
+    d = _trial_dir(out_dir, index)
     norm = Normalizer.fit(splits.train.x, splits.pixel_max, cfg.standardize)
-    save_model(out_dir / "trials" / name, "final", m["network"], cfg, norm, m["history"])
+    save_model(d, "final", m["network"], cfg, norm, m["history"])
     final = _clean(m["history"][-1])
-    _write_result(out_dir / "trials" / name, index, overrides, final)
-    w = RunWriter(str(out_dir / "tensorboard" / name))
+    _write_result(d, index, overrides, final)
+    w = RunWriter(str(out_dir / "tensorboard" / d.name))
     w.hparams({k: v for k, v in {**cfg.to_dict(), **overrides}.items()
                if not isinstance(v, (list, dict))},
               {f"hparam/{k}": final.get(k) for k in ("valid_accuracy", "train_accuracy",
@@ -244,19 +255,17 @@ def cost(cfg: TrainConfig, n_train: int) -> float:
     return cfg.epochs * math.ceil(n_train / cfg.batch_size) * (20_000 + weights)
 
 
-def _done(out_dir: Path) -> dict[int, dict]:
-    done = {}
-    for f in (out_dir / "trials").glob("*/result.json"):
-        r = json.loads(f.read_text())
-        done[r["index"]] = r["overrides"]
-    return done
+def _results(out_dir: Path) -> list[tuple[Path, dict]]:
+    """Every recorded configuration: (its directory, its result.json), in index order."""
+    return [(f.parent, json.loads(f.read_text()))
+            for f in sorted((out_dir / "trials").glob("*/result.json"))]
 
 
 def _pending(trials: list[dict], out_dir: Path, resume: bool) -> list[tuple[int, dict]]:
     """The (index, overrides) pairs still to run.  A search resumes only what it
     started: a finished result whose settings differ from this search's is an error,
     as is an --out that already holds a search when not resuming."""
-    done = _done(out_dir)
+    done = {r["index"]: r["overrides"] for _, r in _results(out_dir)}
     if done and not resume:
         raise ValueError(f"{out_dir} already holds the results of {len(done)} trials; "
                          "continue that search with --resume-search or choose another --out")
@@ -266,27 +275,6 @@ def _pending(trials: list[dict], out_dir: Path, resume: bool) -> list[tuple[int,
                              f"not trial {i} of this search; resume with the same search "
                              "arguments or choose another --out")
     return [(i, t) for i, t in enumerate(trials) if i not in done]
-
-
-class _Environ:
-    """Set environment variables for the duration of a ``with`` block."""
-
-    def __init__(self, **values):
-        self.values, self.saved = values, {}
-
-    def __enter__(self):
-        import os
-        for k, v in self.values.items():
-            self.saved[k] = os.environ.get(k)
-            os.environ[k] = v
-
-    def __exit__(self, *exc):
-        import os
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "search",
@@ -349,7 +337,7 @@ def _fit(base, pending, splits, out_dir, name, asha, resume):
             trainable, param_space={"lane": tune.grid_search(list(range(min(slots,
                                                                              len(order)))))},
             run_config=run_config)
-    with _Environ(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
+    with mock.patch.dict(os.environ, TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
         grid = tuner.fit()
     errors = [r.error for r in grid if r.error]
     if errors:
@@ -385,11 +373,10 @@ def _mode(metric: str) -> str:
 def _summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
     from .train.evaluate import evaluate_split, load_model
     rows, done = [], set()
-    for f in sorted((out_dir / "trials").glob("*/result.json")):
-        r = json.loads(f.read_text())
+    for d, r in _results(out_dir):
         done.add(r["index"])
         failed = "error" in r["final"]          # diverged or invalid: no model saved
-        rows.append(_row(r["overrides"], r["final"], None if failed else str(f.parent)))
+        rows.append(_row(r["overrides"], r["final"], None if failed else str(d)))
     for r in grid:   # ASHA: trials the scheduler stopped early have no final model
         index, overrides = r.config.get("trial", (None, None))
         if index is not None and index not in done and r.metrics \

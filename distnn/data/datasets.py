@@ -17,7 +17,7 @@ import gzip
 import logging
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +53,10 @@ class Splits:
     def merged(self) -> "Splits":
         """The validation split appended to the training split (and left empty): the
         data for a final model once the settings have been chosen on validation."""
-        import dataclasses
         empty = Split(self.valid.x[:0], self.valid.y[:0])
         train = Split(np.concatenate([self.train.x, self.valid.x]),
                       np.concatenate([self.train.y, self.valid.y]))
-        return dataclasses.replace(self, train=train, valid=empty)
+        return replace(self, train=train, valid=empty)
 
 
 @dataclass(frozen=True)
