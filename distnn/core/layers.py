@@ -45,7 +45,18 @@ class Dense(Layer):
 
     Backward:  dW = x^T dy,  db = sum_n dy,  dx = dy W^T (skipped when the input
     needs no gradient, as for the first layer during training).
+
+    Zero input columns: when the input needs no gradient (the data itself), a training
+    batch's inputs that are zero in every example (an image's blank border) contribute
+    nothing to ``x @ W`` and their rows of ``dW`` are zero, so both GEMMs run on the
+    columns that are non-zero somewhere in the batch (``x[:, c] @ W[c]``,
+    ``dW[c] = x[:, c]^T dy``, the other rows of ``dW`` set to 0) once at most
+    ``SPARSE_COLUMNS`` of them are non-zero.  Same result up to float rounding (the
+    same products, fewer zero terms); on MNIST a batch of 128 has about 2/3 of its 784
+    pixels non-zero somewhere, a third fewer first-layer FLOPs.
     """
+
+    SPARSE_COLUMNS = 0.85   # use the non-zero columns only below this fraction
 
     def __init__(self, name: str, n_in: int, n_out: int, *, bias: bool = True,
                  need_input_grad: bool = True):
@@ -66,14 +77,24 @@ class Dense(Layer):
 
     def forward(self, x, *, train):
         out = self._buf("out", (x.shape[0], self.n_out), self.W.dtype)
-        np.matmul(x, self.W, out=out)
+        self.cols = None
+        if train and not self.need_input_grad:
+            nonzero = np.flatnonzero(x.any(axis=0))
+            if len(nonzero) <= self.SPARSE_COLUMNS * self.n_in:
+                self.cols = nonzero
+                x = x[:, nonzero]
+        np.matmul(x, self.W if self.cols is None else self.W[self.cols], out=out)
         if self.b is not None:
             out += self.b
         self.x = x
         return out
 
     def backward(self, dout):
-        np.matmul(self.x.T, dout, out=self.gW)
+        if self.cols is None:
+            np.matmul(self.x.T, dout, out=self.gW)
+        else:
+            self.gW[:] = 0.0
+            self.gW[self.cols] = self.x.T @ dout
         if self.gb is not None:
             np.add.reduce(dout, axis=0, out=self.gb)
         if not self.need_input_grad:

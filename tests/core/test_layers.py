@@ -36,6 +36,32 @@ def test_dense_gradients(rng):
     _check_layer(layer, rng.standard_normal((4, 5)), params, grads)
 
 
+@pytest.mark.parametrize("zero_cols", [[], [0, 2, 3, 7], list(range(8))])
+def test_input_dense_skips_zero_columns_with_the_same_gradients(rng, zero_cols):
+    """The first layer (no input gradient) multiplies only the columns that are non-zero
+    somewhere in the training batch; its output and weight gradient stay those of the
+    full product (numerically checked), and dW's rows for the zero columns are 0."""
+    layer = Dense("d", 8, 3, need_input_grad=False)
+    params, grads = _bind(layer, rng)
+    x = rng.standard_normal((5, 8))
+    x[:, zero_cols] = 0.0
+    g = rng.standard_normal((5, 3))
+
+    def f():
+        return float(np.sum(layer.forward(x, train=True) * g))
+
+    np.testing.assert_allclose(layer.forward(x, train=True), x @ params["weight"] + params["bias"])
+    assert (layer.cols is not None) == (len(zero_cols) >= 2)   # 6/8 <= 0.85, 7/8 is not
+    grads["weight"][:] = 7.0          # stale values from an earlier step must not survive
+    assert layer.backward(g) is None
+    np.testing.assert_allclose(grads["weight"], x.T @ g)
+    assert not grads["weight"][zero_cols].any()
+    for name, p in params.items():
+        layer.forward(x, train=True)
+        layer.backward(g)
+        assert rel_error(grads[name].copy(), numerical_grad(f, p)) < 1e-6, name
+
+
 def test_dense_computes_x_at_w_plus_b(rng):
     layer = Dense("d", 5, 3)
     params, _ = _bind(layer, rng)
