@@ -63,6 +63,17 @@ class Penalty:
     def __bool__(self) -> bool:
         return bool(self.blocks)
 
+    def shard(self, lo: int, hi: int) -> "Penalty":
+        """The same penalty on ``params[lo:hi]`` (blocks clipped to it, from 0)."""
+        cache = self.__dict__.setdefault("_shards", {})
+        if (lo, hi) not in cache:
+            part = object.__new__(Penalty)
+            part.blocks = [(slice(max(sl.start, lo) - lo, min(sl.stop, hi) - lo), a, b)
+                           for sl, a, b in self.blocks if sl.start < hi and sl.stop > lo]
+            part.only_l2 = self.only_l2
+            cache[lo, hi] = part
+        return cache[lo, hi]
+
     def value(self, params: np.ndarray, n: int) -> float:
         return sum(penalty(params[sl], a, b, n) for sl, a, b in self.blocks)
 

@@ -14,6 +14,12 @@ Backends
           step parity; each worker publishes its buffer then a per-worker step counter
           (single writer, so no atomics), waits for the others' counters, and sums all
           slots in rank order.  Cost: one copy in plus N reads, no serialisation.
+          Sharded update: ``reduce_parts_`` sums only the ranges a worker asks for (its
+          shard of the gradient, 1/N of it), the worker updates that shard of the
+          parameters, and ``all_gather_`` publishes it through a shared row of the file
+          and copies the other shards back: each worker then reads and writes O(P) per
+          step instead of O(N P), and the optimizer state lives once per node, in
+          further shared rows, each worker updating its own range.
 ``ring``  any nodes, Ray only: a ring all-reduce (reduce-scatter, then all-gather; each
           worker sends 2(N-1)/N of the buffer) with chunks sent worker to worker as
           actor calls, so large chunks travel through Ray's object store.
@@ -41,9 +47,24 @@ class CollectiveAborted(RuntimeError):
 
 class Collective:
     name = "local"
+    shared: np.ndarray | None = None   # rows of shared memory (``shm`` only)
 
     def allreduce_(self, step: int, buf: np.ndarray) -> None:
         """Sum ``buf`` over the group, in place."""
+
+    def shard(self, size: int) -> tuple[int, int]:
+        """The range of a size-``size`` vector this worker reduces and updates: all of
+        it unless the backend shards the update."""
+        return 0, size
+
+    def reduce_parts_(self, step: int, buf: np.ndarray, parts) -> None:
+        """Sum ``buf[lo:hi]`` over the group for each (lo, hi) in ``parts`` (at least;
+        other entries may be left as they are or summed too)."""
+        self.allreduce_(step, buf)
+
+    def all_gather_(self, step: int, vec: np.ndarray, lo: int, hi: int) -> None:
+        """Give every worker every other worker's ``vec[shard]`` (nothing to do when the
+        shard is everything)."""
 
     def abort(self) -> None:
         pass
@@ -55,21 +76,22 @@ class Collective:
 class SharedMemoryGroup:
     """Driver side of the ``shm`` backend: creates (and finally removes) the mapped file."""
 
-    def __init__(self, world: int, size: int, dtype):
+    def __init__(self, world: int, size: int, dtype, shared_rows: int = 0):
         if not SHM_DIR.is_dir():
             raise RuntimeError("the shm all-reduce needs /dev/shm; use --allreduce ring")
         sweep_stale()
         self.world, self.size, self.dtype = world, size, np.dtype(dtype).str
+        self.shared_rows = shared_rows
         self.path = str(SHM_DIR / f"distnn-{os.getpid()}-{uuid.uuid4().hex[:12]}")
         header = 8 * (world + 1)
-        nbytes = header + 2 * world * size * np.dtype(dtype).itemsize
+        nbytes = header + (2 * world + shared_rows) * size * np.dtype(dtype).itemsize
         with open(self.path, "wb") as f:
             f.truncate(nbytes)
         self._flags = np.memmap(self.path, np.int64, "r+", 0, (world + 1,))
 
     def spec(self) -> dict:
         return {"backend": "shm", "path": self.path, "world": self.world, "size": self.size,
-                "dtype": self.dtype}
+                "dtype": self.dtype, "shared_rows": self.shared_rows}
 
     def reset(self) -> None:
         """Zero the step counters and the abort flag (before an epoch is replayed)."""
@@ -104,16 +126,50 @@ class SharedMemoryCollective(Collective):
     name = "shm"
 
     def __init__(self, rank: int, path: str, world: int, size: int, dtype: str,
-                 timeout: float = 300.0):
+                 timeout: float = 300.0, shared_rows: int = 0):
         self.rank, self.world, self.timeout = rank, world, timeout
         header = 8 * (world + 1)
+        dtype = np.dtype(dtype)
         self.flags = np.memmap(path, np.int64, "r+", 0, (world + 1,))
-        self.slots = np.memmap(path, np.dtype(dtype), "r+", header, (2, world, size))
+        self.slots = np.memmap(path, dtype, "r+", header, (2, world, size))
+        if shared_rows:
+            self.shared = np.memmap(path, dtype, "r+", header + 2 * world * size * dtype.itemsize,
+                                    (shared_rows, size))
         self.counters = self.flags[:world]
 
+    def shard(self, size):
+        # boundaries on 16-element (64-byte) multiples: no cache line written by two workers
+        b = [min(size, -(-size * r // self.world) // 16 * 16) for r in range(self.world + 1)]
+        b[-1] = size
+        return b[self.rank], b[self.rank + 1]
+
     def allreduce_(self, step, buf):
+        self.reduce_parts_(step, buf, [(0, buf.size)])
+
+    def reduce_parts_(self, step, buf, parts):
+        if self.world == 1:
+            return
         slots = self.slots[step % 2, :, :buf.size]   # a smaller buf uses a slot's head
         np.copyto(slots[self.rank], buf)
+        self._publish_and_wait(step)
+        for lo, hi in parts:                      # rank order on every worker
+            out = buf[lo:hi]
+            np.add(slots[0, lo:hi], slots[1, lo:hi], out=out)   # world >= 2
+            for j in range(2, self.world):
+                out += slots[j, lo:hi]
+
+    def all_gather_(self, step, vec, lo, hi):
+        """Through shared row 0: write this worker's shard, wait, copy the rest.  The row
+        is single-buffered: a worker writes it again only after the next step's
+        ``reduce_parts_``, which no worker passes before every worker has copied."""
+        row = self.shared[0, :vec.size]
+        np.copyto(row[lo:hi], vec[lo:hi])
+        self._publish_and_wait(step)
+        np.copyto(vec[:lo], row[:lo])
+        np.copyto(vec[hi:], row[hi:])
+
+    def _publish_and_wait(self, step):
+        """Publish this worker's counter for ``step`` (after its data) and wait for all."""
         self.counters[self.rank] = step + 1        # publish after the data is written
         deadline = None
         spins = 0
@@ -127,12 +183,10 @@ class SharedMemoryCollective(Collective):
                     deadline = time.monotonic() + self.timeout
                 elif time.monotonic() > deadline:
                     raise CollectiveAborted(f"no all-reduce partner for {self.timeout:g}s")
-        np.add(slots[0], slots[1], out=buf)      # world >= 2; rank order on every worker
-        for j in range(2, self.world):
-            buf += slots[j]
 
     def close(self):
         del self.slots, self.flags, self.counters
+        self.shared = None
 
 
 class RingCollective(Collective):

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from ..config import TrainConfig
+from ..core.optim import OPTIMIZERS
 from ..data.datasets import Splits
 from ..data.splits import Normalizer
 from ..train.loop import DivergenceError, end_epoch, epoch_logs
@@ -125,7 +126,10 @@ class DistTrainer:
             self.group.close()
             self.group = None
         if self.backend == "shm":
-            self.group = SharedMemoryGroup(self.world, self.net.params.size + 1, self.net.dtype)
+            # shared rows: the gathered parameters, then one per optimizer state slot
+            slots = OPTIMIZERS[self.cfg.optimizer].slots
+            self.group = SharedMemoryGroup(self.world, self.net.params.size + 1, self.net.dtype,
+                                           shared_rows=1 + len(slots))
             spec = self.group.spec()
             ray.get([w.setup_collective.remote(spec) for w in self.workers])
         else:

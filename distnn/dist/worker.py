@@ -5,6 +5,12 @@ Each call of ``run_epoch`` trains through a whole epoch: for every global batch 
 worker takes its contiguous slice, computes the gradient and cost *sums* scaled by
 1/(global batch size), all-reduces them with its peers (no driver round trip), adds
 the L1/L2 terms once and applies the optimizer step, exactly as every other replica.
+
+With the ``shm`` backend the update is sharded: each worker sums and updates only its
+1/N of the parameters (its optimizer state lives in the node's shared memory, one copy
+for all its workers) and then gathers the other shards, so every replica ends the step
+with the same parameters as before, element for element, at a fraction of the memory
+traffic.
 """
 from __future__ import annotations
 
@@ -61,11 +67,31 @@ class Worker:
         self.collective.close()
         if spec["backend"] == "shm":
             self.collective = SharedMemoryCollective(self.rank, spec["path"], spec["world"],
-                                                     spec["size"], spec["dtype"])
+                                                     spec["size"], spec["dtype"],
+                                                     shared_rows=spec.get("shared_rows", 0))
         elif spec["backend"] == "ring":
             self.collective = RingCollective(self.rank, self.world, peers)
         else:
             self.collective = Collective()
+        self.shard = self.collective.shard(self.net.params.size)
+        self._share_optimizer_state()
+
+    @property
+    def sharded(self) -> bool:
+        return self.collective.shared is not None
+
+    def _share_optimizer_state(self) -> None:
+        """With a sharded update, point the optimizer's state at this worker's range of
+        the shared rows 1, 2, ... (one per state slot), first writing that range from the
+        state it holds (zeros when it has none yet)."""
+        if not self.sharded:
+            return
+        opt, (lo, hi), P = self.trainer.optimizer, self.shard, self.net.params.size
+        for i, name in enumerate(opt.slots):
+            row = self.collective.shared[1 + i, :P]
+            held = opt.state.get(name)
+            row[lo:hi] = held[lo:hi] if held is not None and held.shape == (P,) else 0.0
+            opt.state[name] = row[lo:hi]
 
     def _allreduce(self, a: np.ndarray) -> None:
         self.collective.allreduce_(self._key, a)
@@ -78,10 +104,17 @@ class Worker:
         self.collective.abort()
 
     def get_state(self) -> dict:
-        return self.trainer.snapshot()
+        state = self.trainer.snapshot()
+        if self.sharded:   # the whole optimizer state, from the shared rows
+            P = self.net.params.size
+            state["optimizer"]["slots"] = {
+                name: self.collective.shared[1 + i, :P].copy()
+                for i, name in enumerate(self.trainer.optimizer.slots)}
+        return state
 
     def set_state(self, state: dict) -> None:
         self.trainer.restore(state)
+        self._share_optimizer_state()
 
     # -- work -----------------------------------------------------------------------
     def run_epoch(self, epoch: int, schedule_state: dict, batch_size: int,
@@ -99,7 +132,8 @@ class Worker:
         t.optimizer.lr = t.schedule(epoch)
         loss_total, comm, digests = 0.0, 0.0, []
         P = self.net.params.size
-        calls = 1 + self.net.syncs_per_step   # all-reduces per step
+        lo, hi = self.shard
+        calls = 2 + self.net.syncs_per_step   # collective calls per step
         t0 = time.perf_counter()
         for k in range(steps):
             self._key = (epoch * steps + k) * calls
@@ -117,14 +151,21 @@ class Worker:
                 if calls > 1:
                     self.net.sync_idle()
             c0 = time.perf_counter()
-            self._allreduce(self.buf)
+            self.collective.reduce_parts_(self._key, self.buf, [(lo, hi), (P, P + 1)])
             comm += time.perf_counter() - c0
             loss = float(self.buf[P])           # the batch's summed cost, all shards
             if not math.isfinite(loss):
                 return {"diverged": True, "step": k, "lr": t.optimizer.lr,
                         "loss": loss, "rank": self.rank}
             loss_total += loss
-            t.apply_update(self.n_train)
+            if self.sharded:
+                t.apply_update(self.n_train, shard=(lo, hi))
+                c0 = time.perf_counter()
+                self.collective.all_gather_(self._key + 1, self.net.params, lo, hi)
+                comm += time.perf_counter() - c0
+                t.apply_max_norm()
+            else:
+                t.apply_update(self.n_train)
             if check_every and k % check_every == 0:
                 digests.append((k, digest(self.net.params)))
         return {"diverged": False, "loss_sum": loss_total, "seconds": time.perf_counter() - t0,

@@ -205,22 +205,35 @@ class Trainer:
         self.apply_update(n_train)
         return loss
 
-    def apply_update(self, n_train: int) -> None:
+    def apply_update(self, n_train: int, shard: tuple[int, int] | None = None) -> None:
         """Add the L1/L2 gradient (once, to the reduced gradient) and step.  The network's
-        gradient is the one ``grad_scale`` asked for."""
-        net, opt, pen = self.net, self.optimizer, self.penalty
+        gradient is the one ``grad_scale`` asked for.
+
+        ``shard=(lo, hi)``: update only ``params[lo:hi]`` (the optimizer's state then
+        covers that range only) and leave max-norm, which needs whole weight columns, to
+        ``apply_max_norm`` once every shard is in place."""
+        net, opt = self.net, self.optimizer
+        if shard is None:
+            params, grads, pen = net.params, net.grads, self.penalty
+        else:
+            lo, hi = shard
+            params, grads, pen = net.params[lo:hi], net.grads[lo:hi], self.penalty.shard(lo, hi)
         if not opt.prescalable:
-            pen.add_grad(net.grads, net.params, n_train, self._scratch)
-            opt.step(net.params, net.grads)
+            pen.add_grad(grads, params, n_train, self._scratch)
+            opt.step(params, grads)
         elif pen and pen.only_l2 and type(opt) is SGD:
             # w - lr (g + (l2/n) w) == (1 - lr l2 / n) w - lr g: one pass fewer
-            pen.decay_(net.params, opt.lr, n_train)
-            opt.step_prescaled(net.params, net.grads)
+            pen.decay_(params, opt.lr, n_train)
+            opt.step_prescaled(params, grads)
         else:
-            pen.add_grad(net.grads, net.params, n_train, self._scratch, scale=-opt.lr)
-            opt.step_prescaled(net.params, net.grads)
+            pen.add_grad(grads, params, n_train, self._scratch, scale=-opt.lr)
+            opt.step_prescaled(params, grads)
+        if shard is None:
+            self.apply_max_norm()
+
+    def apply_max_norm(self) -> None:
         if self.max_norm is not None:
-            regularizers.apply_max_norm([d.W for d in net.dense], self.max_norm)
+            regularizers.apply_max_norm([d.W for d in self.net.dense], self.max_norm)
 
     def evaluate(self, batches: Batches, n_train: int) -> tuple[float, float]:
         """(mean cost + penalty, accuracy) of a split in eval mode, unaugmented."""

@@ -48,6 +48,40 @@ def test_shm_allreduce_sums_identically_over_many_steps(shm3, rng):
         np.testing.assert_allclose(bufs[0], expect, rtol=1e-6)
 
 
+def test_shm_sharded_step_equals_allreduce_then_full_update(rng):
+    """reduce_parts_ over each worker's shard, an update of that shard, all_gather_: every
+    worker ends each step with exactly the vector a full all-reduce and a full update give
+    (shards aligned to 64 bytes, disjoint, covering everything)."""
+    world, size = 3, 1001
+    group = SharedMemoryGroup(world, size + 1, np.float32, shared_rows=1)
+    members = [SharedMemoryCollective(r, group.path, world, size + 1, np.dtype(np.float32).str,
+                                      timeout=10, shared_rows=1) for r in range(world)]
+    try:
+        shards = [m.shard(size) for m in members]
+        assert shards[0][0] == 0 and shards[-1][1] == size
+        assert all(a[1] == b[0] and a[1] % 16 == 0 for a, b in zip(shards, shards[1:]))
+        params = [np.ones(size, np.float32) for _ in range(world)]
+        expect = np.ones(size, np.float32)
+        for step in range(4):
+            bufs = [rng.standard_normal(size + 1).astype(np.float32) for _ in range(world)]
+            total = (bufs[0] + bufs[1]) + bufs[2]
+            expect -= 0.1 * total[:size]
+
+            def work(r):
+                lo, hi = shards[r]
+                members[r].reduce_parts_(2 * step, bufs[r], [(lo, hi), (size, size + 1)])
+                assert bufs[r][size] == total[size]
+                params[r][lo:hi] -= 0.1 * bufs[r][lo:hi]
+                members[r].all_gather_(2 * step + 1, params[r], lo, hi)
+            _run([lambda r=r: work(r) for r in range(world)])
+            for p in params:
+                np.testing.assert_array_equal(p, expect)
+    finally:
+        for m in members:
+            m.close()
+        group.close()
+
+
 def test_shm_abort_releases_a_waiting_worker(shm3):
     group, members = shm3
     threading.Timer(0.2, group.abort).start()

@@ -37,7 +37,11 @@ def cfg(**kw):
 
 @pytest.mark.parametrize("opts", [dict(), dict(keep_prob=0.8, augment="rotate=10,elastic=4:2",
                                                l2=1.0, allreduce="ring"),
-                                  dict(batchnorm=True, sync_batchnorm=True)])
+                                  dict(batchnorm=True, sync_batchnorm=True),
+                                  # sharded update: optimizer state in shared memory,
+                                  # per-layer penalties clipped to shards, max-norm after
+                                  dict(optimizer="adam", lr=0.01, l1=0.5, l2=(1.0, 3.0),
+                                       max_norm=1.5)])
 def test_two_workers_reproduce_one_process(ray_session, splits, opts):
     two = train(cfg(**opts), splits)
     one = train_one(cfg(workers=1, **opts), splits, progress=False)
