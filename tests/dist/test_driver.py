@@ -133,3 +133,13 @@ def test_worker_killed_between_epochs_is_replaced(ray_session, splits):
         np.testing.assert_array_equal(t.net.params, clean)
     finally:
         t.close()
+
+
+@pytest.mark.parametrize("opts", [dict(l2=1.0), dict(optimizer="adam", lr=0.01, l1=0.5,
+                                                       max_norm=1.5)])
+def test_sharded_update_gives_the_replicated_update_bit_for_bit(ray_session, splits, opts):
+    """shm shards the update, ring applies it whole on every replica; with 2 workers
+    both sum the same two numbers per element, so the parameters must be identical."""
+    shm = train(cfg(allreduce="shm", **opts), splits)["network"].params
+    ring = train(cfg(allreduce="ring", **opts), splits)["network"].params
+    np.testing.assert_array_equal(shm, ring)
