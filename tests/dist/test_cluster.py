@@ -36,16 +36,21 @@ def _free_port():
 
 
 def _kill_session(marker: str):
-    """Stop every process whose command line mentions ``marker`` (our --temp-dir), by
-    PID, so other Ray instances on the machine are left alone."""
-    pids = []
+    """Stop every process whose command line mentions ``marker`` (our --temp-dir), and
+    their descendants (Ray's agents rename themselves "ray::DashboardAgent" and no
+    longer show it), by PID, so other Ray instances on the machine are left alone."""
+    pids, parent = [], {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 if marker.encode() in (proc / "cmdline").read_bytes():
                     pids.append(int(proc.name))
-            except OSError:
+                stat = (proc / "stat").read_text()
+                parent[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 pass
+    for pid in pids:   # grows while it runs: children of children
+        pids.extend(c for c, pp in parent.items() if pp == pid and c not in pids)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
