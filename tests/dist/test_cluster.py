@@ -36,14 +36,16 @@ def _free_port():
 
 
 def _kill_session(marker: str):
-    """Stop every process whose command line mentions ``marker`` (our --temp-dir), and
-    their descendants (Ray's agents rename themselves "ray::DashboardAgent" and no
-    longer show it), by PID, so other Ray instances on the machine are left alone."""
+    """Stop every process whose command line or environment mentions ``marker`` (our
+    --temp-dir / RAY_TMPDIR), and their descendants (Ray's agents rename themselves
+    "ray::DashboardAgent" and outlive a SIGKILLed driver's raylet), by PID, so other
+    Ray instances on the machine are left alone."""
     pids, parent = [], {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if marker.encode() in (proc / "cmdline").read_bytes():
+                if any(marker.encode() in (proc / f).read_bytes()
+                       for f in ("cmdline", "environ")):
                     pids.append(int(proc.name))
                 stat = (proc / "stat").read_text()
                 parent[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
@@ -76,7 +78,8 @@ def test_ray_job_submit_with_token_auth(idx_dir):
     if not ray_cli.exists():
         pytest.skip("the ray CLI is not installed next to this Python")
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")   # short: Ray's socket paths are limited
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bindir}:{os.environ['PATH']}"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bindir}:{os.environ['PATH']}",
+           "RAY_TMPDIR": temp}
     gcs, dash = _free_port(), _free_port()
     # free ports for every agent too, so another Ray on this machine cannot clash with it
     agents = [f"--{flag}={_free_port()}" for flag in (
