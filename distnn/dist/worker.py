@@ -158,14 +158,11 @@ class Worker:
                 return {"diverged": True, "step": k, "lr": t.optimizer.lr,
                         "loss": loss, "rank": self.rank}
             loss_total += loss
-            if self.sharded:
-                t.apply_update(self.n_train, shard=(lo, hi))
-                c0 = time.perf_counter()
-                self.collective.all_gather_(self._key + 1, self.net.params, lo, hi)
-                comm += time.perf_counter() - c0
-                t.apply_max_norm()
-            else:
-                t.apply_update(self.n_train)
+            t.apply_update(self.n_train, shard=(lo, hi))   # all of it unless sharded
+            c0 = time.perf_counter()
+            self.collective.all_gather_(self._key + 1, self.net.params, lo, hi)
+            comm += time.perf_counter() - c0
+            t.apply_max_norm()
             if check_every and k % check_every == 0:
                 digests.append((k, digest(self.net.params)))
         return {"diverged": False, "loss_sum": loss_total, "seconds": time.perf_counter() - t0,
