@@ -42,7 +42,9 @@ def _kill_when(ckpt_dir, name, proc, timeout=120):
     while time.time() < deadline:
         if latest.exists() and latest.read_text().strip() >= name:
             time.sleep(0.15)     # into the next epoch
-            proc.send_signal(signal.SIGKILL)
+            # the whole process group: with Ray, the driver's raylet and agents too
+            # (a killed driver's agents outlive it otherwise)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return
         if proc.poll() is not None:
@@ -59,7 +61,8 @@ def _run_killed_and_resumed(data_dir, tmp_path, extra=(), env=None):
                         *_args(data_dir, full, extra=extra)], env=env, check=True, timeout=300)
     part = tmp_path / "part"
     proc = subprocess.Popen([sys.executable, "-m", "distnn.cli", "-q",
-                             *_args(data_dir, part, extra=extra)], env=env)
+                             *_args(data_dir, part, extra=extra)], env=env,
+                            start_new_session=True)
     _kill_when(part, "epoch-0001", proc)
     killed_at = ckpt.load(part).meta["epoch"]
     assert killed_at < 5
