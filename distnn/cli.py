@@ -51,6 +51,9 @@ HELP = {
     "l2": "L2 strength λ: adds (λ/2n)Σw² to the cost (n = training-set size); one value, "
           "or one per weight layer like 5,1",
     "max_norm": "cap each unit's incoming weight norm at this value",
+    "ema": "also keep an exponential moving average of the parameters with this decay "
+           "(e.g. 0.999; Polyak averaging), and evaluate, checkpoint-evaluate and export "
+           "the average instead of the last parameters (0 = off)",
     "batch_size": "mini-batch size",
     "epochs": "maximum number of epochs",
     "schedule": "learning-rate schedule: constant, step:K:G, exponential:G, inverse-time:D, "
@@ -304,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None)
     e.add_argument("--split", choices=("train", "valid", "test"), default="test")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--last", action="store_true",
+                   help="a run trained with --ema: the last parameters trained instead of "
+                        "their average")
     e.set_defaults(fn=tools.cmd_eval)
     i = sub.add_parser("inspect", help="architecture, parameter count, config and history")
     i.add_argument("checkpoint")

@@ -94,15 +94,17 @@ def cmd_recipes(args) -> int:
 def cmd_eval(args) -> int:
     from .data import load
     from .train.evaluate import evaluate_split, load_model
-    net, norm, cfg, c = load_model(args.checkpoint)
+    net, norm, cfg, c = load_model(args.checkpoint, average=not args.last)
     splits = load(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir)
     split = getattr(splits, args.split)
     res = {"checkpoint": str(c.path), "dataset": splits.name, "split": args.split,
+           "parameters": "average" if cfg.ema and not args.last else "last",
            **evaluate_split(net, norm, split.x, split.y)}
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{c.path}: {splits.name} {args.split} ({res['examples']} examples)")
+    print(f"{c.path}: {splits.name} {args.split} ({res['examples']} examples, "
+          f"{res['parameters']} parameters)")
     print(f"accuracy {100 * res['accuracy']:.2f}%  cost {res['cost']:.4f}")
     print("per-class accuracy: " + "  ".join(f"{k}:{100 * a:.1f}%"
                                              for k, a in enumerate(res["per_class_accuracy"])))

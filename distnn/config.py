@@ -48,6 +48,7 @@ class TrainConfig:
     l1: float | tuple[float, ...] = 0.0
     l2: float | tuple[float, ...] = 0.0
     max_norm: float | None = None
+    ema: float = 0.0
     batch_size: int = 10
     epochs: int = 30
     schedule: str = "constant"
@@ -129,7 +130,7 @@ def validate(c: TrainConfig) -> None:
              f"one of {sorted(optim.OPTIMIZERS)}")
     _positive("lr", c.lr)
     optim.make(c.optimizer, lr=c.lr, momentum=c.momentum, beta1=c.beta1, beta2=c.beta2,
-               eps=c.eps, rho=c.rho)
+               eps=c.eps, rho=c.rho, ema=c.ema)
     for name in ("l1", "l2"):
         regularizers.per_layer(getattr(c, name), len(c.layers) - 1, name)
     if c.max_norm is not None:

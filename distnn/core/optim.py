@@ -17,6 +17,16 @@ SGD, momentum and Nesterov are linear in g, so they also accept gradients alread
 multiplied by -η (``step_prescaled(params, -η g)``): the trainer folds -η/B into the
 backward pass, which costs nothing there and saves a full pass over the parameters.
 
+Any of them can also keep a running average of the parameters (Polyak averaging with
+an exponential moving average, ``ema``: Keras's ``use_ema``), a state slot like the
+others, used in place of the parameters for evaluation:
+
+    a ← w                                   when averaging starts (before the first step)
+    a ← d a + (1 − d) w,   d = min(ema, (1 + t) / (10 + t))   after each step
+
+The warm-up of d (TensorFlow's ``ExponentialMovingAverage(num_updates=t)``) keeps the
+first steps, far from where training ends, from lingering in the average.
+
 State is explicit and round-trips through ``state_dict``/``load_state_dict``
 (plain floats and arrays, so it can be written to Parquet/JSON).  ``lr`` may be
 changed between steps by a schedule.
@@ -48,6 +58,33 @@ class Optimizer:
         self.lr = float(lr)
         self.t = 0
         self.state: dict[str, np.ndarray] = {}
+
+    #: decay of the parameter average (0: no average; see ``average``)
+    ema = 0.0
+
+    def average(self, ema: float) -> "Optimizer":
+        """Also keep the running average of the parameters with decay ``ema`` (0 = off),
+        in the state slot "average"."""
+        if not (isinstance(ema, (int, float, np.floating)) and 0.0 <= ema < 1.0):
+            raise ValueError(f"ema must be in [0, 1) (e.g. 0.999; 0 = off), got {ema!r}")
+        self.ema = float(ema)
+        self.slots = type(self).slots + (("average",) if self.ema else ())
+        return self
+
+    def start_average(self, params: np.ndarray) -> None:
+        """a ← w, unless the average is already held (a restored or shared state)."""
+        if self.ema and "average" not in self.state:
+            self.state["average"] = params.copy()
+
+    def update_average(self, params: np.ndarray) -> None:
+        """a ← d a + (1 − d) w after step t (params: the range this optimizer steps)."""
+        if not self.ema:
+            return
+        d = min(self.ema, (1.0 + self.t) / (10.0 + self.t))
+        a, tmp = self.state["average"], self._scratch(params)
+        a *= params.dtype.type(d)
+        np.multiply(params, params.dtype.type(1.0 - d), out=tmp)
+        a += tmp
 
     def _slot(self, name, like):
         s = self.state.get(name)
@@ -85,6 +122,9 @@ class Optimizer:
         if state.get("name") != self.name:
             raise ValueError(f"optimizer state is for {state.get('name')!r}, not {self.name!r}")
         unknown = set(state["slots"]) - set(self.slots)
+        if unknown == {"average"}:
+            raise ValueError("the state holds a parameter average (--ema) but this run keeps "
+                             "none; give --ema with the value it was trained with")
         if unknown:
             raise ValueError(f"unknown {self.name} state slots {sorted(unknown)}")
         self.t = int(state["t"])
@@ -217,14 +257,17 @@ OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam)}
 
 
 def make(name: str, *, lr: float, momentum: float = 0.9, beta1: float = 0.9,
-         beta2: float = 0.999, eps: float = 1e-8, rho: float = 0.9) -> Optimizer:
+         beta2: float = 0.999, eps: float = 1e-8, rho: float = 0.9,
+         ema: float = 0.0) -> Optimizer:
     """Build an optimizer by name from the one spelling of each hyperparameter."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
     if name == "sgd":
-        return SGD(lr)
-    if name in ("momentum", "nesterov"):
-        return OPTIMIZERS[name](lr, momentum)
-    if name == "rmsprop":
-        return RMSprop(lr, rho, eps)
-    return Adam(lr, beta1, beta2, eps)
+        opt = SGD(lr)
+    elif name in ("momentum", "nesterov"):
+        opt = OPTIMIZERS[name](lr, momentum)
+    elif name == "rmsprop":
+        opt = RMSprop(lr, rho, eps)
+    else:
+        opt = Adam(lr, beta1, beta2, eps)
+    return opt.average(ema)

@@ -19,10 +19,9 @@ import time
 import numpy as np
 
 from ..config import TrainConfig
-from ..core.optim import OPTIMIZERS
 from ..data.datasets import Splits
 from ..data.splits import Normalizer
-from ..train.loop import DivergenceError, end_epoch, epoch_logs
+from ..train.loop import DivergenceError, end_epoch, epoch_logs, model_params
 from ..train.run import build_network, build_trainer, mode_of
 from .collective import SharedMemoryGroup
 from .worker import Worker
@@ -88,6 +87,7 @@ class DistTrainer:
         local = build_trainer(cfg, self.net, callbacks)
         self.schedule, self.callbacks = local.schedule, local.callbacks
         self.penalty = local.penalty
+        self._slots = local.optimizer.slots   # optimizer state slots (+ the average)
         self.stop, self.epoch, self.best_epoch, self.history = False, 0, None, []
         self.state_loader = None
         self.normalizer = Normalizer.fit(train_split.x, splits.pixel_max, cfg.standardize)
@@ -127,9 +127,8 @@ class DistTrainer:
             self.group = None
         if self.backend == "shm":
             # shared rows: the gathered parameters, then one per optimizer state slot
-            slots = OPTIMIZERS[self.cfg.optimizer].slots
             self.group = SharedMemoryGroup(self.world, self.net.params.size + 1, self.net.dtype,
-                                           shared_rows=1 + len(slots))
+                                           shared_rows=1 + len(self._slots))
             spec = self.group.spec()
             ray.get([w.setup_collective.remote(spec) for w in self.workers])
         else:
@@ -150,7 +149,8 @@ class DistTrainer:
         self._load_local(state)
 
     def _load_local(self, state):
-        self.net.params[...] = state["params"]
+        """The driver's copy holds what is evaluated: the average with ``--ema``."""
+        self.net.params[...] = model_params(state)
         for k, v in self.net.named_buffers().items():
             v[...] = state["buffers"][k]
 

@@ -83,15 +83,26 @@ class Worker:
     def _share_optimizer_state(self) -> None:
         """With a sharded update, point the optimizer's state at this worker's range of
         the shared rows 1, 2, ... (one per state slot), first writing that range from the
-        state it holds (zeros when it has none yet)."""
+        state it holds (when it has none yet: zeros, and the parameters for the average)."""
         if not self.sharded:
             return
         opt, (lo, hi), P = self.trainer.optimizer, self.shard, self.net.params.size
         for i, name in enumerate(opt.slots):
             row = self.collective.shared[1 + i, :P]
             held = opt.state.get(name)
-            row[lo:hi] = held[lo:hi] if held is not None and held.shape == (P,) else 0.0
+            if held is None or held.shape != (P,):
+                held = self.net.params if name == "average" else np.zeros(P, row.dtype)
+            row[lo:hi] = held[lo:hi]
             opt.state[name] = row[lo:hi]
+
+    def _full_slot(self, name: str) -> np.ndarray | None:
+        """The whole of one optimizer state slot (from the shared rows when sharded)."""
+        opt = self.trainer.optimizer
+        if name not in opt.slots or name not in opt.state:
+            return None
+        if not self.sharded:
+            return opt.state[name]
+        return self.collective.shared[1 + opt.slots.index(name), :self.net.params.size]
 
     def _allreduce(self, a: np.ndarray) -> None:
         self.collective.allreduce_(self._key, a)
@@ -106,10 +117,8 @@ class Worker:
     def get_state(self) -> dict:
         state = self.trainer.snapshot()
         if self.sharded:   # the whole optimizer state, from the shared rows
-            P = self.net.params.size
-            state["optimizer"]["slots"] = {
-                name: self.collective.shared[1 + i, :P].copy()
-                for i, name in enumerate(self.trainer.optimizer.slots)}
+            state["optimizer"]["slots"] = {name: self._full_slot(name).copy()
+                                           for name in self.trainer.optimizer.slots}
         return state
 
     def set_state(self, state: dict) -> None:
@@ -162,7 +171,7 @@ class Worker:
             c0 = time.perf_counter()
             self.collective.all_gather_(self._key + 1, self.net.params, lo, hi)
             comm += time.perf_counter() - c0
-            t.apply_max_norm()
+            t.finish_step((lo, hi))   # max-norm, then the parameter average
             if check_every and k % check_every == 0:
                 digests.append((k, digest(self.net.params)))
         return {"diverged": False, "loss_sum": loss_total, "seconds": time.perf_counter() - t0,
@@ -175,9 +184,10 @@ class Worker:
         n = len(data.y)
         lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
         loss, correct = 0.0, 0
-        for s in range(lo, hi, 2000):
-            idx = np.arange(s, min(s + 2000, hi))
-            x = data.normalizer(data.split.x[idx], self.net.dtype)
-            l_, c_ = self.net.evaluate(x, data.y[idx])
-            loss, correct = loss + l_, correct + c_
+        with self.trainer.averaged(self._full_slot("average")):
+            for s in range(lo, hi, 2000):
+                idx = np.arange(s, min(s + 2000, hi))
+                x = data.normalizer(data.split.x[idx], self.net.dtype)
+                l_, c_ = self.net.evaluate(x, data.y[idx])
+                loss, correct = loss + l_, correct + c_
         return loss, correct, hi - lo

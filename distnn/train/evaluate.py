@@ -8,10 +8,15 @@ from ..core.network import Network
 from ..data.splits import Normalizer
 from ..io import checkpoint as ckpt
 from .checkpointing import checkpoint_to_state
+from .loop import model_params
 
 
-def load_model(path) -> tuple[Network, Normalizer, TrainConfig, ckpt.Checkpoint]:
-    """(network with the checkpoint's parameters, its input normaliser, config, raw)."""
+def load_model(path, average: bool = True) -> tuple[Network, Normalizer, TrainConfig,
+                                                    ckpt.Checkpoint]:
+    """(network with the checkpoint's parameters, its input normaliser, config, raw).
+
+    The parameters are the run's parameter average when it kept one (``--ema``) and
+    ``average`` is True, else the last parameters trained."""
     c = ckpt.load(path)
     raw = dict(c.meta["config"])
     cfg = TrainConfig(**{**raw, "layers": tuple(raw["layers"]), "resume": None,
@@ -19,7 +24,7 @@ def load_model(path) -> tuple[Network, Normalizer, TrainConfig, ckpt.Checkpoint]
     from .run import build_network
     net = build_network(cfg)
     state = checkpoint_to_state(c, net)
-    net.params[...] = state["params"]
+    net.params[...] = model_params(state) if average else state["params"]
     for k, v in net.named_buffers().items():
         v[...] = state["buffers"][k]
     pixel_max = 16 if cfg.dataset == "digits" else 255

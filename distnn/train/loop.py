@@ -13,6 +13,7 @@ import math
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +132,13 @@ def epoch_logs(epoch, lr, n, seconds, evaluate, monitor_train, has_valid, **extr
     return logs
 
 
+def model_params(state: dict) -> np.ndarray:
+    """The parameters a trained state is evaluated and exported with: the parameter
+    average when the run kept one (``--ema``), else the parameters."""
+    avg = state["optimizer"]["slots"].get("average")
+    return avg if avg is not None else state["params"]
+
+
 def end_epoch(trainer, epoch: int, logs: dict) -> bool:
     """Record the epoch and run the callbacks; True when training should stop."""
     trainer.history.append(logs)
@@ -210,14 +218,15 @@ class Trainer:
         gradient is the one ``grad_scale`` asked for.
 
         ``shard=(lo, hi)``: update only ``params[lo:hi]`` (the optimizer's state then
-        covers that range only) and leave max-norm, which needs whole weight columns, to
-        ``apply_max_norm`` once every shard is in place."""
+        covers that range only) and leave max-norm, which needs whole weight columns, and
+        the parameter average to ``finish_step`` once every shard is in place."""
         net, opt = self.net, self.optimizer
         if shard is None:
             params, grads, pen = net.params, net.grads, self.penalty
         else:
             lo, hi = shard
             params, grads, pen = net.params[lo:hi], net.grads[lo:hi], self.penalty.shard(lo, hi)
+        opt.start_average(params)
         if not opt.prescalable:
             pen.add_grad(grads, params, n_train, self._scratch)
             opt.step(params, grads)
@@ -229,19 +238,42 @@ class Trainer:
             pen.add_grad(grads, params, n_train, self._scratch, scale=-opt.lr)
             opt.step_prescaled(params, grads)
         if shard is None:
-            self.apply_max_norm()
+            self.finish_step()
 
-    def apply_max_norm(self) -> None:
+    def finish_step(self, shard: tuple[int, int] | None = None) -> None:
+        """Max-norm on the whole network, then the parameter average (``--ema``) of
+        ``params[lo:hi]`` (the range this replica's optimizer steps; all of it if None)."""
         if self.max_norm is not None:
             regularizers.apply_max_norm([d.W for d in self.net.dense], self.max_norm)
+        lo, hi = shard if shard is not None else (0, self.net.params.size)
+        self.optimizer.update_average(self.net.params[lo:hi])
+
+    @contextmanager
+    def averaged(self, average: np.ndarray | None = None):
+        """Within the block the network holds the parameter average (``--ema``; the whole
+        vector ``average``, or the optimizer's own), then its parameters again."""
+        if average is None:
+            average = self.optimizer.state.get("average")
+        if not self.optimizer.ema or average is None:
+            yield
+            return
+        params = self.net.params
+        held = params.copy()
+        params[...] = average
+        try:
+            yield
+        finally:
+            params[...] = held
 
     def evaluate(self, batches: Batches, n_train: int) -> tuple[float, float]:
-        """(mean cost + penalty, accuracy) of a split in eval mode, unaugmented."""
+        """(mean cost + penalty, accuracy) of a split in eval mode, unaugmented, with the
+        parameter average when there is one."""
         x = batches.x if batches.x is not None else \
             batches.normalizer(batches.split.x, batches.dtype)
-        loss, correct = self.net.evaluate(x, batches.y)
         n = len(batches.y)
-        return loss / n + self.penalty.value(self.net.params, n_train), correct / n
+        with self.averaged():
+            loss, correct = self.net.evaluate(x, batches.y)
+            return loss / n + self.penalty.value(self.net.params, n_train), correct / n
 
     # -- the loop --------------------------------------------------------------------
     def fit(self, train: Batches, valid: Batches | None, epochs: int,

@@ -19,7 +19,7 @@ from ..data.datasets import Split, Splits, load
 from ..data.splits import Normalizer
 from .callbacks import EarlyStopping, PlateauSchedule, ProgressLogger
 from .diagnosis import from_history
-from .loop import Batches, DivergenceError, Trainer
+from .loop import Batches, DivergenceError, Trainer, model_params
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def check_data(cfg: TrainConfig, splits: Splits) -> None:
 
 def build_trainer(cfg: TrainConfig, net: Network, callbacks=()) -> Trainer:
     opt = make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, beta1=cfg.beta1,
-                         beta2=cfg.beta2, eps=cfg.eps, rho=cfg.rho)
+                         beta2=cfg.beta2, eps=cfg.eps, rho=cfg.rho, ema=cfg.ema)
     sched = parse_schedule(cfg.schedule, cfg.lr, cfg.warmup)
     cbs = list(callbacks)
     if isinstance(sched, HalveOnPlateau):
@@ -126,6 +126,7 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     metrics["diagnosis"] = from_history(trainer.history, trainer.best_epoch, cfg.bayes_error)
     if cfg.metrics_out:
         write_json(cfg.metrics_out, metrics)
+    net.params[...] = model_params(trainer.snapshot())   # what was evaluated
     metrics["network"] = net
     if error:
         raise DivergenceError(error, trainer.history)

@@ -138,3 +138,44 @@ def test_adaptive_optimizers_refuse_prescaled_gradients():
         assert not opt.prescalable
         with pytest.raises(NotImplementedError, match="not linear"):
             opt.step_prescaled(np.zeros(2), np.zeros(2))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_parameter_average_follows_its_formula(name, case):
+    """a ← w before the first step; a ← d a + (1 − d) w after step t,
+    d = min(ema, (1 + t) / (10 + t))."""
+    w0, gs = case
+    gs = gs * 10   # 30 steps: d reaches its cap 0.7 at t = 20
+    opt = optim.make(name, lr=0.05, ema=0.7)
+    plain = optim.make(name, lr=0.05)
+    w, wp, a = w0.copy(), w0.copy(), w0.copy()
+    opt.start_average(w)
+    for t, g in enumerate(gs, 1):
+        opt.step(w, g.copy())
+        opt.update_average(w)
+        plain.step(wp, g.copy())
+        d = min(0.7, (1 + t) / (10 + t))
+        a = d * a + (1 - d) * w
+    np.testing.assert_array_equal(w, wp)            # averaging leaves the step alone
+    np.testing.assert_allclose(opt.state["average"], a, rtol=1e-12)
+    assert not np.allclose(a, w, atol=1e-3)
+    assert opt.slots[-1] == "average" and "average" not in plain.slots
+
+
+def test_parameter_average_round_trips_and_is_refused_without_ema(case):
+    w0, gs = case
+    a = optim.make("momentum", lr=0.05, ema=0.9)
+    w = w0.copy()
+    a.start_average(w)
+    for g in gs:
+        a.step(w, g.copy())
+        a.update_average(w)
+    b = optim.make("momentum", lr=0.05, ema=0.9)
+    b.load_state_dict(a.state_dict())
+    b.start_average(w)                              # held already: not reset to w
+    np.testing.assert_array_equal(b.state["average"], a.state["average"])
+    with pytest.raises(ValueError, match="holds a parameter average .* give --ema"):
+        optim.make("momentum", lr=0.05).load_state_dict(a.state_dict())
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
+            optim.make("sgd", lr=0.1, ema=bad)

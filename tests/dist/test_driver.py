@@ -41,7 +41,7 @@ def cfg(**kw):
                                   # sharded update: optimizer state in shared memory,
                                   # per-layer penalties clipped to shards, max-norm after
                                   dict(optimizer="adam", lr=0.01, l1=0.5, l2=(1.0, 3.0),
-                                       max_norm=1.5)])
+                                       max_norm=1.5, ema=0.9)])
 def test_two_workers_reproduce_one_process(ray_session, splits, opts):
     two = train(cfg(**opts), splits)
     one = train_one(cfg(workers=1, **opts), splits, progress=False)
@@ -136,7 +136,7 @@ def test_worker_killed_between_epochs_is_replaced(ray_session, splits):
 
 
 @pytest.mark.parametrize("opts", [dict(l2=1.0), dict(optimizer="adam", lr=0.01, l1=0.5,
-                                                       max_norm=1.5)])
+                                                       max_norm=1.5, ema=0.9)])
 def test_sharded_update_gives_the_replicated_update_bit_for_bit(ray_session, splits, opts):
     """shm shards the update, ring applies it whole on every replica; with 2 workers
     both sum the same two numbers per element, so the parameters must be identical."""

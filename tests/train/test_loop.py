@@ -150,3 +150,32 @@ def test_merge_valid_trains_on_train_and_valid_together(splits):
     with pytest.raises(ValueError, match="--merge-valid trains on the validation split"):
         cfg(merge_valid=True, early_stop=3)
     cfg(merge_valid=True, early_stop=3, monitor="train_accuracy")
+
+
+def test_ema_evaluates_and_returns_the_parameter_average(splits):
+    """With --ema the validation/test figures and the returned network are those of the
+    parameter average, which follows its formula over every step of the run."""
+    from distnn.train.loop import epoch_order
+    c = cfg(epochs=2, lr=0.3, batch_size=40, ema=0.8)
+    m = train(c, splits, progress=False)
+    net = distnn.Network(c.layers, seed=c.seed)
+    x = splits.train.x.reshape(400, -1).astype(np.float32) * np.float32(1 / 255)
+    avg, t = net.params.astype(np.float64), 0
+    for epoch in range(2):
+        order = epoch_order(c.seed, epoch, 400)
+        for s in range(0, 400, 40):
+            i = order[s:s + 40]
+            _, g = net.loss_and_grad(x[i], splits.train.y[i])
+            net.params -= np.float32(0.3) * g
+            t += 1
+            d = min(0.8, (1 + t) / (10 + t))
+            avg = d * avg + (1 - d) * net.params
+    np.testing.assert_allclose(m["network"].params, avg, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(avg, net.params, atol=1e-3)   # the average is not the last step
+    xt = splits.test.x.reshape(len(splits.test.x), -1).astype(np.float32) * np.float32(1 / 255)
+    raw_cost = net.evaluate(xt, splits.test.y)[0] / len(xt)
+    net.params[...] = avg
+    avg_cost = net.evaluate(xt, splits.test.y)[0] / len(xt)
+    assert m["test_cost"] == pytest.approx(avg_cost, rel=1e-4)
+    assert abs(raw_cost - avg_cost) > 1e-3 * avg_cost
+    assert m["test_accuracy"] == np.mean(net.predict(xt) == splits.test.y)

@@ -33,7 +33,8 @@ def _args(data_dir, ckpt_dir, epochs=6, extra=()):
 
 
 def _final(ckpt_dir):
-    return ckpt.load(ckpt_dir).tensors
+    c = ckpt.load(ckpt_dir)
+    return {**c.tensors, **c.optimizer}     # parameters, buffers and optimizer state
 
 
 def _kill_when(ckpt_dir, name, proc, timeout=120):
@@ -88,7 +89,9 @@ def test_sigkill_then_resume_with_two_workers(data_dir, tmp_path):
     temp = tempfile.mkdtemp(prefix="rr", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": temp}
     try:
-        _run_killed_and_resumed(data_dir, tmp_path, extra=("--workers", "2"), env=env)
+        # with a parameter average: a sharded optimizer slot, checkpointed and restored
+        _run_killed_and_resumed(data_dir, tmp_path, extra=("--workers", "2", "--ema", "0.9"),
+                                env=env)
     finally:
         from tests.dist.test_cluster import _kill_session
         _kill_session(temp)
@@ -175,3 +178,27 @@ def test_plot_writes_a_png(data_dir, tmp_path):
         out = tmp_path / f"{src.name}.png"
         assert cli.main(["plot", str(src), str(out)]) == 0
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_eval_of_an_ema_run_uses_the_average_and_last_the_parameters(data_dir, tmp_path,
+                                                                      capsys):
+    c = tmp_path / "c"
+    assert cli.main(["-q", *_args(data_dir, c, epochs=2), "--ema", "0.99",
+                     "--metrics-out", str(tmp_path / "m.json")]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    capsys.readouterr()
+    res = {}
+    for extra in ((), ("--last",)):
+        assert cli.main(["eval", str(c), "--data-dir", str(data_dir), "--json", *extra]) == 0
+        res[extra] = json.loads(capsys.readouterr().out)
+    avg, last = res[()], res[("--last",)]
+    assert (avg["parameters"], last["parameters"]) == ("average", "last")
+    assert avg["accuracy"] == m["test_accuracy"]            # what training reported
+    assert abs(avg["cost"] - last["cost"]) > 1e-3 * last["cost"]
+    t = ckpt.load(c)
+    assert set(t.optimizer) == {f"{s}.{k}" for s in ("velocity", "average")
+                                for k in ("dense0.weight", "dense0.bias", "dense1.weight",
+                                          "dense1.bias")}
+    capsys.readouterr()   # resuming without --ema would drop the average: refused
+    assert cli.main(["-q", *_args(data_dir, c, epochs=3), "--resume"]) == 2
+    assert "give --ema" in capsys.readouterr().err
