@@ -94,16 +94,6 @@ EXPERIMENTS = {
                              "--schedule exponential:0.986 "
                              "--augment rotate=10,shift=2,scale=0.1,shear=10,elastic=34:4 "
                              "--merge-valid --no-monitor-train", 2),
-    "mlp-elastic-goal-ema": ("Goal: the same on 60,000 images with parameter averaging "
-                             "(--ema 0.9998, about the last 10 epochs) and a learning rate that "
-                             "falls less (×0.99 per epoch), 330 epochs, 2 workers",
-                             "≥ 99.5% (goal)",
-                             "--layers 784,1000,500,10 --activation relu --init he "
-                             "--output softmax --cost log-likelihood --optimizer momentum "
-                             "--lr 0.05 --momentum 0.9 --batch-size 128 --epochs 330 "
-                             "--schedule exponential:0.99 --ema 0.9998 "
-                             "--augment rotate=10,shift=2,scale=0.1,shear=10,elastic=34:4 "
-                             "--merge-valid --no-monitor-train", 2),
 }
 
 
