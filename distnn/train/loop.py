@@ -254,7 +254,7 @@ class Trainer:
         vector ``average``, or the optimizer's own), then its parameters again."""
         if average is None:
             average = self.optimizer.state.get("average")
-        if not self.optimizer.ema or average is None:
+        if average is None:   # no --ema, or no step taken yet
             yield
             return
         params = self.net.params
