@@ -29,6 +29,12 @@ EXPERIMENTS = {
                      "(tutorial)", "96%", "--recipe tanh-softmax", 1),
     "simard-plain": ("800 hidden units, cross-entropy, no distortion (Simard 2003)", "98.4%",
                      "--recipe simard-elastic --augment none --epochs 40", 1),
+    "simard-plain-relu-ema": ("800 hidden units, no distortion: ReLU + He init, parameter "
+                              "averaging (--ema 0.999), all 60,000 training images", "98.4%",
+                              "--recipe simard-elastic --augment none --activation relu "
+                              "--init he --lr 0.05 --batch-size 128 --epochs 40 "
+                              "--schedule exponential:0.95 --ema 0.999 --merge-valid "
+                              "--no-monitor-train", 1),
     "simard-affine": ("same + affine distortions (Simard 2003)", "98.9%",
                       "--recipe simard-elastic --augment rotate=10,shift=2,scale=0.1,shear=10 "
                       "--epochs 40", 1),
@@ -45,6 +51,9 @@ EXPERIMENTS = {
                 "98.7%–98.9%", "--recipe dropout --epochs 40", 1),
     "dropout-100": ("dropout, as above, 100 epochs", "98.7%–98.9%",
                     "--recipe dropout --epochs 100 --no-monitor-train", 2),
+    "dropout-100-ema": ("dropout, as above, 100 epochs, with parameter averaging (--ema 0.999)",
+                        "98.7%–98.9%", "--recipe dropout --epochs 100 --ema 0.999 "
+                        "--no-monitor-train", 2),
     "dropout-200": ("dropout, as above, 200 epochs", "98.7%–98.9%",
                     "--recipe dropout --epochs 200 --no-monitor-train", 2),
     "fashion-mlp": ("Fashion-MNIST, MLP", "87.1% (88.3% best MLP in its README)",
