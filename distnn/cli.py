@@ -157,8 +157,13 @@ def cmd_train(args) -> int:
     h = m["history"]
     if h:
         last = h[-1]
-        print(f"finished {len(h)} epochs in {m['wall_seconds']:.1f}s; last epoch "
-              f"valid accuracy {100 * (last['valid_accuracy'] or 0):.2f}%")
+        if last.get("valid_accuracy") is not None:
+            seen = f"; last epoch valid accuracy {100 * last['valid_accuracy']:.2f}%"
+        elif last.get("batch_cost") is not None:   # --merge-valid: no validation split
+            seen = f"; last epoch mini-batch cost {last['batch_cost']:.4f}"
+        else:   # a history from before batch_cost was recorded
+            seen = ""
+        print(f"finished {len(h)} epochs in {m['wall_seconds']:.1f}s{seen}")
     if "test_accuracy" in m:
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test cost {m['test_cost']:.4f}")
     if m.get("diagnosis"):

@@ -279,6 +279,7 @@ class DistTrainer:
             self._end_of_epoch_state()
             comm = max(r["comm_seconds"] for r in results.values())
             logs = epoch_logs(epoch, results[0]["lr"], self.n_train, seconds,
+                              results[0]["loss_sum"],   # already summed over all workers
                               lambda which: self.evaluate(which, self.n_train), monitor_train,
                               has_valid, comm_seconds=comm)
             if end_epoch(self, epoch, logs):

@@ -45,10 +45,23 @@ def plot_lr_find(tried: dict, threshold: float, out) -> None:
     plt.close(fig)
 
 
+CURVES = ("batch_cost", "train_cost", "train_accuracy", "valid_cost", "valid_accuracy")
+
+
 def plot_history(history: list[dict], out, title: str = "") -> None:
+    """Cost and accuracy per epoch: on the training split and the validation split when
+    they were measured, and the mean cost of the mini-batches as trained on (every run
+    has that one)."""
+    if not any(h.get(k) is not None for h in history for k in CURVES):
+        raise ValueError("this run recorded no cost or accuracy per epoch (it predates "
+                         "batch_cost, was run with --no-monitor-train and has no validation "
+                         "split): nothing to plot")
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    batch = [h.get("batch_cost") for h in history]
+    if any(v is not None for v in batch):
+        ax1.plot(epochs, batch, ":", label="mini-batches, as trained on")
     for split, style in (("train", "-"), ("valid", "--")):
         cost = [h.get(f"{split}_cost") for h in history]
         acc = [h.get(f"{split}_accuracy") for h in history]
@@ -61,7 +74,8 @@ def plot_history(history: list[dict], out, title: str = "") -> None:
     ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

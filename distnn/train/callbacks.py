@@ -142,7 +142,8 @@ class ProgressLogger(Callback):
         if self.bar:
             self.stream.write("\r" + " " * 70 + "\r")
         parts = [f"epoch {epoch}"]
-        for k in ("train_cost", "train_accuracy", "valid_cost", "valid_accuracy"):
+        for k in ("batch_cost", "train_cost", "train_accuracy", "valid_cost",
+                  "valid_accuracy"):
             if logs.get(k) is not None:
                 v = logs[k]
                 parts.append(f"{k} {100 * v:.2f}%" if k.endswith("accuracy") else f"{k} {v:.4f}")

@@ -119,12 +119,15 @@ def prefetch(batches: Batches, order: np.ndarray, batch_size: int, epoch: int, d
                 t.join(0.01)
 
 
-def epoch_logs(epoch, lr, n, seconds, evaluate, monitor_train, has_valid, **extra) -> dict:
+def epoch_logs(epoch, lr, n, seconds, loss_sum, evaluate, monitor_train, has_valid,
+               **extra) -> dict:
     """The per-epoch record every trainer writes (``evaluate(which)`` gives (cost,
-    accuracy) for "train" or "valid")."""
-    logs = {"epoch": epoch, "train_cost": None, "train_accuracy": None, "valid_cost": None,
-            "valid_accuracy": None, "lr": lr, "train_seconds": seconds,
-            "examples_per_second": n / seconds, **extra}
+    accuracy) for "train" or "valid").  ``batch_cost`` is free: the mean data cost of the
+    epoch's mini-batches as they were trained on (augmented, with dropout, parameters
+    moving), the one training curve a run with ``--no-monitor-train`` still has."""
+    logs = {"epoch": epoch, "batch_cost": loss_sum / n, "train_cost": None,
+            "train_accuracy": None, "valid_cost": None, "valid_accuracy": None, "lr": lr,
+            "train_seconds": seconds, "examples_per_second": n / seconds, **extra}
     if monitor_train:
         logs["train_cost"], logs["train_accuracy"] = evaluate("train")
     if has_valid:
@@ -291,6 +294,7 @@ class Trainer:
             warm = self.schedule.warmup > 0 and epoch < self.schedule.warmup
             order = epoch_order(self.seed, epoch, n)
             t0 = time.perf_counter()
+            loss_sum = 0.0
             for k, (s, idx, xb, yb) in enumerate(prefetch(train, order, self.batch_size, epoch)):
                 if warm:
                     self.optimizer.lr = self.schedule(epoch + (k + 1) / steps)
@@ -298,12 +302,13 @@ class Trainer:
                 if not math.isfinite(loss):
                     self.restore(last_good)
                     raise DivergenceError(self._diverged_msg(loss, epoch, k), self.history)
+                loss_sum += float(loss)
                 if k % every == 0:
                     for cb in self.callbacks:
                         cb.on_progress(s + len(idx), n, self)
             seconds = time.perf_counter() - t0
             data = {"train": train, "valid": valid}
-            logs = epoch_logs(epoch, self.optimizer.lr, n, seconds,
+            logs = epoch_logs(epoch, self.optimizer.lr, n, seconds, loss_sum,
                               lambda which: self.evaluate(data[which], n), monitor_train,
                               valid is not None)
             if any(v is not None and not math.isfinite(v) for v in logs.values()):

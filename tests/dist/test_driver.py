@@ -53,6 +53,9 @@ def test_two_workers_reproduce_one_process(ray_session, splits, opts):
     v2 = [h["valid_accuracy"] for h in two["history"]]
     v1 = [h["valid_accuracy"] for h in one["history"]]
     assert v2 == pytest.approx(v1, abs=0.011) and two["test_accuracy"] > 0.8
+    # the mean cost of the mini-batches as trained: every worker's slice, every step
+    assert [h["batch_cost"] for h in two["history"]] == \
+        pytest.approx([h["batch_cost"] for h in one["history"]], rel=1e-4)
 
 
 def test_merge_valid_on_two_workers_matches_one_process(ray_session, splits):

@@ -37,8 +37,9 @@ def test_learns_separable_data(splits):
     assert m["test_accuracy"] > 0.9
     h = m["history"]
     assert len(h) == 4 and h[-1]["train_cost"] < h[0]["train_cost"]
-    assert set(h[0]) == {"epoch", "train_cost", "train_accuracy", "valid_cost",
+    assert set(h[0]) == {"epoch", "batch_cost", "train_cost", "train_accuracy", "valid_cost",
                          "valid_accuracy", "lr", "train_seconds", "examples_per_second"}
+    assert h[-1]["batch_cost"] < h[0]["batch_cost"]
 
 
 @pytest.mark.parametrize("opts", [dict(), dict(optimizer="adam", lr=0.01, keep_prob=0.8),
@@ -122,19 +123,25 @@ def test_layer_sizes_must_match_the_data(splits):
 
 
 def test_loop_matches_a_hand_written_sgd_loop(splits):
-    """The trainer's update equals w -= lr * (mean grad + (l2/n) w) over the epoch order."""
+    """The trainer's update equals w -= lr * (mean grad + (l2/n) w) over the epoch order,
+    and its batch_cost is the mean data cost of those batches before each step."""
     from distnn.train.loop import epoch_order
     c = cfg(epochs=1, l2=2.0, lr=0.3, batch_size=32)
-    got = train(c, splits, progress=False)["network"].params
+    m = train(c, splits, progress=False)
     net = distnn.Network(c.layers, seed=c.seed)
     x = splits.train.x.reshape(400, -1).astype(np.float32) * np.float32(1 / 255)
     order = epoch_order(c.seed, 0, 400)
+    summed = 0.0
     for s in range(0, 400, 32):
         i = order[s:s + 32]
-        _, g = net.loss_and_grad(x[i], splits.train.y[i])
+        cost, g = net.loss_and_grad(x[i], splits.train.y[i])
+        summed += cost * len(i)
         g[:net.n_decay] += (2.0 / 400) * net.params[:net.n_decay]
         net.params -= np.float32(0.3) * g
-    np.testing.assert_allclose(got, net.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m["network"].params, net.params, rtol=1e-5, atol=1e-6)
+    assert m["history"][0]["batch_cost"] == pytest.approx(summed / 400, rel=1e-5)
+    # not the end-of-epoch training cost: the parameters moved during the epoch
+    assert abs(m["history"][0]["batch_cost"] - m["history"][0]["train_cost"]) > 1e-3
 
 
 def test_merge_valid_trains_on_train_and_valid_together(splits):

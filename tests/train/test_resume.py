@@ -133,7 +133,7 @@ def test_tensorboard_events_have_every_scalar_for_every_epoch(data_dir, tmp_path
     ea = ea_mod.EventAccumulator(str(logdir), size_guidance={"scalars": 0, "histograms": 0})
     ea.Reload()
     tags = ea.Tags()
-    for tag in ("train/cost", "train/accuracy", "valid/cost", "valid/accuracy", "lr",
+    for tag in ("train/batch_cost", "train/cost", "train/accuracy", "valid/cost", "valid/accuracy", "lr",
                 "throughput/examples_per_second", "time/train_seconds", "saturated/act0"):
         assert [e.step for e in ea.Scalars(tag)] == [0, 1, 2], tag
     assert "weights/dense0.weight" in tags["histograms"]
@@ -178,6 +178,23 @@ def test_plot_writes_a_png(data_dir, tmp_path):
         out = tmp_path / f"{src.name}.png"
         assert cli.main(["plot", str(src), str(out)]) == 0
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_plot_of_a_run_that_monitored_nothing(data_dir, tmp_path, capsys):
+    """--merge-valid --no-monitor-train: the mini-batch cost is the one curve; a history
+    without even that is refused with the reason, not drawn as empty axes."""
+    pytest.importorskip("matplotlib")
+    from distnn.io.plot import plot_history
+    m = tmp_path / "m.json"
+    assert cli.main(["-q", *_args(data_dir, tmp_path / "c", epochs=2), "--merge-valid",
+                     "--no-monitor-train", "--metrics-out", str(m)]) == 0
+    h = json.loads(m.read_text())["history"]
+    assert [e["valid_cost"] for e in h] == [None, None] and h[1]["batch_cost"] > 0
+    assert f"last epoch mini-batch cost {h[1]['batch_cost']:.4f}" in capsys.readouterr().out
+    assert cli.main(["plot", str(m), str(tmp_path / "a.png")]) == 0
+    old = [{k: v for k, v in e.items() if k != "batch_cost"} for e in h]
+    with pytest.raises(ValueError, match="recorded no cost or accuracy per epoch"):
+        plot_history(old, tmp_path / "b.png")
 
 
 def test_eval_of_an_ema_run_uses_the_average_and_last_the_parameters(data_dir, tmp_path,
