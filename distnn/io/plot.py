@@ -50,29 +50,35 @@ CURVES = ("batch_cost", "train_cost", "train_accuracy", "valid_cost", "valid_acc
 
 def plot_history(history: list[dict], out, title: str = "") -> None:
     """Cost and accuracy per epoch: on the training split and the validation split when
-    they were measured, and the mean cost of the mini-batches as trained on (every run
-    has that one)."""
+    they were measured (cost with the L1/L2 penalty), and the mean data cost of the
+    mini-batches as trained on (every run has that one).  The accuracy panel is left out
+    when the run measured no accuracy (``--no-monitor-train`` without validation)."""
     if not any(h.get(k) is not None for h in history for k in CURVES):
         raise ValueError("this run recorded no cost or accuracy per epoch (it predates "
                          "batch_cost, was run with --no-monitor-train and has no validation "
                          "split): nothing to plot")
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    has_acc = any(h.get(f"{split}_accuracy") is not None for h in history
+                  for split in ("train", "valid"))
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4),
+                             squeeze=False)
+    ax1, ax2 = axes[0][0], axes[0][-1]
     batch = [h.get("batch_cost") for h in history]
     if any(v is not None for v in batch):
-        ax1.plot(epochs, batch, ":", label="mini-batches, as trained on")
+        ax1.plot(epochs, batch, ":", label="mini-batches as trained on (data cost)")
     for split, style in (("train", "-"), ("valid", "--")):
         cost = [h.get(f"{split}_cost") for h in history]
         acc = [h.get(f"{split}_accuracy") for h in history]
         if any(v is not None for v in cost):
-            ax1.plot(epochs, cost, style, label=split)
-        if any(v is not None for v in acc):
+            ax1.plot(epochs, cost, style, label=f"{split} (incl. L1/L2)")
+        if has_acc and any(v is not None for v in acc):
             ax2.plot(epochs, [100 * v if v is not None else None for v in acc], style,
                      label=split)
-    ax1.set(xlabel="epoch", ylabel="cost (incl. L1/L2)", title="cost")
-    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (ax1, ax2):
+    ax1.set(xlabel="epoch", ylabel="cost", title="cost")
+    if has_acc:
+        ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in {ax1, ax2}:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
