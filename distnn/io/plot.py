@@ -63,7 +63,7 @@ def plot_history(history: list[dict], out, title: str = "") -> None:
                   for split in ("train", "valid"))
     fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4),
                              squeeze=False)
-    ax1, ax2 = axes[0][0], axes[0][-1]
+    ax1, ax2 = axes[0][0], (axes[0][1] if has_acc else None)
     batch = [h.get("batch_cost") for h in history]
     if any(v is not None for v in batch):
         ax1.plot(epochs, batch, ":", label="mini-batches as trained on (data cost)")
@@ -72,13 +72,13 @@ def plot_history(history: list[dict], out, title: str = "") -> None:
         acc = [h.get(f"{split}_accuracy") for h in history]
         if any(v is not None for v in cost):
             ax1.plot(epochs, cost, style, label=f"{split} (incl. L1/L2)")
-        if has_acc and any(v is not None for v in acc):
+        if ax2 is not None and any(v is not None for v in acc):
             ax2.plot(epochs, [100 * v if v is not None else None for v in acc], style,
                      label=split)
     ax1.set(xlabel="epoch", ylabel="cost", title="cost")
-    if has_acc:
+    if ax2 is not None:
         ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in {ax1, ax2}:
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
