@@ -12,8 +12,5 @@ def fit(config: TrainConfig | None = None, splits=None, **overrides) -> dict:
     ``workers=2``); ``workers > 1`` runs on Ray.  Returns the metrics dict (history,
     test accuracy, ...) with the trained ``network``."""
     cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
-    if cfg.workers == 1:
-        from .train.run import train as single
-        return single(cfg, splits)
-    from .dist.driver import train as distributed
-    return distributed(cfg, splits)
+    from .parallel.driver import train
+    return train(cfg, splits)

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, fields
 
 from .core import activations, costs, init, optim, regularizers, schedules
+from .core.network import NetworkSpec
 from .data.augment import parse_spec
 from .data.datasets import DATASETS
 
@@ -82,12 +83,19 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
+    def network_spec(self) -> NetworkSpec:
+        """The network this run trains (the one spec a Network is built from)."""
+        return NetworkSpec(sizes=self.layers, **{f.name: getattr(self, f.name)
+                                                 for f in fields(NetworkSpec)
+                                                 if f.name in _FIELDS})
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["layers"] = list(self.layers)
         return d
 
 
+_FIELDS = {f.name for f in fields(TrainConfig)}
 MONITORS = ("valid_accuracy", "valid_cost", "train_accuracy", "train_cost")
 
 
@@ -115,6 +123,12 @@ def validate(c: TrainConfig) -> None:
     """Raise ValueError naming the first bad value and what was expected."""
     _require(c.dataset in DATASETS, f"unknown dataset {c.dataset!r}; expected one of "
              f"{list(DATASETS)}")
+    _validate_network(c)
+    _validate_optimisation(c)
+    _validate_run(c)
+
+
+def _validate_network(c: TrainConfig) -> None:
     _require(len(c.layers) >= 2 and all(isinstance(n, int) and n >= 1 for n in c.layers),
              f"layers must be >= 2 positive integers like 784,30,10, got {list(c.layers)!r}")
     activations.get(c.activation)
@@ -126,11 +140,16 @@ def validate(c: TrainConfig) -> None:
         v = getattr(c, name)
         _require(isinstance(v, (int, float)) and 0 < v <= 1,
                  f"{name} must be in (0, 1], got {v!r}")
+    if c.batchnorm:
+        _require(c.batch_size >= 2, "batchnorm needs batch_size >= 2")
+    _require(c.batchnorm or not c.sync_batchnorm, "sync_batchnorm needs batchnorm (--batchnorm)")
+
+
+def _validate_optimisation(c: TrainConfig) -> None:
     _require(c.optimizer in optim.OPTIMIZERS, f"unknown optimizer {c.optimizer!r}; expected "
              f"one of {sorted(optim.OPTIMIZERS)}")
     _positive("lr", c.lr)
-    optim.make(c.optimizer, lr=c.lr, momentum=c.momentum, beta1=c.beta1, beta2=c.beta2,
-               eps=c.eps, rho=c.rho, ema=c.ema)
+    optim.build(c)
     for name in ("l1", "l2"):
         regularizers.per_layer(getattr(c, name), len(c.layers) - 1, name)
     if c.max_norm is not None:
@@ -143,10 +162,17 @@ def validate(c: TrainConfig) -> None:
                  "--merge-valid trains on the validation split, so --early-stop and the "
                  f"plateau schedule have no {c.monitor} to watch; add --monitor "
                  "train_accuracy (or train_cost) or drop them")
+    schedules.parse(c.schedule, c.lr, c.warmup)
+    _require(c.monitor in MONITORS, f"monitor must be one of {list(MONITORS)}, got {c.monitor!r}")
+
+
+def _validate_run(c: TrainConfig) -> None:
     _int_at_least("seed", c.seed, 0)
     _int_at_least("workers", c.workers, 1)
-    _require(c.allreduce in ("auto", "shm", "ring"),
-             f"allreduce must be auto, shm or ring, got {c.allreduce!r}")
+    # the backend name is checked against the registry of backends (parallel.comm)
+    # by the driver, before any work: the backends live above this module
+    _require(isinstance(c.allreduce, str) and c.allreduce,
+             f"allreduce must be a backend name such as auto, got {c.allreduce!r}")
     _require(c.lr_scaling in ("none", "linear"),
              f"lr_scaling must be none or linear, got {c.lr_scaling!r}")
     _int_at_least("check_replicas", c.check_replicas, 0)
@@ -163,12 +189,7 @@ def validate(c: TrainConfig) -> None:
                  f"workers {c.workers} (each worker takes an equal slice)")
     if c.train_size is not None:
         _int_at_least("train_size", c.train_size, 1)
-    schedules.parse(c.schedule, c.lr, c.warmup)
-    _require(c.monitor in MONITORS, f"monitor must be one of {list(MONITORS)}, got {c.monitor!r}")
     parse_spec(c.augment)
-    if c.batchnorm:
-        _require(c.batch_size >= 2, "batchnorm needs batch_size >= 2")
-    _require(c.batchnorm or not c.sync_batchnorm, "sync_batchnorm needs batchnorm (--batchnorm)")
 
 
 def from_mapping(values: dict, base: TrainConfig | None = None, where: str = "config") -> TrainConfig:

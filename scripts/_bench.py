@@ -71,3 +71,23 @@ def report(section: str, title: str, setup: str, lines: list[str], write: str | 
     if write:
         write_section(write, section, body)
     return body
+
+
+def one_worker(cfg, split):
+    """The training loop (``distnn.train.Engine``) on ``split`` in this process, in a
+    group of one — what a one-worker run does — with the data normalised to [0, 1]."""
+    import numpy as np
+    from distnn.data.augment import Augmenter
+    from distnn.data.splits import Normalizer
+    from distnn.parallel.comm import Group
+    from distnn.train import Batches, Engine
+    batches = Batches(split, Normalizer(), Augmenter(cfg.augment, seed=cfg.seed),
+                      np.dtype(cfg.dtype))
+    engine = Engine(cfg, batches, None, background=True)
+    engine.join(Group())
+    return engine
+
+
+def epoch(engine, k: int) -> dict:
+    """Train epoch ``k``; its result (``seconds``, ``loss_sum``, ...)."""
+    return engine.run_epoch(k, engine.schedule.state_dict())

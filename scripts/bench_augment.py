@@ -25,13 +25,9 @@ _bench.pin_threads(1)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distnn.core.network import Network  # noqa: E402
-from distnn.core.optim import Momentum  # noqa: E402
-from distnn.core.schedules import Schedule  # noqa: E402
+from distnn.config import TrainConfig  # noqa: E402
 from distnn.data.augment import Augmenter  # noqa: E402
 from distnn.data.datasets import Split  # noqa: E402
-from distnn.data.splits import Normalizer  # noqa: E402
-from distnn.train.loop import Batches, Trainer  # noqa: E402
 
 
 def ours(images, batch=128) -> float:
@@ -59,11 +55,9 @@ def reference(images, alpha=34.0, sigma=4.0) -> float:
 
 
 def epoch_seconds(split, augment) -> float:
-    net = Network((784, 800, 10))
-    opt = Momentum(0.1, 0.9)
-    trainer = Trainer(net, opt, Schedule(0.1), batch_size=128)
-    data = Batches(split, Normalizer(), Augmenter(augment, seed=0), net.dtype)
-    return trainer.fit(data, None, 1, monitor_train=False)[-1]["train_seconds"]
+    cfg = TrainConfig(layers=(784, 800, 10), optimizer="momentum", lr=0.1, momentum=0.9,
+                      batch_size=128, augment=augment)
+    return _bench.epoch(_bench.one_worker(cfg, split), 0)["seconds"]
 
 
 def main(argv=None) -> int:

@@ -22,12 +22,8 @@ _bench.pin_threads(1)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distnn.core.network import Network  # noqa: E402
-from distnn.core.optim import Momentum, SGD  # noqa: E402
-from distnn.core.schedules import Schedule  # noqa: E402
+from distnn.config import TrainConfig  # noqa: E402
 from distnn.data.datasets import Split  # noqa: E402
-from distnn.data.splits import Normalizer  # noqa: E402
-from distnn.train.loop import Batches, Trainer  # noqa: E402
 
 ROWS = [((784, 30, 10), 10), ((784, 100, 10), 10), ((784, 100, 10), 128),
         ((784, 800, 10), 128), ((784, 800, 10), 10)]
@@ -38,16 +34,13 @@ def synthetic(n, rng):
 
 
 def distnn_rate(sizes, batch, split, seconds, opt="momentum", l2=0.0):
-    net = Network(sizes, activation="sigmoid", output="softmax", cost="log-likelihood")
-    optimizer = Momentum(0.1, 0.9) if opt == "momentum" else SGD(0.5)
-    trainer = Trainer(net, optimizer, Schedule(optimizer.lr), batch_size=batch, l2=l2)
-    data = Batches(split, Normalizer(), None, net.dtype)
+    cfg = TrainConfig(layers=sizes, activation="sigmoid", output="softmax",
+                      cost="log-likelihood", optimizer=opt, lr=0.1 if opt == "momentum" else 0.5,
+                      momentum=0.9, batch_size=batch, l2=l2)
     n = min(len(split.y), max(batch * 20, int(seconds * 4000 * 128 / max(sizes[1], 30))))
-    sub = Batches(Split(split.x[:n], split.y[:n]), Normalizer(), None, net.dtype)
-    trainer.fit(sub, None, 1, monitor_train=False)           # warm-up epoch
-    logs = trainer.fit(sub, None, 2, monitor_train=False)[-1]
-    del data
-    return logs["examples_per_second"]
+    engine = _bench.one_worker(cfg, Split(split.x[:n], split.y[:n]))
+    _bench.epoch(engine, 0)                                   # warm-up epoch
+    return n / _bench.epoch(engine, 1)["seconds"]
 
 
 def torch_rate(sizes, batch, split, seconds):

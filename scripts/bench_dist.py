@@ -43,14 +43,9 @@ def cfg(workers, batch, epochs, backend="auto"):
 
 
 def distnn_rate(workers, batch, epochs, data, backend="auto"):
-    if workers == 1:
-        from distnn.train.run import train
-        h = train(cfg(1, batch, epochs), data, progress=False)["history"]
-        comm = 0.0
-    else:
-        from distnn.dist.driver import train
-        h = train(cfg(workers, batch, epochs, backend), data)["history"]
-        comm = _bench.median([e["comm_seconds"] / e["train_seconds"] for e in h[1:]])
+    from distnn.parallel.driver import train
+    h = train(cfg(workers, batch, epochs, backend), data, progress=False)["history"]
+    comm = _bench.median([e["comm_seconds"] / e["train_seconds"] for e in h[1:]])
     return _bench.median([e["examples_per_second"] for e in h[1:]]), comm
 
 
@@ -60,13 +55,9 @@ class Peer:
     def __init__(self, rank, world):
         self.rank, self.world, self.c = rank, world, None
 
-    def setup(self, spec, peers=None):
-        from distnn.dist.collective import RingCollective, SharedMemoryCollective
-        if spec["backend"] == "shm":
-            self.c = SharedMemoryCollective(self.rank, spec["path"], spec["world"],
-                                            spec["size"], spec["dtype"])
-        else:
-            self.c = RingCollective(self.rank, self.world, peers)
+    def setup(self, backend, spec, peers=None):
+        from distnn.parallel.comm import BACKENDS
+        self.c = BACKENDS[backend].join(self.rank, spec, peers)
 
     def deliver(self, key, data):
         self.c.deliver(tuple(key), data)
@@ -82,24 +73,19 @@ class Peer:
 
 def allreduce_times(mbs, reps=50):
     import ray
-    from distnn.dist.collective import SharedMemoryGroup
+    from distnn.parallel.comm import BACKENDS
     actor = ray.remote(num_cpus=1, max_concurrency=4)(Peer)
     out = {}
     for backend in ("shm", "ring"):
         for mb in mbs:
             n = int(mb * 1e6 / 4)
             peers = [actor.remote(r, 2) for r in range(2)]
-            group = None
-            if backend == "shm":
-                group = SharedMemoryGroup(2, n, np.float32)
-                ray.get([p.setup.remote(group.spec()) for p in peers])
-            else:
-                ray.get([p.setup.remote({"backend": "ring"}, peers) for p in peers])
+            group = BACKENDS[backend](2, n, np.float32)
+            ray.get([p.setup.remote(backend, group.spec(), peers) for p in peers])
             out[(backend, mb)] = max(ray.get([p.run.remote(n, reps) for p in peers]))
             for p in peers:
                 ray.kill(p)
-            if group:
-                group.close()
+            group.close()
     return out
 
 
@@ -151,20 +137,21 @@ def ddp_rate(batch, n, world=2):
 
 
 def _solo_worker(batch, n, epochs, start, q):
-    """The one-process training step (Trainer.step, cached float data) on ``batch``."""
-    from distnn.train.run import build_network, build_trainer
-    c = cfg(1, batch, epochs)
-    net = build_network(c)
-    tr = build_trainer(c, net)
+    """The one-process training step (Engine.step in a group of one, float data ready)
+    on ``batch``."""
+    from distnn.data.datasets import Split
     rng = np.random.default_rng(0)
     x = rng.random((n, 784), dtype=np.float32)
     y = rng.integers(0, 10, n)
+    engine = _bench.one_worker(cfg(1, batch, epochs),
+                               Split(np.zeros((n, 28, 28), np.uint8), y))
     start.wait()
-    rates = []
+    rates, key = [], 0
     for _ in range(epochs):
         t0 = time.perf_counter()
         for s in range(0, n, batch):
-            tr.step(x[s:s + batch], y[s:s + batch], None, 0, n)
+            engine.step(x[s:s + batch], y[s:s + batch], None, len(x[s:s + batch]), 0, key)
+            key += engine.calls_per_step
         rates.append(n / (time.perf_counter() - t0))
     q.put(_bench.median(rates[1:]))
 
@@ -192,8 +179,9 @@ def hardware_ceiling(batch, n, epochs, rounds=3):
 
 def worker_rss_growth(data, epochs=30):
     """RSS of each worker after each epoch (MiB)."""
-    from distnn.dist.driver import DistTrainer
+    from distnn.parallel.driver import Driver
     from distnn.train.callbacks import Callback
+    from distnn.train.data import prepare
 
     class RSS(Callback):
         def __init__(self):
@@ -205,9 +193,9 @@ def worker_rss_growth(data, epochs=30):
 
     probe = RSS()
     c = cfg(2, 256, epochs).replace(layers=(784, 100, 10))
-    t = DistTrainer(c, data, data.train, callbacks=[probe])
+    t = Driver(c, prepare(c, data), callbacks=[probe])
     try:
-        t.fit(epochs, monitor_train=False, has_valid=False)
+        t.fit(epochs)
     finally:
         t.close()
     return probe.samples
@@ -229,7 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--write", metavar="BENCHMARKS.md")
     args = p.parse_args(argv)
     import ray
-    from distnn.dist.driver import start_ray
+    from distnn.parallel.ray_pool import start_ray
     data = splits(args.examples)
     ceiling = hardware_ceiling(256, args.examples, args.epochs, args.rounds)
     print("ceiling", ceiling, flush=True)

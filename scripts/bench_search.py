@@ -27,14 +27,15 @@ import _bench  # noqa: E402
 _bench.pin_threads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distnn import recipes, tune  # noqa: E402
+from distnn import recipes  # noqa: E402
+from distnn.search import results, space, tune  # noqa: E402
 from distnn.config import from_mapping  # noqa: E402
 from distnn.data import load  # noqa: E402
 
 
 def parallel(base, trials, splits) -> dict:
     import ray
-    from distnn.dist.driver import start_ray
+    from distnn.parallel.ray_pool import start_ray
     t0 = time.perf_counter()
     start_ray(None, 1)
     startup = time.perf_counter() - t0
@@ -45,16 +46,16 @@ def parallel(base, trials, splits) -> dict:
 
 
 def sequential(base, trials, splits) -> dict:
-    from distnn.train.run import train
+    from distnn.parallel.driver import train
     t0 = time.perf_counter()
     fit = 0.0
     with tempfile.TemporaryDirectory() as out:
         for i, t in enumerate(trials):
-            cfg = tune.apply(base, t)
+            cfg = space.apply(base, t)
             f0 = time.perf_counter()
             m = train(cfg, splits, progress=False)
             fit += time.perf_counter() - f0
-            final = tune._record(Path(out), i, t, cfg, m, splits)
+            final = results.record_trial(Path(out), i, t, cfg, m)
             best = max(best, final["valid_accuracy"]) if i else final["valid_accuracy"]
     return {"wall": time.perf_counter() - t0, "train": fit, "best": best}
 
@@ -76,12 +77,12 @@ def ceiling(base, trials, splits) -> float:
     the way the search's queue hands them out; the wall time is the slower half's."""
     import multiprocessing as mp
     n = len(splits.train)
-    order = sorted(trials, key=lambda t: -tune.cost(tune.apply(base, t), n))
+    order = sorted(trials, key=lambda t: -tune.cost(space.apply(base, t), n))
     halves, load_ = [[], []], [0.0, 0.0]
     for t in order:                       # longest-processing-time-first assignment
         k = load_.index(min(load_))
         halves[k].append(t)
-        load_[k] += tune.cost(tune.apply(base, t), n)
+        load_[k] += tune.cost(space.apply(base, t), n)
     ctx = mp.get_context("spawn")
     with ctx.Manager() as m, ctx.Pool(2) as pool:
         barrier = m.Barrier(2)
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--write", metavar="BENCHMARKS.md")
     args = p.parse_args(argv)
     base = from_mapping(recipes.settings("digits-grid")).replace(epochs=args.epochs)
-    trials = tune.expand_grid(tune.parse_grid(recipes.load("digits-grid")["search"]["grid"]))
+    trials = space.expand_grid(space.parse_grid(recipes.load("digits-grid")["search"]["grid"]))
     splits = load("digits")
     rounds = []
     for r in range(args.rounds):

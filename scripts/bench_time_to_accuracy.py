@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distnn.config import TrainConfig  # noqa: E402
 from distnn.data import load  # noqa: E402
 from distnn.train.callbacks import Callback  # noqa: E402
-from distnn.train.loop import epoch_order  # noqa: E402
+from distnn.train.batches import epoch_order  # noqa: E402
 
 MOMENTUM = 0.9
 
@@ -70,7 +70,7 @@ def config(max_epochs, batch, lr, gamma, seed, workers=2) -> TrainConfig:
 
 
 def distnn_time(splits, target, max_epochs, batch, lr, gamma, seed, workers=2):
-    from distnn.dist.driver import train
+    from distnn.parallel.driver import train
     clock = TestClock(splits, target)
     train(config(max_epochs, batch, lr, gamma, seed, workers), splits, callbacks=[clock])
     return clock.reached
@@ -83,8 +83,9 @@ def torch_time(splits, target, max_epochs, batch, lr, gamma, seed, threads=2):
                                 torch.nn.Linear(800, 10))
     # the very parameters distnn starts from (He init on both layers, zero biases):
     # PyTorch's default output-layer init alone reaches 98% about one epoch sooner
-    from distnn.train.run import build_network
-    start = build_network(config(max_epochs, batch, lr, gamma, seed)).named_params()
+    from distnn.core.network import Network
+    start = Network.from_spec(config(max_epochs, batch, lr, gamma, seed).network_spec()
+                              ).named_params()
     with torch.no_grad():
         for k, layer in ((0, model[0]), (1, model[2])):
             layer.weight.copy_(torch.from_numpy(start[f"dense{k}.weight"].T.copy()))

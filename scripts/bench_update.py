@@ -28,13 +28,13 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distnn.core.optim import Momentum  # noqa: E402
-from distnn.dist.collective import SharedMemoryCollective, SharedMemoryGroup  # noqa: E402
+from distnn.parallel.comm import SharedMemoryBackend, SharedMemoryCollective  # noqa: E402
 
 P = 784 * 800 + 800 + 800 * 10 + 10
 
 
 def per_step_ms(world: int, repeats: int, steps: int = 100) -> tuple[float, float]:
-    group = SharedMemoryGroup(world, P + 1, np.float32, shared_rows=2)
+    group = SharedMemoryBackend(world, P + 1, np.float32, shared_rows=2)
     coll = SharedMemoryCollective(0, group.path, world, P + 1, np.dtype(np.float32).str,
                                   shared_rows=2)
     try:

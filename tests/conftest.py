@@ -23,3 +23,10 @@ def ray_session():
              logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def blob_dir(tmp_path_factory):
+    """IDX files of 3,600 training and 400 test 8x8 'images' of 4 separable blobs."""
+    from tests.data import tiny
+    return tiny.write_blobs(tmp_path_factory.mktemp("idxdata"), 3600, 400, low=120, high=120)

@@ -12,6 +12,9 @@ exactly the part that L1/L2 act on.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import activations, costs, init as initializers
@@ -25,6 +28,29 @@ def _check_sizes(sizes) -> list[int]:
     if len(sizes) < 2 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in sizes):
         raise ValueError(f"layer sizes must be >= 2 positive integers, got {sizes!r}")
     return [int(s) for s in sizes]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Everything that defines a network before training: what ``Network.from_spec``
+    builds, what a training config, ``distnn gradcheck`` and a checkpoint describe a
+    network by.  Field meanings and usual values as in ``Network``."""
+
+    sizes: tuple[int, ...]
+    activation: str
+    output: str
+    cost: str
+    init: str
+    init_scale: float
+    keep_prob: float
+    keep_prob_input: float
+    batchnorm: bool
+    seed: int
+    dtype: str
+    bn_momentum: float = 0.9
+
+    def replace(self, **changes) -> "NetworkSpec":
+        return dataclasses.replace(self, **changes)
 
 
 class Network:
@@ -61,13 +87,21 @@ class Network:
         self.cost = costs.get(cost)
         self.cost.check_output(self.out_fn)
         initializers.check(init, init_scale)
-        self.config = dict(sizes=self.sizes, activation=activation, output=output, cost=cost,
-                           init=init, keep_prob=keep_prob, keep_prob_input=keep_prob_input,
-                           batchnorm=bool(batchnorm), seed=int(seed), dtype=dtype,
-                           init_scale=init_scale, bn_momentum=bn_momentum)
+        self.spec = NetworkSpec(tuple(self.sizes), activation, output, cost, init, init_scale,
+                                keep_prob, keep_prob_input, bool(batchnorm), int(seed), dtype,
+                                bn_momentum)
         self.layers = self._build(keep_prob, keep_prob_input, batchnorm, seed, bn_momentum)
         self._allocate()
         self.reset(init, seed, init_scale)
+
+    @classmethod
+    def from_spec(cls, spec: NetworkSpec) -> "Network":
+        return cls(**dataclasses.asdict(spec))
+
+    @property
+    def config(self) -> dict:
+        """The spec as a plain dict (``sizes`` a list), e.g. for JSON."""
+        return {**dataclasses.asdict(self.spec), "sizes": list(self.sizes)}
 
     # -- construction -------------------------------------------------------------
     def _build(self, keep_prob, keep_prob_input, batchnorm, seed, bn_momentum) -> list[Layer]:

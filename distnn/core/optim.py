@@ -27,6 +27,12 @@ others, used in place of the parameters for evaluation:
 The warm-up of d (TensorFlow's ``ExponentialMovingAverage(num_updates=t)``) keeps the
 first steps, far from where training ends, from lingering in the average.
 
+Optimizers plug in through the registry ``OPTIMIZERS`` (name -> class): a class declares
+its ``name``, its state ``slots`` and its hyperparameters ``hyper`` (each the keyword of
+its ``__init__`` and the one spelling used by configs), and ``build(hparams)`` makes any
+registered optimizer from an object that has those attributes (a ``TrainConfig``).
+Adding AdamW is one class with ``@register`` here, plus its tests.
+
 State is explicit and round-trips through ``state_dict``/``load_state_dict``
 (plain floats and arrays, so it can be written to Parquet/JSON).  ``lr`` may be
 changed between steps by a schedule.
@@ -100,6 +106,9 @@ class Optimizer:
 
     #: True when ``step_prescaled`` is available (the update is linear in g)
     prescalable = False
+    #: True when an L2 term may be folded into the parameters before a prescaled step
+    #: (w ← (1 − η λ/n) w, then the step): only when nothing else sees the gradient
+    folds_decay = False
 
     def step(self, params: np.ndarray, grads: np.ndarray) -> None:
         """Apply one update to ``params`` in place using ``grads`` (same shape)."""
@@ -133,9 +142,22 @@ class Optimizer:
         self.state = {k: np.array(v, copy=True) for k, v in state["slots"].items()}
 
 
+OPTIMIZERS: dict[str, type[Optimizer]] = {}
+
+
+def register(cls: type[Optimizer]) -> type[Optimizer]:
+    """Class decorator: make ``cls`` available by its ``name`` to ``build``."""
+    if not cls.name or cls.name in OPTIMIZERS:
+        raise ValueError(f"optimizer name {cls.name!r} is empty or taken")
+    OPTIMIZERS[cls.name] = cls
+    return cls
+
+
+@register
 class SGD(Optimizer):
     name = "sgd"
     prescalable = True
+    folds_decay = True
 
     def _update(self, params, grads):
         tmp = self._scratch(params)
@@ -147,6 +169,7 @@ class SGD(Optimizer):
         params += neg_lr_grads
 
 
+@register
 class Momentum(Optimizer):
     name = "momentum"
     slots = ("velocity",)
@@ -174,15 +197,13 @@ class Momentum(Optimizer):
         v = self._slot("velocity", params)
         v *= params.dtype.type(self.momentum)
         v += neg_lr_grads
-        if self.name == "nesterov":       # w += mu v - lr g
-            params += neg_lr_grads
-            tmp = self._scratch(params)
-            np.multiply(v, params.dtype.type(self.momentum), out=tmp)
-            params += tmp
-        else:                             # w += v
-            params += v
+        self._move(params, v, neg_lr_grads)
+
+    def _move(self, params, v, neg_lr_grads):
+        params += v                       # w += v
 
 
+@register
 class Nesterov(Momentum):
     name = "nesterov"
 
@@ -193,7 +214,14 @@ class Nesterov(Momentum):
         lr_g *= params.dtype.type(self.momentum)
         params += lr_g
 
+    def _move(self, params, v, neg_lr_grads):
+        params += neg_lr_grads            # w += mu v - lr g
+        tmp = self._scratch(params)
+        np.multiply(v, params.dtype.type(self.momentum), out=tmp)
+        params += tmp
 
+
+@register
 class RMSprop(Optimizer):
     name = "rmsprop"
     slots = ("square_avg",)
@@ -219,6 +247,7 @@ class RMSprop(Optimizer):
         params -= tmp
 
 
+@register
 class Adam(Optimizer):
     name = "adam"
     slots = ("m", "v")
@@ -253,21 +282,13 @@ class Adam(Optimizer):
         params -= tmp
 
 
-OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam)}
-
-
-def make(name: str, *, lr: float, momentum: float = 0.9, beta1: float = 0.9,
-         beta2: float = 0.999, eps: float = 1e-8, rho: float = 0.9,
-         ema: float = 0.0) -> Optimizer:
-    """Build an optimizer by name from the one spelling of each hyperparameter."""
+def build(hparams) -> Optimizer:
+    """The optimizer ``hparams.optimizer`` with the hyperparameters its class declares,
+    read from ``hparams`` by their one spelling (``hparams.lr``, ``hparams.momentum``, ...),
+    keeping the parameter average when ``hparams.ema`` > 0.  ``hparams`` is a
+    ``TrainConfig`` or any object with those attributes."""
+    name = hparams.optimizer
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
-    if name == "sgd":
-        opt = SGD(lr)
-    elif name in ("momentum", "nesterov"):
-        opt = OPTIMIZERS[name](lr, momentum)
-    elif name == "rmsprop":
-        opt = RMSprop(lr, rho, eps)
-    else:
-        opt = Adam(lr, beta1, beta2, eps)
-    return opt.average(ema)
+    cls = OPTIMIZERS[name]
+    return cls(**{h: getattr(hparams, h) for h in cls.hyper}).average(hparams.ema)

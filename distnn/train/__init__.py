@@ -1,6 +1,9 @@
-"""The single-process training loop and its callbacks."""
+"""The training loop that runs in every worker (``Engine``), what a run records, and the
+callbacks the driver runs."""
+from .batches import Batches, epoch_order
 from .callbacks import Callback, EarlyStopping, PlateauSchedule, ProgressLogger
-from .loop import Batches, DivergenceError, Trainer, epoch_order
+from .engine import Engine
+from .records import DivergenceError
 
-__all__ = ["Batches", "Callback", "DivergenceError", "EarlyStopping", "PlateauSchedule",
-           "ProgressLogger", "Trainer", "epoch_order"]
+__all__ = ["Batches", "Callback", "DivergenceError", "EarlyStopping", "Engine",
+           "PlateauSchedule", "ProgressLogger", "epoch_order"]

@@ -8,7 +8,7 @@ from ..core.network import Network
 from ..data.splits import Normalizer
 from ..io import checkpoint as ckpt
 from .checkpointing import checkpoint_to_state
-from .loop import model_params
+from .records import model_params
 
 
 def load_model(path, average: bool = True) -> tuple[Network, Normalizer, TrainConfig,
@@ -21,8 +21,7 @@ def load_model(path, average: bool = True) -> tuple[Network, Normalizer, TrainCo
     raw = dict(c.meta["config"])
     cfg = TrainConfig(**{**raw, "layers": tuple(raw["layers"]), "resume": None,
                          "checkpoint_dir": None, "logdir": None, "metrics_out": None})
-    from .run import build_network
-    net = build_network(cfg)
+    net = Network.from_spec(cfg.network_spec())
     state = checkpoint_to_state(c, net)
     net.params[...] = model_params(state) if average else state["params"]
     for k, v in net.named_buffers().items():
@@ -30,6 +29,25 @@ def load_model(path, average: bool = True) -> tuple[Network, Normalizer, TrainCo
     pixel_max = 16 if cfg.dataset == "digits" else 255
     norm = Normalizer(pixel_max, c.tensors.get("input.mean"), c.tensors.get("input.std"))
     return net, norm, cfg, c
+
+
+def measure(net: Network, data, lo: int, hi: int, chunk: int = 2000) -> tuple[float, int, int]:
+    """(summed cost, number correct, count) of examples lo..hi-1 of ``data`` (a
+    ``Batches``) in eval mode: the one evaluation every worker, the driver and
+    ``distnn eval`` use.  Cost and accuracy are ``sum / count``."""
+    loss, correct = 0.0, 0
+    for s in range(lo, hi, chunk):
+        e = min(s + chunk, hi)
+        l_, c_ = net.evaluate(data.rows(s, e), data.y[s:e], chunk=chunk)
+        loss, correct = loss + l_, correct + c_
+    return loss, correct, hi - lo
+
+
+def cost_and_accuracy(net: Network, penalty, parts, n_train: int) -> tuple[float, float]:
+    """(mean cost + the L1/L2 penalty on ``net``'s parameters, accuracy) from the
+    ``measure`` results of the parts of a split (one per worker, or one)."""
+    loss, correct, n = (sum(p[i] for p in parts) for i in range(3))
+    return loss / n + penalty.value(net.params, n_train), correct / n
 
 
 def evaluate_split(net: Network, norm: Normalizer, x, y) -> dict:

@@ -1,7 +1,29 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from distnn.core import optim
+
+
+def make(name, **hyper):
+    """An optimizer through the registry, from a config-like object (defaults as in
+    TrainConfig, ``hyper`` overriding them)."""
+    values = dict(optimizer=name, lr=0.1, momentum=0.9, beta1=0.9, beta2=0.999, eps=1e-8,
+                  rho=0.9, ema=0.0)
+    values.update(hyper)
+    return optim.build(SimpleNamespace(**values))
+
+
+def test_registry_builds_each_optimizer_with_its_declared_hyperparameters():
+    opt = make("nesterov", lr=0.2, momentum=0.5, beta1=0.1)
+    assert type(opt) is optim.Nesterov and (opt.lr, opt.momentum) == (0.2, 0.5)
+    assert not hasattr(opt, "beta1")   # Adam's, not declared by Nesterov
+    adam = make("adam", lr=0.01, beta2=0.9, momentum=0.0)
+    assert (adam.lr, adam.beta1, adam.beta2) == (0.01, 0.9, 0.9)
+    assert set(optim.OPTIMIZERS) == {"sgd", "momentum", "nesterov", "rmsprop", "adam"}
+    with pytest.raises(ValueError, match="taken"):
+        optim.register(type("Again", (optim.SGD,), {}))
 
 
 def _run(opt, w0, grads):
@@ -82,9 +104,9 @@ def test_adam_formula_with_bias_correction(case):
 @pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
 def test_state_round_trip_continues_identically(name, case):
     w0, gs = case
-    a = optim.make(name, lr=0.05)
+    a = make(name, lr=0.05)
     w = _run(a, w0, gs[:2])
-    b = optim.make(name, lr=0.05)
+    b = make(name, lr=0.05)
     b.load_state_dict(a.state_dict())
     wa, wb = w.copy(), w.copy()
     a.step(wa, gs[2].copy())
@@ -108,13 +130,13 @@ def test_state_of_another_optimizer_is_refused():
 ])
 def test_bad_hyperparameters_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        optim.make(**kwargs)
+        make(**kwargs)
 
 
 def test_float32_updates_stay_float32(rng):
     w = rng.standard_normal(5).astype(np.float32)
     for name in optim.OPTIMIZERS:
-        opt = optim.make(name, lr=0.1)
+        opt = make(name, lr=0.1)
         opt.step(w, np.ones(5, np.float32))
         assert w.dtype == np.float32
 
@@ -122,7 +144,7 @@ def test_float32_updates_stay_float32(rng):
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov"])
 def test_prescaled_step_equals_the_plain_step(name, case):
     w0, gs = case
-    plain, pre = optim.make(name, lr=0.07), optim.make(name, lr=0.07)
+    plain, pre = make(name, lr=0.07), make(name, lr=0.07)
     assert pre.prescalable
     wa, wb = w0.copy(), w0.copy()
     for g in gs:
@@ -134,7 +156,7 @@ def test_prescaled_step_equals_the_plain_step(name, case):
 
 def test_adaptive_optimizers_refuse_prescaled_gradients():
     for name in ("adam", "rmsprop"):
-        opt = optim.make(name, lr=0.1)
+        opt = make(name, lr=0.1)
         assert not opt.prescalable
         with pytest.raises(NotImplementedError, match="not linear"):
             opt.step_prescaled(np.zeros(2), np.zeros(2))
@@ -146,8 +168,8 @@ def test_parameter_average_follows_its_formula(name, case):
     d = min(ema, (1 + t) / (10 + t))."""
     w0, gs = case
     gs = gs * 10   # 30 steps: d reaches its cap 0.7 at t = 20
-    opt = optim.make(name, lr=0.05, ema=0.7)
-    plain = optim.make(name, lr=0.05)
+    opt = make(name, lr=0.05, ema=0.7)
+    plain = make(name, lr=0.05)
     w, wp, a = w0.copy(), w0.copy(), w0.copy()
     opt.start_average(w)
     for t, g in enumerate(gs, 1):
@@ -164,18 +186,18 @@ def test_parameter_average_follows_its_formula(name, case):
 
 def test_parameter_average_round_trips_and_is_refused_without_ema(case):
     w0, gs = case
-    a = optim.make("momentum", lr=0.05, ema=0.9)
+    a = make("momentum", lr=0.05, ema=0.9)
     w = w0.copy()
     a.start_average(w)
     for g in gs:
         a.step(w, g.copy())
         a.update_average(w)
-    b = optim.make("momentum", lr=0.05, ema=0.9)
+    b = make("momentum", lr=0.05, ema=0.9)
     b.load_state_dict(a.state_dict())
     b.start_average(w)                              # held already: not reset to w
     np.testing.assert_array_equal(b.state["average"], a.state["average"])
     with pytest.raises(ValueError, match="holds a parameter average .* give --ema"):
-        optim.make("momentum", lr=0.05).load_state_dict(a.state_dict())
+        make("momentum", lr=0.05).load_state_dict(a.state_dict())
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
-            optim.make("sgd", lr=0.1, ema=bad)
+            make("sgd", lr=0.1, ema=bad)

@@ -9,9 +9,16 @@ import pytest
 
 from distnn.config import TrainConfig
 from distnn.data.datasets import Split, Splits
-from distnn.dist.driver import WorkerFailure, start_ray, train
+from distnn.parallel.driver import Driver, train
+from distnn.parallel.ray_pool import WorkerFailure, check_address, start_ray
 from distnn.train.callbacks import Callback
-from distnn.train.run import train as train_one
+from distnn.train.data import prepare
+
+
+def train_one(c, splits, progress=False):
+    """The same run on one worker, in this process (the local group of one)."""
+    assert c.workers == 1
+    return train(c, splits, progress=progress)
 
 pytestmark = pytest.mark.ray
 
@@ -95,13 +102,13 @@ def test_killed_worker_costs_time_not_the_result(ray_session, splits, backend):
 def test_gives_up_after_max_failures(ray_session, splits):
     class KillAlways(Callback):
         def on_epoch_end(self, epoch, logs, trainer):
-            orig = trainer._attempt
+            orig = trainer.pool._attempt
 
-            def attempt(e):
+            def attempt(e, schedule_state):
                 for pid in trainer.worker_pids()[1:]:
                     threading.Timer(0.02, os.kill, (pid, signal.SIGKILL)).start()
-                return orig(e)
-            trainer._attempt = attempt
+                return orig(e, schedule_state)
+            trainer.pool._attempt = attempt
     with pytest.raises(WorkerFailure, match=r"epoch 1 failed 2 times in a row .* epoch \(0\)"):
         train(cfg(max_failures=1, epochs=2, batch_size=2), splits, callbacks=[KillAlways()])
 
@@ -110,8 +117,7 @@ def test_clear_errors_before_any_work(ray_session, splits):
     with pytest.raises(ValueError, match="needs 3 CPUs but the Ray cluster has 2"):
         train(cfg(workers=3, batch_size=21), splits)
     with pytest.raises(ConnectionError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
-        from distnn.dist.driver import _check_address
-        _check_address("127.0.0.1:1")
+        check_address("127.0.0.1:1")
     with pytest.raises(ValueError, match="must be divisible by workers 2"):
         cfg(batch_size=21)
 
@@ -122,17 +128,16 @@ def test_start_ray_joins_a_running_session(ray_session):
 
 def test_worker_killed_between_epochs_is_replaced(ray_session, splits):
     """A death outside run_epoch (evaluation, state fetch) heals without losing state."""
-    from distnn.dist.driver import DistTrainer
     c = cfg(epochs=2)
     clean = train(c, splits)["network"].params
-    t = DistTrainer(c, splits, splits.train)
+    t = Driver(c, prepare(c, splits))
     try:
-        t.fit(1, monitor_train=False)
-        before = t.evaluate("valid", len(splits.train))
+        t.fit(1)
+        before = t.evaluate("valid")
         os.kill(t.worker_pids()[1], signal.SIGKILL)
         time.sleep(0.5)
-        assert t.evaluate("valid", len(splits.train)) == before   # healed, same replicas
-        t.fit(2, monitor_train=False)
+        assert t.evaluate("valid") == before   # healed, same replicas
+        t.fit(2)
         np.testing.assert_array_equal(t.net.params, clean)
     finally:
         t.close()

@@ -1,81 +1,9 @@
-
+"""Searches on Ray Tune and their results on disk."""
 import numpy as np
 import pytest
 
-from distnn import tune
 from distnn.config import TrainConfig
-
-
-def test_grid_expansion():
-    g = tune.parse_grid(["hidden=10,25", "lr=0.05,0.1,0.5", "l2=0.001"])
-    assert g == {"hidden": [10, 25], "lr": [0.05, 0.1, 0.5], "l2": [0.001]}
-    trials = tune.expand_grid(g)
-    assert len(trials) == 6 and trials[0] == {"hidden": 10, "lr": 0.05, "l2": 0.001}
-    assert {(t["hidden"], t["lr"]) for t in trials} == {(h, lr) for h in (10, 25)
-                                                        for lr in (0.05, 0.1, 0.5)}
-    for bad in (["lr"], ["learning_rate=0.1"], ["lr="]):
-        with pytest.raises(ValueError):
-            tune.parse_grid(bad)
-
-
-def test_random_sampling_is_seeded_and_in_range():
-    space = tune.parse_random(["lr=loguniform:0.001:1", "hidden=choice:30,100",
-                               "keep_prob=uniform:0.5:1", "batch_size=randint:8:64"])
-    a = tune.sample_random(space, 200, seed=3)
-    assert a == tune.sample_random(space, 200, seed=3)
-    assert a != tune.sample_random(space, 200, seed=4)
-    lrs = np.array([t["lr"] for t in a])
-    assert lrs.min() >= 1e-3 and lrs.max() <= 1
-    # log-uniform: about a third of the draws in each decade
-    assert abs(np.mean(lrs < 0.01) - 1 / 3) < 0.1 and abs(np.mean(lrs > 0.1) - 1 / 3) < 0.1
-    assert {t["hidden"] for t in a} == {30, 100}
-    assert all(8 <= t["batch_size"] <= 64 and isinstance(t["batch_size"], int) for t in a)
-    with pytest.raises(ValueError, match="A > 0 for loguniform"):
-        tune.parse_random(["lr=loguniform:0:1"])
-
-
-def test_hidden_override_sets_every_hidden_layer():
-    base = TrainConfig(layers=(784, 30, 30, 10))
-    c = tune.apply(base, {"hidden": 100, "lr": 0.3})
-    assert c.layers == (784, 100, 100, 10) and c.lr == 0.3
-
-
-def _synthetic(threshold):
-    """Cost curve of a quadratic bowl: falls for lr < threshold, oscillates/grows above."""
-    def curve(lr):
-        r = abs(1 - lr / (threshold / 2))      # contraction factor per epoch
-        return [10.0 * r ** (2 * k) for k in range(4)]
-    return curve
-
-
-@pytest.mark.parametrize("threshold", [0.37, 4.2, 0.0031])
-def test_lr_find_locates_the_threshold(threshold):
-    res = tune.find_threshold(_synthetic(threshold), start=0.01, refine=6)
-    assert res["threshold"] < threshold <= res["first_failing"]
-    assert res["first_failing"] / res["threshold"] < 10 ** (1 / 2 ** 6) + 1e-9
-    assert res["suggested_lr"] == pytest.approx(res["threshold"] / 2)
-
-
-def test_lr_find_treats_nan_as_failure():
-    def curve(lr):
-        return [1.0, 0.5, 0.2] if lr < 0.3 else [1.0, float("nan")]
-    res = tune.find_threshold(curve, refine=3)
-    assert res["threshold"] < 0.3 <= res["first_failing"]
-
-
-@pytest.mark.parametrize("train,valid,bayes,verdict", [
-    (0.15, 0.16, 0.0, "high bias"),
-    (0.01, 0.11, 0.0, "high variance"),
-    (0.05, 0.053, 0.047, "balanced"),
-    (0.08, 0.12, 0.07, "high variance"),
-])
-def test_bias_variance_verdicts(train, valid, bayes, verdict):
-    d = tune.diagnose(train, valid, bayes)
-    assert d["verdict"] == verdict
-    assert d["avoidable_bias"] == pytest.approx(train - bayes)
-    assert d["variance"] == pytest.approx(valid - train)
-    assert ("bigger network" in d["remedies"]) == (verdict == "high bias")
-    assert ("regularisation" in tune.format_diagnosis(d)) == (verdict != "balanced")
+from distnn.search import results, space, tune
 
 
 def test_best_config_toml_round_trips(tmp_path):
@@ -83,7 +11,7 @@ def test_best_config_toml_round_trips(tmp_path):
     from distnn.config import from_mapping
     cfg = TrainConfig(layers=(64, 50, 10), lr=0.25, l2=0.0005, augment="rotate=5",
                       batchnorm=True)
-    tune.write_toml(tmp_path / "best.toml", cfg)
+    results.write_toml(tmp_path / "best.toml", cfg)
     back = from_mapping(tomllib.loads((tmp_path / "best.toml").read_text()))
     assert back == cfg
 
@@ -119,7 +47,7 @@ def test_search_runs_trials_and_its_best_config_reproduces(tmp_path, ray_session
 def test_longest_trials_are_handed_out_first():
     base = TrainConfig(layers=(64, 25, 10), epochs=10, batch_size=10)
     n = 1000
-    small, big = tune.apply(base, {"hidden": 10}), tune.apply(base, {"hidden": 60})
+    small, big = space.apply(base, {"hidden": 10}), space.apply(base, {"hidden": 60})
     assert tune.cost(big, n) > tune.cost(small, n)
     assert tune.cost(base.replace(epochs=20), n) == 2 * tune.cost(base, n)
     assert tune.cost(base.replace(batch_size=100), n) < tune.cost(base, n)
@@ -129,15 +57,15 @@ def test_longest_trials_are_handed_out_first():
 
 def test_pending_resumes_only_the_same_search(tmp_path):
     trials = [{"lr": 0.1}, {"lr": 0.5}, {"lr": 1.0}]
-    assert tune._pending(trials, tmp_path, resume=False) == list(enumerate(trials))
+    assert results.pending(trials, tmp_path, resume=False) == list(enumerate(trials))
     d = tmp_path / "trials" / "0001"
     d.mkdir(parents=True)
-    tune._write_result(d, 1, {"lr": 0.5}, {"valid_accuracy": 0.9})
-    assert tune._pending(trials, tmp_path, resume=True) == [(0, trials[0]), (2, trials[2])]
+    results._write_result(d, 1, {"lr": 0.5}, {"valid_accuracy": 0.9})
+    assert results.pending(trials, tmp_path, resume=True) == [(0, trials[0]), (2, trials[2])]
     with pytest.raises(ValueError, match="already holds the results of 1 trials"):
-        tune._pending(trials, tmp_path, resume=False)
+        results.pending(trials, tmp_path, resume=False)
     with pytest.raises(ValueError, match="not trial 1 of this search"):
-        tune._pending([{"lr": 0.1}, {"lr": 0.7}], tmp_path, resume=True)
+        results.pending([{"lr": 0.1}, {"lr": 0.7}], tmp_path, resume=True)
 
 
 @pytest.mark.ray
@@ -185,16 +113,24 @@ def test_search_records_a_diverging_trial_and_resumes_what_is_missing(tmp_path, 
     assert len(pd.read_csv(out / "results.csv")) == 3
 
 
-def test_lr_find_cli_on_real_training(tmp_path, capsys):
-    from distnn import cli
-    from tests.data import tiny
-    data = tiny.write_blobs(tmp_path, 400, 40, low=150, high=100)
-    rc = cli.main(["-q", "lr-find", "--dataset", "idx", "--data-dir", str(data),
-                   "--layers", "64,8,4", "--batch-size", "20", "--find-epochs", "3",
-                   "--refine", "2", "--no-monitor-train"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
-    import re
-    m = re.search(r"threshold learning rate ~ ([0-9.e+-]+) .* suggested --lr ([0-9.e+-]+)", out)
-    assert m and float(m.group(2)) == pytest.approx(float(m.group(1)) / 2, rel=1e-3)
-    assert 1e-4 < float(m.group(1)) < 1e4
+@pytest.mark.parametrize("opts", [dict(train_size=50), dict(merge_valid=True)])
+def test_a_trial_saves_the_normaliser_of_the_examples_it_trained_on(tmp_path, opts):
+    """--standardize with --train-size or --merge-valid: the saved model's mean and std
+    are those of the examples the trial trained on, not of the whole training split."""
+    from distnn.data.datasets import Split, Splits
+    from distnn.train.evaluate import load_model
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (300, 4, 4), dtype=np.uint8)
+    x[:50] //= 4                         # the first 50 are much darker than the rest
+    y = rng.integers(0, 3, 300)
+    splits = Splits("blobs", Split(x[:200], y[:200]), Split(x[200:250], y[200:250]),
+                    Split(x[250:], y[250:]), 3, "generated")
+    base = TrainConfig(dataset="digits", layers=(16, 8, 3), epochs=1, standardize=True)
+    final = tune._run_one(0, opts, base, splits, tmp_path)
+    assert "error" not in final
+    _, norm, _, _ = load_model(results.trial_dir(tmp_path, 0) / "final")
+    seen = x[:50] if "train_size" in opts else x[:250]
+    want = (seen.reshape(len(seen), -1) / 255.0).mean(axis=0)
+    np.testing.assert_allclose(norm.mean, want, rtol=1e-5)
+    whole = (x[:200].reshape(200, -1) / 255.0).mean(axis=0)
+    assert np.abs(norm.mean - whole).max() > 0.01

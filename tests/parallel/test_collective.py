@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import distnn
-from distnn.dist.collective import (CollectiveAborted, RingCollective, SharedMemoryCollective,
-                                    SharedMemoryGroup)
+from distnn.parallel.comm import (CollectiveAborted, RingCollective, SharedMemoryBackend,
+                                  SharedMemoryCollective)
 
 
 def _run(fns):
@@ -28,7 +28,7 @@ def _run(fns):
 
 @pytest.fixture
 def shm3():
-    group = SharedMemoryGroup(3, 1001, np.float32)
+    group = SharedMemoryBackend(3, 1001, np.float32)
     members = [SharedMemoryCollective(r, group.path, 3, 1001, np.dtype(np.float32).str,
                                       timeout=10) for r in range(3)]
     yield group, members
@@ -53,7 +53,7 @@ def test_shm_sharded_step_equals_allreduce_then_full_update(rng):
     worker ends each step with exactly the vector a full all-reduce and a full update give
     (shards aligned to 64 bytes, disjoint, covering everything)."""
     world, size = 3, 1001
-    group = SharedMemoryGroup(world, size + 1, np.float32, shared_rows=1)
+    group = SharedMemoryBackend(world, size + 1, np.float32, shared_rows=1)
     members = [SharedMemoryCollective(r, group.path, world, size + 1, np.dtype(np.float32).str,
                                       timeout=10, shared_rows=1) for r in range(world)]
     try:
@@ -135,7 +135,7 @@ def test_n_workers_reduce_to_the_one_process_gradient(opts, rng):
     ref = distnn.Network([9, 7, 4], dtype="float64", seed=3, **opts)
     _, want = ref.loss_and_grad(x, y, epoch=2, indices=idx)
     world = 3
-    group = SharedMemoryGroup(world, ref.params.size, np.float64)
+    group = SharedMemoryBackend(world, ref.params.size, np.float64)
     try:
         nets = [distnn.Network([9, 7, 4], dtype="float64", seed=3, **opts) for _ in range(world)]
         coll = [SharedMemoryCollective(r, group.path, world, ref.params.size,
@@ -167,7 +167,7 @@ def test_synchronised_batchnorm_reduces_to_the_one_process_gradient(world, backe
     want_buffers = ref.named_buffers()
 
     def run(sync):
-        group = SharedMemoryGroup(world, ref.params.size, np.float64)
+        group = SharedMemoryBackend(world, ref.params.size, np.float64)
         nets = [make() for _ in range(world)]
         if backend == "shm":
             coll = [SharedMemoryCollective(r, group.path, world, ref.params.size,
@@ -209,7 +209,7 @@ def test_synchronised_batchnorm_reduces_to_the_one_process_gradient(world, backe
 
 def test_a_worker_without_rows_still_takes_part_in_batchnorm_syncs(rng):
     world = 3
-    group = SharedMemoryGroup(world, 500, np.float32)
+    group = SharedMemoryBackend(world, 500, np.float32)
     nets = [distnn.Network([5, 6, 3], batchnorm=True, seed=1) for _ in range(world)]
     coll = [SharedMemoryCollective(r, group.path, world, 500, np.dtype(np.float32).str,
                                    timeout=10) for r in range(world)]
@@ -242,12 +242,12 @@ def test_a_worker_without_rows_still_takes_part_in_batchnorm_syncs(rng):
 def test_files_of_killed_drivers_are_swept(tmp_path):
     import subprocess
     import sys
-    from distnn.dist import collective
+    from distnn.parallel.comm import shm as collective
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     stale = collective.SHM_DIR / f"distnn-{dead}-feedbeef"
     stale.write_bytes(b"x")
-    mine = SharedMemoryGroup(2, 10, np.float32)
+    mine = SharedMemoryBackend(2, 10, np.float32)
     try:
         assert not stale.exists() and Path(mine.path).exists()
     finally:

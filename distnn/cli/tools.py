@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 
-from .cli import config_from_args
+from .flags import config_from_args
 
 
 def cmd_search(args) -> int:
-    from . import recipes, tune
+    from .. import recipes
+    from ..search import space, tune
     cfg = config_from_args(args)
     grid, rand = list(args.grid), list(args.random)
     if args.recipe and not grid and not rand:
@@ -18,9 +19,9 @@ def cmd_search(args) -> int:
         grid, rand = spec.get("grid", []), spec.get("random", [])
     if not grid and not rand:
         raise ValueError("nothing to search: give --grid and/or --random (or a search recipe)")
-    trials = tune.expand_grid(tune.parse_grid(grid)) if grid else [{}]
+    trials = space.expand_grid(space.parse_grid(grid)) if grid else [{}]
     if rand:
-        draws = tune.sample_random(tune.parse_random(rand), args.samples, args.search_seed)
+        draws = space.sample_random(space.parse_random(rand), args.samples, args.search_seed)
         trials = [{**t, **d} for t in trials for d in draws]
     print(f"{len(trials)} trials, {cfg.workers} CPU each, selecting on {cfg.monitor}")
     res = tune.run_search(cfg, trials, args.out, name=args.name, asha=args.asha,
@@ -39,27 +40,11 @@ def cmd_search(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from . import tune
-    from .data import load
-    from .train.run import train
-    cfg = config_from_args(args).replace(epochs=args.find_epochs, early_stop=0,
-                                         checkpoint_dir=None, logdir=None, metrics_out=None,
-                                         resume=None)
-    splits = load(cfg.dataset, cfg.data_dir)
-    from .train.loop import DivergenceError
-    initial = _initial_cost(cfg, splits)
-
-    def curve(lr):
-        try:
-            h = train(cfg.replace(lr=lr, monitor_train=True), splits, progress=False)["history"]
-            costs = [initial] + [e["train_cost"] for e in h]
-        except DivergenceError:
-            costs = [initial, float("nan")]
-        print(f"  lr {lr:<10.4g} training cost from the start, by epoch: "
-              + ", ".join(f"{c:.4f}" for c in costs), flush=True)
-        return costs
-
-    res = tune.find_threshold(curve, start=args.start, refine=args.refine)
+    from ..data import load
+    from ..search.lr_find import find_lr
+    cfg = config_from_args(args).replace(epochs=args.find_epochs)
+    res = find_lr(cfg, load(cfg.dataset, cfg.data_dir), start=args.start, refine=args.refine,
+                  report=lambda line: print(line, flush=True))
     print(f"threshold learning rate ~ {res['threshold']:.4g} (cost no longer falls at "
           f"{res['first_failing']:.4g}); suggested --lr {res['suggested_lr']:.4g}")
     if args.plot:
@@ -68,32 +53,21 @@ def cmd_lr_find(args) -> int:
     return 0
 
 
-def _initial_cost(cfg, splits) -> float:
-    """The untrained network's training cost: where every learning rate starts from."""
-    from .data.splits import Normalizer
-    from .train.loop import Batches
-    from .train.run import _subset, build_network, build_trainer
-    split = _subset(splits.train, cfg.train_size)
-    trainer = build_trainer(cfg, build_network(cfg))
-    norm = Normalizer.fit(split.x, splits.pixel_max, cfg.standardize)
-    return trainer.evaluate(Batches(split, norm, None, trainer.net.dtype), len(split))[0]
-
-
 def _plot_lr_find(res, out):
-    from .io.plot import plot_lr_find
+    from ..io.plot import plot_lr_find
     plot_lr_find(res["tried"], res["threshold"], out)
 
 
 def cmd_recipes(args) -> int:
-    from . import recipes
+    from .. import recipes
     for name in recipes.names():
         print(f"{name:<16} {recipes.load(name)['description']}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .data import load
-    from .train.evaluate import evaluate_split, load_model
+    from ..data import load
+    from ..train.evaluate import evaluate_split, load_model
     net, norm, cfg, c = load_model(args.checkpoint, average=not args.last)
     splits = load(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir)
     split = getattr(splits, args.split)
@@ -115,7 +89,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .io.checkpoint import load
+    from ..io.checkpoint import load
     c = load(args.checkpoint)
     shapes = {k: list(v.shape) for k, v in c.tensors.items()}
     n_params = sum(int(np.prod(v.shape)) for k, v in c.tensors.items()
@@ -131,8 +105,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .io import network2
-    from .train.evaluate import load_model
+    from ..io import network2
+    from ..train.evaluate import load_model
     net, norm, _, c = load_model(args.checkpoint)
     if norm.mean is not None:
         raise ValueError("this model standardises its inputs, which network2.py cannot do")
@@ -142,9 +116,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from .config import TrainConfig
-    from .io import network2
-    from .train.checkpointing import save_model
+    from ..config import TrainConfig
+    from ..io import network2
+    from ..train.checkpointing import save_model
     net = network2.load(args.json_in)
     cfg = TrainConfig(dataset=args.dataset, layers=tuple(net.sizes), activation="sigmoid",
                       output="sigmoid", cost=net.config["cost"], dtype="float64")
@@ -154,7 +128,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .io.plot import history_of, plot_history
+    from ..io.plot import history_of, plot_history
     history, name = history_of(args.run)
     plot_history(history, args.out, title=name)
     print(f"wrote {args.out}")

@@ -6,7 +6,7 @@ import pytest
 import distnn
 from distnn.config import TrainConfig
 from distnn.data.datasets import Split, Splits
-from distnn.train.run import train
+from distnn.parallel.driver import train
 
 
 def blobs(rng, n=600, d=16, k=4, noise=0.6):
@@ -38,7 +38,8 @@ def test_learns_separable_data(splits):
     h = m["history"]
     assert len(h) == 4 and h[-1]["train_cost"] < h[0]["train_cost"]
     assert set(h[0]) == {"epoch", "batch_cost", "train_cost", "train_accuracy", "valid_cost",
-                         "valid_accuracy", "lr", "train_seconds", "examples_per_second"}
+                         "valid_accuracy", "lr", "train_seconds", "examples_per_second",
+                         "comm_seconds"}
     assert h[-1]["batch_cost"] < h[0]["batch_cost"]
 
 
@@ -92,7 +93,7 @@ def test_plateau_schedule_halves_and_stops(splits):
 
 
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_epoch(splits):
-    from distnn.train.loop import DivergenceError
+    from distnn.train.records import DivergenceError
     with pytest.raises(DivergenceError, match=r"cost became (nan|inf) at epoch \d+, step \d+"
                                               r" \(lr 1e\+30\)") as e:
         train(cfg(lr=1e30, optimizer="sgd", activation="relu", output="identity",
@@ -125,7 +126,7 @@ def test_layer_sizes_must_match_the_data(splits):
 def test_loop_matches_a_hand_written_sgd_loop(splits):
     """The trainer's update equals w -= lr * (mean grad + (l2/n) w) over the epoch order,
     and its batch_cost is the mean data cost of those batches before each step."""
-    from distnn.train.loop import epoch_order
+    from distnn.train.batches import epoch_order
     c = cfg(epochs=1, l2=2.0, lr=0.3, batch_size=32)
     m = train(c, splits, progress=False)
     net = distnn.Network(c.layers, seed=c.seed)
@@ -162,7 +163,7 @@ def test_merge_valid_trains_on_train_and_valid_together(splits):
 def test_ema_evaluates_and_returns_the_parameter_average(splits):
     """With --ema the validation/test figures and the returned network are those of the
     parameter average, which follows its formula over every step of the run."""
-    from distnn.train.loop import epoch_order
+    from distnn.train.batches import epoch_order
     c = cfg(epochs=2, lr=0.3, batch_size=40, ema=0.8)
     m = train(c, splits, progress=False)
     net = distnn.Network(c.layers, seed=c.seed)

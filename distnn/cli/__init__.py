@@ -1,0 +1,160 @@
+"""``distnn`` command line: flags or a TOML file -> config -> run."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from ..config import parse_layers, parse_strength
+from .flags import add_train_flags
+
+log = logging.getLogger("distnn")
+
+
+def _search_args(p):
+    p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+                   help="grid values, e.g. hidden=10,25,50 lr=0.05,0.1 l2=0.0001,0.001")
+    p.add_argument("--random", nargs="+", default=[], metavar="KEY=DIST",
+                   help="random specs: lr=loguniform:1e-3:1 hidden=choice:30,100 "
+                        "keep_prob=uniform:0.5:1 batch_size=randint:8:64")
+    p.add_argument("--samples", type=int, default=20, help="random trials to draw")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the random draws")
+    p.add_argument("--asha", action="store_true", help="stop poor trials early (ASHA)")
+    p.add_argument("--out", default="search", help="directory for results.csv/.parquet, "
+                   "best.toml, summary.json and the Tune state")
+    p.add_argument("--name", default="search", help="search name (resume uses it)")
+    p.add_argument("--resume-search", action="store_true",
+                   help="continue an interrupted search in --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distnn", description="Data-parallel training of "
+                                "fully-connected networks with a NumPy core.")
+    p.add_argument("--version", action="version", version=f"distnn {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_gradcheck, _add_data, _add_search, _add_checkpoint_tools):
+        add(sub)
+    return p
+
+
+def _add_train(sub) -> None:
+    """``distnn train``."""
+    from . import commands
+    t = sub.add_parser("train", help="train a network", description="Train a network. "
+                       "Settings come from defaults, then --config FILE.toml, then flags.")
+    add_train_flags(t)
+    t.set_defaults(fn=commands.cmd_train)
+
+
+def _add_gradcheck(sub) -> None:
+    """``distnn gradcheck``."""
+    from . import commands
+    g = sub.add_parser("gradcheck", help="compare backprop with central differences",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g.add_argument("--layers", type=parse_layers, default=(20, 15, 10))
+    g.add_argument("--activation", default="sigmoid")
+    g.add_argument("--output", default="softmax")
+    g.add_argument("--cost", default="log-likelihood")
+    g.add_argument("--init", default="fan-in")
+    g.add_argument("--init-scale", type=float, default=0.05,
+                   help="half-width a of --init uniform's U(-a, a)")
+    g.add_argument("--keep-prob", type=float, default=1.0)
+    g.add_argument("--keep-prob-input", type=float, default=1.0)
+    g.add_argument("--batchnorm", action="store_true")
+    g.add_argument("--l1", type=lambda t: parse_strength(t, "l1"), default=0.0,
+                   help="L1 λ: one value or one per weight layer")
+    g.add_argument("--l2", type=lambda t: parse_strength(t, "l2"), default=0.0,
+                   help="L2 λ: one value or one per weight layer")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--tol", type=float, default=1e-6, help="largest relative error accepted")
+    g.add_argument("--max-per-block", type=int, default=None,
+                   help="check at most this many entries per parameter block")
+    g.set_defaults(fn=commands.cmd_gradcheck)
+
+
+def _add_data(sub) -> None:
+    """``distnn data``."""
+    from . import commands
+    d = sub.add_parser("data", help="fetch, describe or preview a dataset")
+    d.add_argument("action", choices=("fetch", "info", "preview"))
+    d.add_argument("name", choices=("mnist", "fashion-mnist", "digits", "idx"))
+    d.add_argument("out", nargs="?", help="output PNG (preview)")
+    d.add_argument("--data-dir", default=None)
+    d.add_argument("--augment", default="rotate=15,shift=2,elastic=34:4",
+                   help="augmentation spec to preview")
+    d.add_argument("--count", type=int, default=10, help="images per row (preview)")
+    d.add_argument("--rows", type=int, default=3, help="distorted rows, one per epoch")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=commands.cmd_data)
+
+
+def _add_search(sub) -> None:
+    """``distnn search``, ``lr-find`` and ``recipes``."""
+    from . import tools
+    se = sub.add_parser("search", help="grid or random hyperparameter search on Ray Tune")
+    add_train_flags(se)
+    _search_args(se)
+    se.set_defaults(fn=tools.cmd_search)
+    lf = sub.add_parser("lr-find", help="Nielsen's learning-rate threshold search")
+    add_train_flags(lf)
+    lf.add_argument("--start", type=float, default=0.01, help="first learning rate tried")
+    lf.add_argument("--find-epochs", type=int, default=3,
+                    help="epochs per try: the cost must fall over these")
+    lf.add_argument("--refine", type=int, default=4, help="bisection steps after the x10 search")
+    lf.add_argument("--plot", metavar="OUT.png", help="plot the tried cost curves")
+    lf.set_defaults(fn=tools.cmd_lr_find)
+    r = sub.add_parser("recipes", help="list the named configs for --recipe")
+    r.set_defaults(fn=tools.cmd_recipes)
+
+
+def _add_checkpoint_tools(sub) -> None:
+    """``distnn eval``, ``inspect``, ``export``, ``import-network2``, ``plot``."""
+    from . import tools
+    e = sub.add_parser("eval", help="accuracy, cost, per-class accuracy and confusion matrix "
+                       "of a checkpoint")
+    e.add_argument("checkpoint", help="checkpoint directory, or a --checkpoint-dir (latest)")
+    e.add_argument("--dataset", default=None, help="default: the one it was trained on")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--last", action="store_true",
+                   help="a run trained with --ema: the last parameters trained instead of "
+                        "their average")
+    e.set_defaults(fn=tools.cmd_eval)
+    i = sub.add_parser("inspect", help="architecture, parameter count, config and history")
+    i.add_argument("checkpoint")
+    i.set_defaults(fn=tools.cmd_inspect)
+    x = sub.add_parser("export", help="write a checkpoint in another format")
+    x.add_argument("checkpoint")
+    x.add_argument("out")
+    x.add_argument("--format", choices=("network2-json",), default="network2-json")
+    x.set_defaults(fn=tools.cmd_export)
+    m = sub.add_parser("import-network2", help="turn Nielsen's network2.py JSON into a "
+                       "checkpoint")
+    m.add_argument("json_in", metavar="IN.json")
+    m.add_argument("out", metavar="CKPT_DIR")
+    m.add_argument("--dataset", default="mnist", help="the dataset it was trained on")
+    m.set_defaults(fn=tools.cmd_import)
+    pl = sub.add_parser("plot", help="cost and accuracy curves as a PNG (needs matplotlib)")
+    pl.add_argument("run", help="a --metrics-out JSON, a checkpoint, or a --checkpoint-dir")
+    pl.add_argument("out", help="output PNG")
+    pl.set_defaults(fn=tools.cmd_plot)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    from ..data.idx import DataError
+    from ..io.checkpoint import CheckpointError
+    try:
+        return args.fn(args)
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stderr.close()
+        return 0
+    except (ValueError, DataError, KeyError, ConnectionError, CheckpointError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,100 @@
+"""``distnn train``, ``gradcheck`` and ``data``."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from .flags import config_from_args
+
+
+def cmd_train(args) -> int:
+    from .. import fit
+    from ..train.records import DivergenceError
+    cfg = config_from_args(args)
+    try:
+        m = fit(cfg)
+    except DivergenceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except RuntimeError as e:  # worker failures beyond --max-failures, replica divergence
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    h = m["history"]
+    if h:
+        last = h[-1]
+        if last.get("valid_accuracy") is not None:
+            seen = f"; last epoch valid accuracy {100 * last['valid_accuracy']:.2f}%"
+        elif last.get("batch_cost") is not None:   # --merge-valid: no validation split
+            seen = f"; last epoch mini-batch cost {last['batch_cost']:.4f}"
+        else:   # a history from before batch_cost was recorded
+            seen = ""
+        print(f"finished {len(h)} epochs in {m['wall_seconds']:.1f}s{seen}")
+    if "test_accuracy" in m:
+        print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test cost {m['test_cost']:.4f}")
+    if m.get("diagnosis"):
+        from ..train.diagnosis import format_diagnosis
+        print(format_diagnosis(m["diagnosis"]))
+    if cfg.metrics_out:
+        print(f"metrics written to {cfg.metrics_out}")
+    return 0
+
+
+def cmd_gradcheck(args) -> int:
+    from ..core.gradcheck import check_network
+    from ..core.network import Network, NetworkSpec
+    sizes = args.layers
+    net = Network.from_spec(NetworkSpec(
+        sizes, args.activation, args.output, args.cost, args.init, args.init_scale,
+        args.keep_prob, args.keep_prob_input, args.batchnorm, args.seed, dtype="float64"))
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal((args.batch_size, sizes[0]))
+    y = rng.integers(0, sizes[-1], args.batch_size)
+    errors = check_network(net, x, y, l1=args.l1, l2=args.l2, n=args.batch_size,
+                           max_per_block=args.max_per_block, rng=rng)
+    worst = max(errors.values())
+    print(f"{'parameter':<20} {'max rel. error':>14}")
+    for name, err in errors.items():
+        flag = "" if err <= args.tol else "  FAIL"
+        print(f"{name:<20} {err:>14.3e}{flag}")
+    ok = worst <= args.tol
+    print(f"{'PASS' if ok else 'FAIL'}: worst {worst:.3e} (tolerance {args.tol:g}, float64, "
+          f"central differences)")
+    return 0 if ok else 1
+
+
+def cmd_data(args) -> int:
+    from ..data import load
+    splits = load(args.name, args.data_dir)
+    if args.action == "fetch":
+        print(f"{args.name}: ready (source: {splits.source})")
+        return 0
+    if args.action == "info":
+        info = {"name": splits.name, "source": splits.source, "classes": splits.n_classes,
+                "pixel_max": splits.pixel_max}
+        for part in ("train", "valid", "test"):
+            s = getattr(splits, part)
+            info[part] = {"images": list(s.x.shape), "labels_per_class":
+                          np.bincount(s.y, minlength=splits.n_classes).tolist(),
+                          "mean_pixel": round(float(s.x.mean()), 3) if len(s) else None}
+        print(json.dumps(info, indent=2))
+        return 0
+    return _preview(args, splits)
+
+
+def _preview(args, splits) -> int:
+    from ..data.augment import Augmenter
+    from ..io.png import grid, write_png
+    if args.out is None:
+        raise ValueError("data preview needs an output file: distnn data preview mnist out.png")
+    aug = Augmenter(args.augment, seed=args.seed, pixel_max=splits.pixel_max)
+    idx = np.arange(args.count)
+    x = splits.train.x[idx]
+    rows = [x.astype(np.float32) / splits.pixel_max]
+    rows += [aug(x, idx, epoch) for epoch in range(args.rows)]
+    tiles = np.concatenate(rows)
+    img = grid(np.clip(np.rint(tiles * 255), 0, 255).astype(np.uint8), cols=args.count)
+    write_png(args.out, img)
+    print(f"wrote {args.out}: first row original, then {args.rows} epochs of '{aug.spec}'")
+    return 0

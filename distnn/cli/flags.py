@@ -1,0 +1,135 @@
+"""The train settings as flags: one flag per ``TrainConfig`` field, its help, and the
+order in which defaults, a recipe, a TOML file and flags combine."""
+from __future__ import annotations
+
+import argparse
+import tomllib
+
+from ..config import TrainConfig, field_names, from_mapping
+
+# flag help; the default shown comes from TrainConfig so the two cannot disagree
+HELP = {
+    "dataset": "dataset: mnist, fashion-mnist, digits, or idx (your own IDX files in "
+               "--data-dir)",
+    "data_dir": "directory holding the dataset files (IDX files, mnist.pkl.gz or "
+                "digits.csv); required for --dataset idx",
+    "train_size": "use only the first N training examples (e.g. 1000 to study overfitting)",
+    "merge_valid": "train on the training and validation splits together, for the final "
+                   "model once the settings are chosen (no validation metrics then)",
+    "standardize": "standardise inputs per pixel with training-split mean/std "
+                   "(inputs are always scaled to [0, 1])",
+    "augment": "on-the-fly augmentation, e.g. rotate=15,shift=2,scale=0.1,shear=10,"
+               "elastic=34:4 (ALPHA:SIGMA), flip=0.5 (left-right mirror probability, for "
+               "clothing, not digits), or none",
+    "layers": "layer sizes, input first, e.g. 784,30,10",
+    "activation": "hidden activation: sigmoid, tanh, scaled-tanh, relu",
+    "output": "output activation: softmax, sigmoid, tanh, scaled-tanh, relu, identity",
+    "cost": "cost: quadratic, cross-entropy (sigmoid output), log-likelihood (softmax output)",
+    "init": "weight init: large N(0,1), fan-in N(0,1/n_in), glorot, he, uniform",
+    "init_scale": "half-width a of --init uniform's U(-a, a)",
+    "keep_prob": "dropout keep probability after each hidden layer (1 = no dropout)",
+    "keep_prob_input": "dropout keep probability on the inputs (1 = no dropout)",
+    "batchnorm": "batch normalisation before each hidden activation",
+    "sync_batchnorm": "with --workers N >= 2: batch-norm statistics over the whole global "
+                      "batch (all-reduced, 3 small all-reduces per layer and step) instead of "
+                      "each worker's slice; training then equals one process's",
+    "dtype": "float32 or float64",
+    "optimizer": "sgd, momentum, nesterov, rmsprop or adam",
+    "lr": "learning rate η",
+    "momentum": "momentum μ (momentum, nesterov)",
+    "beta1": "Adam β1", "beta2": "Adam β2", "eps": "ε of Adam and RMSprop",
+    "rho": "RMSprop decay ρ",
+    "l1": "L1 strength λ: adds (λ/n)Σ|w| to the cost (n = training-set size); one value, "
+          "or one per weight layer like 0.5,0.1",
+    "l2": "L2 strength λ: adds (λ/2n)Σw² to the cost (n = training-set size); one value, "
+          "or one per weight layer like 5,1",
+    "max_norm": "cap each unit's incoming weight norm at this value",
+    "ema": "also keep an exponential moving average of the parameters with this decay "
+           "(e.g. 0.999; Polyak averaging), and evaluate, checkpoint-evaluate and export "
+           "the average instead of the last parameters (0 = off)",
+    "batch_size": "mini-batch size",
+    "epochs": "maximum number of epochs",
+    "schedule": "learning-rate schedule: constant, step:K:G, exponential:G, inverse-time:D, "
+                "plateau:N[:F] (halve after N epochs without improvement, stop after a fall "
+                "by F)",
+    "warmup": "linear learning-rate warm-up over this many epochs",
+    "early_stop": "stop after N epochs without improvement of --monitor and restore the "
+                  "best parameters (0 = off)",
+    "monitor": "metric for early stopping and plateau: valid_accuracy, valid_cost, "
+               "train_accuracy, train_cost",
+    "seed": "seed for initial weights, shuffling, dropout and augmentation",
+    "workers": "number of data-parallel workers: 1 trains in this process, N >= 2 on Ray "
+               "(--batch-size stays the global batch)",
+    "address": "Ray cluster to join: auto or HOST:PORT (default: start a local Ray on "
+               "127.0.0.1 and stop it at the end)",
+    "allreduce": "all-reduce backend: auto (shm when all workers share a node, else ring), "
+                 "shm (shared memory, one node) or ring (Ray object refs, any nodes)",
+    "lr_scaling": "none, or linear: multiply --lr by --workers for a global batch grown with "
+                  "the worker count (pair it with --warmup)",
+    "check_replicas": "compare the workers' parameter digests every K steps (0 = only at "
+                      "the end of each epoch)",
+    "max_failures": "replays of one epoch after worker deaths before giving up",
+    "monitor_train": "evaluate cost and accuracy on the training split every epoch",
+    "metrics_out": "write per-epoch history and test metrics to this JSON file",
+    "checkpoint_dir": "save a checkpoint (Parquet tensors + JSON metadata) here after every "
+                      "epoch; CKPT_DIR/latest names the newest",
+    "keep_last": "checkpoints to keep (the best by --monitor is kept as well)",
+    "resume": "continue a run: from --checkpoint-dir's latest checkpoint (no value) or the "
+              "checkpoint PATH given",
+    "bayes_error": "the best achievable error (e.g. human error) for the bias/variance "
+                   "diagnosis, as a fraction",
+    "logdir": "write TensorBoard logs here (e.g. runs/NAME); open them with "
+              "tensorboard --logdir DIR",
+}
+BOOL_FLAGS = {"merge_valid", "standardize", "batchnorm", "sync_batchnorm", "monitor_train"}
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    p.add_argument("--recipe", metavar="NAME",
+                   help="start from a named recipe (`distnn recipes` lists them); --config "
+                        "and flags override it")
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file of these settings (keys spelled with underscores); "
+                        "flags given on the command line override it")
+    for name in field_names():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        shown = ",".join(map(str, default)) if name == "layers" else default
+        help_ = f"{HELP[name]} (default: {shown})"
+        if name == "resume":
+            p.add_argument(flag, dest=name, nargs="?", const="latest", default=None,
+                           metavar="PATH", help=help_)
+            continue
+        if name in BOOL_FLAGS:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                           default=None, help=help_)
+            continue
+        typ = {int: int, float: float}.get(type(default), str)
+        if name in ("train_size",):
+            typ = int
+        if name == "max_norm":
+            typ = float
+        if name in ("l1", "l2"):
+            typ = str   # one number, or one per weight layer: parsed by config
+        metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
+                   "metrics_out": "FILE.json", "data_dir": "DIR", "checkpoint_dir": "DIR",
+                   "logdir": "DIR"}.get(name, name.upper())
+        p.add_argument(flag, dest=name, type=typ, default=None, help=help_, metavar=metavar)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < recipe < TOML file < command-line flags."""
+    from .. import recipes
+    cfg = TrainConfig()
+    if getattr(args, "recipe", None):
+        cfg = from_mapping(recipes.settings(args.recipe), where=f"recipe {args.recipe}")
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                values = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"--config {args.config}: {e}") from None
+        cfg = from_mapping(values, base=cfg, where=args.config)
+    flags = {k: getattr(args, k) for k in field_names() if getattr(args, k) is not None}
+    return from_mapping(flags, base=cfg, where="command line")

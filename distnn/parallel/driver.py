@@ -1,0 +1,227 @@
+"""The driver: one run, for any number of workers.
+
+It prepares the data once, starts the workers (in this process for one, as Ray actors
+for more: see ``pools``), runs the epochs, checks that the replicas agree, and is the
+``trainer`` the callbacks see: it writes the logs, checkpoints and metrics, once.  The
+training loop itself is ``train.Engine``, inside every worker.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from ..config import TrainConfig
+from ..core import optim, regularizers, schedules
+from ..core.network import Network
+from ..core.schedules import HalveOnPlateau
+from ..data.datasets import Splits, load
+from ..train.batches import Batches
+from ..train.callbacks import EarlyStopping, PlateauSchedule, ProgressLogger
+from ..train.data import TrainingData, prepare
+from ..train.diagnosis import from_history
+from ..train.evaluate import cost_and_accuracy, measure
+from ..train.records import (DivergenceError, all_finite, diverged_message, epoch_logs,
+                             model_params, write_json)
+from . import comm
+from .pools import open_pool
+
+log = logging.getLogger(__name__)
+
+
+def mode_of(metric: str) -> str:
+    return "max" if metric.endswith("accuracy") else "min"
+
+
+class Driver:
+    """What callbacks see as ``trainer``: the run's history and stop flag, the schedule,
+    a network holding the parameters the run is evaluated with (the average, with
+    ``--ema``), and ``snapshot``/``restore`` of the replicated state."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainingData, callbacks=()):
+        self.cfg, self.data = cfg, data
+        self.net = Network.from_spec(cfg.network_spec())
+        self.schedule = schedules.parse(cfg.schedule, cfg.lr, cfg.warmup)
+        self.penalty = regularizers.Penalty(self.net, cfg.l1, cfg.l2)
+        self.callbacks = list(callbacks) + run_callbacks(cfg, self.schedule)
+        self.stop, self.epoch, self.best_epoch, self.history = False, 0, None, []
+        self.state_loader = None   # epoch -> state, when checkpoints are kept
+        self.pool = open_pool(cfg, data, self.net.params.size + 1, optim.build(cfg).slots)
+        self.backend = self.pool.backend
+        self.state = self.pool.get_state()
+
+    # -- state used by callbacks --------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return self.schedule(self.epoch)
+
+    def snapshot(self) -> dict:
+        return self.state
+
+    def restore(self, state: dict) -> None:
+        self.state = state
+        self.pool.set_state(state)
+        self._load_local(state)
+
+    def _load_local(self, state):
+        self.net.params[...] = model_params(state)
+        for k, v in self.net.named_buffers().items():
+            v[...] = state["buffers"][k]
+
+    def worker_pids(self) -> list[int]:
+        return self.pool.worker_pids()
+
+    # -- the loop ----------------------------------------------------------------------
+    def fit(self, epochs: int) -> list[dict]:
+        """Train up to ``epochs`` epochs (fewer if a callback stops it)."""
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        for epoch in range(self.epoch, epochs):
+            self.epoch = epoch
+            if self._epoch(epoch):
+                break
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def _epoch(self, epoch: int) -> bool:
+        """Run one epoch and its callbacks; True when training should stop."""
+        def progress(done, total):
+            for cb in self.callbacks:
+                cb.on_progress(done, total, self)
+        t0 = time.perf_counter()
+        results = self.pool.run_epoch(epoch, self.schedule.state_dict(), progress)
+        seconds = time.perf_counter() - t0
+        bad = next((r for r in results if r["diverged"]), None)
+        if bad is not None:
+            self._diverged(bad["loss"], epoch, bad["step"], bad["lr"])
+        self._check_replicas(results, epoch)
+        last_good = self.state
+        self.state = self.pool.epoch_state()
+        self._load_local(self.state)
+        r0, cfg = results[0], self.cfg
+        logs = epoch_logs(epoch, r0["lr"], len(self.data.train), seconds,
+                          r0["loss_sum"],   # already summed over all workers
+                          self.evaluate, cfg.monitor_train, len(self.data.splits.valid) > 0,
+                          comm_seconds=max(r["comm_seconds"] for r in results))
+        if not all_finite(logs):
+            self.state = last_good
+            last_step = -(-len(self.data.train) // cfg.batch_size) - 1
+            self._diverged(float("nan"), epoch, last_step, r0["lr"])
+        self.history.append(logs)
+        for cb in self.callbacks:
+            cb.on_epoch_end(epoch, logs, self)
+        self.epoch = epoch + 1
+        return self.stop
+
+    def _diverged(self, loss, epoch, step, lr):
+        """Put every replica back to the start of the epoch and stop with advice."""
+        self.restore(self.state)
+        raise DivergenceError(diverged_message(loss, epoch, step, lr), self.history)
+
+    def _check_replicas(self, results, epoch):
+        if len({r["final_digest"] for r in results}) == 1:
+            return
+        steps = [dict(r["digests"]) for r in results]
+        bad = next((k for k in sorted(steps[0]) if len({s.get(k) for s in steps}) > 1), None)
+        where = f" (first seen at step {bad})" if bad is not None else ""
+        raise RuntimeError(f"replicas diverged in epoch {epoch}{where}: the workers' "
+                           "parameters differ; this is a bug, please report it")
+
+    def evaluate(self, which: str) -> tuple[float, float]:
+        """(cost + penalty, accuracy) of "train", "valid" (the workers, each on its part)
+        or "test" (here), with the parameters the run is evaluated with."""
+        if which == "test":
+            d = self.data
+            parts = [measure(self.net, Batches(d.splits.test, d.normalizer, None,
+                                               self.net.dtype), 0, len(d.splits.test))]
+        else:
+            parts = self.pool.evaluate(which)
+        return cost_and_accuracy(self.net, self.penalty, parts, len(self.data.train))
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def run_callbacks(cfg: TrainConfig, schedule) -> list:
+    """The callbacks the config asks for that decide the course of training."""
+    cbs = []
+    if isinstance(schedule, HalveOnPlateau):
+        cbs.append(PlateauSchedule(cfg.monitor, mode_of(cfg.monitor)))
+    if cfg.early_stop:
+        cbs.append(EarlyStopping(cfg.monitor, mode_of(cfg.monitor), cfg.early_stop))
+    return cbs
+
+
+def attach_outputs(driver: Driver, cfg: TrainConfig) -> None:
+    """TensorBoard logging, checkpointing and resume, as the config asks; the
+    checkpoint callback goes last so it captures the other callbacks' decisions."""
+    from ..train.checkpointing import Checkpointing, epoch_state_loader, resume
+    d = driver.data
+    if cfg.logdir:
+        from ..train.tensorboard import TensorBoard
+        driver.callbacks.append(TensorBoard(cfg.logdir, cfg, d.splits, d.augmenter))
+    if cfg.checkpoint_dir:
+        driver.callbacks.append(Checkpointing(cfg.checkpoint_dir, cfg, d.normalizer,
+                                              cfg.keep_last, cfg.monitor, mode_of(cfg.monitor)))
+        driver.state_loader = epoch_state_loader(cfg.checkpoint_dir, driver.net)
+    if cfg.resume:
+        resume(driver, cfg, cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume)
+
+
+def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = True,
+          callbacks=()) -> dict:
+    """Train as ``cfg`` says on ``cfg.workers`` workers (1: in this process, no Ray);
+    return the metrics dict written by ``--metrics-out``, with the trained ``network``
+    and its input ``normalizer``."""
+    comm.check(cfg.allreduce)
+    data = prepare(cfg, splits or load(cfg.dataset, cfg.data_dir))
+    if cfg.lr_scaling == "linear" and cfg.workers > 1:
+        log.info("linear lr scaling: lr %g x %d workers = %g", cfg.lr, cfg.workers,
+                 cfg.lr * cfg.workers)
+        cfg = cfg.replace(lr=cfg.lr * cfg.workers)
+    started = False
+    if cfg.workers > 1:
+        from .ray_pool import start_ray
+        started = start_ray(cfg.address, cfg.workers)
+    t0 = time.perf_counter()
+    driver = None
+    try:
+        driver = Driver(cfg, data, [ProgressLogger(bar=None if progress else False),
+                                    *callbacks])
+        attach_outputs(driver, cfg)
+        log.info("training %s on %s (%d examples, source: %s) with %d worker%s "
+                 "(all-reduce: %s)", list(cfg.layers), cfg.dataset, len(data.train),
+                 data.splits.source, cfg.workers, "s" if cfg.workers > 1 else "",
+                 driver.backend)
+        return _finish(driver, cfg, t0)
+    finally:
+        if driver is not None:
+            driver.close()
+        if started:
+            import ray
+            ray.shutdown()
+
+
+def _finish(driver: Driver, cfg: TrainConfig, t0: float) -> dict:
+    """Train, then measure the test split, diagnose, and write the metrics JSON; a
+    stopped run (divergence, workers lost) still writes what it has, then raises."""
+    from .ray_pool import WorkerFailure
+    error = None
+    try:
+        driver.fit(cfg.epochs)
+    except (DivergenceError, WorkerFailure) as e:
+        error = e
+        log.error("%s", e)
+    metrics = {"config": cfg.to_dict(), "history": driver.history,
+               "best_epoch": driver.best_epoch, "wall_seconds": time.perf_counter() - t0,
+               "workers": cfg.workers, "allreduce": driver.backend,
+               "error": str(error) if error else None}
+    if len(driver.data.splits.test):
+        metrics["test_cost"], metrics["test_accuracy"] = driver.evaluate("test")
+    metrics["diagnosis"] = from_history(driver.history, driver.best_epoch, cfg.bayes_error)
+    if cfg.metrics_out:
+        write_json(cfg.metrics_out, metrics)
+    metrics["network"], metrics["normalizer"] = driver.net, driver.data.normalizer
+    if error:
+        raise error
+    return metrics

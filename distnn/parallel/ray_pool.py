@@ -1,0 +1,213 @@
+"""N workers as Ray actors: placing them, wiring their communication group, and
+surviving their failures.
+
+Fault tolerance: the pool keeps the replicated state (parameters, batch-norm buffers,
+optimizer and schedule state) as of the start of the current epoch.  If a worker dies,
+the others are aborted, the dead one is replaced, every worker is reset to that state,
+and the epoch is replayed.  Every step depends only on (seed, epoch, state), so the
+replay computes exactly what the lost attempt would have: a failure costs time, never a
+result.  After ``max_failures`` failed attempts of one epoch in a row it gives up with a
+message; the parameters of the last complete epoch are kept.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from ..config import TrainConfig
+from ..train.data import TrainingData
+from . import comm
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class WorkerFailure(RuntimeError):
+    """A worker died and the epoch could not be completed after the allowed retries."""
+
+
+def check_address(address: str) -> None:
+    """Fail fast, with the address in the message, if HOST:PORT does not answer."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--address must be 'auto' or HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"cannot reach a Ray cluster at {address} ({e}); start one "
+                              "with 'ray start --head' or check the address") from None
+
+
+def start_ray(address: str | None, workers: int) -> bool:
+    """Join ``address`` (auto or HOST:PORT) or start a local Ray bound to 127.0.0.1.
+    Returns True if this call started Ray (and so should shut it down)."""
+    import ray
+    if ray.is_initialized():
+        started = False
+    elif address:
+        if address != "auto":
+            check_address(address)
+        ray.init(address=address, logging_level=logging.WARNING)
+        started = False
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+        started = True
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if workers > cpus:
+        if started:
+            ray.shutdown()
+        raise ValueError(f"--workers {workers} needs {workers} CPUs but the Ray cluster has "
+                         f"{cpus:g}; use --workers {int(cpus)} or add nodes")
+    return started
+
+
+class RayPool:
+    """``cfg.workers`` Worker actors; ``size``: the gradient buffer's length, ``slots``:
+    the optimizer's state slots (kept in the group's shared rows when it has them)."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainingData, size: int, slots: tuple):
+        import ray
+        self.ray, self.cfg, self.world = ray, cfg, cfg.workers
+        self.size, self.slots = size, slots
+        valid = data.splits.valid
+        self._refs = [ray.put(a) for a in (data.train.x, data.train.y, valid.x, valid.y)]
+        self._args = (cfg, data.normalizer)
+        self._actor = ray.remote(num_cpus=1, max_concurrency=4,
+                                 runtime_env={"env_vars": BLAS_ENV})(Worker)
+        self.workers = [self._spawn(r) for r in range(self.world)]
+        infos = ray.get([w.info.remote() for w in self.workers])
+        self.backend_cls = comm.choose(cfg.allreduce, self.world,
+                                       len({i["node"] for i in infos}) == 1)
+        self.backend = self.backend_cls.name
+        self.group = None
+        self._wire()
+        self.state = self.get_state()
+
+    def _spawn(self, rank):
+        return self._actor.remote(rank, self.world, *self._args, *self._refs)
+
+    def _wire(self):
+        """(Re)create the communication group and have every worker join it."""
+        if self.group is not None:
+            self.group.close()
+            self.group = None
+        # shared rows (backends that have them): the gathered parameters, then one per
+        # optimizer state slot
+        self.group = self.backend_cls(self.world, self.size, self.cfg.network_spec().dtype,
+                                      shared_rows=1 + len(self.slots))
+        spec = self.group.spec()
+        peers = self.workers if self.backend_cls.needs_peers else None
+        self.ray.get([w.join.remote(self.backend, spec, peers) for w in self.workers])
+
+    # -- state ------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        """The replicated state from the first worker that answers."""
+        for w in self.workers:
+            try:
+                return self.ray.get(w.get_state.remote())
+            except self.ray.exceptions.RayActorError:
+                continue
+        raise WorkerFailure("every worker died at the end of an epoch")
+
+    def set_state(self, state: dict) -> None:
+        self.state = state
+        self.ray.get([w.set_state.remote(state) for w in self.workers])
+
+    def epoch_state(self) -> dict:
+        """The state at the end of an epoch, every worker alive and holding it."""
+        self.state = self.get_state()
+        self._heal()
+        if self.state["buffers"] and not self.cfg.sync_batchnorm:
+            # batch-norm running statistics are per worker; adopt one worker's everywhere
+            # (parameters and optimizer state are already identical: digests checked)
+            self.set_state(self.state)
+        return self.state
+
+    # -- one epoch, with recovery ----------------------------------------------------
+    def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> list[dict]:
+        """Every worker's result for the epoch, in rank order; ``progress`` is not
+        reported from Ray workers."""
+        failures = 0
+        while True:
+            results, dead = self._attempt(epoch, schedule_state)
+            if not dead:
+                return [results[r] for r in range(self.world)]
+            failures += 1
+            self._recover(dead, epoch, failures)
+
+    def _attempt(self, epoch, schedule_state):
+        """Run the epoch on every worker; returns the results, or the ranks that died."""
+        ray = self.ray
+        refs = [w.run_epoch.remote(epoch, schedule_state) for w in self.workers]
+        results, dead, pending = {}, [], list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            rank = refs.index(done[0])
+            try:
+                results[rank] = ray.get(done[0])
+            except ray.exceptions.RayActorError:
+                dead.append(rank)
+                self._abort()
+            except ray.exceptions.RayTaskError as e:
+                if "CollectiveAborted" not in str(e):
+                    self._abort()
+                    raise
+        return results, dead
+
+    def _abort(self):
+        if self.group is not None:
+            self.group.abort()
+        for w in self.workers:
+            w.abort.remote()  # backends without a driver side; harmless for the others
+
+    def _recover(self, dead, epoch, failures):
+        if failures > self.cfg.max_failures:
+            raise WorkerFailure(
+                f"epoch {epoch} failed {failures} times in a row (workers {dead} died); "
+                f"giving up. The parameters of the last complete epoch ({epoch - 1}) are kept.")
+        log.warning("worker(s) %s died during epoch %d; replacing them and replaying the "
+                    "epoch from its start (attempt %d)", dead, epoch, failures + 1)
+        self._replace(dead)
+
+    def _replace(self, dead):
+        for r in dead:
+            self.ray.kill(self.workers[r], no_restart=True)
+            self.workers[r] = self._spawn(r)
+        self._wire()
+        self.set_state(self.state)
+
+    def _heal(self) -> None:
+        """Replace workers that died outside an epoch and bring them to ``self.state``."""
+        dead = []
+        for r, w in enumerate(self.workers):
+            try:
+                self.ray.get(w.info.remote())
+            except self.ray.exceptions.RayActorError:
+                dead.append(r)
+        if dead:
+            log.warning("worker(s) %s died between epochs; replacing them", dead)
+            self._replace(dead)
+
+    def evaluate(self, which: str) -> list[tuple[float, int, int]]:
+        """Every worker's (summed cost, correct, count) on its part of the split."""
+        try:
+            return self.ray.get([w.evaluate.remote(which) for w in self.workers])
+        except self.ray.exceptions.RayActorError:
+            self._heal()
+            return self.ray.get([w.evaluate.remote(which) for w in self.workers])
+
+    def worker_pids(self) -> list[int]:
+        return [i["pid"] for i in self.ray.get([w.info.remote() for w in self.workers])]
+
+    def close(self) -> None:
+        for w in self.workers:
+            self.ray.kill(w, no_restart=True)
+        if self.group is not None:
+            self.group.close()
+            self.group = None
+        self._refs = []

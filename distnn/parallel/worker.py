@@ -1,0 +1,62 @@
+"""The worker: hosts the training loop (``train.Engine``) on its slices of the data.
+
+The same class serves a one-worker run, in the driver's process, and each Ray actor of a
+multi-worker run (the driver wraps it with ``ray.remote``; threaded, so ``deliver`` and
+``abort`` run while ``run_epoch`` waits in a collective).  Its data are the whole
+training and validation splits as uint8 arrays — zero-copy views of the node's object
+store on Ray — of which it trains on its slice of every global batch.
+"""
+from __future__ import annotations
+
+import os
+
+from ..config import TrainConfig
+from ..data.augment import Augmenter
+from ..data.datasets import Split
+from ..data.splits import Normalizer
+from ..train.batches import Batches
+from ..train.engine import Engine
+from .comm import BACKENDS
+
+
+class Worker:
+    """Rank ``rank`` of ``world``; ``in_process``: the one-worker run (normalise the
+    data once, build augmented batches in a background thread)."""
+
+    def __init__(self, rank: int, world: int, cfg: TrainConfig, normalizer: Normalizer,
+                 train_x, train_y, valid_x, valid_y, in_process: bool = False):
+        dtype = cfg.network_spec().dtype
+        aug = Augmenter(cfg.augment, seed=cfg.seed, pixel_max=normalizer.pixel_max)
+        train = Batches(Split(train_x, train_y), normalizer, aug, dtype, cache=in_process)
+        valid = Batches(Split(valid_x, valid_y), normalizer, None, dtype,
+                        cache=in_process) if len(valid_y) else None
+        self.rank = rank
+        self.engine = Engine(cfg, train, valid, rank=rank, world=world, background=in_process)
+
+    def info(self) -> dict:
+        import ray
+        return {"rank": self.rank, "pid": os.getpid(),
+                "node": ray.get_runtime_context().get_node_id()}
+
+    def join(self, backend: str, spec: dict, peers=None) -> None:
+        """Join the group the driver set up with backend ``backend``."""
+        self.engine.join(BACKENDS[backend].join(self.rank, spec, peers))
+
+    def deliver(self, key, data) -> None:
+        self.engine.group.deliver(tuple(key), data)
+
+    def abort(self) -> None:
+        if self.engine.group is not None:
+            self.engine.group.abort()
+
+    def get_state(self) -> dict:
+        return self.engine.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.engine.set_state(state)
+
+    def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
+        return self.engine.run_epoch(epoch, schedule_state, progress)
+
+    def evaluate(self, which: str) -> tuple[float, int, int]:
+        return self.engine.evaluate(which)

@@ -1,0 +1,1 @@
+"""Searching for settings: search spaces, Ray Tune, the learning-rate finder."""

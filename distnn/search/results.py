@@ -1,0 +1,140 @@
+"""A search's results on disk: each trial's directory (final model, result.json,
+TensorBoard hparams), the sorted table, the winner's config and its test figures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import TrainConfig
+from .space import SEARCHABLE, apply
+
+
+def trial_dir(out_dir: Path, index: int) -> Path:
+    return Path(out_dir) / "trials" / f"{index:04d}"
+
+
+def record_trial(out_dir: Path, index: int, overrides: dict, cfg: TrainConfig, m: dict):
+    """Save a finished trial's model (with the input normalisation it was trained
+    with), its result.json and its TensorBoard hparams; return its final logs."""
+    from ..io.tensorboard import RunWriter
+    from ..train.checkpointing import save_model
+    d = trial_dir(out_dir, index)
+    save_model(d, "final", m["network"], cfg, m["normalizer"], m["history"])
+    final = clean(m["history"][-1])
+    _write_result(d, index, overrides, final)
+    w = RunWriter(str(out_dir / "tensorboard" / d.name))
+    w.hparams({k: v for k, v in {**cfg.to_dict(), **overrides}.items()
+               if not isinstance(v, (list, dict))},
+              {f"hparam/{k}": final.get(k) for k in ("valid_accuracy", "train_accuracy",
+                                                     "valid_cost")})
+    w.close()
+    return final
+
+
+def _write_result(trial_dir: Path, index: int, overrides: dict, final: dict) -> None:
+    (trial_dir / "result.json").write_text(
+        json.dumps({"index": index, "overrides": overrides, "final": final}) + "\n")
+
+
+def record_error(out_dir: Path, index: int, overrides: dict, error: Exception) -> dict:
+    """Record a trial that diverged or had invalid settings, with its error and its
+    last good epoch, so the search goes on."""
+    history = getattr(error, "history", None) or [{}]
+    final = {**clean(history[-1]), "error": str(error)}
+    d = trial_dir(out_dir, index)
+    d.mkdir(parents=True, exist_ok=True)
+    _write_result(d, index, overrides, final)
+    return final
+
+
+def clean(logs: dict) -> dict:
+    return {k: v for k, v in logs.items() if v is not None}
+
+
+def _results(out_dir: Path) -> list[tuple[Path, dict]]:
+    """Every recorded configuration: (its directory, its result.json), in index order."""
+    return [(f.parent, json.loads(f.read_text()))
+            for f in sorted((out_dir / "trials").glob("*/result.json"))]
+
+
+def pending(trials: list[dict], out_dir: Path, resume: bool) -> list[tuple[int, dict]]:
+    """The (index, overrides) pairs still to run.  A search resumes only what it
+    started: a finished result whose settings differ from this search's is an error,
+    as is an --out that already holds a search when not resuming."""
+    done = {r["index"]: r["overrides"] for _, r in _results(out_dir)}
+    if done and not resume:
+        raise ValueError(f"{out_dir} already holds the results of {len(done)} trials; "
+                         "continue that search with --resume-search or choose another --out")
+    for i, overrides in done.items():
+        if i >= len(trials) or json.loads(json.dumps(trials[i])) != overrides:
+            raise ValueError(f"{out_dir} holds trial {i} with settings {overrides}, which is "
+                             f"not trial {i} of this search; resume with the same search "
+                             "arguments or choose another --out")
+    return [(i, t) for i, t in enumerate(trials) if i not in done]
+
+
+def _row(overrides: dict, metrics: dict, trial_dir) -> dict:
+    return {**overrides, "valid_accuracy": metrics.get("valid_accuracy"),
+            "train_accuracy": metrics.get("train_accuracy"),
+            "valid_cost": metrics.get("valid_cost"),
+            "epochs_trained": int(metrics.get("epoch", -1)) + 1,
+            "error": metrics.get("error"), "trial_dir": trial_dir}
+
+
+def mode(metric: str) -> str:
+    return "max" if metric.endswith("accuracy") else "min"
+
+
+def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
+    from ..train.evaluate import evaluate_split, load_model
+    rows, done = [], set()
+    for d, r in _results(out_dir):
+        done.add(r["index"])
+        failed = "error" in r["final"]          # diverged or invalid: no model saved
+        rows.append(_row(r["overrides"], r["final"], None if failed else str(d)))
+    for r in grid:   # ASHA: trials the scheduler stopped early have no final model
+        index, overrides = r.config.get("trial", (None, None))
+        if index is not None and index not in done and r.metrics \
+                and base.monitor in r.metrics:
+            rows.append(_row(overrides, r.metrics, None))
+    if not rows:
+        raise RuntimeError("no trial reported a result; see the Tune logs in "
+                           f"{out_dir / 'tune'}")
+    import pandas as pd
+    df = pd.DataFrame(rows).sort_values(base.monitor, ascending=mode(base.monitor) == "min")
+    df.to_csv(out_dir / "results.csv", index=False)
+    df.to_parquet(out_dir / "results.parquet", index=False)
+    usable = df[df["trial_dir"].notna()]
+    if usable.empty:
+        first = df["error"].dropna()
+        raise RuntimeError(f"no trial finished with a model ({len(df)} failed); the first "
+                           f"error: {first.iloc[0] if len(first) else 'stopped early'}")
+    best = usable.iloc[0]
+    overrides = {k: best[k] for k in df.columns if k in SEARCHABLE}
+    overrides = {k: (v.item() if hasattr(v, "item") else v) for k, v in overrides.items()}
+    best_cfg = apply(base, overrides)
+    write_toml(out_dir / "best.toml", best_cfg)
+    net, norm, _, _ = load_model(Path(best["trial_dir"]))
+    test = evaluate_split(net, norm, splits.test.x, splits.test.y) if len(splits.test) else {}
+    summary = {"trials": len(df), "best": overrides, "best_valid": float(best[base.monitor]),
+               "test_accuracy": test.get("accuracy"), "test_cost": test.get("cost"),
+               "best_config": str(out_dir / "best.toml")}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return {**summary, "table": df}
+
+
+def write_toml(path, cfg: TrainConfig) -> None:
+    """A flat TOML file of every setting, ready for ``distnn train --config``."""
+    lines = []
+    for k, v in cfg.to_dict().items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, (int, float)):
+            lines.append(f"{k} = {v!r}")
+        elif isinstance(v, list):
+            lines.append(f"{k} = [{', '.join(map(str, v))}]")
+        else:
+            lines.append(f"{k} = {json.dumps(str(v))}")
+    Path(path).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,165 @@
+"""Hyperparameter search on Ray Tune.
+
+Tune schedules the trials (override dicts from ``space``) in parallel with their
+resources declared; each is one training run.  Selection is on the validation split;
+the winner's model is evaluated once on the test split (``results``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from unittest import mock
+
+from ..config import TrainConfig
+from .results import mode, pending, record_error, record_trial, summarise, trial_dir
+from .space import apply
+
+log = logging.getLogger(__name__)
+
+
+def _splits(splits_ref):
+    """The splits a Tune trial was given (by reference, or in tests by value)."""
+    import ray
+    return ray.get(splits_ref) if isinstance(splits_ref, ray.ObjectRef) else splits_ref
+
+
+def _run_one(index: int, overrides: dict, base_cfg: TrainConfig, splits, out_dir: Path,
+             callbacks=()) -> dict:
+    """Train one configuration and record it in ``out_dir/trials/NNNN``: the final model,
+    ``result.json`` and the hparams for TensorBoard.  A run that diverges, or whose
+    settings are invalid, is recorded with its error (and its last good epoch) instead
+    of stopping the search."""
+    from ..parallel.driver import train
+    from ..train.records import DivergenceError
+    try:
+        cfg = apply(base_cfg, overrides).replace(checkpoint_dir=None, logdir=None,
+                                                 metrics_out=None, resume=None)
+        m = train(cfg, splits, progress=False, callbacks=callbacks)
+    except (DivergenceError, ValueError) as e:
+        return record_error(out_dir, index, overrides, e)
+    return record_trial(out_dir, index, overrides, cfg, m)
+
+
+def _lane(config, base: TrainConfig, splits_ref, out_dir: str, queue):
+    """One Tune trial per CPU slot: take the next configuration from the search's queue
+    until it is empty, so every slot stays busy to the end (dynamic load balancing: a
+    fast node simply takes more), then report the lane's best result once."""
+    import ray
+    from ray import tune
+    splits = _splits(splits_ref)
+    finals = []
+    while (item := ray.get(queue.next.remote())) is not None:
+        finals.append(_run_one(*item, base, splits, Path(out_dir)))
+    key = base.monitor
+    scored = [f for f in finals if key in f and "error" not in f]
+    pick = max if mode(key) == "max" else min
+    tune.report({"configurations": len(finals),
+                 **(pick(scored, key=lambda f: f[key]) if scored else {})})
+
+
+def _trial(config, base: TrainConfig, splits_ref, out_dir: str):
+    """One configuration as one Tune trial, reporting every epoch (for ASHA)."""
+    from ray import tune
+
+    from ..train.callbacks import Callback
+    from .results import clean
+
+    class Report(Callback):
+        def on_epoch_end(self, epoch, logs, trainer):
+            tune.report(clean(logs))
+
+    index, overrides = config["trial"]
+    if not (trial_dir(out_dir, index) / "result.json").exists():
+        _run_one(index, overrides, base, _splits(splits_ref), Path(out_dir),
+                 callbacks=[Report()])
+
+
+def cost(cfg: TrainConfig, n_train: int) -> float:
+    """A relative estimate of a configuration's training time, used to hand out the
+    longest trials first: steps x (a fixed per-step overhead, worth ~20k weights in
+    NumPy calls, + the weights)."""
+    weights = sum(a * b for a, b in zip(cfg.layers[:-1], cfg.layers[1:]))
+    return cfg.epochs * math.ceil(n_train / cfg.batch_size) * (20_000 + weights)
+
+
+def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "search",
+               asha: bool = False, resume: bool = False, address: str | None = None,
+               splits=None) -> dict:
+    """Run ``trials`` (override dicts) on Ray Tune; write results.csv/.parquet and
+    best.toml into ``out``; return the summary (best trial, its test metrics).
+
+    Without ``asha``, Tune runs one *lane* per CPU slot (``base.workers`` CPUs each);
+    each lane takes configurations, longest first, from a shared queue until none are
+    left, so no slot idles while another still has a backlog and Tune's per-trial
+    overhead is paid once per lane.  With it, each configuration is its own Tune trial
+    and reports every epoch for the scheduler to act on."""
+    import ray
+    from ..data.datasets import load
+    from ..parallel.ray_pool import start_ray
+    out_dir = Path(out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = pending(trials, out_dir, resume)
+    splits = splits or load(base.dataset, base.data_dir)
+    started = start_ray(address, base.workers) if todo else False
+    try:
+        grid = _fit(base, todo, splits, out_dir, name, asha, resume) if todo else []
+        return summarise(base, splits, out_dir, grid)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _fit(base, todo, splits, out_dir, name, asha, resume):
+    import ray
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    common = dict(base=base, splits_ref=ray.put(splits), out_dir=str(out_dir))
+    storage = str(out_dir / "tune")
+    # distnn writes its own results table and hparams: of Tune's loggers keep the
+    # CSV/JSON ones its result table reads, not its TensorBoard one
+    run_config = tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                callbacks=[CSVLoggerCallback(), JsonLoggerCallback()])
+    resources = {"cpu": base.workers}
+    if asha:
+        trainable = tune.with_resources(tune.with_parameters(_trial, **common), resources)
+        if resume and tune.Tuner.can_restore(f"{storage}/{name}"):
+            tuner = tune.Tuner.restore(f"{storage}/{name}", trainable, resume_errored=True)
+        else:
+            sched = tune.schedulers.ASHAScheduler(grace_period=max(1, base.epochs // 8))
+            tuner = tune.Tuner(
+                trainable, param_space={"trial": tune.grid_search(todo)},
+                tune_config=tune.TuneConfig(metric=base.monitor, mode=mode(base.monitor),
+                                            scheduler=sched, reuse_actors=True),
+                run_config=run_config)
+    else:
+        n = len(splits.train)
+        order = sorted(todo, key=lambda it: -cost(apply(base, it[1]), n))
+        queue = ray.remote(num_cpus=0)(_Queue).remote(order)
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // base.workers)
+        trainable = tune.with_resources(tune.with_parameters(_lane, queue=queue, **common),
+                                        resources)
+        tuner = tune.Tuner(
+            trainable, param_space={"lane": tune.grid_search(list(range(min(slots,
+                                                                             len(order)))))},
+            run_config=run_config)
+    with mock.patch.dict(os.environ, TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
+        grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        log.warning("%d Tune trials failed (the first: %s); the table covers the "
+                    "configurations that finished, and --resume-search runs the rest",
+                    len(errors), errors[0])
+    return grid
+
+
+class _Queue:
+    """The search's backlog of (index, overrides) pairs, served in order (a Ray actor:
+    every lane, on any node, takes from the same one)."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def next(self):
+        return self.items.pop(0) if self.items else None

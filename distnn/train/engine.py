@@ -1,0 +1,254 @@
+"""THE training loop: one replica's epochs, for any number of workers.
+
+An ``Engine`` runs inside every worker — in the driver's own process for a one-worker
+run, in each Ray actor otherwise — and talks to the other replicas only through the
+communication group it is handed (``join``; see ``distnn.parallel.comm``).  For every
+global mini-batch of ``batch_size`` examples it takes its contiguous slice, computes the
+gradient and cost *sums* scaled by 1/(global batch), reduces them with the group, adds
+the L1/L2 terms once and applies the optimizer step to its shard of the parameters (all
+of them unless the group shards the update), then gathers the other shards.  The result
+therefore does not depend on how a batch is split: N workers compute what one does.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..config import TrainConfig
+from ..core import optim, regularizers, schedules
+from ..core.network import Network
+from .batches import Batches, epoch_order, prefetch
+from .evaluate import measure
+
+
+def digest(a: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(a).view(np.uint8), digest_size=16).hexdigest()
+
+
+class Engine:
+    """One replica: the network, its optimizer, schedule and penalty, and its view of
+    the training and validation data.
+
+    Parameters
+    ----------
+    cfg : the run's config, whole.
+    train, valid : the data (every worker sees the whole split and takes its slices).
+    rank, world : this replica's place among ``world`` workers.  The engine trains once
+        it has joined its communication group (``join``; a group of one for one worker).
+    background : build augmented batches in a thread (the one-worker run, which has a
+        spare core; Ray workers already fill every core).
+    """
+
+    def __init__(self, cfg: TrainConfig, train: Batches, valid: Batches | None, *,
+                 rank: int = 0, world: int = 1, background: bool = False):
+        self.cfg, self.rank, self.world, self.background = cfg, rank, world, background
+        self.net = net = Network.from_spec(cfg.network_spec())
+        self.optimizer = optim.build(cfg)
+        self.schedule = schedules.parse(cfg.schedule, cfg.lr, cfg.warmup)
+        self.penalty = regularizers.Penalty(net, cfg.l1, cfg.l2)
+        self.train, self.valid, self.n_train = train, valid, len(train.y)
+        # the gradient and, after it, the batch's summed cost: one buffer to reduce
+        self.buf = np.zeros(net.params.size + 1, net.dtype)
+        net.rebind_grads(self.buf)
+        self._scratch = np.empty(net.n_decay, net.dtype)
+        self.group, self.shard, self._key = None, (0, net.params.size), 0   # see join
+        self.comm_seconds = 0.0
+        if cfg.sync_batchnorm and world > 1:
+            net.sync_batchnorm(self._allreduce)
+
+    # -- the group ----------------------------------------------------------------------
+    def join(self, group) -> None:
+        """Train with ``group`` from now on (after a fault: a new one)."""
+        if self.group is not None:
+            self.group.close()
+        self.group = group
+        self.shard = group.shard(self.net.params.size)
+        self._share_optimizer_state()
+
+    def _allreduce(self, a: np.ndarray) -> None:
+        self.group.allreduce_(self._key, a)
+        self._key += 1
+
+    def _share_optimizer_state(self) -> None:
+        """With a sharded update, point the optimizer's state at this replica's range of
+        the group's shared rows 1, 2, ... (one per slot), first writing that range from
+        the state it holds (none yet: zeros, and the parameters for the average)."""
+        if self.group is None or self.group.shared is None:
+            return
+        opt, (lo, hi), P = self.optimizer, self.shard, self.net.params.size
+        for i, name in enumerate(opt.slots):
+            row = self.group.shared[1 + i, :P]
+            held = opt.state.get(name)
+            if held is None or held.shape != (P,):
+                held = self.net.params if name == "average" else np.zeros(P, row.dtype)
+            row[lo:hi] = held[lo:hi]
+            opt.state[name] = row[lo:hi]
+
+    def _full_slot(self, name: str) -> np.ndarray | None:
+        """The whole of one optimizer state slot (from the shared rows when sharded)."""
+        opt = self.optimizer
+        if name not in opt.slots or name not in opt.state:
+            return None
+        if self.group is None or self.group.shared is None:
+            return opt.state[name]
+        return self.group.shared[1 + opt.slots.index(name), :self.net.params.size]
+
+    # -- state ---------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        """A copy of everything needed to resume from here (parameters, buffers, the
+        whole optimizer state, schedule state)."""
+        opt = self.optimizer.state_dict()
+        opt["slots"] = {name: self._full_slot(name).copy() for name in self.optimizer.slots
+                        if self._full_slot(name) is not None}
+        return {"params": self.net.params.copy(),
+                "buffers": {k: v.copy() for k, v in self.net.named_buffers().items()},
+                "optimizer": opt, "schedule": self.schedule.state_dict()}
+
+    def set_state(self, state: dict) -> None:
+        self.net.params[...] = state["params"]
+        for k, v in self.net.named_buffers().items():
+            v[...] = state["buffers"][k]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self._share_optimizer_state()
+
+    # -- one step ------------------------------------------------------------------------
+    def grad_scale(self, batch_count: int) -> float:
+        """What the summed batch gradient is multiplied by in the backward pass: -lr/B
+        for optimizers that take pre-scaled gradients, else 1/B (the mean)."""
+        if self.optimizer.prescalable:
+            return -self.optimizer.lr / batch_count
+        return 1.0 / batch_count
+
+    def apply_update(self) -> None:
+        """Add the L1/L2 gradient (once, to the reduced gradient) and step the optimizer
+        on this replica's shard ``params[lo:hi]``."""
+        opt, n = self.optimizer, self.n_train
+        lo, hi = self.shard
+        params, grads = self.net.params[lo:hi], self.net.grads[lo:hi]
+        pen = self.penalty.shard(lo, hi) if (lo, hi) != (0, self.net.params.size) \
+            else self.penalty
+        opt.start_average(params)
+        if not opt.prescalable:
+            pen.add_grad(grads, params, n, self._scratch)
+            opt.step(params, grads)
+        elif pen and pen.only_l2 and opt.folds_decay:
+            # w - lr (g + (l2/n) w) == (1 - lr l2 / n) w - lr g: one pass fewer
+            pen.decay_(params, opt.lr, n)
+            opt.step_prescaled(params, grads)
+        else:
+            pen.add_grad(grads, params, n, self._scratch, scale=-opt.lr)
+            opt.step_prescaled(params, grads)
+
+    def finish_step(self) -> None:
+        """Max-norm on the whole network (every shard is in place), then the parameter
+        average (``--ema``) of this replica's shard."""
+        if self.cfg.max_norm is not None:
+            regularizers.apply_max_norm([d.W for d in self.net.dense], self.cfg.max_norm)
+        lo, hi = self.shard
+        self.optimizer.update_average(self.net.params[lo:hi])
+
+    @property
+    def calls_per_step(self) -> int:
+        """Collectives one step makes: the synchronised batch-norm all-reduces, the
+        gradient reduction and the all-gather of the updated shards."""
+        return 2 + self.net.syncs_per_step
+
+    def step(self, x, y, idx, b: int, epoch: int, key: int) -> float:
+        """One step on this replica's slice (x, y) — examples ``idx``, None when it has
+        none — of a global batch of ``b`` examples, its collectives numbered from
+        ``key`` (consecutive, increasing over the whole run); returns the batch's summed
+        cost over every replica (not finite: nothing was updated)."""
+        calls = self.calls_per_step
+        net, P, (lo, hi) = self.net, self.net.params.size, self.shard
+        self._key = key
+        if x is not None:
+            self.buf[P] = net._loss_and_grad_sum(x, y, epoch=epoch, indices=idx,
+                                                 scale=self.grad_scale(b))
+        else:
+            self.buf[:] = 0.0
+            if calls > 2:
+                net.sync_idle()
+        self._key = key + calls - 2
+        c0 = time.perf_counter()
+        self.group.reduce_parts_(self._key, self.buf, [(lo, hi), (P, P + 1)])
+        self.comm_seconds += time.perf_counter() - c0
+        loss = float(self.buf[P])
+        if math.isfinite(loss):
+            self.apply_update()
+            c0 = time.perf_counter()
+            self.group.all_gather_(self._key + 1, net.params, lo, hi)
+            self.comm_seconds += time.perf_counter() - c0
+            self.finish_step()
+        return loss
+
+    # -- one epoch -----------------------------------------------------------------------
+    def _slices(self, order: np.ndarray):
+        """(global batch size, this replica's contiguous slice) for each batch."""
+        B = self.cfg.batch_size
+        for s in range(0, len(order), B):
+            g = order[s:s + B]
+            b = len(g)
+            yield b, g[self.rank * b // self.world:(self.rank + 1) * b // self.world]
+
+    def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
+        """Train one epoch; return the summed cost of its batches (all replicas), the
+        timings, the learning rate and the parameter digests, or where it diverged.
+        ``progress(done, total)`` is called a few hundred times at most."""
+        sched, opt, cfg = self.schedule, self.optimizer, self.cfg
+        sched.load_state_dict(schedule_state)
+        n = len(self.train.y)
+        steps = math.ceil(n / cfg.batch_size)
+        every = max(1, steps // 200)
+        warm = sched.warmup > 0 and epoch < sched.warmup
+        opt.lr = sched(epoch)
+        calls = self.calls_per_step
+        loss_total, digests, self.comm_seconds = 0.0, [], 0.0
+        t0 = time.perf_counter()
+        batches = prefetch(self.train, self._slices(epoch_order(cfg.seed, epoch, n)), epoch,
+                           threaded=self.background)
+        for k, ((b, idx), x, y) in enumerate(batches):
+            if warm:
+                opt.lr = sched(epoch + (k + 1) / steps)
+            loss = self.step(x, y, idx, b, epoch, (epoch * steps + k) * calls)
+            if not math.isfinite(loss):
+                return {"diverged": True, "step": k, "lr": opt.lr, "loss": loss,
+                        "rank": self.rank}
+            loss_total += loss
+            if cfg.check_replicas and k % cfg.check_replicas == 0:
+                digests.append((k, digest(self.net.params)))
+            if progress is not None and (k % every == 0 or k == steps - 1):
+                progress(min(n, (k + 1) * cfg.batch_size), n)
+        return {"diverged": False, "loss_sum": loss_total, "seconds": time.perf_counter() - t0,
+                "comm_seconds": self.comm_seconds, "lr": opt.lr, "digests": digests,
+                "final_digest": digest(self.net.params), "rank": self.rank}
+
+    # -- evaluation ----------------------------------------------------------------------
+    @contextmanager
+    def averaged(self):
+        """Within the block the network holds the parameter average (``--ema``), then
+        its parameters again."""
+        average = self._full_slot("average")
+        if average is None:   # no --ema, or no step taken yet
+            yield
+            return
+        params = self.net.params
+        held = params.copy()
+        params[...] = average
+        try:
+            yield
+        finally:
+            params[...] = held
+
+    def evaluate(self, which: str) -> tuple[float, int, int]:
+        """(summed cost, correct, count) on this replica's part of the "train" or
+        "valid" split, in eval mode, unaugmented, with the parameter average if any."""
+        data = self.train if which == "train" else self.valid
+        n = len(data.y)
+        with self.averaged():
+            return measure(self.net, data, self.rank * n // self.world,
+                           (self.rank + 1) * n // self.world)

@@ -1,0 +1,63 @@
+"""What a run records, defined once for any number of workers: the per-epoch logs, the
+divergence error and its advice, the parameters a trained state is evaluated with, and
+the metrics JSON."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class DivergenceError(RuntimeError):
+    """The cost became NaN or infinite.  ``history`` holds the epochs completed; the
+    network's parameters were put back to the end of the last complete epoch."""
+
+    def __init__(self, msg: str, history: list):
+        super().__init__(msg)
+        self.history = history
+
+
+def diverged_message(loss, epoch: int, step: int, lr: float) -> str:
+    return (f"training diverged: the cost became {loss} at epoch {epoch}, step {step} "
+            f"(lr {lr:g}). The parameters were put back to the end of the last complete "
+            f"epoch. Try a smaller --lr (e.g. {lr / 10:g}), inputs scaled to [0, 1] "
+            "(or --standardize), a cross-entropy or log-likelihood cost, or a smaller "
+            "--init scale.")
+
+
+def epoch_logs(epoch, lr, n, seconds, loss_sum, evaluate, monitor_train, has_valid,
+               **extra) -> dict:
+    """The per-epoch record of every run (``evaluate(which)`` gives (cost, accuracy) for
+    "train" or "valid").  ``batch_cost`` is free: the mean data cost of the epoch's
+    mini-batches as they were trained on (augmented, with dropout, parameters moving),
+    the one training curve a run with ``--no-monitor-train`` still has."""
+    logs = {"epoch": epoch, "batch_cost": loss_sum / n, "train_cost": None,
+            "train_accuracy": None, "valid_cost": None, "valid_accuracy": None, "lr": lr,
+            "train_seconds": seconds, "examples_per_second": n / seconds, **extra}
+    if monitor_train:
+        logs["train_cost"], logs["train_accuracy"] = evaluate("train")
+    if has_valid:
+        logs["valid_cost"], logs["valid_accuracy"] = evaluate("valid")
+    return logs
+
+
+def all_finite(logs: dict) -> bool:
+    return all(not isinstance(v, (int, float)) or math.isfinite(v) for v in logs.values())
+
+
+def model_params(state: dict) -> np.ndarray:
+    """The parameters a trained state is evaluated and exported with: the parameter
+    average when the run kept one (``--ema``), else the parameters."""
+    avg = state["optimizer"]["slots"].get("average")
+    return avg if avg is not None else state["params"]
+
+
+def write_json(path, obj) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, p)
