@@ -59,6 +59,9 @@ class Engine:
         self.comm_seconds = 0.0
         if cfg.sync_batchnorm and world > 1:
             net.sync_batchnorm(self._allreduce)
+        #: collectives one step makes: the synchronised batch-norm all-reduces, the
+        #: gradient reduction and the all-gather of the updated shards
+        self.calls_per_step = 2 + net.syncs_per_step
 
     # -- the group ----------------------------------------------------------------------
     def join(self, group) -> None:
@@ -66,7 +69,12 @@ class Engine:
         if self.group is not None:
             self.group.close()
         self.group = group
-        self.shard = group.shard(self.net.params.size)
+        P = self.net.params.size
+        lo, hi = self.shard = group.shard(P)
+        # per-step constants: this replica's views, penalty and reduced ranges
+        self._mine = self.net.params[lo:hi], self.net.grads[lo:hi]
+        self._penalty = self.penalty if (lo, hi) == (0, P) else self.penalty.shard(lo, hi)
+        self._parts = [(lo, hi), (P, P + 1)]
         self._share_optimizer_state()
 
     def _allreduce(self, a: np.ndarray) -> None:
@@ -127,11 +135,8 @@ class Engine:
     def apply_update(self) -> None:
         """Add the L1/L2 gradient (once, to the reduced gradient) and step the optimizer
         on this replica's shard ``params[lo:hi]``."""
-        opt, n = self.optimizer, self.n_train
-        lo, hi = self.shard
-        params, grads = self.net.params[lo:hi], self.net.grads[lo:hi]
-        pen = self.penalty.shard(lo, hi) if (lo, hi) != (0, self.net.params.size) \
-            else self.penalty
+        opt, n, pen = self.optimizer, self.n_train, self._penalty
+        params, grads = self._mine
         opt.start_average(params)
         if not opt.prescalable:
             pen.add_grad(grads, params, n, self._scratch)
@@ -149,51 +154,44 @@ class Engine:
         average (``--ema``) of this replica's shard."""
         if self.cfg.max_norm is not None:
             regularizers.apply_max_norm([d.W for d in self.net.dense], self.cfg.max_norm)
-        lo, hi = self.shard
-        self.optimizer.update_average(self.net.params[lo:hi])
-
-    @property
-    def calls_per_step(self) -> int:
-        """Collectives one step makes: the synchronised batch-norm all-reduces, the
-        gradient reduction and the all-gather of the updated shards."""
-        return 2 + self.net.syncs_per_step
+        self.optimizer.update_average(self._mine[0])
 
     def step(self, x, y, idx, b: int, epoch: int, key: int) -> float:
         """One step on this replica's slice (x, y) — examples ``idx``, None when it has
         none — of a global batch of ``b`` examples, its collectives numbered from
         ``key`` (consecutive, increasing over the whole run); returns the batch's summed
         cost over every replica (not finite: nothing was updated)."""
-        calls = self.calls_per_step
-        net, P, (lo, hi) = self.net, self.net.params.size, self.shard
+        calls, net, buf, group = self.calls_per_step, self.net, self.buf, self.group
         self._key = key
         if x is not None:
-            self.buf[P] = net._loss_and_grad_sum(x, y, epoch=epoch, indices=idx,
-                                                 scale=self.grad_scale(b))
+            buf[-1] = net._loss_and_grad_sum(x, y, epoch=epoch, indices=idx,
+                                             scale=self.grad_scale(b))
         else:
-            self.buf[:] = 0.0
+            buf[:] = 0.0
             if calls > 2:
                 net.sync_idle()
         self._key = key + calls - 2
         c0 = time.perf_counter()
-        self.group.reduce_parts_(self._key, self.buf, [(lo, hi), (P, P + 1)])
-        self.comm_seconds += time.perf_counter() - c0
-        loss = float(self.buf[P])
+        group.reduce_parts_(self._key, buf, self._parts)
+        comm = time.perf_counter() - c0
+        loss = float(buf[-1])
         if math.isfinite(loss):
             self.apply_update()
             c0 = time.perf_counter()
-            self.group.all_gather_(self._key + 1, net.params, lo, hi)
-            self.comm_seconds += time.perf_counter() - c0
+            group.all_gather_(self._key + 1, net.params, *self.shard)
+            comm += time.perf_counter() - c0
             self.finish_step()
+        self.comm_seconds += comm
         return loss
 
     # -- one epoch -----------------------------------------------------------------------
     def _slices(self, order: np.ndarray):
         """(global batch size, this replica's contiguous slice) for each batch."""
-        B = self.cfg.batch_size
+        B, r, w = self.cfg.batch_size, self.rank, self.world
         for s in range(0, len(order), B):
             g = order[s:s + B]
             b = len(g)
-            yield b, g[self.rank * b // self.world:(self.rank + 1) * b // self.world]
+            yield b, (g if w == 1 else g[r * b // w:(r + 1) * b // w])
 
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
         """Train one epoch; return the summed cost of its batches (all replicas), the
