@@ -1,0 +1,239 @@
+"""Several hosts, simulated on this machine: each a network namespace with its own
+address, a private /dev/shm and a Ray node (token auth), joined by a bridge that lives
+in a namespace of its own, links optionally rate-shaped with ``tc ... tbf``.
+
+    sudo python scripts/simcluster.py --hosts 2 --cpus 2 --rate 1gbit -- \\
+        distnn train --dataset mnist --layers 784,800,10 --workers 4 --batch-size 128 \\
+        --address auto
+
+runs the command after ``--`` as a driver on host 0 (with ``RAY_ADDRESS`` set to the
+cluster) and tears everything down afterwards.  Tests and benchmarks use ``SimCluster``
+as a context manager.  Everything it starts runs inside its own namespaces and is
+stopped by PID (every process in them), never with ``ray stop`` or by name; the
+namespaces, links and temporary files go with it, even when the body fails.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SUBNET = "10.77.0"     # only inside this cluster's own namespaces: nothing else sees it
+
+
+def available() -> str | None:
+    """None when this machine can simulate hosts, else why not (for a skip message)."""
+    if os.geteuid() != 0:
+        return "simulated hosts need root (network namespaces, mounts)"
+    for tool in ("ip", "unshare", "tc"):
+        if shutil.which(tool) is None:
+            return f"simulated hosts need the {tool!r} command"
+    probe = f"dnprobe{os.getpid() % 100000}"
+    if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode:
+        return "this machine does not allow network namespaces (ip netns add failed)"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _sh(*argv, check=True, ns=None):
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in argv]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if check and r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+    return r.stdout
+
+
+def _burst(rate: str) -> str:
+    """A tbf bucket of ~2 ms at ``rate`` (at least 32 KiB), so shaping stays smooth."""
+    units = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+    for u, f in units.items():
+        if rate.endswith(u):
+            return f"{max(32 * 1024, int(float(rate[:-len(u)]) * f / 8 * 0.002))}b"
+    raise ValueError(f"rate must look like 1gbit, 500mbit, ...; got {rate!r}")
+
+
+class SimCluster:
+    """``hosts`` simulated hosts with ``cpus`` Ray CPUs each; ``rate`` (e.g. "1gbit")
+    shapes every host's link both ways.  ``address`` is the head's GCS address."""
+
+    def __init__(self, hosts: int = 2, cpus: int = 1, rate: str | None = None,
+                 shm_size: str = "2g"):
+        if hosts < 1 or hosts > 200:
+            raise ValueError(f"hosts must be 1..200, got {hosts}")
+        self.hosts, self.cpus, self.rate, self.shm_size = hosts, cpus, rate, shm_size
+        self.tag = f"dn{os.getpid() % 100000}{secrets.token_hex(2)}"
+        self.ns = [f"{self.tag}-h{i}" for i in range(hosts)]
+        self.switch = f"{self.tag}-sw"
+        self.ips = [f"{SUBNET}.{i + 1}" for i in range(hosts)]
+        self.port = 6379
+        self.address = f"{self.ips[0]}:{self.port}"
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.tag}-", dir="/tmp"))
+        self.token = self.tmp / "token"
+        self.procs: list[subprocess.Popen] = []
+
+    # -- set-up -------------------------------------------------------------------------
+    def __enter__(self) -> "SimCluster":
+        try:
+            self._network()
+            self.token.write_text(secrets.token_hex(32))
+            self.token.chmod(0o600)
+            for i in range(self.hosts):
+                self._start_node(i)
+            self.wait_for_cpus(self.hosts * self.cpus)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _network(self) -> None:
+        _sh("ip", "netns", "add", self.switch)
+        _sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        _sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+        for i, ns in enumerate(self.ns):
+            _sh("ip", "netns", "add", ns)
+            _sh("ip", "-n", self.switch, "link", "add", f"v{i}", "type", "veth", "peer",
+                "name", "eth0", "netns", ns)
+            _sh("ip", "-n", self.switch, "link", "set", f"v{i}", "master", "br0", "up")
+            _sh("ip", "-n", ns, "addr", "add", f"{self.ips[i]}/24", "dev", "eth0")
+            _sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+            if self.rate:
+                self.shape(i, self.rate)
+
+    def shape(self, host: int, rate: str | None) -> None:
+        """Limit host ``host``'s link to ``rate`` in both directions (None: unshaped)."""
+        for ns, dev in ((self.ns[host], "eth0"), (self.switch, f"v{host}")):
+            _sh("tc", "qdisc", "del", "dev", dev, "root", check=False, ns=ns)
+            if rate:
+                _sh("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst",
+                    _burst(rate), "latency", "100ms", ns=ns)
+
+    def env(self) -> dict:
+        """The environment of every process on the simulated hosts."""
+        return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token),
+                "DISTNN_SIMCLUSTER": self.tag, "RAY_ADDRESS": self.address,
+                "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+
+    def command(self, host: int, argv) -> list[str]:
+        """``argv`` as run on host ``host``: in its namespace, with its own /dev/shm."""
+        mount = f"mount -t tmpfs -o size={self.shm_size} tmpfs /dev/shm && exec \"$@\""
+        return ["ip", "netns", "exec", self.ns[host], "unshare", "--mount",
+                "--propagation", "private", "sh", "-c", mount, "sh", *map(str, argv)]
+
+    def _start_node(self, i: int) -> None:
+        ray = Path(sys.executable).parent / "ray"
+        common = [f"--node-ip-address={self.ips[i]}", f"--num-cpus={self.cpus}",
+                  f"--temp-dir={self.tmp / f'h{i}'}", "--block", "--disable-usage-stats"]
+        if i == 0:
+            argv = [ray, "start", "--head", f"--port={self.port}", "--include-dashboard=false",
+                    *common]
+        else:
+            argv = [ray, "start", f"--address={self.address}", *common]
+        log = open(self.tmp / f"node{i}.log", "wb")
+        self.procs.append(subprocess.Popen(self.command(i, argv), env=self.env(), stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True))
+
+    def wait_for_cpus(self, cpus: int, timeout: float = 120.0) -> None:
+        """Block until the cluster has ``cpus`` CPUs, or fail with the nodes' logs."""
+        probe = ("import ray; ray.init(address='auto', logging_level='ERROR'); "
+                 "print(ray.cluster_resources().get('CPU', 0))")
+        deadline = time.monotonic() + timeout
+        have = 0.0
+        while time.monotonic() < deadline:
+            r = subprocess.run(self.command(0, [sys.executable, "-c", probe]), env=self.env(),
+                               capture_output=True, text=True, timeout=max(5, timeout))
+            try:
+                have = float(r.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                have = 0.0
+            if have >= cpus:
+                return
+            time.sleep(1.0)
+        logs = "\n".join((self.tmp / f"node{i}.log").read_text(errors="replace")[-800:]
+                         for i in range(self.hosts))
+        raise TimeoutError(f"the simulated cluster has {have:g} of {cpus} CPUs after "
+                           f"{timeout:g}s; node logs:\n{logs}")
+
+    # -- use ----------------------------------------------------------------------------
+    def run(self, host: int, argv, timeout: float = 600.0, **kw) -> subprocess.CompletedProcess:
+        """Run ``argv`` on host ``host`` (a driver on host 0, typically) and wait."""
+        return subprocess.run(self.command(host, argv), env=self.env(), timeout=timeout,
+                              capture_output=True, text=True, **kw)
+
+    def link_bytes(self) -> list[tuple[int, int]]:
+        """(bytes sent, bytes received) on each host's link so far."""
+        out = []
+        for ns in self.ns:   # /sys/class/net inside the namespace shows its eth0
+            text = _sh("cat", "/sys/class/net/eth0/statistics/tx_bytes",
+                       "/sys/class/net/eth0/statistics/rx_bytes", ns=ns)
+            tx, rx = (int(v) for v in text.split())
+            out.append((tx, rx))
+        return out
+
+    def kill_node(self, host: int) -> None:
+        """SIGKILL every process on host ``host`` (a lost machine)."""
+        self._kill_ns(self.ns[host])
+
+    # -- tear-down ----------------------------------------------------------------------
+    def _kill_ns(self, ns: str) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = _sh("ip", "netns", "pids", ns, check=False).split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), sig)
+                except (ProcessLookupError, ValueError):
+                    pass
+            if not pids:
+                return
+            time.sleep(1.0 if sig == signal.SIGTERM else 0.2)
+
+    def close(self) -> None:
+        """Stop every process in this cluster's namespaces, then remove the namespaces
+        (their links go with them) and the temporary files."""
+        for ns in self.ns:
+            self._kill_ns(ns)
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            p.wait(timeout=10)
+        for ns in [*self.ns, self.switch]:
+            _sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hosts", type=int, default=2)
+    p.add_argument("--cpus", type=int, default=1, help="Ray CPUs per host")
+    p.add_argument("--rate", default=None, help="link rate each way, e.g. 1gbit (tbf)")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="after --: the driver command, run on host 0")
+    args = p.parse_args(argv)
+    why = available()
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        p.error("give the driver command after --")
+    with SimCluster(args.hosts, args.cpus, args.rate) as c:
+        print(f"{args.hosts} simulated hosts {', '.join(c.ips)} (Ray at {c.address}); "
+              f"running: {' '.join(cmd)}", flush=True)
+        r = subprocess.run(c.command(0, cmd), env=c.env())
+        return r.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
