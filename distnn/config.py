@@ -61,6 +61,8 @@ class TrainConfig:
     workers: int = 1
     address: str | None = None
     allreduce: str = "auto"
+    comm_ports: str | None = None
+    comm_timeout: float = 300.0
     lr_scaling: str = "none"
     check_replicas: int = 0
     max_failures: int = 3
@@ -173,6 +175,13 @@ def _validate_run(c: TrainConfig) -> None:
     # by the driver, before any work: the backends live above this module
     _require(isinstance(c.allreduce, str) and c.allreduce,
              f"allreduce must be a backend name such as auto, got {c.allreduce!r}")
+    if c.comm_ports is not None:
+        lo, _, hi = str(c.comm_ports).partition("-")
+        ok = lo.isdigit() and (hi == "" or hi.isdigit())
+        _require(ok and 1 <= int(lo) <= int(hi or lo) <= 65535,
+                 f"comm_ports must be a port or a range LO-HI within 1-65535, got "
+                 f"{c.comm_ports!r}")
+    _positive("comm_timeout", c.comm_timeout)
     _require(c.lr_scaling in ("none", "linear"),
              f"lr_scaling must be none or linear, got {c.lr_scaling!r}")
     _int_at_least("check_replicas", c.check_replicas, 0)

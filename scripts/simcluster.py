@@ -60,14 +60,18 @@ def _burst(rate: str) -> str:
 
 
 class SimCluster:
-    """``hosts`` simulated hosts with ``cpus`` Ray CPUs each; ``rate`` (e.g. "1gbit")
+    """``hosts`` simulated hosts with ``cpus`` Ray CPUs each (or a list: host i gets
+    cpus[i]; a head with 0 CPUs is the usual cluster set-up); ``rate`` (e.g. "1gbit")
     shapes every host's link both ways.  ``address`` is the head's GCS address."""
 
-    def __init__(self, hosts: int = 2, cpus: int = 1, rate: str | None = None,
+    def __init__(self, hosts: int = 2, cpus=1, rate: str | None = None,
                  shm_size: str = "2g"):
         if hosts < 1 or hosts > 200:
             raise ValueError(f"hosts must be 1..200, got {hosts}")
-        self.hosts, self.cpus, self.rate, self.shm_size = hosts, cpus, rate, shm_size
+        self.cpus = list(cpus) if isinstance(cpus, (list, tuple)) else [cpus] * hosts
+        if len(self.cpus) != hosts:
+            raise ValueError(f"cpus: one count per host ({hosts}), got {self.cpus}")
+        self.hosts, self.rate, self.shm_size = hosts, rate, shm_size
         self.tag = f"dn{os.getpid() % 100000}{secrets.token_hex(2)}"
         self.ns = [f"{self.tag}-h{i}" for i in range(hosts)]
         self.switch = f"{self.tag}-sw"
@@ -86,7 +90,7 @@ class SimCluster:
             self.token.chmod(0o600)
             for i in range(self.hosts):
                 self._start_node(i)
-            self.wait_for_cpus(self.hosts * self.cpus)
+            self.wait_for_cpus(sum(self.cpus))
         except BaseException:
             self.close()
             raise
@@ -132,7 +136,7 @@ class SimCluster:
 
     def _start_node(self, i: int) -> None:
         ray = Path(sys.executable).parent / "ray"
-        common = [f"--node-ip-address={self.ips[i]}", f"--num-cpus={self.cpus}",
+        common = [f"--node-ip-address={self.ips[i]}", f"--num-cpus={self.cpus[i]}",
                   f"--temp-dir={self.tmp / f'h{i}'}", "--block", "--disable-usage-stats"]
         if i == 0:
             argv = [ray, "start", "--head", f"--port={self.port}", "--include-dashboard=false",

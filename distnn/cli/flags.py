@@ -62,8 +62,14 @@ HELP = {
                "(--batch-size stays the global batch)",
     "address": "Ray cluster to join: auto or HOST:PORT (default: start a local Ray on "
                "127.0.0.1 and stop it at the end)",
-    "allreduce": "all-reduce backend: auto (shm when all workers share a node, else ring), "
-                 "shm (shared memory, one node) or ring (Ray object refs, any nodes)",
+    "allreduce": "all-reduce backend: auto (shm on one node; on several, hier when each "
+                 "has the same number of workers, else tcp), shm (shared memory, one node), "
+                 "tcp (a ring over direct TCP connections), hier (shm inside each node, "
+                 "tcp across nodes) or ring (Ray actor calls; slow, needs no open ports)",
+    "comm_ports": "ports the tcp/hier backends listen on, LO-HI (for firewalled clusters; "
+                  "default: any free port)",
+    "comm_timeout": "seconds a worker waits in an all-reduce for its peers before the "
+                    "epoch is given up and replayed",
     "lr_scaling": "none, or linear: multiply --lr by --workers for a global batch grown with "
                   "the worker count (pair it with --warmup)",
     "check_replicas": "compare the workers' parameter digests every K steps (0 = only at "
@@ -114,6 +120,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
             typ = str   # one number, or one per weight layer: parsed by config
         metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
                    "metrics_out": "FILE.json", "data_dir": "DIR", "checkpoint_dir": "DIR",
+                   "comm_ports": "LO-HI",
                    "logdir": "DIR"}.get(name, name.upper())
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_, metavar=metavar)
 

@@ -11,7 +11,7 @@ import logging
 import time
 
 from ..config import TrainConfig
-from ..core import optim, regularizers, schedules
+from ..core import regularizers, schedules
 from ..core.network import Network
 from ..core.schedules import HalveOnPlateau
 from ..data.datasets import Splits, load
@@ -45,7 +45,7 @@ class Driver:
         self.callbacks = list(callbacks) + run_callbacks(cfg, self.schedule)
         self.stop, self.epoch, self.best_epoch, self.history = False, 0, None, []
         self.state_loader = None   # epoch -> state, when checkpoints are kept
-        self.pool = open_pool(cfg, data, self.net.params.size + 1, optim.build(cfg).slots)
+        self.pool = open_pool(cfg, data, self.net.params.size + 1)
         self.backend = self.pool.backend
         self.state = self.pool.get_state()
 
@@ -135,7 +135,8 @@ class Driver:
             parts = [measure(self.net, Batches(d.splits.test, d.normalizer, None,
                                                self.net.dtype), 0, len(d.splits.test))]
         else:
-            parts = self.pool.evaluate(which)
+            avg = self.state["optimizer"]["slots"].get("average")
+            parts = self.pool.evaluate(which, self.net.params if avg is not None else None)
         return cost_and_accuracy(self.net, self.penalty, parts, len(self.data.train))
 
     def close(self) -> None:
@@ -215,6 +216,7 @@ def _finish(driver: Driver, cfg: TrainConfig, t0: float) -> dict:
     metrics = {"config": cfg.to_dict(), "history": driver.history,
                "best_epoch": driver.best_epoch, "wall_seconds": time.perf_counter() - t0,
                "workers": cfg.workers, "allreduce": driver.backend,
+               "faults": driver.pool.faults,
                "error": str(error) if error else None}
     if len(driver.data.splits.test):
         metrics["test_cost"], metrics["test_accuracy"] = driver.evaluate("test")

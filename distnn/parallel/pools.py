@@ -7,6 +7,7 @@ import os
 
 from ..config import TrainConfig
 from ..train.data import TrainingData
+from ..train.engine import merge_states
 from .worker import Worker
 
 
@@ -14,26 +15,27 @@ class LocalPool:
     """One worker in this process, in a group of one."""
 
     backend = "local"
+    faults: list = []   # a worker in this process cannot die alone
 
     def __init__(self, cfg: TrainConfig, data: TrainingData):
         valid = data.splits.valid
         self.worker = Worker(0, 1, cfg, data.normalizer, data.train.x, data.train.y,
                              valid.x, valid.y, in_process=True)
-        self.worker.join("local", {})
+        self.worker.join("local", {"world": 1, "nodes": [[0]]})
 
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> list[dict]:
         return [self.worker.run_epoch(epoch, schedule_state, progress)]
 
     def get_state(self) -> dict:
-        return self.worker.get_state()
+        return merge_states([self.worker.get_state()])
 
     epoch_state = get_state   # nothing per worker to reconcile at the end of an epoch
 
     def set_state(self, state: dict) -> None:
         self.worker.set_state(state)
 
-    def evaluate(self, which: str) -> list[tuple[float, int, int]]:
-        return [self.worker.evaluate(which)]
+    def evaluate(self, which: str, params=None) -> list[tuple[float, int, int]]:
+        return [self.worker.evaluate(which, params)]
 
     def worker_pids(self) -> list[int]:
         return [os.getpid()]
@@ -42,10 +44,10 @@ class LocalPool:
         pass
 
 
-def open_pool(cfg: TrainConfig, data: TrainingData, size: int, slots: tuple):
-    """The pool for ``cfg.workers`` workers (Ray only for more than one); ``size`` and
-    ``slots`` as for ``RayPool``."""
+def open_pool(cfg: TrainConfig, data: TrainingData, size: int):
+    """The pool for ``cfg.workers`` workers (Ray only for more than one); ``size`` as
+    for ``RayPool``."""
     if cfg.workers == 1:
         return LocalPool(cfg, data)
     from .ray_pool import RayPool
-    return RayPool(cfg, data, size, slots)
+    return RayPool(cfg, data, size)

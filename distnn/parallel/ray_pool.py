@@ -14,14 +14,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 from ..config import TrainConfig
 from ..train.data import TrainingData
+from ..train.engine import merge_states
 from . import comm
 from .worker import Worker
 
 log = logging.getLogger(__name__)
 
+WIRE_SECONDS = 120
 BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -67,24 +70,20 @@ def start_ray(address: str | None, workers: int) -> bool:
 
 
 class RayPool:
-    """``cfg.workers`` Worker actors; ``size``: the gradient buffer's length, ``slots``:
-    the optimizer's state slots (kept in the group's shared rows when it has them)."""
+    """``cfg.workers`` Worker actors; ``size``: the length of the buffer they reduce
+    (the gradient and the batch's cost)."""
 
-    def __init__(self, cfg: TrainConfig, data: TrainingData, size: int, slots: tuple):
+    def __init__(self, cfg: TrainConfig, data: TrainingData, size: int):
         import ray
         self.ray, self.cfg, self.world = ray, cfg, cfg.workers
-        self.size, self.slots = size, slots
+        self.size = size
         valid = data.splits.valid
         self._refs = [ray.put(a) for a in (data.train.x, data.train.y, valid.x, valid.y)]
         self._args = (cfg, data.normalizer)
         self._actor = ray.remote(num_cpus=1, max_concurrency=4,
                                  runtime_env={"env_vars": BLAS_ENV})(Worker)
         self.workers = [self._spawn(r) for r in range(self.world)]
-        infos = ray.get([w.info.remote() for w in self.workers])
-        self.backend_cls = comm.choose(cfg.allreduce, self.world,
-                                       len({i["node"] for i in infos}) == 1)
-        self.backend = self.backend_cls.name
-        self.group = None
+        self.group, self.faults = None, []   # faults: what died and what was done
         self._wire()
         self.state = self.get_state()
 
@@ -92,36 +91,58 @@ class RayPool:
         return self._actor.remote(rank, self.world, *self._args, *self._refs)
 
     def _wire(self):
-        """(Re)create the communication group and have every worker join it."""
+        """(Re)create the communication group for where the workers are now (ranks
+        grouped by node) and have every worker join it: listen, then connect."""
         if self.group is not None:
             self.group.close()
             self.group = None
-        # shared rows (backends that have them): the gathered parameters, then one per
-        # optimizer state slot
-        self.group = self.backend_cls(self.world, self.size, self.cfg.network_spec().dtype,
-                                      shared_rows=1 + len(self.slots))
+        infos = self._get([w.info.remote() for w in self.workers], "report their nodes")
+        nodes = comm.plan([i["node"] for i in infos])
+        backend = comm.choose(self.cfg.allreduce, self.world, nodes)
+        self.backend = backend.name
+        self.group = backend(self.world, self.size, self.cfg.network_spec().dtype, nodes,
+                             comm.options(self.cfg))
         spec = self.group.spec()
-        peers = self.workers if self.backend_cls.needs_peers else None
-        self.ray.get([w.join.remote(self.backend, spec, peers) for w in self.workers])
+        addresses = self._get([w.listen.remote(self.backend, spec) for w in self.workers],
+                              "open their connections")
+        peers = self.workers if backend.needs_peers else None
+        self._get([w.join.remote(self.backend, spec, peers, addresses)
+                   for w in self.workers], "join the all-reduce group")
+
+    def _get(self, refs, what: str):
+        """ray.get with a deadline: wiring that does not finish is a clear error."""
+        try:
+            return self.ray.get(refs, timeout=WIRE_SECONDS)
+        except self.ray.exceptions.GetTimeoutError:
+            raise WorkerFailure(f"the workers did not {what} within {WIRE_SECONDS} s; "
+                                "check that every node can reach the others (firewalls: "
+                                "--comm-ports) and has free CPUs") from None
 
     # -- state ------------------------------------------------------------------------
-    def get_state(self) -> dict:
-        """The replicated state from the first worker that answers."""
-        for w in self.workers:
+    def _gather_states(self) -> tuple[list[dict], list[int]]:
+        """Every worker's state (each holds its shard of the optimizer state), or the
+        ranks that died."""
+        states, dead = [], []
+        for r, w in enumerate(self.workers):
             try:
-                return self.ray.get(w.get_state.remote())
+                states.append(self.ray.get(w.get_state.remote()))
             except self.ray.exceptions.RayActorError:
-                continue
-        raise WorkerFailure("every worker died at the end of an epoch")
+                dead.append(r)
+        return states, dead
+
+    def get_state(self) -> dict:
+        states, dead = self._gather_states()
+        if dead:
+            raise WorkerFailure(f"workers {dead} died before training started")
+        return merge_states(states)
 
     def set_state(self, state: dict) -> None:
         self.state = state
         self.ray.get([w.set_state.remote(state) for w in self.workers])
 
     def epoch_state(self) -> dict:
-        """The state at the end of an epoch, every worker alive and holding it."""
-        self.state = self.get_state()
-        self._heal()
+        """The state at the end of the epoch just run, every worker holding it."""
+        self.state = self._end_state
         if self.state["buffers"] and not self.cfg.sync_batchnorm:
             # batch-norm running statistics are per worker; adopt one worker's everywhere
             # (parameters and optimizer state are already identical: digests checked)
@@ -135,6 +156,12 @@ class RayPool:
         failures = 0
         while True:
             results, dead = self._attempt(epoch, schedule_state)
+            if not dead and not any(r["diverged"] for r in results.values()):
+                # the optimizer state is split across the workers: an epoch is complete
+                # only once every shard of it is back here
+                states, dead = self._gather_states()
+                if not dead:
+                    self._end_state = merge_states(states)
             if not dead:
                 return [results[r] for r in range(self.world)]
             failures += 1
@@ -172,6 +199,8 @@ class RayPool:
                 f"giving up. The parameters of the last complete epoch ({epoch - 1}) are kept.")
         log.warning("worker(s) %s died during epoch %d; replacing them and replaying the "
                     "epoch from its start (attempt %d)", dead, epoch, failures + 1)
+        self.faults.append({"epoch": epoch, "workers": list(dead), "action": "replaced, "
+                            "epoch replayed", "time": time.time()})
         self._replace(dead)
 
     def _replace(self, dead):
@@ -191,15 +220,19 @@ class RayPool:
                 dead.append(r)
         if dead:
             log.warning("worker(s) %s died between epochs; replacing them", dead)
+            self.faults.append({"epoch": None, "workers": list(dead), "action": "replaced "
+                                "between epochs", "time": time.time()})
             self._replace(dead)
 
-    def evaluate(self, which: str) -> list[tuple[float, int, int]]:
-        """Every worker's (summed cost, correct, count) on its part of the split."""
+    def evaluate(self, which: str, params=None) -> list[tuple[float, int, int]]:
+        """Every worker's (summed cost, correct, count) on its part of the split, with
+        ``params`` if given (sent once through the object store)."""
+        ref = self.ray.put(params) if params is not None else None
         try:
-            return self.ray.get([w.evaluate.remote(which) for w in self.workers])
+            return self.ray.get([w.evaluate.remote(which, ref) for w in self.workers])
         except self.ray.exceptions.RayActorError:
             self._heal()
-            return self.ray.get([w.evaluate.remote(which) for w in self.workers])
+            return self.ray.get([w.evaluate.remote(which, ref) for w in self.workers])
 
     def worker_pids(self) -> list[int]:
         return [i["pid"] for i in self.ray.get([w.info.remote() for w in self.workers])]

@@ -38,9 +38,20 @@ class Worker:
         return {"rank": self.rank, "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id()}
 
-    def join(self, backend: str, spec: dict, peers=None) -> None:
-        """Join the group the driver set up with backend ``backend``."""
-        self.engine.join(BACKENDS[backend].join(self.rank, spec, peers))
+    def listen(self, backend: str, spec: dict, host: str | None = None):
+        """Phase one of joining a group: open what the other members connect to, on
+        this node's address; returns this member's address for them (or None)."""
+        if host is None:
+            import ray
+            host = ray.util.get_node_ip_address()
+        self._handle, address = BACKENDS[backend].listen(self.rank, spec, host)
+        return address
+
+    def join(self, backend: str, spec: dict, peers=None, addresses=None) -> None:
+        """Phase two: join the group, now that every member's address is known."""
+        handle, self._handle = getattr(self, "_handle", None), None
+        self.engine.join(BACKENDS[backend].join(self.rank, spec, peers=peers,
+                                                addresses=addresses, handle=handle))
 
     def deliver(self, key, data) -> None:
         self.engine.group.deliver(tuple(key), data)
@@ -58,5 +69,5 @@ class Worker:
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
         return self.engine.run_epoch(epoch, schedule_state, progress)
 
-    def evaluate(self, which: str) -> tuple[float, int, int]:
-        return self.engine.evaluate(which)
+    def evaluate(self, which: str, params=None) -> tuple[float, int, int]:
+        return self.engine.evaluate(which, params)

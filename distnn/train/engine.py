@@ -75,46 +75,29 @@ class Engine:
         self._mine = self.net.params[lo:hi], self.net.grads[lo:hi]
         self._penalty = self.penalty if (lo, hi) == (0, P) else self.penalty.shard(lo, hi)
         self._parts = [(lo, hi), (P, P + 1)]
-        self._share_optimizer_state()
+        self._shard_optimizer_state()
 
     def _allreduce(self, a: np.ndarray) -> None:
         self.group.allreduce_(self._key, a)
         self._key += 1
 
-    def _share_optimizer_state(self) -> None:
-        """With a sharded update, point the optimizer's state at this replica's range of
-        the group's shared rows 1, 2, ... (one per slot), first writing that range from
-        the state it holds (none yet: zeros, and the parameters for the average)."""
-        if self.group is None or self.group.shared is None:
-            return
-        opt, (lo, hi), P = self.optimizer, self.shard, self.net.params.size
-        for i, name in enumerate(opt.slots):
-            row = self.group.shared[1 + i, :P]
-            held = opt.state.get(name)
-            if held is None or held.shape != (P,):
-                held = self.net.params if name == "average" else np.zeros(P, row.dtype)
-            row[lo:hi] = held[lo:hi]
-            opt.state[name] = row[lo:hi]
-
-    def _full_slot(self, name: str) -> np.ndarray | None:
-        """The whole of one optimizer state slot (from the shared rows when sharded)."""
-        opt = self.optimizer
-        if name not in opt.slots or name not in opt.state:
-            return None
-        if self.group is None or self.group.shared is None:
-            return opt.state[name]
-        return self.group.shared[1 + opt.slots.index(name), :self.net.params.size]
+    def _shard_optimizer_state(self) -> None:
+        """Keep the optimizer's state for this replica's shard only: a sharded update
+        splits the state across the workers (1/N each, on any number of nodes)."""
+        lo, hi = self.shard
+        for name, held in self.optimizer.state.items():
+            if held.shape == (self.net.params.size,):
+                self.optimizer.state[name] = held[lo:hi].copy()
 
     # -- state ---------------------------------------------------------------------------
     def get_state(self) -> dict:
-        """A copy of everything needed to resume from here (parameters, buffers, the
-        whole optimizer state, schedule state)."""
-        opt = self.optimizer.state_dict()
-        opt["slots"] = {name: self._full_slot(name).copy() for name in self.optimizer.slots
-                        if self._full_slot(name) is not None}
+        """A copy of everything needed to resume from here: parameters, buffers,
+        schedule state, and the optimizer state of this replica's ``shard`` (the
+        replicas' shards together make the whole: ``merge_states``)."""
         return {"params": self.net.params.copy(),
                 "buffers": {k: v.copy() for k, v in self.net.named_buffers().items()},
-                "optimizer": opt, "schedule": self.schedule.state_dict()}
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "shard": self.shard}
 
     def set_state(self, state: dict) -> None:
         self.net.params[...] = state["params"]
@@ -122,7 +105,7 @@ class Engine:
             v[...] = state["buffers"][k]
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self._share_optimizer_state()
+        self._shard_optimizer_state()
 
     # -- one step ------------------------------------------------------------------------
     def grad_scale(self, batch_count: int) -> float:
@@ -227,26 +210,48 @@ class Engine:
 
     # -- evaluation ----------------------------------------------------------------------
     @contextmanager
-    def averaged(self):
-        """Within the block the network holds the parameter average (``--ema``), then
-        its parameters again."""
-        average = self._full_slot("average")
-        if average is None:   # no --ema, or no step taken yet
+    def holding(self, params: np.ndarray | None):
+        """Within the block the network holds ``params`` (the parameter average the
+        driver evaluates with ``--ema``; None: its own), then its own again."""
+        if params is None:
             yield
             return
-        params = self.net.params
-        held = params.copy()
-        params[...] = average
+        own = self.net.params
+        held = own.copy()
+        own[...] = params
         try:
             yield
         finally:
-            params[...] = held
+            own[...] = held
 
-    def evaluate(self, which: str) -> tuple[float, int, int]:
+    def evaluate(self, which: str, params: np.ndarray | None = None) -> tuple[float, int, int]:
         """(summed cost, correct, count) on this replica's part of the "train" or
-        "valid" split, in eval mode, unaugmented, with the parameter average if any."""
+        "valid" split, in eval mode, unaugmented, with ``params`` if given (the
+        parameter average)."""
         data = self.train if which == "train" else self.valid
         n = len(data.y)
-        with self.averaged():
+        with self.holding(params):
             return measure(self.net, data, self.rank * n // self.world,
                            (self.rank + 1) * n // self.world)
+
+
+def merge_states(states: list[dict]) -> dict:
+    """One whole state from the replicas' ``get_state()``: the parameters and buffers of
+    the first, each optimizer slot assembled from the replicas' shards."""
+    first = states[0]
+    P = first["params"].size
+    slots = {}
+    for name in first["optimizer"]["slots"]:
+        full = np.empty(P, first["params"].dtype)
+        for st in states:
+            lo, hi = st["shard"]
+            full[lo:hi] = st["optimizer"]["slots"][name]
+        slots[name] = full
+    covered = np.zeros(P, bool)
+    for st in states:
+        covered[slice(*st["shard"])] = True
+    if not covered.all():
+        raise RuntimeError("the replicas' shards do not cover the parameters; "
+                           "this is a bug, please report it")
+    state = {k: v for k, v in first.items() if k != "shard"}
+    return {**state, "optimizer": {**first["optimizer"], "slots": slots}}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import distnn
-from distnn.parallel.comm import (CollectiveAborted, RingCollective, SharedMemoryBackend,
+from distnn.parallel.comm import (CollectiveAborted, RingCollective, SharedMemoryFile,
                                   SharedMemoryCollective)
 
 
@@ -28,7 +28,7 @@ def _run(fns):
 
 @pytest.fixture
 def shm3():
-    group = SharedMemoryBackend(3, 1001, np.float32)
+    group = SharedMemoryFile(3, 1001, np.float32)
     members = [SharedMemoryCollective(r, group.path, 3, 1001, np.dtype(np.float32).str,
                                       timeout=10) for r in range(3)]
     yield group, members
@@ -53,9 +53,9 @@ def test_shm_sharded_step_equals_allreduce_then_full_update(rng):
     worker ends each step with exactly the vector a full all-reduce and a full update give
     (shards aligned to 64 bytes, disjoint, covering everything)."""
     world, size = 3, 1001
-    group = SharedMemoryBackend(world, size + 1, np.float32, shared_rows=1)
+    group = SharedMemoryFile(world, size + 1, np.float32)
     members = [SharedMemoryCollective(r, group.path, world, size + 1, np.dtype(np.float32).str,
-                                      timeout=10, shared_rows=1) for r in range(world)]
+                                      timeout=10) for r in range(world)]
     try:
         shards = [m.shard(size) for m in members]
         assert shards[0][0] == 0 and shards[-1][1] == size
@@ -83,8 +83,10 @@ def test_shm_sharded_step_equals_allreduce_then_full_update(rng):
 
 
 def test_shm_abort_releases_a_waiting_worker(shm3):
+    """An abort reaching any member (the driver calls every live worker's) releases the
+    others: the flag is in the node's file."""
     group, members = shm3
-    threading.Timer(0.2, group.abort).start()
+    threading.Timer(0.2, members[1].abort).start()
     with pytest.raises(CollectiveAborted, match="a worker died"):
         members[0].allreduce_(0, np.ones(1001, np.float32))
 
@@ -135,7 +137,7 @@ def test_n_workers_reduce_to_the_one_process_gradient(opts, rng):
     ref = distnn.Network([9, 7, 4], dtype="float64", seed=3, **opts)
     _, want = ref.loss_and_grad(x, y, epoch=2, indices=idx)
     world = 3
-    group = SharedMemoryBackend(world, ref.params.size, np.float64)
+    group = SharedMemoryFile(world, ref.params.size, np.float64)
     try:
         nets = [distnn.Network([9, 7, 4], dtype="float64", seed=3, **opts) for _ in range(world)]
         coll = [SharedMemoryCollective(r, group.path, world, ref.params.size,
@@ -167,7 +169,7 @@ def test_synchronised_batchnorm_reduces_to_the_one_process_gradient(world, backe
     want_buffers = ref.named_buffers()
 
     def run(sync):
-        group = SharedMemoryBackend(world, ref.params.size, np.float64)
+        group = SharedMemoryFile(world, ref.params.size, np.float64)
         nets = [make() for _ in range(world)]
         if backend == "shm":
             coll = [SharedMemoryCollective(r, group.path, world, ref.params.size,
@@ -209,7 +211,7 @@ def test_synchronised_batchnorm_reduces_to_the_one_process_gradient(world, backe
 
 def test_a_worker_without_rows_still_takes_part_in_batchnorm_syncs(rng):
     world = 3
-    group = SharedMemoryBackend(world, 500, np.float32)
+    group = SharedMemoryFile(world, 500, np.float32)
     nets = [distnn.Network([5, 6, 3], batchnorm=True, seed=1) for _ in range(world)]
     coll = [SharedMemoryCollective(r, group.path, world, 500, np.dtype(np.float32).str,
                                    timeout=10) for r in range(world)]
@@ -247,7 +249,7 @@ def test_files_of_killed_drivers_are_swept(tmp_path):
                           capture_output=True, text=True).stdout.strip()
     stale = collective.SHM_DIR / f"distnn-{dead}-feedbeef"
     stale.write_bytes(b"x")
-    mine = SharedMemoryBackend(2, 10, np.float32)
+    mine = SharedMemoryFile(2, 10, np.float32)
     try:
         assert not stale.exists() and Path(mine.path).exists()
     finally:

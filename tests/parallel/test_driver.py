@@ -48,7 +48,10 @@ def cfg(**kw):
                                   # sharded update: optimizer state in shared memory,
                                   # per-layer penalties clipped to shards, max-norm after
                                   dict(optimizer="adam", lr=0.01, l1=0.5, l2=(1.0, 3.0),
-                                       max_norm=1.5, ema=0.9)])
+                                       max_norm=1.5, ema=0.9),
+                                  # direct TCP connections, the update sharded over them
+                                  dict(allreduce="tcp", optimizer="nesterov", l2=2.0, ema=0.5,
+                                       batchnorm=True, sync_batchnorm=True)])
 def test_two_workers_reproduce_one_process(ray_session, splits, opts):
     two = train(cfg(**opts), splits)
     one = train_one(cfg(workers=1, **opts), splits, progress=False)
@@ -84,17 +87,23 @@ class KillWorker(Callback):
     def on_epoch_end(self, epoch, logs, trainer):
         if epoch == 0:
             pid = trainer.worker_pids()[1]
-            self.killed.append(pid)
-            threading.Timer(0.05, os.kill, (pid, signal.SIGKILL)).start()
+            threading.Timer(0.05, self._kill, (pid,)).start()
+
+    def _kill(self, pid):
+        os.kill(pid, signal.SIGKILL)
+        self.killed.append(pid)     # only once it was really killed
 
 
-@pytest.mark.parametrize("backend", ["shm", "ring"])
+@pytest.mark.parametrize("backend", ["shm", "ring", "tcp"])
 def test_killed_worker_costs_time_not_the_result(ray_session, splits, backend):
-    c = cfg(allreduce=backend, check_replicas=10, epochs=3, keep_prob=0.9)
+    # batches of 2: an epoch takes long enough for the kill to land inside epoch 1
+    c = cfg(allreduce=backend, check_replicas=10, epochs=3, keep_prob=0.9, batch_size=2,
+            lr=0.02)
     clean = train(c, splits)["network"].params
     killer = KillWorker()
     faulted = train(c, splits, callbacks=[killer])
     assert killer.killed
+    assert [f["epoch"] for f in faulted["faults"]] == [1]      # replayed, not skipped
     np.testing.assert_array_equal(faulted["network"].params, clean)
     assert len(faulted["history"]) == 3
 
@@ -150,4 +159,6 @@ def test_sharded_update_gives_the_replicated_update_bit_for_bit(ray_session, spl
     both sum the same two numbers per element, so the parameters must be identical."""
     shm = train(cfg(allreduce="shm", **opts), splits)["network"].params
     ring = train(cfg(allreduce="ring", **opts), splits)["network"].params
+    tcp = train(cfg(allreduce="tcp", **opts), splits)["network"].params
     np.testing.assert_array_equal(shm, ring)
+    np.testing.assert_array_equal(shm, tcp)

@@ -1,16 +1,29 @@
 """Communication backends, by name: the registry the driver chooses from.
 
-``BACKENDS[name]`` is a ``Backend`` class (see ``base``); adding one (a TCP transport, a
-hierarchical all-reduce) is one module here and one line below, plus its tests.
+``BACKENDS[name]`` is a ``Backend`` class (see ``base``); adding one is one module here
+and one entry below, plus its tests.
+
+========  ===========  ==========================================================
+local     one worker   nothing to do (the in-process run)
+shm       one node     shared memory; sharded update
+tcp       any nodes    a ring over persistent, authenticated TCP connections,
+                       ranks ordered by node; sharded update
+hier      any nodes    shm inside each node, a TCP ring per local rank across
+                       nodes; sharded update (same number of workers per node)
+ring      any nodes    a ring of Ray actor calls (slow: the object store carries
+                       every chunk); kept as a fallback that needs no open ports
+========  ===========  ==========================================================
 """
 from __future__ import annotations
 
 from .base import Backend, CollectiveAborted, Group, LocalBackend
+from .hier import HierarchicalBackend
 from .ring import RingBackend, RingCollective
-from .shm import SHM_DIR, SharedMemoryBackend, SharedMemoryCollective
+from .shm import SHM_DIR, SharedMemoryBackend, SharedMemoryCollective, SharedMemoryFile
+from .tcp import TcpBackend
 
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (LocalBackend, SharedMemoryBackend,
-                                                           RingBackend)}
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (
+    LocalBackend, SharedMemoryBackend, TcpBackend, HierarchicalBackend, RingBackend)}
 #: what --allreduce accepts: "auto" or a backend for several workers
 CHOICES = ("auto", *(n for n in BACKENDS if n != "local"))
 
@@ -21,20 +34,44 @@ def check(requested: str) -> None:
         raise ValueError(f"allreduce must be one of {list(CHOICES)}, got {requested!r}")
 
 
-def choose(requested: str, world: int, same_node: bool) -> type[Backend]:
-    """The backend for ``world`` workers: ``local`` for one; for ``auto``, ``shm`` when
-    they share a node (and it has /dev/shm), else ``ring``."""
+def plan(node_ids) -> list[list[int]]:
+    """Ranks grouped by node (``node_ids[r]``: rank r's node), nodes in the order of
+    their lowest rank."""
+    nodes: dict = {}
+    for rank, node in enumerate(node_ids):
+        nodes.setdefault(node, []).append(rank)
+    return list(nodes.values())
+
+
+def choose(requested: str, world: int, nodes) -> type[Backend]:
+    """The backend for ``world`` workers placed as ``nodes``: ``local`` for one; for
+    ``auto``, ``shm`` on one node (with /dev/shm), ``hier`` on several with the same
+    number (> 1) of workers each, else ``tcp``."""
     check(requested)
     if world == 1:
         return LocalBackend
     if requested == "auto":
-        requested = "shm" if same_node and SHM_DIR.is_dir() else "ring"
+        sizes = {len(n) for n in nodes}
+        if len(nodes) == 1:
+            requested = "shm" if SHM_DIR.is_dir() else "tcp"
+        else:
+            requested = "hier" if len(sizes) == 1 and sizes != {1} else "tcp"
     backend = BACKENDS[requested]
-    if backend.one_node and not same_node:
-        raise ValueError(f"--allreduce {requested} needs every worker on one node; use "
-                         f"{' or '.join(n for n, b in BACKENDS.items() if not b.one_node)}")
+    if backend.one_node and len(nodes) > 1:
+        raise ValueError(f"--allreduce {requested} needs every worker on one node, but they "
+                         f"are on {len(nodes)}; use auto, tcp or hier")
     return backend
 
 
+def options(cfg) -> dict:
+    """Backend options from the run's config: the port range, the collective timeout."""
+    ports = None
+    if cfg.comm_ports:
+        lo, _, hi = cfg.comm_ports.partition("-")
+        ports = (int(lo), int(hi or lo))
+    return {"ports": ports, "timeout": float(cfg.comm_timeout)}
+
+
 __all__ = ["BACKENDS", "CHOICES", "Backend", "CollectiveAborted", "Group", "RingCollective",
-           "SharedMemoryBackend", "SharedMemoryCollective", "check", "choose"]
+           "SharedMemoryBackend", "SharedMemoryCollective", "SharedMemoryFile", "check",
+           "choose", "options", "plan"]

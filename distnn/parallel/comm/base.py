@@ -1,23 +1,26 @@
 """The communication group: the one thing the training loop knows about the other
 replicas, and the interface every backend implements.
 
-A backend has two halves.  Its ``Backend`` class lives on the driver: it sets the group
-up for ``world`` workers (a shared-memory file, nothing at all, ...), hands each worker
-what it needs to join (``spec``), can abort a group whose member died, and cleans up.
-Its ``Group`` lives in each worker (``Backend.join``) and does the collectives:
+A backend has two halves.  Its ``Backend`` class lives on the driver: it plans the group
+for ``world`` workers placed on nodes (``nodes``: the ranks on each node, in node
+order), hands every member what it needs to join (``spec``), and can release members
+blocked in a collective.  Its ``Group`` lives in each worker and does the collectives.
+A worker joins in two phases, so that members can find each other: ``listen`` (open
+what others connect to — a socket, a shared-memory file — and return its address), then,
+once the driver has every member's address, ``join``.
 
 ``allreduce_(step, buf)``   buf <- the elementwise sum of every member's buf, identically
                             on every member (the same additions in the same order), so
                             replicas that apply the same update stay bit-identical.
 ``shard(size)``             the range [lo, hi) of a size-``size`` vector this member
                             reduces and updates (all of it unless the backend shards).
-``reduce_parts_(step, buf, parts)``  the sum of buf[lo:hi] for each (lo, hi) in parts.
+``reduce_parts_(step, buf, parts)``  parts = [(lo, hi) = shard(P), (P, len(buf))]: the sum
+                            of buf[lo:hi] and of the tail buf[P:] (the batch's cost).
 ``all_gather_(step, vec, lo, hi)``   every member's vec[its shard] into every vec.
-``shared``                  rows of memory shared by the members of one node, or None.
 
-``step`` numbers a group's calls 0, 1, 2, ... in the same order on every member.  A
-member blocked in a collective raises ``CollectiveAborted`` when the group is aborted
-(a peer died) or after its timeout.
+``step`` numbers a group's calls in the same increasing order on every member.  A member
+blocked in a collective raises ``CollectiveAborted`` when the group is aborted (a peer
+died) or after its timeout.
 """
 from __future__ import annotations
 
@@ -32,7 +35,6 @@ class Group:
     """Worker side of a backend.  The defaults are those of a group of one."""
 
     name = "local"
-    shared: np.ndarray | None = None
 
     def allreduce_(self, step: int, buf: np.ndarray) -> None:
         """Sum ``buf`` over the group, in place."""
@@ -53,7 +55,7 @@ class Group:
         raise RuntimeError(f"the {self.name} backend receives no messages")
 
     def abort(self) -> None:
-        pass
+        """Release this member if it is blocked in a collective (a peer died)."""
 
     def close(self) -> None:
         pass
@@ -64,32 +66,59 @@ class Backend:
 
     Subclasses declare ``name``, whether every member must share a node
     (``one_node``) and whether the members need each other's actor handles
-    (``needs_peers``), and implement ``join``."""
+    (``needs_peers``), and implement ``join`` (and ``listen`` if members connect to
+    each other)."""
 
     name = "local"
     one_node = True
     needs_peers = False
 
-    def __init__(self, world: int, size: int, dtype, shared_rows: int = 0):
+    def __init__(self, world: int, size: int, dtype, nodes=None, options=None):
         self.world, self.size, self.dtype = world, size, np.dtype(dtype).str
-        self.shared_rows = shared_rows
+        self.nodes = [list(n) for n in nodes] if nodes else [list(range(world))]
+        self.options = dict(options or {})
 
     def spec(self) -> dict:
         """What a member needs to join (sent to every worker; picklable)."""
         return {"world": self.world, "size": self.size, "dtype": self.dtype,
-                "shared_rows": self.shared_rows}
+                "nodes": self.nodes, **self.options}
 
     @classmethod
-    def join(cls, rank: int, spec: dict, peers=None) -> Group:
-        """The worker-side ``Group`` of member ``rank``."""
+    def listen(cls, rank: int, spec: dict, host: str):
+        """Phase one: open what the others connect to on ``host`` (this member's node
+        address).  Returns (a handle for ``join``, this member's address or None)."""
+        return None, None
+
+    @classmethod
+    def join(cls, rank: int, spec: dict, *, peers=None, addresses=None,
+             handle=None) -> Group:
+        """Phase two: the worker-side ``Group`` of member ``rank``; ``addresses[r]`` is
+        what member r's ``listen`` returned, ``peers[r]`` its actor handle."""
         return Group()
 
     def abort(self) -> None:
-        """Release every member blocked in a collective (a peer died)."""
+        """Release members blocked in a collective, from the driver, where the backend
+        can (the workers' own ``Group.abort`` is called as well)."""
 
     def close(self) -> None:
-        """Remove whatever the group set up."""
+        """Remove whatever the driver side set up."""
 
 
 class LocalBackend(Backend):
     """A group of one, in this process: the in-process run.  No Ray, nothing to do."""
+
+
+def node_of(rank: int, nodes) -> tuple[int, int]:
+    """(node index, local rank) of ``rank`` in the plan ``nodes``."""
+    for m, ranks in enumerate(nodes):
+        if rank in ranks:
+            return m, ranks.index(rank)
+    raise ValueError(f"rank {rank} is on no node of {nodes}")
+
+
+def aligned_bounds(size: int, parts: int, lo: int = 0) -> list[int]:
+    """``parts`` + 1 boundaries cutting [lo, lo + size) into near-equal ranges on
+    16-element (64-byte) multiples of lo, so no cache line is written by two workers."""
+    b = [lo + min(size, -(-size * r // parts) // 16 * 16) for r in range(parts + 1)]
+    b[-1] = lo + size
+    return b

@@ -22,8 +22,8 @@ class RingBackend(Backend):
     needs_peers = True
 
     @classmethod
-    def join(cls, rank, spec, peers=None) -> "RingCollective":
-        return RingCollective(rank, spec["world"], peers)
+    def join(cls, rank, spec, *, peers=None, addresses=None, handle=None):
+        return RingCollective(rank, spec["world"], peers, timeout=spec.get("timeout", 300.0))
 
 
 class RingCollective(Group):

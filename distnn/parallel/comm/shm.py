@@ -8,9 +8,8 @@ plus N reads, no serialisation.
 Sharded update: ``reduce_parts_`` sums only the ranges a worker asks for (its shard of
 the gradient, 1/N of it), the worker updates that shard of the parameters, and
 ``all_gather_`` publishes it through a shared row of the file and copies the other
-shards back: each worker then reads and writes O(P) per step instead of O(N P), and the
-optimizer state lives once per node, in further shared rows, each worker updating its
-own range.
+shards back: each worker then reads and writes O(P) per step instead of O(N P), and
+keeps the optimizer state of its shard only.
 """
 from __future__ import annotations
 
@@ -21,49 +20,55 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, CollectiveAborted, Group
+from .base import Backend, CollectiveAborted, Group, aligned_bounds
 
 SHM_DIR = Path("/dev/shm")
 
 
+class SharedMemoryFile:
+    """A node's group file: ``world`` slots of ``size`` numbers for each step parity, a
+    row for the all-gather, and a header of step counters and the abort flag.  It is
+    created on the node whose workers map it (by one of them), and removed on ``close``
+    or, after a crash, by ``sweep_stale`` (its creator's PID is in its name)."""
+
+    def __init__(self, world: int, size: int, dtype):
+        if not SHM_DIR.is_dir():
+            raise RuntimeError("the shm all-reduce needs /dev/shm on every node; use "
+                               "--allreduce tcp")
+        sweep_stale()
+        self.path = str(SHM_DIR / f"distnn-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        nbytes = 8 * (world + 1) + (2 * world + 1) * size * np.dtype(dtype).itemsize
+        with open(self.path, "wb") as f:
+            f.truncate(nbytes)
+
+    def close(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+
 class SharedMemoryBackend(Backend):
-    """Driver side of ``shm``: creates (and finally removes) the mapped file."""
+    """Driver side of ``shm``: one node; the first member creates the file there."""
 
     name = "shm"
     one_node = True
 
-    def __init__(self, world: int, size: int, dtype, shared_rows: int = 0):
-        if not SHM_DIR.is_dir():
-            raise RuntimeError("the shm all-reduce needs /dev/shm; use --allreduce ring")
-        sweep_stale()
-        super().__init__(world, size, dtype, shared_rows)
-        self.path = str(SHM_DIR / f"distnn-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        header = 8 * (world + 1)
-        nbytes = header + (2 * world + shared_rows) * size * np.dtype(dtype).itemsize
-        with open(self.path, "wb") as f:
-            f.truncate(nbytes)
-        self._flags = np.memmap(self.path, np.int64, "r+", 0, (world + 1,))
-
-    def spec(self) -> dict:
-        return {**super().spec(), "path": self.path}
+    @classmethod
+    def listen(cls, rank, spec, host):
+        if rank != spec["nodes"][0][0]:
+            return None, None
+        f = SharedMemoryFile(len(spec["nodes"][0]), spec["size"], spec["dtype"])
+        return f, f.path
 
     @classmethod
-    def join(cls, rank, spec, peers=None) -> "SharedMemoryCollective":
-        return SharedMemoryCollective(rank, spec["path"], spec["world"], spec["size"],
-                                      spec["dtype"], shared_rows=spec["shared_rows"])
-
-    def abort(self) -> None:
-        self._flags[self.world] = 1
-        self._flags.flush()
-
-    def close(self) -> None:
-        del self._flags
-        Path(self.path).unlink(missing_ok=True)
+    def join(cls, rank, spec, *, peers=None, addresses=None, handle=None):
+        ranks = spec["nodes"][0]
+        return SharedMemoryCollective(ranks.index(rank), addresses[ranks[0]], len(ranks),
+                                      spec["size"], spec["dtype"], owner=handle,
+                                      timeout=spec.get("timeout", 300.0))
 
 
 def sweep_stale() -> None:
-    """Remove group files left by drivers that were killed (their PID, in the name, is
-    gone), so SIGKILLed runs do not slowly fill /dev/shm."""
+    """Remove group files whose creator was killed (its PID, in the name, is gone), so
+    SIGKILLed runs do not slowly fill /dev/shm."""
     for f in SHM_DIR.glob("distnn-*-*"):
         try:
             pid = int(f.name.split("-")[1])
@@ -79,22 +84,23 @@ def sweep_stale() -> None:
 class SharedMemoryCollective(Group):
     name = "shm"
 
+    """Member ``rank`` (its place among the node's ``world`` members) of the group in
+    the file at ``path``; ``owner``: the ``SharedMemoryFile``, for its creator, who
+    removes it on ``close``."""
+
     def __init__(self, rank: int, path: str, world: int, size: int, dtype: str,
-                 timeout: float = 300.0, shared_rows: int = 0):
-        self.rank, self.world, self.timeout = rank, world, timeout
+                 timeout: float = 300.0, owner: SharedMemoryFile | None = None):
+        self.rank, self.world, self.timeout, self.owner = rank, world, timeout, owner
         header = 8 * (world + 1)
         dtype = np.dtype(dtype)
         self.flags = np.memmap(path, np.int64, "r+", 0, (world + 1,))
         self.slots = np.memmap(path, dtype, "r+", header, (2, world, size))
-        if shared_rows:
-            self.shared = np.memmap(path, dtype, "r+", header + 2 * world * size * dtype.itemsize,
-                                    (shared_rows, size))
+        self.row = np.memmap(path, dtype, "r+", header + 2 * world * size * dtype.itemsize,
+                             (size,))
         self.counters = self.flags[:world]
 
     def shard(self, size):
-        # boundaries on 16-element (64-byte) multiples: no cache line written by two workers
-        b = [min(size, -(-size * r // self.world) // 16 * 16) for r in range(self.world + 1)]
-        b[-1] = size
+        b = aligned_bounds(size, self.world)
         return b[self.rank], b[self.rank + 1]
 
     def allreduce_(self, step, buf):
@@ -116,7 +122,7 @@ class SharedMemoryCollective(Group):
         """Through shared row 0: write this worker's shard, wait, copy the rest.  The row
         is single-buffered: a worker writes it again only after the next step's
         ``reduce_parts_``, which no worker passes before every worker has copied."""
-        row = self.shared[0, :vec.size]
+        row = self.row[:vec.size]
         np.copyto(row[lo:hi], vec[lo:hi])
         self._publish_and_wait(step)
         np.copyto(vec[:lo], row[:lo])
@@ -129,7 +135,7 @@ class SharedMemoryCollective(Group):
         spins = 0
         while self.counters.min() < step + 1:
             if self.flags[self.world]:
-                raise CollectiveAborted("the driver aborted the all-reduce (a worker died)")
+                raise CollectiveAborted("the all-reduce was aborted (a worker died)")
             spins += 1
             if spins > 200:                         # back off once the wait is not short
                 time.sleep(0.0002)
@@ -138,6 +144,10 @@ class SharedMemoryCollective(Group):
                 elif time.monotonic() > deadline:
                     raise CollectiveAborted(f"no all-reduce partner for {self.timeout:g}s")
 
+    def abort(self):
+        self.flags[self.world] = 1
+
     def close(self):
-        del self.slots, self.flags, self.counters
-        self.shared = None
+        del self.slots, self.flags, self.counters, self.row
+        if self.owner is not None:
+            self.owner.close()

@@ -1,0 +1,93 @@
+"""``hier``: hierarchical all-reduce for several workers on each of several nodes
+(Horovod's hierarchical all-reduce; Sergeev & Del Balso 2018).
+
+With M nodes of L workers each, the worker with local rank l on node m:
+
+1. sums its local shard (1/L of the gradient) over the node's workers through the
+   node's shared-memory file (``shm``);
+2. reduce-scatters that shard over a TCP ring of the M workers with local rank l, one
+   per node, and so ends with 1/(L M) = 1/N of the gradient summed over the cluster:
+   the part of the parameters it updates, with the optimizer state of that part only;
+3. after the update, all-gathers the shard over the same ring, then the node's shards
+   through shared memory.
+
+Each node sends 2(M − 1)/M of the gradient over its link per step, however many workers
+it holds, and no byte crosses the network twice.
+"""
+from __future__ import annotations
+
+from .base import Group, node_of
+from .shm import SharedMemoryCollective, SharedMemoryFile
+from .tcp import TcpBackend, TcpRing, open_listener
+
+
+class HierarchicalGroup(Group):
+    name = "hier"
+
+    def __init__(self, local: SharedMemoryCollective, ring: TcpRing):
+        self.local, self.ring = local, ring
+
+    def _local_shard(self, size):
+        return self.local.shard(size)
+
+    def shard(self, size):
+        a, b = self._local_shard(size)
+        lo, hi = self.ring.owned(b - a)
+        return a + lo, a + hi
+
+    def allreduce_(self, step, buf):
+        self.local.reduce_parts_(step, buf, [(0, buf.size)])
+        self.ring.reduce_scatter_(step, buf)
+        self.ring.all_gather_(step, buf)
+
+    def reduce_parts_(self, step, buf, parts):
+        (lo, hi), (P, end) = parts
+        a, b = self._local_shard(P)
+        self.local.reduce_parts_(step, buf, [(a, b), (P, end)])
+        self.ring.reduce_scatter_(step, buf[a:b], buf[P:end])
+
+    def all_gather_(self, step, vec, lo, hi):
+        a, b = self._local_shard(vec.size)
+        self.ring.all_gather_(step, vec[a:b])
+        self.local.all_gather_(step, vec, a, b)
+
+    def abort(self):
+        self.local.abort()
+        self.ring.abort()
+
+    def close(self):
+        self.ring.close()
+        self.local.close()
+
+
+class HierarchicalBackend(TcpBackend):
+    """Driver side of ``hier``: every node must hold the same number of workers."""
+
+    name = "hier"
+    one_node = False
+
+    def __init__(self, world, size, dtype, nodes=None, options=None):
+        super().__init__(world, size, dtype, nodes, options)
+        if len({len(n) for n in self.nodes}) != 1:
+            raise ValueError(f"--allreduce hier needs the same number of workers on every "
+                             f"node, got {[len(n) for n in self.nodes]}; use tcp")
+
+    @classmethod
+    def listen(cls, rank, spec, host):
+        m, l = node_of(rank, spec["nodes"])
+        f = SharedMemoryFile(len(spec["nodes"][m]), spec["size"], spec["dtype"]) \
+            if l == 0 else None
+        s = open_listener(host, spec.get("ports"))
+        return (s, f), {"tcp": s.getsockname()[:2], "shm": f.path if f else None}
+
+    @classmethod
+    def join(cls, rank, spec, *, peers=None, addresses=None, handle=None):
+        nodes, timeout = spec["nodes"], spec.get("timeout", 300.0)
+        m, l = node_of(rank, nodes)
+        listener, f = handle
+        local = SharedMemoryCollective(l, addresses[nodes[m][0]]["shm"], len(nodes[m]),
+                                       spec["size"], spec["dtype"], timeout=timeout, owner=f)
+        M = len(nodes)
+        ring = TcpRing(m, M, listener, addresses[nodes[(m + 1) % M][l]]["tcp"],
+                       bytes.fromhex(spec["secret"]), timeout)
+        return HierarchicalGroup(local, ring)

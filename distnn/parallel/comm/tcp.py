@@ -1,0 +1,374 @@
+"""``tcp``: a ring all-reduce over persistent TCP connections, for workers on any nodes.
+
+Each member of a ring keeps two connections open for the whole run, opened once when
+the group is wired: one to the next member (it only sends there) and one from the
+previous member (it only receives from there).  Before any byte from a connection is
+summed, the peer proves that it belongs to this run: both ends answer a random challenge
+with an HMAC-SHA256 over the run's secret, which the driver hands to the workers through
+Ray.  Sockets bind to the node's own address (never 0.0.0.0), on a port from
+``--comm-ports`` when the cluster is firewalled.
+
+A reduce-scatter then an all-gather, each n − 1 steps; every member sends 2(n − 1)/n of
+the buffer.  Chunks go out in pieces of ``PIECE`` bytes from a sender thread
+(``sendall`` of NumPy memory, no pickling), while the receiving thread ``recv_into``s a
+preallocated buffer and adds: the add of piece k overlaps the transfer of piece k + 1,
+and a piece is forwarded to the next member as soon as it is summed.  A small "tail" of
+the buffer (the batch's cost) rides along with the reduce-scatter, so every member
+knows it, summed in ring order, when the reduce-scatter ends.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import queue
+import secrets
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+
+from .base import Backend, CollectiveAborted, Group, aligned_bounds
+
+PIECE = 1 << 18                     # bytes per piece in flight
+SOCKET_BUFFER = 4 << 20
+_HEADER = struct.Struct("!qqq")     # collective key, vector length, tail length
+
+
+def _mac(secret: bytes, label: bytes, nonce: bytes) -> bytes:
+    return hmac.new(secret, label + nonce, hashlib.sha256).digest()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionError("the peer closed the connection")
+        got += k
+    return bytes(buf)
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+
+
+def open_listener(host: str, ports: tuple[int, int] | None) -> socket.socket:
+    """A listening socket on ``host`` (a port from ``ports``, inclusive, or any)."""
+    candidates = range(ports[0], ports[1] + 1) if ports else [0]
+    for port in candidates:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((host, port))
+        except OSError:
+            s.close()
+            continue
+        s.listen(16)
+        return s
+    raise RuntimeError(f"no free port in --comm-ports {ports[0]}-{ports[1]} on {host}")
+
+
+def accept_member(listener: socket.socket, secret: bytes, expect: int,
+                  deadline: float) -> socket.socket:
+    """The connection from member ``expect``, once it has proved it holds ``secret``;
+    anyone else is refused (closed) and waited past."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CollectiveAborted(f"member {expect} did not connect in time")
+        listener.settimeout(left)
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        try:
+            conn.settimeout(max(1.0, min(10.0, left)))
+            nonce = secrets.token_bytes(32)
+            conn.sendall(nonce)
+            who, mac, theirs = struct.unpack("!q32s32s", _recv_exact(conn, 72))
+            if who != expect or not hmac.compare_digest(mac, _mac(secret, b"c%d" % who, nonce)):
+                raise PermissionError("refused")
+            conn.sendall(_mac(secret, b"s", theirs))
+            conn.settimeout(None)
+            return conn
+        except (OSError, PermissionError, struct.error):
+            conn.close()   # a stranger, or a member of another run: not summed, not kept
+
+
+def connect_member(address, secret: bytes, me: int, deadline: float) -> socket.socket:
+    """Connect to the member at ``address`` and prove membership (and check its)."""
+    while True:
+        try:
+            conn = socket.create_connection(tuple(address),
+                                            timeout=max(0.5, deadline - time.monotonic()))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise CollectiveAborted(f"cannot connect to the member at {address}") from None
+            time.sleep(0.05)
+    try:
+        nonce = _recv_exact(conn, 32)
+        mine = secrets.token_bytes(32)
+        conn.sendall(struct.pack("!q32s32s", me, _mac(secret, b"c%d" % me, nonce), mine))
+        proved = hmac.compare_digest(_recv_exact(conn, 32), _mac(secret, b"s", mine))
+    except OSError as e:   # ConnectionError included: it closed on us
+        proved = False
+        why = f" ({e})"
+    else:
+        why = ""
+    if not proved:
+        conn.close()
+        raise CollectiveAborted(f"the peer at {tuple(address)} did not prove that it belongs "
+                                f"to this run, or refused this member's proof{why}")
+    conn.settimeout(None)
+    return conn
+
+
+class TcpRing:
+    """Member ``pos`` of a ring of ``n`` over TCP: ``reduce_scatter_`` and
+    ``all_gather_`` of any contiguous vector (chunk c is owned, fully reduced, by member
+    (c − 1) mod n after the reduce-scatter)."""
+
+    def __init__(self, pos: int, n: int, listener, next_address, secret: bytes,
+                 timeout: float = 300.0):
+        self.pos, self.n, self.timeout = pos, n, timeout
+        self.rx = self.tx = None
+        self._error, self._aborted = None, False
+        if n > 1:
+            self._connect(listener, next_address, secret)
+        if listener is not None:
+            listener.close()
+        self._scratch = np.empty(0, np.uint8)
+        self._queue: queue.Queue = queue.Queue()
+        self._pending = 0
+        self._cond = threading.Condition()
+        if n > 1:
+            threading.Thread(target=self._sender, name="distnn-tcp-send", daemon=True).start()
+
+    def _connect(self, listener, next_address, secret):
+        deadline = time.monotonic() + min(self.timeout, 120.0)
+        got: dict = {}
+
+        def accept():
+            try:
+                got["rx"] = accept_member(listener, secret, (self.pos - 1) % self.n, deadline)
+            except BaseException as e:   # re-raised below, in the joining thread
+                got["error"] = e
+        t = threading.Thread(target=accept, daemon=True)
+        t.start()
+        self.tx = connect_member(next_address, secret, self.pos, deadline)
+        t.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        if "rx" not in got:
+            self.tx.close()
+            raise got.get("error") or CollectiveAborted("no connection from the previous member")
+        self.rx = got["rx"]
+        for s in (self.rx, self.tx):
+            _tune(s)
+            s.settimeout(self.timeout)
+
+    # -- the sender thread ---------------------------------------------------------------
+    def _sender(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                if self._error is None:
+                    self.tx.sendall(item)
+            except OSError as e:
+                self._error = e
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
+
+    def _send(self, data) -> None:
+        if isinstance(data, np.ndarray):
+            if data.nbytes == 0:
+                return
+            data = memoryview(data.reshape(-1).view(np.uint8))
+        with self._cond:
+            self._pending += 1
+        self._queue.put(data)
+
+    def _drain(self) -> None:
+        """Wait until everything queued has been handed to the kernel: the memory it was
+        sent from may change once a collective returns."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._pending == 0, self.timeout):
+                raise CollectiveAborted(f"could not send to the next member for {self.timeout:g}s")
+        self._check()
+
+    def _check(self):
+        if self._aborted:
+            raise CollectiveAborted("the all-reduce was aborted (a worker died)")
+        if self._error is not None:
+            raise CollectiveAborted(f"lost the connection to the next member: {self._error}")
+
+    def _recv_into(self, arr: np.ndarray) -> None:
+        if arr.nbytes == 0:
+            return
+        view = memoryview(arr.reshape(-1).view(np.uint8))
+        got, n = 0, view.nbytes
+        try:
+            while got < n:
+                k = self.rx.recv_into(view[got:], n - got)
+                if k == 0:
+                    raise ConnectionError("the previous member closed the connection")
+                got += k
+        except (OSError, ConnectionError) as e:
+            self._check()
+            raise CollectiveAborted(f"lost the previous member: {e}") from None
+
+    def _handshake(self, key: int, size: int, tail: int) -> None:
+        """Both ends of a link are at the same collective with the same sizes."""
+        self._send(_HEADER.pack(key, size, tail))
+        head = np.empty(_HEADER.size, np.uint8)
+        self._recv_into(head)
+        if _HEADER.unpack(head.tobytes()) != (key, size, tail):
+            raise CollectiveAborted(f"members out of step: expected collective {key} of "
+                                    f"{size}+{tail}, got {_HEADER.unpack(head.tobytes())}")
+
+    # -- collectives ---------------------------------------------------------------------
+    def bounds(self, size: int) -> list[int]:
+        return aligned_bounds(size, self.n)
+
+    def owned(self, size: int) -> tuple[int, int]:
+        """The chunk this member holds fully reduced after a reduce-scatter."""
+        b, c = self.bounds(size), (self.pos + 1) % self.n
+        return b[c], b[c + 1]
+
+    def _pieces(self, lo: int, hi: int, itemsize: int):
+        step = max(1, PIECE // itemsize)
+        return ((s, min(s + step, hi)) for s in range(lo, hi, step))
+
+    def reduce_scatter_(self, key: int, v: np.ndarray, tail: np.ndarray | None = None):
+        """Sum ``v`` over the ring into each member's owned chunk (the rest of ``v`` is
+        left partly summed); ``tail``, if given, is summed in full on every member."""
+        n, p = self.n, self.pos
+        tail = np.zeros(0) if tail is None else tail
+        if n == 1:
+            return
+        b = self.bounds(v.size)
+        known = np.zeros((n, tail.size))
+        known[p] = tail
+        if self._scratch.nbytes < PIECE:
+            self._scratch = np.empty(PIECE, np.uint8)
+        self._handshake(key, v.size, tail.size)
+        self._send(v[b[p]:b[p + 1]])
+        self._send(known.copy())
+        for s in range(n - 1):
+            c = (p - s - 1) % n
+            forward = s + 1 < n - 1
+            for lo, hi in self._pieces(b[c], b[c + 1], v.itemsize):
+                got = self._scratch[:(hi - lo) * v.itemsize].view(v.dtype)
+                self._recv_into(got)
+                np.add(v[lo:hi], got, out=v[lo:hi])
+                if forward:
+                    self._send(v[lo:hi])
+            theirs = np.empty_like(known)
+            self._recv_into(theirs)
+            for t in range(s + 1):    # what the previous member knew: itself and s before
+                known[(p - 1 - t) % n] = theirs[(p - 1 - t) % n]
+            if forward:
+                self._send(known.copy())
+        tail[...] = known.sum(axis=0)   # the same matrix, the same sum, on every member
+        self._drain()
+
+    def all_gather_(self, key: int, v: np.ndarray) -> None:
+        """Every member's owned chunk of ``v`` into every member's ``v``."""
+        n, p = self.n, self.pos
+        if n == 1:
+            return
+        b = self.bounds(v.size)
+        self._handshake(key, v.size, -1)
+        c = (p + 1) % n
+        self._send(v[b[c]:b[c + 1]])
+        for s in range(n - 1):
+            c = (p - s) % n
+            for lo, hi in self._pieces(b[c], b[c + 1], v.itemsize):
+                self._recv_into(v[lo:hi])
+                if s + 1 < n - 1:
+                    self._send(v[lo:hi])
+        self._drain()
+
+    def abort(self) -> None:
+        self._aborted = True
+        for s in (self.rx, self.tx):
+            if s is not None:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._queue.put(None)
+        for s in (self.rx, self.tx):
+            if s is not None:
+                s.close()
+
+
+def ring_order(nodes) -> list[int]:
+    """Ranks in ring order: node by node, so a flat ring crosses each link once."""
+    return [r for ranks in nodes for r in ranks]
+
+
+class TcpGroup(Group):
+    """A flat ring over every worker, ordered by node; the update is sharded: each
+    worker updates the chunk it owns after the reduce-scatter (1/N of the parameters)
+    and keeps the optimizer state of that chunk only."""
+
+    name = "tcp"
+
+    def __init__(self, ring: TcpRing):
+        self.ring = ring
+
+    def shard(self, size):
+        return self.ring.owned(size)
+
+    def allreduce_(self, step, buf):
+        self.ring.reduce_scatter_(step, buf)
+        self.ring.all_gather_(step, buf)
+
+    def reduce_parts_(self, step, buf, parts):
+        (lo, hi), (P, _) = parts
+        if (lo, hi) != self.shard(P):
+            raise ValueError(f"tcp reduces this member's shard {self.shard(P)}, not {(lo, hi)}")
+        self.ring.reduce_scatter_(step, buf[:P], buf[P:])
+
+    def all_gather_(self, step, vec, lo, hi):
+        self.ring.all_gather_(step, vec)
+
+    def abort(self):
+        self.ring.abort()
+
+    def close(self):
+        self.ring.close()
+
+
+class TcpBackend(Backend):
+    """Driver side of ``tcp``: a fresh secret for every wiring of the group."""
+
+    name = "tcp"
+    one_node = False
+
+    def spec(self) -> dict:
+        if not hasattr(self, "_secret"):
+            self._secret = secrets.token_hex(32)
+        return {**super().spec(), "secret": self._secret}
+
+    @classmethod
+    def listen(cls, rank, spec, host):
+        s = open_listener(host, spec.get("ports"))
+        return s, s.getsockname()[:2]
+
+    @classmethod
+    def join(cls, rank, spec, *, peers=None, addresses=None, handle=None):
+        order = ring_order(spec["nodes"])
+        pos, n = order.index(rank), len(order)
+        ring = TcpRing(pos, n, handle, addresses[order[(pos + 1) % n]],
+                       bytes.fromhex(spec["secret"]), spec.get("timeout", 300.0))
+        return TcpGroup(ring)

@@ -1,0 +1,177 @@
+"""All-reduce across simulated hosts, against the bandwidth bound, old ring vs new.
+
+    python scripts/bench_multihost.py [--hosts 2,3,4] [--per-host 1,2] [--rates 1gbit,10gbit]
+        [--mb 2.54,10] [--reps 20] [--write docs/BENCHMARKS.md]
+
+For every placement (M hosts x L workers, links shaped with tbf at each rate) it starts
+a simulated cluster (scripts/simcluster.py), runs bare all-reduce members as Ray actors
+placed like distnn's workers, and times one training step's communication: for ``tcp``
+and ``hier`` the reduce-scatter of the gradient plus the all-gather of the updated
+parameters (the sharded update), for the old ``ring`` of Ray actor calls its
+all-reduce.  The bound is 2(M-1)/M S/B: what each host must send over its link of rate
+B for a gradient of S bytes, however it is done.  Bytes per step are read from host
+0's interface counters.  Needs root (network namespaces); see simcluster.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402
+import simcluster  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RATES = {"1gbit": 1e9, "10gbit": 1e10}
+
+
+class Peer:
+    """A bare member of an all-reduce group, wired the way the driver wires workers."""
+
+    def __init__(self, rank, world):
+        self.rank, self.world, self.group, self._handle = rank, world, None, None
+
+    def node(self):
+        import ray
+        return ray.get_runtime_context().get_node_id()
+
+    def listen(self, backend, spec):
+        import ray
+        from distnn.parallel.comm import BACKENDS
+        self._handle, address = BACKENDS[backend].listen(self.rank, spec,
+                                                         ray.util.get_node_ip_address())
+        return address
+
+    def join(self, backend, spec, peers, addresses):
+        from distnn.parallel.comm import BACKENDS
+        self.group = BACKENDS[backend].join(self.rank, spec, peers=peers,
+                                            addresses=addresses, handle=self._handle)
+
+    def deliver(self, key, data):
+        self.group.deliver(tuple(key), data)
+
+    def run(self, n, reps, sharded):
+        import numpy as np
+        buf = np.ones(n + 1, np.float32)
+        vec = np.ones(n, np.float32)
+        lo, hi = self.group.shard(n)
+        times = []
+        for k in range(reps + 2):
+            t0 = time.perf_counter()
+            if sharded:
+                self.group.reduce_parts_(2 * k, buf, [(lo, hi), (n, n + 1)])
+                self.group.all_gather_(2 * k + 1, vec, lo, hi)
+            else:
+                self.group.allreduce_(2 * k, buf)
+            times.append(time.perf_counter() - t0)
+        return times[2:]
+
+    def close(self):
+        self.group.close()
+
+
+def _link_bytes():
+    net = Path("/sys/class/net/eth0/statistics")
+    return int((net / "tx_bytes").read_text()), int((net / "rx_bytes").read_text())
+
+
+def inner(args) -> None:
+    """On host 0 of a simulated cluster: every backend and size; one JSON line each."""
+    import numpy as np
+    import ray
+    from distnn.parallel import comm
+    ray.init(address="auto", logging_level="ERROR")
+    world = int(ray.cluster_resources()["CPU"])
+    actor = ray.remote(num_cpus=1, max_concurrency=4)(Peer)
+    for backend in args.backends.split(","):
+        for mb in (float(m) for m in args.mb.split(",")):
+            n = int(mb * 1e6 / 4)
+            peers = [actor.remote(r, world) for r in range(world)]
+            nodes = comm.plan(ray.get([p.node.remote() for p in peers]))
+            group = comm.BACKENDS[backend](world, n + 1, np.float32, nodes,
+                                           {"ports": None, "timeout": 120.0})
+            spec = group.spec()
+            addrs = ray.get([p.listen.remote(backend, spec) for p in peers])
+            ray.get([p.join.remote(backend, spec, peers if backend == "ring" else None, addrs)
+                     for p in peers])
+            before = _link_bytes()
+            per = ray.get([p.run.remote(n, args.reps, backend != "ring") for p in peers])
+            after = _link_bytes()
+            steps = args.reps + 2
+            step_times = [max(ts[i] for ts in per) for i in range(args.reps)]
+            print(json.dumps({"backend": backend, "mb": mb, "nodes": len(nodes),
+                              "ms": 1e3 * statistics.median(step_times),
+                              "tx_mb_per_step": (after[0] - before[0]) / steps / 1e6,
+                              "rx_mb_per_step": (after[1] - before[1]) / steps / 1e6}),
+                  flush=True)
+            ray.get([p.close.remote() for p in peers])
+            for p in peers:
+                ray.kill(p)
+
+
+def measure(hosts, per_host, rate, args) -> list[dict]:
+    backends = "ring," + ("hier" if per_host > 1 else "tcp")
+    with simcluster.SimCluster(hosts, per_host, rate) as c:
+        r = c.run(0, [sys.executable, __file__, "--inner", "--backends", backends,
+                      "--mb", args.mb, "--reps", str(args.reps)], cwd=ROOT, timeout=1800)
+    if r.returncode:
+        raise RuntimeError(f"the benchmark on {hosts}x{per_host} failed:\n{r.stderr[-3000:]}")
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    for row in rows:
+        row.update(hosts=hosts, per_host=per_host, rate=rate)
+    return rows
+
+
+def table(rows) -> str:
+    out = []
+    for r in rows:
+        M, S, B = r["hosts"], r["mb"] * 1e6, RATES[r["rate"]] / 8
+        bound = 1e3 * 2 * (M - 1) / M * S / B
+        link = 2 * (M - 1) / M * r["mb"]
+        out.append([f"{M} x {r['per_host']}", r["rate"], f"{r['mb']:g} MB", r["backend"],
+                    f"{r['ms']:.1f}", f"{bound:.1f}", f"**{r['ms'] / bound:.2f}x**",
+                    f"{r['tx_mb_per_step']:.2f} / {r['rx_mb_per_step']:.2f}",
+                    f"{max(r['tx_mb_per_step'], r['rx_mb_per_step']) / link:.2f}x"])
+    return _bench.table(["hosts x workers", "link", "gradient", "backend", "ms per step",
+                         "bound ms", "vs bound", "host 0 MB out / in per step",
+                         "vs 2(M-1)/M S"], out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hosts", default="2,3,4")
+    p.add_argument("--per-host", default="1,2")
+    p.add_argument("--rates", default="1gbit,10gbit")
+    p.add_argument("--mb", default="2.54,10")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--write", metavar="BENCHMARKS.md")
+    p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--backends", default="ring,tcp", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.inner:
+        inner(args)
+        return 0
+    why = simcluster.available()
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    rows = []
+    for rate in args.rates.split(","):
+        for per_host in (int(x) for x in args.per_host.split(",")):
+            for hosts in (int(x) for x in args.hosts.split(",")):
+                rows += measure(hosts, per_host, rate, args)
+                print(table(rows[-len(args.mb.split(",")) * 2:]), flush=True)
+    _bench.report("bench_multihost", "All-reduce across simulated hosts",
+                  f"median step of {args.reps}; tbf-shaped veth links between network "
+                  "namespaces; every simulated host shares this machine's 2 cores",
+                  [table(rows)], args.write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Across simulated hosts (scripts/simcluster.py: a network namespace, address, private
+/dev/shm and token-auth Ray node each), built and torn down here: N workers on several
+hosts give the one-process parameters.  Skipped, with the reason, where the machine
+cannot make namespaces (not root, no ``ip netns``)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import simcluster  # noqa: E402
+
+from distnn.io import checkpoint as ckpt  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _cluster(hosts, cpus):
+    why = simcluster.available()
+    if why:
+        pytest.skip(why)
+    return simcluster.SimCluster(hosts=hosts, cpus=cpus)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from tests.data import tiny
+    return tiny.write_blobs(tmp_path_factory.mktemp("mh"), 1200, 200)
+
+
+def _args(data, out, workers, *extra):
+    return ["train", "--dataset", "idx", "--data-dir", str(data), "--layers", "64,32,4",
+            "--epochs", "2", "--batch-size", "24", "--optimizer", "adam", "--lr", "0.01",
+            "--l2", "1", "--ema", "0.9", "--keep-prob", "0.9", "--dtype", "float64",
+            "--seed", "3", "--workers", str(workers), "--checkpoint-dir", str(out), *extra]
+
+
+def _params(d):
+    c = ckpt.load(d)
+    return {**c.tensors, **c.optimizer}
+
+
+@pytest.fixture(scope="module")
+def one_process(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "ck"
+    r = subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *_args(data, out, 1)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return _params(out)
+
+
+def _train_on(cluster, data, out, workers, *extra):
+    r = cluster.run(0, [sys.executable, "-m", "distnn.cli", *_args(data, out, workers, *extra),
+                        "--address", cluster.address], cwd=ROOT, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return r.stdout + r.stderr
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-9, err_msg=k)
+
+
+def test_two_hosts_one_worker_each_give_the_one_process_parameters(data, one_process,
+                                                                    tmp_path):
+    with _cluster(2, 1) as c:
+        log = _train_on(c, data, tmp_path / "tcp", 2)
+        assert "2 workers (all-reduce: tcp)" in log
+        _assert_same(_params(tmp_path / "tcp"), one_process)
+        log = _train_on(c, data, tmp_path / "ring", 2, "--allreduce", "ring")
+        _assert_same(_params(tmp_path / "ring"), one_process)
+
+
+def test_two_hosts_two_workers_each_hierarchical(data, one_process, tmp_path):
+    with _cluster(2, 2) as c:
+        log = _train_on(c, data, tmp_path / "hier", 4)
+        assert "4 workers (all-reduce: hier)" in log
+        _assert_same(_params(tmp_path / "hier"), one_process)
+        _train_on(c, data, tmp_path / "tcp", 4, "--allreduce", "tcp")
+        _assert_same(_params(tmp_path / "tcp"), one_process)
+
+
+def test_shared_memory_is_made_on_the_workers_node_not_the_drivers(data, one_process,
+                                                                   tmp_path):
+    """A head with no CPUs (the usual cluster set-up), both workers on another host:
+    the shm file must live in that host's /dev/shm, not the driver's."""
+    with _cluster(2, [0, 2]) as c:
+        log = _train_on(c, data, tmp_path / "shm", 2)
+        assert "2 workers (all-reduce: shm)" in log
+        _assert_same(_params(tmp_path / "shm"), one_process)
