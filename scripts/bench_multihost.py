@@ -142,6 +142,50 @@ def table(rows) -> str:
                          "vs 2(M-1)/M S"], out)
 
 
+TRAIN = ["-m", "distnn.cli", "-q", "train", "--dataset", "mnist", "--layers", "784,800,10",
+         "--activation", "relu", "--init", "he", "--optimizer", "momentum", "--lr", "0.05",
+         "--batch-size", "128", "--epochs", "4", "--no-monitor-train"]
+
+
+def _rate(out: Path) -> float:
+    h = json.loads(out.read_text())["history"]
+    return statistics.median(e["examples_per_second"] for e in h[1:])
+
+
+def training(rounds: int, tmp: Path) -> list[list[float]]:
+    """Examples/s of [784,800,10]@128 on MNIST: one process, 2 workers on this node
+    (shm), 2 simulated hosts x 1 worker (tcp, links unshaped); ``rounds`` interleaved."""
+    out = []
+    with simcluster.SimCluster(2, 1) as c:
+        for k in range(rounds):
+            row = []
+            for name, workers in (("one", 1), ("node", 2)):
+                f = tmp / f"{name}{k}.json"
+                subprocess.run([sys.executable, *TRAIN, "--workers", str(workers),
+                                "--metrics-out", str(f)], cwd=ROOT, check=True, timeout=1800)
+                row.append(_rate(f))
+            f = tmp / f"hosts{k}.json"
+            r = c.run(0, [sys.executable, *TRAIN, "--workers", "2", "--address", c.address,
+                          "--metrics-out", str(f)], cwd=ROOT, timeout=1800)
+            if r.returncode:
+                raise RuntimeError(r.stderr[-3000:])
+            row.append(_rate(f))
+            print(f"round {k + 1}: one process {row[0]:,.0f}, 2 workers on one node "
+                  f"{row[1]:,.0f}, 2 hosts {row[2]:,.0f} ex/s", flush=True)
+            out.append(row)
+    return out
+
+
+def training_table(rounds) -> str:
+    med = [statistics.median(r[i] for r in rounds) for i in range(3)]
+    ratio = statistics.median(r[2] / r[1] for r in rounds)
+    return _bench.table(
+        ["one process ex/s", "2 workers, one node (shm) ex/s", "2 hosts x 1 worker (tcp) ex/s",
+         "2 hosts / one node"],
+        [[f"{med[0]:,.0f}", f"{med[1]:,.0f}", f"{med[2]:,.0f}",
+          f"**{ratio:.2f}x** (" + ", ".join(f"{r[2] / r[1]:.2f}" for r in rounds) + ")"]])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hosts", default="2,3,4")
@@ -150,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--mb", default="2.54,10")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--write", metavar="BENCHMARKS.md")
+    p.add_argument("--training", type=int, default=0, metavar="ROUNDS",
+                   help="instead: training throughput across 2 simulated hosts vs one node")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backends", default="ring,tcp", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -160,6 +206,15 @@ def main(argv=None) -> int:
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
+    if args.training:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            rounds = training(args.training, Path(tmp))
+        _bench.report("bench_multihost_training", "Training across simulated hosts",
+                      "[784,800,10]@128 on MNIST, median examples/s over epochs 1-3, "
+                      f"{args.training} interleaved rounds; every simulated host shares this "
+                      "machine's 2 cores", [training_table(rounds)], args.write)
+        return 0
     rows = []
     for rate in args.rates.split(","):
         for per_host in (int(x) for x in args.per_host.split(",")):
