@@ -116,7 +116,7 @@ def inner(args) -> None:
 
 def measure(hosts, per_host, rate, args) -> list[dict]:
     backends = "ring," + ("hier" if per_host > 1 else "tcp")
-    with simcluster.SimCluster(hosts, per_host, rate) as c:
+    with simcluster.SimCluster(hosts, per_host, None if rate == "none" else rate) as c:
         r = c.run(0, [sys.executable, __file__, "--inner", "--backends", backends,
                       "--mb", args.mb, "--reps", str(args.reps)], cwd=ROOT, timeout=1800)
     if r.returncode:
@@ -130,11 +130,13 @@ def measure(hosts, per_host, rate, args) -> list[dict]:
 def table(rows) -> str:
     out = []
     for r in rows:
-        M, S, B = r["hosts"], r["mb"] * 1e6, RATES[r["rate"]] / 8
-        bound = 1e3 * 2 * (M - 1) / M * S / B
+        M, S = r["hosts"], r["mb"] * 1e6
+        bound = 1e3 * 2 * (M - 1) / M * S / (RATES[r["rate"]] / 8) if r["rate"] in RATES \
+            else None   # unshaped: no link limit, the floor of these cores
         link = 2 * (M - 1) / M * r["mb"]
         out.append([f"{M} x {r['per_host']}", r["rate"], f"{r['mb']:g} MB", r["backend"],
-                    f"{r['ms']:.1f}", f"{bound:.1f}", f"**{r['ms'] / bound:.2f}x**",
+                    f"{r['ms']:.1f}", f"{bound:.1f}" if bound else "-",
+                    f"**{r['ms'] / bound:.2f}x**" if bound else "-",
                     f"{r['tx_mb_per_step']:.2f} / {r['rx_mb_per_step']:.2f}",
                     f"{max(r['tx_mb_per_step'], r['rx_mb_per_step']) / link:.2f}x"])
     return _bench.table(["hosts x workers", "link", "gradient", "backend", "ms per step",
@@ -190,7 +192,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hosts", default="2,3,4")
     p.add_argument("--per-host", default="1,2")
-    p.add_argument("--rates", default="1gbit,10gbit")
+    p.add_argument("--rates", default="1gbit,10gbit",
+                   help="link rates (tbf), or none: unshaped, the floor of these cores")
     p.add_argument("--mb", default="2.54,10")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--write", metavar="BENCHMARKS.md")
