@@ -91,3 +91,74 @@ def one_worker(cfg, split):
 def epoch(engine, k: int) -> dict:
     """Train epoch ``k``; its result (``seconds``, ``loss_sum``, ...)."""
     return engine.run_epoch(k, engine.schedule.state_dict())
+
+
+class Peer:
+    """A bare member of an all-reduce group, wired the way the driver wires workers."""
+
+    def __init__(self, rank, world):
+        self.rank, self.world, self.group, self._handle = rank, world, None, None
+
+    def node(self):
+        import ray
+        return ray.get_runtime_context().get_node_id()
+
+    def listen(self, backend, spec):
+        import ray
+        from distnn.parallel.comm import BACKENDS
+        self._handle, address = BACKENDS[backend].listen(self.rank, spec,
+                                                         ray.util.get_node_ip_address())
+        return address
+
+    def join(self, backend, spec, peers, addresses):
+        from distnn.parallel.comm import BACKENDS
+        self.group = BACKENDS[backend].join(self.rank, spec, peers=peers,
+                                            addresses=addresses, handle=self._handle)
+
+    def deliver(self, key, data):
+        self.group.deliver(tuple(key), data)
+
+    def run(self, n, reps, sharded=False):
+        """Per-step seconds of ``reps`` steps (after 2 warm-up steps): the sharded
+        update's reduce-scatter + all-gather, or a plain all-reduce."""
+        import numpy as np
+        buf = np.ones(n + 1, np.float32)
+        vec = np.ones(n, np.float32)
+        lo, hi = self.group.shard(n)
+        times = []
+        for k in range(reps + 2):
+            t0 = time.perf_counter()
+            if sharded:
+                self.group.reduce_parts_(2 * k, buf, [(lo, hi), (n, n + 1)])
+                self.group.all_gather_(2 * k + 1, vec, lo, hi)
+            else:
+                self.group.allreduce_(2 * k, buf)
+            times.append(time.perf_counter() - t0)
+        return times[2:]
+
+    def close(self):
+        self.group.close()
+
+
+def peers(backend: str, world: int, size: int):
+    """``world`` Peer actors joined in a group of ``backend`` over ``size`` numbers,
+    wired the way the driver wires workers; returns (actors, their node plan)."""
+    import numpy as np
+    import ray
+    from distnn.parallel import comm
+    actor = ray.remote(num_cpus=1, max_concurrency=4)(Peer)
+    ps = [actor.remote(r, world) for r in range(world)]
+    nodes = comm.plan(ray.get([p.node.remote() for p in ps]))
+    spec = comm.BACKENDS[backend](world, size, np.float32, nodes,
+                                  {"ports": None, "timeout": 120.0}).spec()
+    addresses = ray.get([p.listen.remote(backend, spec) for p in ps])
+    ray.get([p.join.remote(backend, spec, ps if backend == "ring" else None, addresses)
+             for p in ps])
+    return ps, nodes
+
+
+def close_peers(ps) -> None:
+    import ray
+    ray.get([p.close.remote() for p in ps])
+    for p in ps:
+        ray.kill(p)

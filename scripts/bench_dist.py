@@ -49,43 +49,17 @@ def distnn_rate(workers, batch, epochs, data, backend="auto"):
     return _bench.median([e["examples_per_second"] for e in h[1:]]), comm
 
 
-class Peer:
-    """A bare all-reduce participant, for timing the backends alone."""
-
-    def __init__(self, rank, world):
-        self.rank, self.world, self.c = rank, world, None
-
-    def setup(self, backend, spec, peers=None):
-        from distnn.parallel.comm import BACKENDS
-        self.c = BACKENDS[backend].join(self.rank, spec, peers)
-
-    def deliver(self, key, data):
-        self.c.deliver(tuple(key), data)
-
-    def run(self, n, reps):
-        buf = np.ones(n, np.float32)
-        self.c.allreduce_(0, buf)
-        t0 = time.perf_counter()
-        for k in range(1, reps + 1):
-            self.c.allreduce_(k, buf)
-        return (time.perf_counter() - t0) / reps
-
-
 def allreduce_times(mbs, reps=50):
+    """Seconds of one all-reduce of ``mb`` MB between 2 workers on this node."""
     import ray
-    from distnn.parallel.comm import BACKENDS
-    actor = ray.remote(num_cpus=1, max_concurrency=4)(Peer)
     out = {}
-    for backend in ("shm", "ring"):
+    for backend in ("shm", "tcp", "ring"):
         for mb in mbs:
             n = int(mb * 1e6 / 4)
-            peers = [actor.remote(r, 2) for r in range(2)]
-            group = BACKENDS[backend](2, n, np.float32)
-            ray.get([p.setup.remote(backend, group.spec(), peers) for p in peers])
-            out[(backend, mb)] = max(ray.get([p.run.remote(n, reps) for p in peers]))
-            for p in peers:
-                ray.kill(p)
-            group.close()
+            peers, _ = _bench.peers(backend, 2, n + 1)
+            runs = ray.get([p.run.remote(n, reps) for p in peers])
+            out[(backend, mb)] = _bench.median([max(t) for t in zip(*runs)])
+            _bench.close_peers(peers)
     return out
 
 
@@ -248,7 +222,7 @@ def main(argv=None) -> int:
         rss = worker_rss_growth(splits(12800), epochs=30)
     finally:
         ray.shutdown()
-    ar = [[f"{mb:g} MB", f"{1e3 * times[('shm', mb)]:.2f} ms", f"{1e3 * times[('ring', mb)]:.2f} ms"]
+    ar = [[f"{mb:g} MB", *(f"{1e3 * times[(b, mb)]:.2f} ms" for b in ("shm", "tcp", "ring"))]
           for mb in (0.1, 1.0, 2.5)]
     _bench.report("bench_dist", "Data-parallel throughput",
                   "one BLAS thread per worker; throughput is the median over epochs after a "
@@ -259,8 +233,8 @@ def main(argv=None) -> int:
                       "distnn/DDP"], rows), "",
         "Share of epoch time spent in the all-reduce (2 workers): " + "; ".join(
             f"batch {b}: shm {100 * f:.1f}%, ring {100 * r:.1f}%" for b, (f, r) in fracs.items()),
-        "", "All-reduce of one buffer between 2 Ray workers on this node (mean of 50):", "",
-        _bench.table(["size", "shm", "ring (Ray object refs)"], ar), "",
+        "", "All-reduce of one buffer between 2 Ray workers on this node (median of 50):", "",
+        _bench.table(["size", "shm", "tcp (loopback)", "ring (Ray object refs)"], ar), "",
         "Worker RSS (MiB, both workers) after epochs 0, 10, 20, 29 of [784,100,10]@256 on "
         "12,800 images: " + "; ".join(f"{', '.join(f'{r:.0f}' for r in rss[e])}"
                                       for e in (0, 10, 20, 29)) + ". RSS counts "
@@ -271,7 +245,9 @@ def main(argv=None) -> int:
         "at batch 128 each running at the same time with no communication at all (the same "
         "training step), interleaved: " + "; ".join(
             f"{a:,.0f} vs {b:,.0f} ex/s = {b / a:.2f}x" for a, b in ceiling)
-        + f"; median **{_bench.median([b / a for a, b in ceiling]):.2f}x**. That is the most "
+        + f"; median **{_bench.median([b / a for a, b in ceiling]):.2f}x**; 2 workers reach "
+        + ", ".join(f"{_bench.median(rounds[b]) / _bench.median([y / x for x, y in ceiling]):.2f}"
+                    f" of it at batch {b}" for b in rounds) + ". That is the most "
         "2 synchronous workers could reach on these 2 cores if the all-reduce and the "
         "per-step wait for the slower worker cost nothing.",
         "Target: 2 workers >= 1.7x one worker at global batch 256.",

@@ -30,51 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RATES = {"1gbit": 1e9, "10gbit": 1e10}
 
 
-class Peer:
-    """A bare member of an all-reduce group, wired the way the driver wires workers."""
-
-    def __init__(self, rank, world):
-        self.rank, self.world, self.group, self._handle = rank, world, None, None
-
-    def node(self):
-        import ray
-        return ray.get_runtime_context().get_node_id()
-
-    def listen(self, backend, spec):
-        import ray
-        from distnn.parallel.comm import BACKENDS
-        self._handle, address = BACKENDS[backend].listen(self.rank, spec,
-                                                         ray.util.get_node_ip_address())
-        return address
-
-    def join(self, backend, spec, peers, addresses):
-        from distnn.parallel.comm import BACKENDS
-        self.group = BACKENDS[backend].join(self.rank, spec, peers=peers,
-                                            addresses=addresses, handle=self._handle)
-
-    def deliver(self, key, data):
-        self.group.deliver(tuple(key), data)
-
-    def run(self, n, reps, sharded):
-        import numpy as np
-        buf = np.ones(n + 1, np.float32)
-        vec = np.ones(n, np.float32)
-        lo, hi = self.group.shard(n)
-        times = []
-        for k in range(reps + 2):
-            t0 = time.perf_counter()
-            if sharded:
-                self.group.reduce_parts_(2 * k, buf, [(lo, hi), (n, n + 1)])
-                self.group.all_gather_(2 * k + 1, vec, lo, hi)
-            else:
-                self.group.allreduce_(2 * k, buf)
-            times.append(time.perf_counter() - t0)
-        return times[2:]
-
-    def close(self):
-        self.group.close()
-
-
 def _link_bytes():
     net = Path("/sys/class/net/eth0/statistics")
     return int((net / "tx_bytes").read_text()), int((net / "rx_bytes").read_text())
@@ -82,23 +37,13 @@ def _link_bytes():
 
 def inner(args) -> None:
     """On host 0 of a simulated cluster: every backend and size; one JSON line each."""
-    import numpy as np
     import ray
-    from distnn.parallel import comm
     ray.init(address="auto", logging_level="ERROR")
     world = int(ray.cluster_resources()["CPU"])
-    actor = ray.remote(num_cpus=1, max_concurrency=4)(Peer)
     for backend in args.backends.split(","):
         for mb in (float(m) for m in args.mb.split(",")):
             n = int(mb * 1e6 / 4)
-            peers = [actor.remote(r, world) for r in range(world)]
-            nodes = comm.plan(ray.get([p.node.remote() for p in peers]))
-            group = comm.BACKENDS[backend](world, n + 1, np.float32, nodes,
-                                           {"ports": None, "timeout": 120.0})
-            spec = group.spec()
-            addrs = ray.get([p.listen.remote(backend, spec) for p in peers])
-            ray.get([p.join.remote(backend, spec, peers if backend == "ring" else None, addrs)
-                     for p in peers])
+            peers, nodes = _bench.peers(backend, world, n + 1)
             before = _link_bytes()
             per = ray.get([p.run.remote(n, args.reps, backend != "ring") for p in peers])
             after = _link_bytes()
@@ -109,9 +54,7 @@ def inner(args) -> None:
                               "tx_mb_per_step": (after[0] - before[0]) / steps / 1e6,
                               "rx_mb_per_step": (after[1] - before[1]) / steps / 1e6}),
                   flush=True)
-            ray.get([p.close.remote() for p in peers])
-            for p in peers:
-                ray.kill(p)
+            _bench.close_peers(peers)
 
 
 def measure(hosts, per_host, rate, args) -> list[dict]:

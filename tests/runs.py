@@ -1,5 +1,6 @@
-"""Helpers for tests that run ``distnn train`` on a small IDX dataset (the ``blob_dir``
-fixture of conftest.py)."""
+"""Helpers shared by tests: ``distnn train`` arguments on a small IDX dataset (the
+``blob_dir`` fixture of conftest.py), and group members run as threads."""
+import threading
 
 
 def train_args(data_dir, ckpt_dir, epochs=6, extra=()):
@@ -9,3 +10,21 @@ def train_args(data_dir, ckpt_dir, epochs=6, extra=()):
             "--epochs", str(epochs), "--batch-size", "10", "--lr", "0.1",
             "--optimizer", "momentum", "--keep-prob", "0.8", "--l2", "0.5",
             "--checkpoint-dir", str(ckpt_dir), *extra]
+
+
+def run_threads(fns, timeout=60):
+    """Call each of ``fns`` in a thread of its own (the members of a group); their
+    results in order, or the first exception raised."""
+    out, errs = [None] * len(fns), []
+
+    def call(i):
+        try:
+            out[i] = fns[i]()
+        except BaseException as e:  # surfaced below
+            errs.append(e)
+    ts = [threading.Thread(target=call, args=(i,)) for i in range(len(fns))]
+    [t.start() for t in ts]
+    [t.join(timeout) for t in ts]
+    if errs:
+        raise errs[0]
+    return out

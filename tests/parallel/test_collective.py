@@ -8,22 +8,7 @@ import pytest
 import distnn
 from distnn.parallel.comm import (CollectiveAborted, RingCollective, SharedMemoryFile,
                                   SharedMemoryCollective)
-
-
-def _run(fns):
-    out, errs = [None] * len(fns), []
-
-    def call(i):
-        try:
-            out[i] = fns[i]()
-        except BaseException as e:  # surfaced below
-            errs.append(e)
-    ts = [threading.Thread(target=call, args=(i,)) for i in range(len(fns))]
-    [t.start() for t in ts]
-    [t.join(30) for t in ts]
-    if errs:
-        raise errs[0]
-    return out
+from tests.runs import run_threads
 
 
 @pytest.fixture
@@ -42,7 +27,7 @@ def test_shm_allreduce_sums_identically_over_many_steps(shm3, rng):
     for step in range(6):   # exercises both parity buffers
         bufs = [rng.standard_normal(1001).astype(np.float32) for _ in range(3)]
         expect = bufs[0] + bufs[1] + bufs[2]
-        _run([lambda m=m, b=b: m.allreduce_(step, b) for m, b in zip(members, bufs)])
+        run_threads([lambda m=m, b=b: m.allreduce_(step, b) for m, b in zip(members, bufs)])
         for b in bufs:
             np.testing.assert_array_equal(b, bufs[0])
         np.testing.assert_allclose(bufs[0], expect, rtol=1e-6)
@@ -73,7 +58,7 @@ def test_shm_sharded_step_equals_allreduce_then_full_update(rng):
                 assert bufs[r][size] == total[size]
                 params[r][lo:hi] -= 0.1 * bufs[r][lo:hi]
                 members[r].all_gather_(2 * step + 1, params[r], lo, hi)
-            _run([lambda r=r: work(r) for r in range(world)])
+            run_threads([lambda r=r: work(r) for r in range(world)])
             for p in params:
                 np.testing.assert_array_equal(p, expect)
     finally:
@@ -111,7 +96,7 @@ def test_ring_allreduce_sums_identically(rng):
     for step in range(3):
         bufs = [rng.standard_normal(103) for _ in range(n)]
         expect = sum(bufs)
-        _run([lambda m=m, b=b: m.allreduce_(step, b) for m, b in zip(members, bufs)])
+        run_threads([lambda m=m, b=b: m.allreduce_(step, b) for m, b in zip(members, bufs)])
         for b in bufs:
             np.testing.assert_array_equal(b, bufs[0])
         np.testing.assert_allclose(bufs[0], expect, rtol=1e-12)
@@ -148,7 +133,7 @@ def test_n_workers_reduce_to_the_one_process_gradient(opts, rng):
             nets[r]._loss_and_grad_sum(x[s], y[s], epoch=2, indices=idx[s], scale=1 / 12)
             coll[r].allreduce_(0, nets[r].grads)
             return nets[r].grads.copy()
-        got = _run([lambda r=r: work(r) for r in range(world)])
+        got = run_threads([lambda r=r: work(r) for r in range(world)])
         [c.close() for c in coll]
     finally:
         group.close()
@@ -193,7 +178,7 @@ def test_synchronised_batchnorm_reduces_to_the_one_process_gradient(world, backe
             allreduce(nets[r].grads)
             return nets[r].grads.copy(), keys[r]
         try:
-            return _run([lambda r=r: work(r) for r in range(world)]), nets
+            return run_threads([lambda r=r: work(r) for r in range(world)]), nets
         finally:
             [c.close() for c in coll]
             group.close()
@@ -231,7 +216,7 @@ def test_a_worker_without_rows_still_takes_part_in_batchnorm_syncs(rng):
         allreduce(nets[r].grads)
         return nets[r].grads.copy()
     try:
-        got = _run([lambda r=r: work(r) for r in range(world)])
+        got = run_threads([lambda r=r: work(r) for r in range(world)])
     finally:
         [c.close() for c in coll]
         group.close()

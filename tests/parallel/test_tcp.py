@@ -9,22 +9,7 @@ import pytest
 
 from distnn.parallel.comm import BACKENDS, CollectiveAborted
 from distnn.parallel.comm import tcp
-
-
-def _run(fns, timeout=60):
-    out, errs = [None] * len(fns), []
-
-    def call(i):
-        try:
-            out[i] = fns[i]()
-        except BaseException as e:  # surfaced below
-            errs.append(e)
-    ts = [threading.Thread(target=call, args=(i,)) for i in range(len(fns))]
-    [t.start() for t in ts]
-    [t.join(timeout) for t in ts]
-    if errs:
-        raise errs[0]
-    return out
+from tests.runs import run_threads
 
 
 def make_groups(name, nodes, size, dtype=np.float32, timeout=10.0):
@@ -35,7 +20,7 @@ def make_groups(name, nodes, size, dtype=np.float32, timeout=10.0):
     spec = cls(world, size, dtype, nodes, {"ports": None, "timeout": timeout}).spec()
     listened = [cls.listen(r, spec, "127.0.0.1") for r in range(world)]
     addresses = [a for _, a in listened]
-    return _run([lambda r=r: cls.join(r, spec, addresses=addresses, handle=listened[r][0])
+    return run_threads([lambda r=r: cls.join(r, spec, addresses=addresses, handle=listened[r][0])
                  for r in range(world)])
 
 
@@ -52,7 +37,7 @@ def test_allreduce_sums_identically_on_every_member(name, nodes, rng, monkeypatc
         for step in range(3):
             bufs = [rng.standard_normal(size).astype(np.float32) for _ in groups]
             want = np.sum(np.array(bufs, np.float64), axis=0)
-            _run([lambda g=g, b=b: g.allreduce_(step, b) for g, b in zip(groups, bufs)])
+            run_threads([lambda g=g, b=b: g.allreduce_(step, b) for g, b in zip(groups, bufs)])
             for b in bufs:
                 np.testing.assert_array_equal(b, bufs[0])
             np.testing.assert_allclose(bufs[0], want, rtol=1e-5, atol=1e-5)
@@ -83,7 +68,7 @@ def test_sharded_step_equals_allreduce_then_full_update(name, nodes, rng):
             vec[lo:hi] -= 0.5 * buf[lo:hi]
             g.all_gather_(1, vec, lo, hi)
             return float(buf[P])
-        costs = _run([lambda i=i: step(groups[i], bufs[i], vecs[i], *shards[i])
+        costs = run_threads([lambda i=i: step(groups[i], bufs[i], vecs[i], *shards[i])
                       for i in range(len(groups))])
         assert len(set(costs)) == 1 and costs[0] == pytest.approx(total[P], rel=1e-5)
         want = params - 0.5 * total[:P].astype(np.float32)
@@ -111,13 +96,13 @@ def test_a_peer_without_the_runs_secret_is_refused():
         seen.append(intruder.recv(1))                     # refused: closed on it
     t = threading.Thread(target=intrude)
     t.start()
-    groups = _run([lambda r=r: cls.join(r, spec, addresses=addresses, handle=listened[r][0])
+    groups = run_threads([lambda r=r: cls.join(r, spec, addresses=addresses, handle=listened[r][0])
                    for r in range(2)])
     t.join(10)
     try:
         assert seen == [32, b""]
         bufs = [np.ones(100, np.float32), np.full(100, 2, np.float32)]
-        _run([lambda g=g, b=b: g.allreduce_(0, b) for g, b in zip(groups, bufs)])
+        run_threads([lambda g=g, b=b: g.allreduce_(0, b) for g, b in zip(groups, bufs)])
         np.testing.assert_array_equal(bufs[0], np.full(100, 3, np.float32))
     finally:
         intruder.close()
@@ -125,7 +110,7 @@ def test_a_peer_without_the_runs_secret_is_refused():
     wrong = {**spec, "secret": "00" * 32}
     listener, address = cls.listen(0, spec, "127.0.0.1")
     with pytest.raises(CollectiveAborted, match="did not connect in time|prove"):
-        _run([lambda: tcp.accept_member(listener, bytes.fromhex(spec["secret"]), 1,
+        run_threads([lambda: tcp.accept_member(listener, bytes.fromhex(spec["secret"]), 1,
                                         tcp.time.monotonic() + 2),
               lambda: tcp.connect_member(address, bytes.fromhex(wrong["secret"]), 1,
                                          tcp.time.monotonic() + 2)])
