@@ -238,6 +238,10 @@ class RayPool:
         return [i["pid"] for i in self.ray.get([w.info.remote() for w in self.workers])]
 
     def close(self) -> None:
+        """Let the workers leave their group (removing what they created), then stop
+        them; a worker that does not answer within a few seconds is stopped anyway."""
+        refs = [w.close.remote() for w in self.workers]
+        self.ray.wait(refs, num_returns=len(refs), timeout=10)
         for w in self.workers:
             self.ray.kill(w, no_restart=True)
         if self.group is not None:

@@ -60,6 +60,12 @@ class Worker:
         if self.engine.group is not None:
             self.engine.group.abort()
 
+    def close(self) -> None:
+        """Leave the group (its creator removes what it made, e.g. the shm file)."""
+        if self.engine.group is not None:
+            self.engine.group.close()
+            self.engine.group = None
+
     def get_state(self) -> dict:
         return self.engine.get_state()
 

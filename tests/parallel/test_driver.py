@@ -3,6 +3,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +54,10 @@ def cfg(**kw):
                                   dict(allreduce="tcp", optimizer="nesterov", l2=2.0, ema=0.5,
                                        batchnorm=True, sync_batchnorm=True)])
 def test_two_workers_reproduce_one_process(ray_session, splits, opts):
+    shm = Path("/dev/shm")
+    before = set(shm.glob("distnn-*")) if shm.is_dir() else set()
     two = train(cfg(**opts), splits)
+    assert (set(shm.glob("distnn-*")) if shm.is_dir() else set()) == before  # removed
     one = train_one(cfg(workers=1, **opts), splits, progress=False)
     np.testing.assert_allclose(two["network"].params, one["network"].params,
                                rtol=1e-4, atol=1e-5)
