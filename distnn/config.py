@@ -62,7 +62,7 @@ class TrainConfig:
     address: str | None = None
     allreduce: str = "auto"
     comm_ports: str | None = None
-    comm_timeout: float = 300.0
+    comm_timeout: float = 60.0
     lr_scaling: str = "none"
     check_replicas: int = 0
     max_failures: int = 3

@@ -25,6 +25,7 @@ from .worker import Worker
 log = logging.getLogger(__name__)
 
 WIRE_SECONDS = 120
+STALL_SECONDS = 10.0   # after an abort, how long the other workers get to return
 BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -168,23 +169,39 @@ class RayPool:
             self._recover(dead, epoch, failures)
 
     def _attempt(self, epoch, schedule_state):
-        """Run the epoch on every worker; returns the results, or the ranks that died."""
+        """Run the epoch on every worker; returns (results, ranks that failed).  Once a
+        worker has died or given up waiting in a collective, the others get
+        ``STALL_SECONDS`` to return; one that does not is stalled (stopped, hung, cut
+        off) and counts as failed, so no wait here lasts for ever."""
         ray = self.ray
         refs = [w.run_epoch.remote(epoch, schedule_state) for w in self.workers]
-        results, dead, pending = {}, [], list(refs)
+        results, failed, pending, deadline = {}, [], list(refs), None
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = ray.wait(pending, num_returns=1, timeout=left)
+            if not done:
+                stalled = [refs.index(r) for r in pending]
+                log.warning("worker(s) %s did not answer within %g s of the abort in epoch "
+                            "%d (stopped or cut off); replacing them", stalled,
+                            STALL_SECONDS, epoch)
+                return results, failed + stalled
             rank = refs.index(done[0])
             try:
                 results[rank] = ray.get(done[0])
+                continue
             except ray.exceptions.RayActorError:
-                dead.append(rank)
-                self._abort()
+                failed.append(rank)
             except ray.exceptions.RayTaskError as e:
                 if "CollectiveAborted" not in str(e):
                     self._abort()
                     raise
-        return results, dead
+                log.warning("worker %d gave up in epoch %d: %s", rank, epoch,
+                            str(e).strip().splitlines()[-1][:200])
+            self._abort()
+            deadline = deadline or time.monotonic() + STALL_SECONDS
+        if len(results) < self.world and not failed:   # every one came back, some aborted
+            failed = [r for r in range(self.world) if r not in results]
+        return results, failed
 
     def _abort(self):
         if self.group is not None:
@@ -195,9 +212,10 @@ class RayPool:
     def _recover(self, dead, epoch, failures):
         if failures > self.cfg.max_failures:
             raise WorkerFailure(
-                f"epoch {epoch} failed {failures} times in a row (workers {dead} died); "
+                f"epoch {epoch} failed {failures} times in a row (workers {dead} died or "
+                f"stalled); "
                 f"giving up. The parameters of the last complete epoch ({epoch - 1}) are kept.")
-        log.warning("worker(s) %s died during epoch %d; replacing them and replaying the "
+        log.warning("worker(s) %s failed during epoch %d; replacing them and replaying the "
                     "epoch from its start (attempt %d)", dead, epoch, failures + 1)
         self.faults.append({"epoch": epoch, "workers": list(dead), "action": "replaced, "
                             "epoch replayed", "time": time.time()})

@@ -166,3 +166,31 @@ def test_sharded_update_gives_the_replicated_update_bit_for_bit(ray_session, spl
     tcp = train(cfg(allreduce="tcp", **opts), splits)["network"].params
     np.testing.assert_array_equal(shm, ring)
     np.testing.assert_array_equal(shm, tcp)
+
+
+def test_a_stopped_worker_is_replaced_instead_of_hanging(ray_session, splits):
+    """SIGSTOP a worker inside epoch 1: its peer gives up after --comm-timeout, the
+    driver waits a bounded time for the stopped one, replaces it and replays the epoch:
+    the fault-free result, not a hang."""
+    c = cfg(epochs=3, batch_size=2, lr=0.02, comm_timeout=2.0)
+    clean = train(c, splits)["network"].params
+    stopped = []
+
+    class Stop(Callback):
+        def on_epoch_end(self, epoch, logs, trainer):
+            if epoch == 0:
+                pid = trainer.worker_pids()[1]
+                threading.Timer(0.05, lambda: (os.kill(pid, signal.SIGSTOP),
+                                               stopped.append(pid))).start()
+    t0 = time.monotonic()
+    try:
+        out = train(c, splits, callbacks=[Stop()])
+    finally:
+        for pid in stopped:   # ray.kill has SIGKILLed it; make sure, whatever happened
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert stopped and time.monotonic() - t0 < 90
+    assert [f["epoch"] for f in out["faults"]] == [1]
+    np.testing.assert_array_equal(out["network"].params, clean)
