@@ -121,29 +121,8 @@ def _fit(base, todo, splits, out_dir, name, asha, resume):
     # CSV/JSON ones its result table reads, not its TensorBoard one
     run_config = tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                 callbacks=[CSVLoggerCallback(), JsonLoggerCallback()])
-    resources = {"cpu": base.workers}
-    if asha:
-        trainable = tune.with_resources(tune.with_parameters(_trial, **common), resources)
-        if resume and tune.Tuner.can_restore(f"{storage}/{name}"):
-            tuner = tune.Tuner.restore(f"{storage}/{name}", trainable, resume_errored=True)
-        else:
-            sched = tune.schedulers.ASHAScheduler(grace_period=max(1, base.epochs // 8))
-            tuner = tune.Tuner(
-                trainable, param_space={"trial": tune.grid_search(todo)},
-                tune_config=tune.TuneConfig(metric=base.monitor, mode=mode(base.monitor),
-                                            scheduler=sched, reuse_actors=True),
-                run_config=run_config)
-    else:
-        n = len(splits.train)
-        order = sorted(todo, key=lambda it: -cost(apply(base, it[1]), n))
-        queue = ray.remote(num_cpus=0)(_Queue).remote(order)
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // base.workers)
-        trainable = tune.with_resources(tune.with_parameters(_lane, queue=queue, **common),
-                                        resources)
-        tuner = tune.Tuner(
-            trainable, param_space={"lane": tune.grid_search(list(range(min(slots,
-                                                                             len(order)))))},
-            run_config=run_config)
+    make = _asha_tuner if asha else _lanes_tuner
+    tuner = make(base, todo, splits, common, run_config, f"{storage}/{name}", resume)
     with mock.patch.dict(os.environ, TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
         grid = tuner.fit()
     errors = [r.error for r in grid if r.error]
@@ -152,6 +131,37 @@ def _fit(base, todo, splits, out_dir, name, asha, resume):
                     "configurations that finished, and --resume-search runs the rest",
                     len(errors), errors[0])
     return grid
+
+
+def _asha_tuner(base, todo, splits, common, run_config, path, resume):
+    """One Tune trial per configuration, reporting every epoch to ASHA."""
+    from ray import tune
+    trainable = tune.with_resources(tune.with_parameters(_trial, **common),
+                                    {"cpu": base.workers})
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable, resume_errored=True)
+    sched = tune.schedulers.ASHAScheduler(grace_period=max(1, base.epochs // 8))
+    return tune.Tuner(
+        trainable, param_space={"trial": tune.grid_search(todo)},
+        tune_config=tune.TuneConfig(metric=base.monitor, mode=mode(base.monitor),
+                                    scheduler=sched, reuse_actors=True),
+        run_config=run_config)
+
+
+def _lanes_tuner(base, todo, splits, common, run_config, path, resume):
+    """One Tune trial per free slot, each taking configurations, longest first, from one
+    shared queue."""
+    import ray
+    from ray import tune
+    n = len(splits.train)
+    order = sorted(todo, key=lambda it: -cost(apply(base, it[1]), n))
+    queue = ray.remote(num_cpus=0)(_Queue).remote(order)
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // base.workers)
+    trainable = tune.with_resources(tune.with_parameters(_lane, queue=queue, **common),
+                                    {"cpu": base.workers})
+    lanes = list(range(min(slots, len(order))))
+    return tune.Tuner(trainable, param_space={"lane": tune.grid_search(lanes)},
+                      run_config=run_config)
 
 
 class _Queue:
