@@ -66,6 +66,7 @@ class TrainConfig:
     lr_scaling: str = "none"
     check_replicas: int = 0
     max_failures: int = 3
+    replace_timeout: float = 120.0
     monitor_train: bool = True
     metrics_out: str | None = None
     checkpoint_dir: str | None = None
@@ -182,6 +183,7 @@ def _validate_run(c: TrainConfig) -> None:
                  f"comm_ports must be a port or a range LO-HI within 1-65535, got "
                  f"{c.comm_ports!r}")
     _positive("comm_timeout", c.comm_timeout)
+    _positive("replace_timeout", c.replace_timeout)
     _require(c.lr_scaling in ("none", "linear"),
              f"lr_scaling must be none or linear, got {c.lr_scaling!r}")
     _int_at_least("check_replicas", c.check_replicas, 0)

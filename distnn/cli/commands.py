@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import numpy as np
@@ -18,8 +19,9 @@ def cmd_train(args) -> int:
     except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except RuntimeError as e:  # worker failures beyond --max-failures, replica divergence
+    except RuntimeError as e:  # workers lost beyond recovery, replica divergence
         print(f"error: {e}", file=sys.stderr)
+        _print_resume(cfg, args)
         return 4
     h = m["history"]
     if h:
@@ -39,6 +41,29 @@ def cmd_train(args) -> int:
     if cfg.metrics_out:
         print(f"metrics written to {cfg.metrics_out}")
     return 0
+
+
+def _print_resume(cfg, args) -> None:
+    """After a stop, where the last complete epoch is and the command that continues."""
+    if not cfg.checkpoint_dir:
+        print("no --checkpoint-dir was given, so there is nothing to resume from",
+              file=sys.stderr)
+        return
+    from ..io.checkpoint import CheckpointError, load
+    try:
+        where = f"the last checkpoint is {load(cfg.checkpoint_dir).path}"
+    except (CheckpointError, OSError):
+        print("no epoch was completed; start the run again", file=sys.stderr)
+        return
+    argv, skip = [], False
+    for a, nxt in zip(args.argv, [*args.argv[1:], None]):
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = nxt is not None and not nxt.startswith("-")   # --resume PATH
+        elif not a.startswith("--resume="):
+            argv.append(a)
+    print(f"{where}; resume with: distnn {shlex.join(argv)} --resume", file=sys.stderr)
 
 
 def cmd_gradcheck(args) -> int:

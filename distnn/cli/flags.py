@@ -74,6 +74,9 @@ HELP = {
                   "the worker count (pair it with --warmup)",
     "check_replicas": "compare the workers' parameter digests every K steps (0 = only at "
                       "the end of each epoch)",
+    "replace_timeout": "seconds to wait for workers to be placed and to join (a replacement "
+                       "after a fault, too) before the run stops with its last complete "
+                       "epoch kept",
     "max_failures": "replays of one epoch after worker deaths before giving up",
     "monitor_train": "evaluate cost and accuracy on the training split every epoch",
     "metrics_out": "write per-epoch history and test metrics to this JSON file",

@@ -24,7 +24,6 @@ from .worker import Worker
 
 log = logging.getLogger(__name__)
 
-WIRE_SECONDS = 120
 STALL_SECONDS = 10.0   # after an abort, how long the other workers get to return
 BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -111,13 +110,19 @@ class RayPool:
                    for w in self.workers], "join the all-reduce group")
 
     def _get(self, refs, what: str):
-        """ray.get with a deadline: wiring that does not finish is a clear error."""
-        try:
-            return self.ray.get(refs, timeout=WIRE_SECONDS)
-        except self.ray.exceptions.GetTimeoutError:
-            raise WorkerFailure(f"the workers did not {what} within {WIRE_SECONDS} s; "
-                                "check that every node can reach the others (firewalls: "
-                                "--comm-ports) and has free CPUs") from None
+        """Every worker's answer, within --replace-timeout: a worker that cannot be
+        placed (a lost node, no spare CPUs) or reached is a clear stop, not a hang."""
+        limit = self.cfg.replace_timeout
+        done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=limit)
+        if len(done) < len(refs):
+            missing = [r for r, ref in enumerate(refs) if ref not in done]
+            cpus = self.ray.available_resources().get("CPU", 0)
+            raise WorkerFailure(
+                f"worker(s) {missing} did not {what} within --replace-timeout {limit:g} s "
+                f"({cpus:g} CPUs free in the cluster: a lost node and no spare capacity, "
+                "or nodes that cannot reach each other (firewalls: --comm-ports)); "
+                "stopping")
+        return self.ray.get(refs)
 
     # -- state ------------------------------------------------------------------------
     def _gather_states(self) -> tuple[list[dict], list[int]]:

@@ -92,3 +92,32 @@ def test_shared_memory_is_made_on_the_workers_node_not_the_drivers(data, one_pro
         log = _train_on(c, data, tmp_path / "shm", 2)
         assert "2 workers (all-reduce: shm)" in log
         _assert_same(_params(tmp_path / "shm"), one_process)
+
+
+def test_a_lost_host_with_no_spare_capacity_stops_with_the_resume_command(data, tmp_path):
+    """Two hosts of one CPU, the second killed during epoch 1: its worker cannot be
+    replaced, so the run stops within a bounded time (no hang), keeping the last
+    complete epoch, and says how to resume."""
+    import threading
+    import time
+    out = tmp_path / "ck"
+    args = [sys.executable, "-m", "distnn.cli", *_args(data, out, 2), "--epochs", "30",
+            "--batch-size", "4", "--replace-timeout", "5", "--comm-timeout", "5",
+            "--address"]
+    with _cluster(2, 1) as c:
+        def kill_when_epoch_0_is_saved():
+            deadline = time.monotonic() + 300
+            while not (out / "latest").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            c.kill_node(1)
+        t = threading.Thread(target=kill_when_epoch_0_is_saved)
+        t.start()
+        t0 = time.monotonic()
+        r = c.run(0, [*args, c.address], cwd=ROOT, timeout=600)
+        took = time.monotonic() - t0
+        t.join()
+    err = r.stderr
+    assert r.returncode == 4, (r.stdout + err)[-3000:]
+    assert "did not" in err and "--replace-timeout 5 s" in err
+    assert "resume with: distnn train" in err and err.rstrip().endswith("--resume")
+    assert ckpt.load(out).meta["epoch"] >= 0 and took < 240
