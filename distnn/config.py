@@ -66,6 +66,7 @@ class TrainConfig:
     lr_scaling: str = "none"
     check_replicas: int = 0
     max_failures: int = 3
+    min_workers: int = 1
     replace_timeout: float = 120.0
     monitor_train: bool = True
     metrics_out: str | None = None
@@ -194,10 +195,9 @@ def _validate_run(c: TrainConfig) -> None:
     _require(c.resume is None or c.resume != "latest" or c.checkpoint_dir is not None,
              "--resume without a path resumes from --checkpoint-dir's latest checkpoint; "
              "give --checkpoint-dir DIR or --resume PATH")
-    if c.workers > 1:
-        _require(c.batch_size % c.workers == 0,
-                 f"batch_size {c.batch_size} is the global batch and must be divisible by "
-                 f"workers {c.workers} (each worker takes an equal slice)")
+    _int_at_least("min_workers", c.min_workers, 1)
+    _require(c.min_workers <= c.workers, f"min_workers {c.min_workers} must not exceed "
+             f"workers {c.workers}")
     if c.train_size is not None:
         _int_at_least("train_size", c.train_size, 1)
     parse_spec(c.augment)

@@ -143,7 +143,7 @@ class SimCluster:
                     *common]
         else:
             argv = [ray, "start", f"--address={self.address}", *common]
-        log = open(self.tmp / f"node{i}.log", "wb")
+        log = open(self.tmp / f"node{i}.log", "ab")
         self.procs.append(subprocess.Popen(self.command(i, argv), env=self.env(), stdout=log,
                                            stderr=subprocess.STDOUT, start_new_session=True))
 
@@ -187,6 +187,13 @@ class SimCluster:
     def kill_node(self, host: int) -> None:
         """SIGKILL every process on host ``host`` (a lost machine)."""
         self._kill_ns(self.ns[host])
+
+    def restart_node(self, host: int, wait: bool = True, timeout: float = 120.0) -> None:
+        """Start host ``host``'s Ray node again (a repaired machine rejoining), with a
+        fresh /dev/shm; ``wait``: until its CPUs are in the cluster."""
+        self._start_node(host)
+        if wait:
+            self.wait_for_cpus(sum(self.cpus), timeout)
 
     # -- tear-down ----------------------------------------------------------------------
     def _kill_ns(self, ns: str) -> None:

@@ -59,7 +59,7 @@ HELP = {
                "train_accuracy, train_cost",
     "seed": "seed for initial weights, shuffling, dropout and augmentation",
     "workers": "number of data-parallel workers: 1 trains in this process, N >= 2 on Ray "
-               "(--batch-size stays the global batch)",
+               "(--batch-size stays the global batch, split in N contiguous slices)",
     "address": "Ray cluster to join: auto or HOST:PORT (default: start a local Ray on "
                "127.0.0.1 and stop it at the end)",
     "allreduce": "all-reduce backend: auto (shm on one node; on several, hier when each "
@@ -77,6 +77,8 @@ HELP = {
     "replace_timeout": "seconds to wait for workers to be placed and to join (a replacement "
                        "after a fault, too) before the run stops with its last complete "
                        "epoch kept",
+    "min_workers": "when workers are lost and cannot be replaced, go on with the rest (same "
+                   "global batch, same updates) as long as at least this many remain",
     "max_failures": "replays of one epoch after worker deaths before giving up",
     "monitor_train": "evaluate cost and accuracy on the training split every epoch",
     "metrics_out": "write per-epoch history and test metrics to this JSON file",

@@ -102,7 +102,8 @@ class Driver:
         logs = epoch_logs(epoch, r0["lr"], len(self.data.train), seconds,
                           r0["loss_sum"],   # already summed over all workers
                           self.evaluate, cfg.monitor_train, len(self.data.splits.valid) > 0,
-                          comm_seconds=max(r["comm_seconds"] for r in results))
+                          comm_seconds=max(r["comm_seconds"] for r in results),
+                          workers=len(results))
         if not all_finite(logs):
             self.state = last_good
             last_step = -(-len(self.data.train) // cfg.batch_size) - 1

@@ -32,6 +32,14 @@ class WorkerFailure(RuntimeError):
     """A worker died and the epoch could not be completed after the allowed retries."""
 
 
+class Unplaced(WorkerFailure):
+    """Workers (``ranks``) that could not be placed, or did not join, in time."""
+
+    def __init__(self, msg: str, ranks: list[int]):
+        super().__init__(msg)
+        self.ranks = ranks
+
+
 def check_address(address: str) -> None:
     """Fail fast, with the address in the message, if HOST:PORT does not answer."""
     host, sep, port = address.rpartition(":")
@@ -117,11 +125,11 @@ class RayPool:
         if len(done) < len(refs):
             missing = [r for r, ref in enumerate(refs) if ref not in done]
             cpus = self.ray.available_resources().get("CPU", 0)
-            raise WorkerFailure(
+            raise Unplaced(
                 f"worker(s) {missing} did not {what} within --replace-timeout {limit:g} s "
                 f"({cpus:g} CPUs free in the cluster: a lost node and no spare capacity, "
-                "or nodes that cannot reach each other (firewalls: --comm-ports)); "
-                "stopping")
+                "or nodes that cannot reach each other (firewalls: --comm-ports))",
+                missing)
         return self.ray.get(refs)
 
     # -- state ------------------------------------------------------------------------
@@ -159,6 +167,7 @@ class RayPool:
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> list[dict]:
         """Every worker's result for the epoch, in rank order; ``progress`` is not
         reported from Ray workers."""
+        self._grow(epoch)
         failures = 0
         while True:
             results, dead = self._attempt(epoch, schedule_state)
@@ -222,29 +231,82 @@ class RayPool:
                 f"giving up. The parameters of the last complete epoch ({epoch - 1}) are kept.")
         log.warning("worker(s) %s failed during epoch %d; replacing them and replaying the "
                     "epoch from its start (attempt %d)", dead, epoch, failures + 1)
-        self.faults.append({"epoch": epoch, "workers": list(dead), "action": "replaced, "
-                            "epoch replayed", "time": time.time()})
-        self._replace(dead)
+        self._fault(epoch, dead, "replaced, epoch replayed")
+        self._replace(dead, epoch)
 
-    def _replace(self, dead):
+    def _fault(self, epoch, ranks, action: str) -> None:
+        self.faults.append({"epoch": epoch, "workers": list(ranks), "action": action,
+                            "world": self.world, "time": time.time()})
+
+    def _replace(self, dead, epoch=None):
+        """New workers for ``dead``; those that cannot be placed within
+        --replace-timeout are dropped and training goes on with the rest (the global
+        batch stays the same, so the updates are those of the fixed-size run)."""
         for r in dead:
             self.ray.kill(self.workers[r], no_restart=True)
             self.workers[r] = self._spawn(r)
-        self._wire()
+        try:
+            self._wire()
+        except Unplaced as e:
+            self._shrink(e.ranks, epoch, str(e))
         self.set_state(self.state)
 
+    # -- elastic membership -------------------------------------------------------------
+    def _renumber(self, workers) -> None:
+        self.workers, self.world = workers, len(workers)
+        self._get([w.set_place.remote(r, self.world) for r, w in enumerate(workers)],
+                  "take their new ranks")
+
+    def _shrink(self, lost, epoch, why: str) -> None:
+        """Go on without ``lost`` (ranks), unless fewer than --min-workers would remain."""
+        keep = [w for r, w in enumerate(self.workers) if r not in lost]
+        for r in lost:
+            self.ray.kill(self.workers[r], no_restart=True)
+        if len(keep) < self.cfg.min_workers:
+            raise WorkerFailure(f"{why}; {len(keep)} worker(s) left, fewer than --min-workers "
+                                f"{self.cfg.min_workers}: stopping")
+        log.warning("%s; continuing on %d worker(s) from the start of the epoch, with the "
+                    "same global batch (more will join at an epoch boundary when CPUs "
+                    "appear)", why, len(keep))
+        self._renumber(keep)
+        self._wire()
+        self._fault(epoch, lost, f"could not be replaced; continuing on {self.world} workers")
+
+    def _grow(self, epoch) -> None:
+        """At an epoch boundary, add workers up to --workers where CPUs are free."""
+        want = self.cfg.workers - self.world
+        free = int(self.ray.available_resources().get("CPU", 0))
+        if want <= 0 or free <= 0:
+            return
+        n, old = min(want, free), self.world
+        self.world += n
+        new = [self._spawn(old + i) for i in range(n)]
+        self._renumber(self.workers + new)
+        try:
+            self._wire()
+        except Unplaced as e:   # the CPUs were not there after all: as we were
+            self._shrink(e.ranks, epoch, str(e))
+        self.set_state(self.state)
+        if self.world > old:
+            log.warning("grew to %d workers at the start of epoch %d", self.world, epoch)
+            self._fault(epoch, list(range(old, self.world)), f"grew to {self.world} workers")
+
     def _heal(self) -> None:
-        """Replace workers that died outside an epoch and bring them to ``self.state``."""
+        """Replace workers that died (or do not answer) outside an epoch and bring them
+        to ``self.state``."""
+        refs = [w.info.remote() for w in self.workers]
+        done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=STALL_SECONDS)
         dead = []
-        for r, w in enumerate(self.workers):
+        for r, ref in enumerate(refs):
             try:
-                self.ray.get(w.info.remote())
-            except self.ray.exceptions.RayActorError:
+                if ref not in done:
+                    raise TimeoutError
+                self.ray.get(ref)
+            except (self.ray.exceptions.RayActorError, TimeoutError):
                 dead.append(r)
         if dead:
             log.warning("worker(s) %s died between epochs; replacing them", dead)
-            self.faults.append({"epoch": None, "workers": list(dead), "action": "replaced "
-                                "between epochs", "time": time.time()})
+            self._fault(None, dead, "replaced between epochs")
             self._replace(dead)
 
     def evaluate(self, which: str, params=None) -> list[tuple[float, int, int]]:

@@ -33,6 +33,12 @@ class Worker:
         self.rank = rank
         self.engine = Engine(cfg, train, valid, rank=rank, world=world, background=in_process)
 
+    def set_place(self, rank: int, world: int) -> None:
+        """A new rank among a new number of workers (elastic membership); the worker
+        then joins a new group."""
+        self.rank = self.engine.rank = rank
+        self.engine.world = world
+
     def info(self) -> dict:
         import ray
         return {"rank": self.rank, "pid": os.getpid(),

@@ -57,7 +57,7 @@ class Engine:
         self._scratch = np.empty(net.n_decay, net.dtype)
         self.group, self.shard, self._key = None, (0, net.params.size), 0   # see join
         self.comm_seconds = 0.0
-        if cfg.sync_batchnorm and world > 1:
+        if cfg.sync_batchnorm and cfg.workers > 1:   # also while fewer remain
             net.sync_batchnorm(self._allreduce)
         #: collectives one step makes: the synchronised batch-norm all-reduces, the
         #: gradient reduction and the all-gather of the updated shards

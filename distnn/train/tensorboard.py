@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 SCALARS = {"batch_cost": "train/batch_cost", "train_cost": "train/cost", "train_accuracy": "train/accuracy",
            "valid_cost": "valid/cost", "valid_accuracy": "valid/accuracy", "lr": "lr",
            "examples_per_second": "throughput/examples_per_second",
-           "train_seconds": "time/train_seconds", "comm_seconds": "time/communication_seconds"}
+           "train_seconds": "time/train_seconds", "comm_seconds": "time/communication_seconds",
+           "workers": "membership/workers"}
 
 
 def saturation(net, x) -> dict[str, float]:

@@ -93,7 +93,7 @@ def test_data_info_and_preview(digits_dir, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_global_batch_must_divide_by_workers(digits_dir, capsys):
+def test_min_workers_must_not_exceed_workers(digits_dir, capsys):
     rc = cli.main(["train", "--dataset", "idx", "--data-dir", str(digits_dir),
-                   "--layers", "64,10,10", "--workers", "3", "--batch-size", "10"])
-    assert rc == 2 and "must be divisible by workers 3" in capsys.readouterr().err
+                   "--layers", "64,10,10", "--workers", "2", "--min-workers", "3"])
+    assert rc == 2 and "min_workers 3 must not exceed workers 2" in capsys.readouterr().err

@@ -131,8 +131,14 @@ def test_clear_errors_before_any_work(ray_session, splits):
         train(cfg(workers=3, batch_size=21), splits)
     with pytest.raises(ConnectionError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
         check_address("127.0.0.1:1")
-    with pytest.raises(ValueError, match="must be divisible by workers 2"):
-        cfg(batch_size=21)
+
+def test_a_global_batch_that_does_not_divide_reproduces_one_process(ray_session, splits):
+    """21 examples over 2 workers: slices of 10 and 11 (and a last batch of 1: one
+    worker with nothing), sums reduced with their counts, so the same parameters."""
+    two = train(cfg(batch_size=21, dtype="float64"), splits)
+    one = train(cfg(batch_size=21, dtype="float64", workers=1), splits, progress=False)
+    np.testing.assert_allclose(two["network"].params, one["network"].params, rtol=1e-9,
+                               atol=1e-12)
 
 
 def test_start_ray_joins_a_running_session(ray_session):
@@ -194,3 +200,45 @@ def test_a_stopped_worker_is_replaced_instead_of_hanging(ray_session, splits):
     assert stopped and time.monotonic() - t0 < 90
     assert [f["epoch"] for f in out["faults"]] == [1]
     np.testing.assert_array_equal(out["network"].params, clean)
+
+
+class _Hog:
+    """Holds a CPU so that no replacement worker can be placed."""
+
+    def ready(self):
+        return True
+
+
+def test_shrinks_when_a_worker_cannot_be_replaced_and_grows_back(ray_session, splits):
+    """Worker 1 killed after epoch 0 and its CPU taken: no replacement within
+    --replace-timeout, so epoch 1 is replayed on the one worker left (the same global
+    batch); the CPU comes back after epoch 1 and the run grows to 2 workers at the next
+    boundary.  The updates are those of the fault-free run: the same parameters up to
+    rounding (float64)."""
+    ray = ray_session
+    c = cfg(epochs=4, batch_size=6, lr=0.05, dtype="float64", replace_timeout=3.0)
+    clean = train(c, splits)
+
+    class Squeeze(Callback):
+        hog = None
+
+        def on_epoch_end(self, epoch, logs, trainer):
+            if epoch == 0:
+                os.kill(trainer.worker_pids()[1], signal.SIGKILL)
+                self.hog = ray.remote(num_cpus=1)(_Hog).remote()
+                ray.get(self.hog.ready.remote(), timeout=60)   # placed: the CPU is taken
+            if epoch == 1:
+                ray.kill(self.hog)
+                deadline = time.monotonic() + 30
+                while ray.available_resources().get("CPU", 0) < 1 and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.1)
+    out = train(c, splits, callbacks=[Squeeze()])
+    actions = [(f["epoch"], f["action"]) for f in out["faults"]]
+    assert (1, "could not be replaced; continuing on 1 workers") in actions
+    assert (2, "grew to 2 workers") in actions
+    assert [h["workers"] for h in out["history"]] == [2, 1, 2, 2]
+    np.testing.assert_allclose(out["network"].params, clean["network"].params, rtol=1e-9,
+                               atol=1e-12)
+    assert [h["valid_accuracy"] for h in out["history"]] == \
+        pytest.approx([h["valid_accuracy"] for h in clean["history"]])

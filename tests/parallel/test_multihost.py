@@ -95,15 +95,15 @@ def test_shared_memory_is_made_on_the_workers_node_not_the_drivers(data, one_pro
 
 
 def test_a_lost_host_with_no_spare_capacity_stops_with_the_resume_command(data, tmp_path):
-    """Two hosts of one CPU, the second killed during epoch 1: its worker cannot be
-    replaced, so the run stops within a bounded time (no hang), keeping the last
-    complete epoch, and says how to resume."""
+    """Two hosts of one CPU, the second killed during epoch 1, --min-workers 2: its
+    worker cannot be replaced, so the run stops within a bounded time (no hang),
+    keeping the last complete epoch, and says how to resume."""
     import threading
     import time
     out = tmp_path / "ck"
     args = [sys.executable, "-m", "distnn.cli", *_args(data, out, 2), "--epochs", "30",
             "--batch-size", "4", "--replace-timeout", "5", "--comm-timeout", "5",
-            "--address"]
+            "--min-workers", "2", "--address"]
     with _cluster(2, 1) as c:
         def kill_when_epoch_0_is_saved():
             deadline = time.monotonic() + 300
@@ -121,3 +121,49 @@ def test_a_lost_host_with_no_spare_capacity_stops_with_the_resume_command(data, 
     assert "did not" in err and "--replace-timeout 5 s" in err
     assert "resume with: distnn train" in err and err.rstrip().endswith("--resume")
     assert ckpt.load(out).meta["epoch"] >= 0 and took < 240
+
+
+def test_a_lost_host_is_dropped_and_rejoins_when_restarted(tmp_path):
+    """Two hosts of one CPU: host 1 is killed after epoch 0, the run goes on with one
+    worker (same global batch); host 1's node is restarted and the run grows back to
+    two workers at an epoch boundary.  The parameters are the one-process ones."""
+    import json
+    import threading
+    import time
+    from tests.data import tiny
+    (tmp_path / "big").mkdir()
+    data = tiny.write_blobs(tmp_path / "big", 12000, 200)
+    out, m = tmp_path / "ck", tmp_path / "m.json"
+    common = [*_args(data, out, 2), "--epochs", "30", "--batch-size", "6",
+              "--replace-timeout", "5", "--comm-timeout", "5", "--metrics-out", str(m)]
+    ref = subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *_args(
+        data, tmp_path / "one", 1), "--epochs", "30", "--batch-size", "6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    with _cluster(2, 1) as c:
+        def lose_then_restart():
+            def workers():
+                try:
+                    return ckpt.load(out).meta["history"][-1]["workers"]
+                except Exception:   # not written yet, or being replaced
+                    return None
+            deadline = time.monotonic() + 400
+            while workers() != 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            c.kill_node(1)
+            while workers() != 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            c.restart_node(1, wait=False)
+        t = threading.Thread(target=lose_then_restart)
+        t.start()
+        r = c.run(0, [sys.executable, "-m", "distnn.cli", *common, "--address", c.address],
+                  cwd=ROOT, timeout=900)
+        t.join()
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    faults = json.loads(m.read_text())["faults"]
+    actions = [f["action"] for f in faults]
+    assert "could not be replaced; continuing on 1 workers" in actions
+    assert "grew to 2 workers" in actions
+    counts = [h["workers"] for h in json.loads(m.read_text())["history"]]
+    assert counts[0] == 2 and 1 in counts and counts[-1] == 2
+    _assert_same(_params(out), _params(tmp_path / "one"))

@@ -39,7 +39,7 @@ def test_learns_separable_data(splits):
     assert len(h) == 4 and h[-1]["train_cost"] < h[0]["train_cost"]
     assert set(h[0]) == {"epoch", "batch_cost", "train_cost", "train_accuracy", "valid_cost",
                          "valid_accuracy", "lr", "train_seconds", "examples_per_second",
-                         "comm_seconds"}
+                         "comm_seconds", "workers"}
     assert h[-1]["batch_cost"] < h[0]["batch_cost"]
 
 
