@@ -66,7 +66,7 @@ class TrainConfig:
     lr_scaling: str = "none"
     check_replicas: int = 0
     max_failures: int = 3
-    min_workers: int = 1
+    min_workers: int | None = None
     replace_timeout: float = 120.0
     monitor_train: bool = True
     metrics_out: str | None = None
@@ -195,9 +195,10 @@ def _validate_run(c: TrainConfig) -> None:
     _require(c.resume is None or c.resume != "latest" or c.checkpoint_dir is not None,
              "--resume without a path resumes from --checkpoint-dir's latest checkpoint; "
              "give --checkpoint-dir DIR or --resume PATH")
-    _int_at_least("min_workers", c.min_workers, 1)
-    _require(c.min_workers <= c.workers, f"min_workers {c.min_workers} must not exceed "
-             f"workers {c.workers}")
+    if c.min_workers is not None:
+        _int_at_least("min_workers", c.min_workers, 1)
+        _require(c.min_workers <= c.workers, f"min_workers {c.min_workers} must not exceed "
+                 f"workers {c.workers}")
     if c.train_size is not None:
         _int_at_least("train_size", c.train_size, 1)
     parse_spec(c.augment)

@@ -77,8 +77,10 @@ HELP = {
     "replace_timeout": "seconds to wait for workers to be placed and to join (a replacement "
                        "after a fault, too) before the run stops with its last complete "
                        "epoch kept",
-    "min_workers": "when workers are lost and cannot be replaced, go on with the rest (same "
-                   "global batch, same updates) as long as at least this many remain",
+    "min_workers": "start as soon as the cluster has this many CPUs (more workers join at "
+                   "epoch boundaries, up to --workers), and go on with the workers left when "
+                   "lost ones cannot be replaced while at least this many remain (same "
+                   "global batch, same updates; default: start with all, go on down to 1)",
     "max_failures": "replays of one epoch after worker deaths before giving up",
     "monitor_train": "evaluate cost and accuracy on the training split every epoch",
     "metrics_out": "write per-epoch history and test metrics to this JSON file",
@@ -117,7 +119,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                            default=None, help=help_)
             continue
         typ = {int: int, float: float}.get(type(default), str)
-        if name in ("train_size",):
+        if name in ("train_size", "min_workers"):
             typ = int
         if name == "max_norm":
             typ = float

@@ -37,7 +37,8 @@ class Driver:
     a network holding the parameters the run is evaluated with (the average, with
     ``--ema``), and ``snapshot``/``restore`` of the replicated state."""
 
-    def __init__(self, cfg: TrainConfig, data: TrainingData, callbacks=()):
+    def __init__(self, cfg: TrainConfig, data: TrainingData, callbacks=(),
+                 world: int | None = None):
         self.cfg, self.data = cfg, data
         self.net = Network.from_spec(cfg.network_spec())
         self.schedule = schedules.parse(cfg.schedule, cfg.lr, cfg.warmup)
@@ -45,7 +46,7 @@ class Driver:
         self.callbacks = list(callbacks) + run_callbacks(cfg, self.schedule)
         self.stop, self.epoch, self.best_epoch, self.history = False, 0, None, []
         self.state_loader = None   # epoch -> state, when checkpoints are kept
-        self.pool = open_pool(cfg, data, self.net.params.size + 1)
+        self.pool = open_pool(cfg, data, self.net.params.size + 1, world)
         self.backend = self.pool.backend
         self.state = self.pool.get_state()
 
@@ -181,15 +182,16 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
         log.info("linear lr scaling: lr %g x %d workers = %g", cfg.lr, cfg.workers,
                  cfg.lr * cfg.workers)
         cfg = cfg.replace(lr=cfg.lr * cfg.workers)
-    started = False
+    started, world = False, 1
     if cfg.workers > 1:
-        from .ray_pool import start_ray
-        started = start_ray(cfg.address, cfg.workers)
+        from .ray_pool import start_ray, workers_to_start
+        started = start_ray(cfg.address, cfg.workers, may_wait=True)
+        world = workers_to_start(cfg)
     t0 = time.perf_counter()
     driver = None
     try:
         driver = Driver(cfg, data, [ProgressLogger(bar=None if progress else False),
-                                    *callbacks])
+                                    *callbacks], world)
         attach_outputs(driver, cfg)
         log.info("training %s on %s (%d examples, source: %s) with %d worker%s "
                  "(all-reduce: %s)", list(cfg.layers), cfg.dataset, len(data.train),

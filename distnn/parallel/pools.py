@@ -44,10 +44,10 @@ class LocalPool:
         pass
 
 
-def open_pool(cfg: TrainConfig, data: TrainingData, size: int):
-    """The pool for ``cfg.workers`` workers (Ray only for more than one); ``size`` as
-    for ``RayPool``."""
+def open_pool(cfg: TrainConfig, data: TrainingData, size: int, world: int | None = None):
+    """The pool for ``cfg.workers`` workers (Ray only for more than one), ``world`` of
+    them to begin with (all by default); ``size`` as for ``RayPool``."""
     if cfg.workers == 1:
         return LocalPool(cfg, data)
     from .ray_pool import RayPool
-    return RayPool(cfg, data, size)
+    return RayPool(cfg, data, size, world or cfg.workers)

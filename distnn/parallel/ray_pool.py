@@ -53,9 +53,11 @@ def check_address(address: str) -> None:
                               "with 'ray start --head' or check the address") from None
 
 
-def start_ray(address: str | None, workers: int) -> bool:
+def start_ray(address: str | None, workers: int, may_wait: bool = False) -> bool:
     """Join ``address`` (auto or HOST:PORT) or start a local Ray bound to 127.0.0.1.
-    Returns True if this call started Ray (and so should shut it down)."""
+    Returns True if this call started Ray (and so should shut it down).  Too few CPUs
+    is an error at once, unless ``may_wait`` and the cluster was joined (it may still
+    be starting: see ``workers_to_start``)."""
     import ray
     if ray.is_initialized():
         started = False
@@ -69,7 +71,7 @@ def start_ray(address: str | None, workers: int) -> bool:
                  _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
         started = True
     cpus = ray.cluster_resources().get("CPU", 0)
-    if workers > cpus:
+    if workers > cpus and (started or not may_wait):
         if started:
             ray.shutdown()
         raise ValueError(f"--workers {workers} needs {workers} CPUs but the Ray cluster has "
@@ -77,13 +79,38 @@ def start_ray(address: str | None, workers: int) -> bool:
     return started
 
 
-class RayPool:
-    """``cfg.workers`` Worker actors; ``size``: the length of the buffer they reduce
-    (the gradient and the batch's cost)."""
+def workers_to_start(cfg: TrainConfig) -> int:
+    """How many workers to start with on a joined cluster: all of --workers once it has
+    that many CPUs or, with --min-workers K, as soon as it has K (more join later, at
+    epoch boundaries).  A cluster still starting (an autoscaler adding nodes) is waited
+    for up to --replace-timeout, with a line every 10 s saying what is there."""
+    import ray
+    least = cfg.min_workers or cfg.workers
+    deadline, said = time.monotonic() + cfg.replace_timeout, 0.0
+    while True:
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus >= least:
+            return min(cpus, cfg.workers)
+        now = time.monotonic()
+        if now > deadline:
+            raise ValueError(f"--workers {cfg.workers} needs {least} CPUs to start but the "
+                             f"Ray cluster has {cpus} after {cfg.replace_timeout:g} s "
+                             f"(--replace-timeout); use --workers {max(cpus, 1)}, "
+                             "--min-workers K to start with fewer, or add nodes")
+        if now - said >= 10:
+            log.info("waiting for CPUs: the cluster has %d, %d needed to start (%d wanted)",
+                     cpus, least, cfg.workers)
+            said = now
+        time.sleep(1.0)
 
-    def __init__(self, cfg: TrainConfig, data: TrainingData, size: int):
+
+class RayPool:
+    """Up to ``cfg.workers`` Worker actors, ``world`` of them to begin with; ``size``:
+    the length of the buffer they reduce (the gradient and the batch's cost)."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainingData, size: int, world: int):
         import ray
-        self.ray, self.cfg, self.world = ray, cfg, cfg.workers
+        self.ray, self.cfg, self.world = ray, cfg, world
         self.size = size
         valid = data.splits.valid
         self._refs = [ray.put(a) for a in (data.train.x, data.train.y, valid.x, valid.y)]
@@ -262,9 +289,10 @@ class RayPool:
         keep = [w for r, w in enumerate(self.workers) if r not in lost]
         for r in lost:
             self.ray.kill(self.workers[r], no_restart=True)
-        if len(keep) < self.cfg.min_workers:
+        least = self.cfg.min_workers or 1
+        if len(keep) < least:
             raise WorkerFailure(f"{why}; {len(keep)} worker(s) left, fewer than --min-workers "
-                                f"{self.cfg.min_workers}: stopping")
+                                f"{least}: stopping")
         log.warning("%s; continuing on %d worker(s) from the start of the epoch, with the "
                     "same global batch (more will join at an epoch boundary when CPUs "
                     "appear)", why, len(keep))

@@ -127,8 +127,9 @@ def test_gives_up_after_max_failures(ray_session, splits):
 
 
 def test_clear_errors_before_any_work(ray_session, splits):
-    with pytest.raises(ValueError, match="needs 3 CPUs but the Ray cluster has 2"):
-        train(cfg(workers=3, batch_size=21), splits)
+    with pytest.raises(ValueError, match=r"needs 3 CPUs to start but the Ray cluster has 2 "
+                                         r"after 2 s \(--replace-timeout\)"):
+        train(cfg(workers=3, batch_size=21, replace_timeout=2.0), splits)
     with pytest.raises(ConnectionError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
         check_address("127.0.0.1:1")
 
@@ -242,3 +243,14 @@ def test_shrinks_when_a_worker_cannot_be_replaced_and_grows_back(ray_session, sp
                                atol=1e-12)
     assert [h["valid_accuracy"] for h in out["history"]] == \
         pytest.approx([h["valid_accuracy"] for h in clean["history"]])
+
+
+def test_min_workers_starts_with_what_the_cluster_has(ray_session, splits, caplog):
+    """--workers 3 on 2 CPUs with --min-workers 2: it starts on 2 (the third would join
+    when a CPU appears) instead of refusing, and trains what one process trains."""
+    c = cfg(workers=3, min_workers=2, batch_size=21, dtype="float64")
+    out = train(c, splits)
+    assert [h["workers"] for h in out["history"]] == [2, 2, 2]
+    one = train(cfg(batch_size=21, dtype="float64", workers=1), splits, progress=False)
+    np.testing.assert_allclose(out["network"].params, one["network"].params, rtol=1e-9,
+                               atol=1e-12)
