@@ -160,16 +160,26 @@ class RayPool:
         return self.ray.get(refs)
 
     # -- state ------------------------------------------------------------------------
+    def _collect(self, refs, limit: float) -> tuple[dict, list[int]]:
+        """{rank: answer} of the workers that answered within ``limit`` seconds, and the
+        ranks that died or did not answer."""
+        done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=limit)
+        got, failed = {}, []
+        for r, ref in enumerate(refs):
+            try:
+                if ref not in done:
+                    raise TimeoutError
+                got[r] = self.ray.get(ref)
+            except (self.ray.exceptions.RayActorError, TimeoutError):
+                failed.append(r)
+        return got, failed
+
     def _gather_states(self) -> tuple[list[dict], list[int]]:
         """Every worker's state (each holds its shard of the optimizer state), or the
-        ranks that died."""
-        states, dead = [], []
-        for r, w in enumerate(self.workers):
-            try:
-                states.append(self.ray.get(w.get_state.remote()))
-            except self.ray.exceptions.RayActorError:
-                dead.append(r)
-        return states, dead
+        ranks that died or did not answer."""
+        got, failed = self._collect([w.get_state.remote() for w in self.workers],
+                                    self.cfg.comm_timeout)
+        return [got[r] for r in sorted(got)], failed
 
     def get_state(self) -> dict:
         states, dead = self._gather_states()
@@ -179,7 +189,8 @@ class RayPool:
 
     def set_state(self, state: dict) -> None:
         self.state = state
-        self.ray.get([w.set_state.remote(state) for w in self.workers])
+        ref = self.ray.put(state)
+        self._get([w.set_state.remote(ref) for w in self.workers], "take the state")
 
     def epoch_state(self) -> dict:
         """The state at the end of the epoch just run, every worker holding it."""
@@ -319,36 +330,22 @@ class RayPool:
             log.warning("grew to %d workers at the start of epoch %d", self.world, epoch)
             self._fault(epoch, list(range(old, self.world)), f"grew to {self.world} workers")
 
-    def _heal(self) -> None:
-        """Replace workers that died (or do not answer) outside an epoch and bring them
-        to ``self.state``."""
-        refs = [w.info.remote() for w in self.workers]
-        done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=STALL_SECONDS)
-        dead = []
-        for r, ref in enumerate(refs):
-            try:
-                if ref not in done:
-                    raise TimeoutError
-                self.ray.get(ref)
-            except (self.ray.exceptions.RayActorError, TimeoutError):
-                dead.append(r)
-        if dead:
-            log.warning("worker(s) %s died between epochs; replacing them", dead)
-            self._fault(None, dead, "replaced between epochs")
-            self._replace(dead)
-
     def evaluate(self, which: str, params=None) -> list[tuple[float, int, int]]:
         """Every worker's (summed cost, correct, count) on its part of the split, with
         ``params`` if given (sent once through the object store)."""
         ref = self.ray.put(params) if params is not None else None
-        try:
-            return self.ray.get([w.evaluate.remote(which, ref) for w in self.workers])
-        except self.ray.exceptions.RayActorError:
-            self._heal()
-            return self.ray.get([w.evaluate.remote(which, ref) for w in self.workers])
+        for _ in range(2):   # a worker lost here is replaced, and asked again once
+            got, failed = self._collect([w.evaluate.remote(which, ref) for w in self.workers],
+                                        self.cfg.comm_timeout)
+            if not failed:
+                return [got[r] for r in range(self.world)]
+            self._fault(None, failed, "replaced during evaluation")
+            self._replace(failed)
+        raise WorkerFailure(f"worker(s) {failed} failed twice while evaluating {which}")
 
     def worker_pids(self) -> list[int]:
-        return [i["pid"] for i in self.ray.get([w.info.remote() for w in self.workers])]
+        return [i["pid"] for i in self._get([w.info.remote() for w in self.workers],
+                                            "report their PIDs")]
 
     def close(self) -> None:
         """Let the workers leave their group (removing what they created), then stop

@@ -157,6 +157,7 @@ def test_worker_killed_between_epochs_is_replaced(ray_session, splits):
         os.kill(t.worker_pids()[1], signal.SIGKILL)
         time.sleep(0.5)
         assert t.evaluate("valid") == before   # healed, same replicas
+        assert [f["action"] for f in t.pool.faults] == ["replaced during evaluation"]
         t.fit(2)
         np.testing.assert_array_equal(t.net.params, clean)
     finally:
