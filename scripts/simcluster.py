@@ -184,6 +184,29 @@ class SimCluster:
             out.append((tx, rx))
         return out
 
+    def hosts_running(self, text: str) -> list[int]:
+        """The hosts with a process whose command line contains ``text``."""
+        out = []
+        for i, ns in enumerate(self.ns):
+            for pid in _sh("ip", "netns", "pids", ns, check=False).split():
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                if text.encode() in cmd:
+                    out.append(i)
+                    break
+        return out
+
+    def cut(self, host: int, seconds: float) -> None:
+        """A network partition: host ``host``'s link is down for ``seconds`` (its
+        processes live on, unreachable), then up again."""
+        _sh("ip", "-n", self.switch, "link", "set", f"v{host}", "down")
+        try:
+            time.sleep(seconds)
+        finally:
+            _sh("ip", "-n", self.switch, "link", "set", f"v{host}", "up")
+
     def kill_node(self, host: int) -> None:
         """SIGKILL every process on host ``host`` (a lost machine)."""
         self._kill_ns(self.ns[host])

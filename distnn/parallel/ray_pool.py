@@ -209,6 +209,12 @@ class RayPool:
         failures = 0
         while True:
             results, dead = self._attempt(epoch, schedule_state)
+            if not dead and len(results) < self.world:
+                # every worker alive, but some gave up waiting (a peer was unreachable
+                # for a while): the same workers, a new group, the epoch again
+                failures += 1
+                self._recover([], epoch, failures)
+                continue
             if not dead and not any(r["diverged"] for r in results.values()):
                 # the optimizer state is split across the workers: an epoch is complete
                 # only once every shard of it is back here
@@ -251,8 +257,6 @@ class RayPool:
                             str(e).strip().splitlines()[-1][:200])
             self._abort()
             deadline = deadline or time.monotonic() + STALL_SECONDS
-        if len(results) < self.world and not failed:   # every one came back, some aborted
-            failed = [r for r in range(self.world) if r not in results]
         return results, failed
 
     def _abort(self):
@@ -262,11 +266,21 @@ class RayPool:
             w.abort.remote()  # backends without a driver side; harmless for the others
 
     def _recover(self, dead, epoch, failures):
+        """Replace ``dead`` (none: every worker is alive but the group broke), reset
+        every worker to the start of the epoch, and let it be replayed."""
         if failures > self.cfg.max_failures:
             raise WorkerFailure(
                 f"epoch {epoch} failed {failures} times in a row (workers {dead} died or "
-                f"stalled); "
-                f"giving up. The parameters of the last complete epoch ({epoch - 1}) are kept.")
+                f"stalled, or the all-reduce broke); giving up. The parameters of the last "
+                f"complete epoch ({epoch - 1}) are kept.")
+        if not dead:
+            log.warning("the all-reduce of epoch %d was given up (a peer unreachable for "
+                        "a while); rewiring and replaying the epoch (attempt %d)", epoch,
+                        failures + 1)
+            self._fault(epoch, [], "all-reduce broke, epoch replayed")
+            self._wire()
+            self.set_state(self.state)
+            return
         log.warning("worker(s) %s failed during epoch %d; replacing them and replaying the "
                     "epoch from its start (attempt %d)", dead, epoch, failures + 1)
         self._fault(epoch, dead, "replaced, epoch replayed")

@@ -167,3 +167,64 @@ def test_a_lost_host_is_dropped_and_rejoins_when_restarted(tmp_path):
     counts = [h["workers"] for h in json.loads(m.read_text())["history"]]
     assert counts[0] == 2 and 1 in counts and counts[-1] == 2
     _assert_same(_params(out), _params(tmp_path / "one"))
+
+
+def _during(cluster, out, epoch_file, fault):
+    """Run ``fault()`` in a thread once checkpoint ``epoch_file`` exists."""
+    import threading
+    import time
+
+    def wait_then():
+        deadline = time.monotonic() + 300
+        while not (out / epoch_file).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fault()
+    t = threading.Thread(target=wait_then)
+    t.start()
+    return t
+
+
+LONG = ("--batch-size", "2", "--epochs", "8")   # epochs long enough for a fault to land
+
+
+def _long_reference(data, tmp_path):
+    ref = tmp_path / "ref"
+    r = subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *_args(data, ref, 1), *LONG],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return _params(ref)
+
+
+def test_a_lost_host_with_spare_capacity_is_replaced(data, tmp_path):
+    """Three hosts of one CPU, two workers: a host with a worker (not the head) is
+    killed in epoch 1, the worker is replaced on the spare host, the epoch replayed."""
+    import json
+    out, m = tmp_path / "ck", tmp_path / "m.json"
+    with _cluster(3, 1) as c:
+        def lose_a_worker_host():
+            c.kill_node([h for h in c.hosts_running("ray::Worker") if h != 0][0])
+        t = _during(c, out, "epoch-0000", lose_a_worker_host)
+        _train_on(c, data, out, 2, *LONG, "--metrics-out", str(m), "--replace-timeout", "60")
+        t.join()
+    actions = [f["action"] for f in json.loads(m.read_text())["faults"]]
+    assert actions[:1] == ["replaced, epoch replayed"] and not any(
+        "continuing" in a for a in actions)
+    _assert_same(_params(out), _long_reference(data, tmp_path))
+
+
+def test_a_short_partition_costs_its_length_not_the_result(data, tmp_path):
+    """Host 1 cut off for 8 s in epoch 1 (shorter than --comm-timeout): the connections
+    hold, TCP resends once the link is back, and the run goes on where it was."""
+    import time
+    out = tmp_path / "ck"
+    with _cluster(2, 1) as c:
+        t0 = time.monotonic()
+        _train_on(c, data, tmp_path / "clean", 2, *LONG)
+        clean = time.monotonic() - t0
+        t = _during(c, out, "epoch-0000", lambda: c.cut(1, 8.0))
+        t0 = time.monotonic()
+        _train_on(c, data, out, 2, *LONG)
+        took = time.monotonic() - t0
+        t.join()
+    assert took < clean + 8.0 + 30.0
+    _assert_same(_params(out), _long_reference(data, tmp_path))

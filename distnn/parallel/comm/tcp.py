@@ -51,10 +51,22 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+UNREACHABLE_SECONDS = 6
+
+
 def _tune(sock: socket.socket) -> None:
+    """No Nagle delay, large buffers; and a peer that becomes unreachable (its host lost
+    or cut off) fails the connection after ``UNREACHABLE_SECONDS``: keepalive probes
+    (which a live peer's kernel answers even while its process is busy) and a user
+    timeout on unacknowledged data (which also decides when failed probes close it)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3),
+                        ("TCP_USER_TIMEOUT", UNREACHABLE_SECONDS * 1000)):
+        if hasattr(socket, name):   # Linux; elsewhere the collective timeout alone
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def open_listener(host: str, ports: tuple[int, int] | None) -> socket.socket:
