@@ -24,7 +24,7 @@ from .worker import Worker
 
 log = logging.getLogger(__name__)
 
-STALL_SECONDS = 10.0   # after an abort, how long the other workers get to return
+STALL_SECONDS = 5.0   # after an abort, how long the other workers get to return
 BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 

@@ -57,6 +57,7 @@ class Engine:
         self._scratch = np.empty(net.n_decay, net.dtype)
         self.group, self.shard, self._key = None, (0, net.params.size), 0   # see join
         self.comm_seconds = 0.0
+        self.step_seconds = None   # the last epoch's mean step: sets the step deadline
         if cfg.sync_batchnorm and cfg.workers > 1:   # also while fewer remain
             net.sync_batchnorm(self._allreduce)
         #: collectives one step makes: the synchronised batch-norm all-reduces, the
@@ -189,6 +190,7 @@ class Engine:
         opt.lr = sched(epoch)
         calls = self.calls_per_step
         loss_total, digests, self.comm_seconds = 0.0, [], 0.0
+        self.group.set_timeout(self.step_deadline())
         t0 = time.perf_counter()
         batches = prefetch(self.train, self._slices(epoch_order(cfg.seed, epoch, n)), epoch,
                            threaded=self.background)
@@ -204,9 +206,18 @@ class Engine:
                 digests.append((k, digest(self.net.params)))
             if progress is not None and (k % every == 0 or k == steps - 1):
                 progress(min(n, (k + 1) * cfg.batch_size), n)
+        self.step_seconds = (time.perf_counter() - t0) / max(steps, 1)
         return {"diverged": False, "loss_sum": loss_total, "seconds": time.perf_counter() - t0,
                 "comm_seconds": self.comm_seconds, "lr": opt.lr, "digests": digests,
                 "final_digest": digest(self.net.params), "rank": self.rank}
+
+    def step_deadline(self) -> float:
+        """How long a collective waits for the other workers: --comm-timeout until a
+        step time is known, then 20 steps' worth (at least 5 s), so that a worker that
+        stops is noticed in seconds, not minutes."""
+        if self.step_seconds is None:
+            return self.cfg.comm_timeout
+        return min(self.cfg.comm_timeout, max(5.0, 20 * self.step_seconds))
 
     # -- evaluation ----------------------------------------------------------------------
     @contextmanager

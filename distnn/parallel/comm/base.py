@@ -51,6 +51,9 @@ class Group:
         """Give every member every other member's ``vec[shard]`` (nothing to do when
         the shard is everything)."""
 
+    def set_timeout(self, seconds: float) -> None:
+        """How long a collective may wait for the other members from now on."""
+
     def deliver(self, key, data) -> None:
         raise RuntimeError(f"the {self.name} backend receives no messages")
 

@@ -51,6 +51,10 @@ class HierarchicalGroup(Group):
         self.ring.all_gather_(step, vec[a:b])
         self.local.all_gather_(step, vec, a, b)
 
+    def set_timeout(self, seconds):
+        self.local.set_timeout(seconds)
+        self.ring.set_timeout(seconds)
+
     def abort(self):
         self.local.abort()
         self.ring.abort()

@@ -39,6 +39,9 @@ class RingCollective(Group):
         self.cond = threading.Condition()
         self.aborted = False
 
+    def set_timeout(self, seconds):
+        self.timeout = seconds
+
     def deliver(self, key: tuple, data: np.ndarray) -> None:
         with self.cond:
             self.inbox[key] = data

@@ -144,6 +144,9 @@ class SharedMemoryCollective(Group):
                 elif time.monotonic() > deadline:
                     raise CollectiveAborted(f"no all-reduce partner for {self.timeout:g}s")
 
+    def set_timeout(self, seconds):
+        self.timeout = seconds
+
     def abort(self):
         self.flags[self.world] = 1
 

@@ -307,6 +307,12 @@ class TcpRing:
                     self._send(v[lo:hi])
         self._drain()
 
+    def set_timeout(self, seconds: float) -> None:
+        self.timeout = seconds
+        for s in (self.rx, self.tx):
+            if s is not None:
+                s.settimeout(seconds)
+
     def abort(self) -> None:
         self._aborted = True
         for s in (self.rx, self.tx):
@@ -353,6 +359,9 @@ class TcpGroup(Group):
 
     def all_gather_(self, step, vec, lo, hi):
         self.ring.all_gather_(step, vec)
+
+    def set_timeout(self, seconds):
+        self.ring.set_timeout(seconds)
 
     def abort(self):
         self.ring.abort()
