@@ -119,6 +119,7 @@ class RayPool:
                                  runtime_env={"env_vars": BLAS_ENV})(Worker)
         self.workers = [self._spawn(r) for r in range(self.world)]
         self.group, self.faults = None, []   # faults: what died and what was done
+        self._last_epoch = None              # seconds of the last epoch: its deadline
         self._wire()
         self.state = self.get_state()
 
@@ -222,6 +223,7 @@ class RayPool:
                 if not dead:
                     self._end_state = merge_states(states)
             if not dead:
+                self._last_epoch = max(r.get("seconds", 0.0) for r in results.values())
                 return [results[r] for r in range(self.world)]
             failures += 1
             self._recover(dead, epoch, failures)
@@ -230,18 +232,23 @@ class RayPool:
         """Run the epoch on every worker; returns (results, ranks that failed).  Once a
         worker has died or given up waiting in a collective, the others get
         ``STALL_SECONDS`` to return; one that does not is stalled (stopped, hung, cut
-        off) and counts as failed, so no wait here lasts for ever."""
+        off) and counts as failed.  When no worker has a peer left to notice (every one
+        stopped, or a single one), the epoch itself has a deadline once an epoch's length
+        is known: --comm-timeout plus ten times the last epoch.  No wait lasts for ever."""
         ray = self.ray
         refs = [w.run_epoch.remote(epoch, schedule_state) for w in self.workers]
         results, failed, pending, deadline = {}, [], list(refs), None
+        whole = None if self._last_epoch is None else \
+            time.monotonic() + self.cfg.comm_timeout + 10 * self._last_epoch
         while pending:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ends = [t for t in (deadline, whole) if t is not None]
+            left = max(0.0, min(ends) - time.monotonic()) if ends else None
             done, pending = ray.wait(pending, num_returns=1, timeout=left)
             if not done:
                 stalled = [refs.index(r) for r in pending]
-                log.warning("worker(s) %s did not answer within %g s of the abort in epoch "
-                            "%d (stopped or cut off); replacing them", stalled,
-                            STALL_SECONDS, epoch)
+                log.warning("worker(s) %s did not answer in time in epoch %d (stopped or "
+                            "cut off); replacing them", stalled, epoch)
+                self._abort()
                 return results, failed + stalled
             rank = refs.index(done[0])
             try:

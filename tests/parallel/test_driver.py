@@ -269,3 +269,35 @@ def test_min_workers_starts_with_what_the_cluster_has(ray_session, splits, caplo
     one = train(cfg(batch_size=21, dtype="float64", workers=1), splits, progress=False)
     np.testing.assert_allclose(out["network"].params, one["network"].params, rtol=1e-9,
                                atol=1e-12)
+
+
+def test_every_worker_stopped_is_noticed_by_the_epochs_deadline(ray_session, splits):
+    """Both workers SIGSTOPped in epoch 1: no peer is left to time out, so the epoch's
+    own deadline (--comm-timeout + 10 x the last epoch) notices, both are replaced and
+    the epoch replayed."""
+    c = cfg(epochs=3, batch_size=2, lr=0.02, comm_timeout=3.0)
+    clean = train(c, splits)["network"].params
+    stopped = []
+
+    class StopAll(Callback):
+        def on_epoch_end(self, epoch, logs, trainer):
+            if epoch == 0:
+                pids = trainer.worker_pids()
+
+                def stop():
+                    for pid in pids:
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped.append(pid)
+                threading.Timer(0.05, stop).start()
+    t0 = time.monotonic()
+    try:
+        out = train(c, splits, callbacks=[StopAll()])
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert len(stopped) == 2 and time.monotonic() - t0 < 60
+    assert [(f["epoch"], sorted(f["workers"])) for f in out["faults"]] == [(1, [0, 1])]
+    np.testing.assert_array_equal(out["network"].params, clean)
