@@ -120,6 +120,7 @@ class RayPool:
         self.workers = [self._spawn(r) for r in range(self.world)]
         self.group, self.faults = None, []   # faults: what died and what was done
         self._last_epoch = None              # seconds of the last epoch: its deadline
+        self._where: list[str] = []          # each rank's node address, as last seen
         self._wire()
         self.state = self.get_state()
 
@@ -133,6 +134,7 @@ class RayPool:
             self.group.close()
             self.group = None
         infos = self._get([w.info.remote() for w in self.workers], "report their nodes")
+        self._where = [i["ip"] for i in infos]
         nodes = comm.plan([i["node"] for i in infos])
         backend = comm.choose(self.cfg.allreduce, self.world, nodes)
         self.backend = backend.name
@@ -247,7 +249,7 @@ class RayPool:
             if not done:
                 stalled = [refs.index(r) for r in pending]
                 log.warning("worker(s) %s did not answer in time in epoch %d (stopped or "
-                            "cut off); replacing them", stalled, epoch)
+                            "cut off); replacing them", self._named(stalled), epoch)
                 self._abort()
                 return results, failed + stalled
             rank = refs.index(done[0])
@@ -260,7 +262,7 @@ class RayPool:
                 if "CollectiveAborted" not in str(e):
                     self._abort()
                     raise
-                log.warning("worker %d gave up in epoch %d: %s", rank, epoch,
+                log.warning("worker %s gave up in epoch %d: %s", self._named([rank]), epoch,
                             str(e).strip().splitlines()[-1][:200])
             self._abort()
             deadline = deadline or time.monotonic() + STALL_SECONDS
@@ -289,13 +291,21 @@ class RayPool:
             self.set_state(self.state)
             return
         log.warning("worker(s) %s failed during epoch %d; replacing them and replaying the "
-                    "epoch from its start (attempt %d)", dead, epoch, failures + 1)
+                    "epoch from its start (attempt %d)", self._named(dead), epoch, failures + 1)
         self._fault(epoch, dead, "replaced, epoch replayed")
         self._replace(dead, epoch)
 
     def _fault(self, epoch, ranks, action: str) -> None:
         self.faults.append({"epoch": epoch, "workers": list(ranks), "action": action,
-                            "world": self.world, "time": time.time()})
+                            "nodes": [self._at(r) for r in ranks], "world": self.world,
+                            "time": time.time()})
+
+    def _at(self, rank: int) -> str:
+        """The address of the node a worker was last seen on."""
+        return self._where[rank] if rank < len(self._where) else "?"
+
+    def _named(self, ranks) -> str:
+        return ", ".join(f"{r} (node {self._at(r)})" for r in ranks)
 
     def _replace(self, dead, epoch=None):
         """New workers for ``dead``; those that cannot be placed within

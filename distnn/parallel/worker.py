@@ -42,7 +42,8 @@ class Worker:
     def info(self) -> dict:
         import ray
         return {"rank": self.rank, "pid": os.getpid(),
-                "node": ray.get_runtime_context().get_node_id()}
+                "node": ray.get_runtime_context().get_node_id(),
+                "ip": ray.util.get_node_ip_address()}
 
     def listen(self, backend: str, spec: dict, host: str | None = None):
         """Phase one of joining a group: open what the other members connect to, on
