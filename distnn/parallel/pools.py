@@ -15,13 +15,13 @@ class LocalPool:
     """One worker in this process, in a group of one."""
 
     backend = "local"
-    faults: list = []   # a worker in this process cannot die alone
 
     def __init__(self, cfg: TrainConfig, data: TrainingData):
         valid = data.splits.valid
         self.worker = Worker(0, 1, cfg, data.normalizer, data.train.x, data.train.y,
                              valid.x, valid.y, in_process=True)
         self.worker.join("local", {"world": 1, "nodes": [[0]]})
+        self.faults: list = []   # a worker in this process cannot die alone
 
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> list[dict]:
         return [self.worker.run_epoch(epoch, schedule_state, progress)]

@@ -30,7 +30,7 @@ class Worker:
         train = Batches(Split(train_x, train_y), normalizer, aug, dtype, cache=in_process)
         valid = Batches(Split(valid_x, valid_y), normalizer, None, dtype,
                         cache=in_process) if len(valid_y) else None
-        self.rank = rank
+        self.rank, self._handle = rank, None   # _handle: from listen, for join
         self.engine = Engine(cfg, train, valid, rank=rank, world=world, background=in_process)
 
     def set_place(self, rank: int, world: int) -> None:
@@ -56,7 +56,7 @@ class Worker:
 
     def join(self, backend: str, spec: dict, peers=None, addresses=None) -> None:
         """Phase two: join the group, now that every member's address is known."""
-        handle, self._handle = getattr(self, "_handle", None), None
+        handle, self._handle = self._handle, None
         self.engine.join(BACKENDS[backend].join(self.rank, spec, peers=peers,
                                                 addresses=addresses, handle=handle))
 

@@ -206,8 +206,9 @@ class Engine:
                 digests.append((k, digest(self.net.params)))
             if progress is not None and (k % every == 0 or k == steps - 1):
                 progress(min(n, (k + 1) * cfg.batch_size), n)
-        self.step_seconds = (time.perf_counter() - t0) / max(steps, 1)
-        return {"diverged": False, "loss_sum": loss_total, "seconds": time.perf_counter() - t0,
+        seconds = time.perf_counter() - t0
+        self.step_seconds = seconds / max(steps, 1)
+        return {"diverged": False, "loss_sum": loss_total, "seconds": seconds,
                 "comm_seconds": self.comm_seconds, "lr": opt.lr, "digests": digests,
                 "final_digest": digest(self.net.params), "rank": self.rank}
 
