@@ -74,14 +74,16 @@ class TrainConfig:
     keep_last: int = 3
     resume: str | None = None
     logdir: str | None = None
+    overwrite: bool = False
+    override: tuple[str, ...] = ()
     bayes_error: float = 0.0
 
     def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(self.layers))
-        for name in ("l1", "l2"):
+        for name in ("layers", "l1", "l2", "override"):
             v = getattr(self, name)
-            if isinstance(v, (list, tuple)):
+            if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
+        check_types(self)
         validate(self)
 
     def replace(self, **changes) -> "TrainConfig":
@@ -94,13 +96,21 @@ class TrainConfig:
                                                  if f.name in _FIELDS})
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["layers"] = list(self.layers)
-        return d
+        """Plain JSON values (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
 
 
 _FIELDS = {f.name for f in fields(TrainConfig)}
 MONITORS = ("valid_accuracy", "valid_cost", "train_accuracy", "train_cost")
+# settings that say where and how a run is carried out, not what it computes: a resumed
+# run may change them freely (``workers`` too, unless --lr-scaling linear ties the
+# learning rate to it); any other difference from the checkpoint needs --override KEY
+PLACEMENT_KEYS = frozenset({
+    "data_dir", "workers", "address", "allreduce", "comm_ports", "comm_timeout",
+    "check_replicas", "max_failures", "min_workers", "replace_timeout", "monitor_train",
+    "metrics_out", "checkpoint_dir", "keep_last", "resume", "logdir", "overwrite",
+    "override", "bayes_error", "epochs"})
 
 
 def field_names() -> list[str]:
@@ -121,6 +131,44 @@ def _positive(name, value):
     _require(isinstance(value, (int, float)) and not isinstance(value, bool)
              and math.isfinite(value) and value > 0,
              f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# what each annotation admits, and how to say it
+_TYPES = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (_integer, "an integer"),
+    "int | None": (lambda v: v is None or _integer(v), "an integer"),
+    "float": (_number, "a finite number"),
+    "float | None": (lambda v: v is None or _number(v), "a finite number"),
+    "float | tuple[float, ...]": (
+        lambda v: _number(v) or (isinstance(v, tuple) and len(v) > 0
+                                 and all(_number(x) for x in v)),
+        "a finite number or a list of them (one per weight layer)"),
+    "tuple[int, ...]": (lambda v: isinstance(v, tuple) and all(_integer(x) for x in v),
+                        "a list of integers like [784, 30, 10] (or \"784,30,10\")"),
+    "tuple[str, ...]": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
+                        "a list of setting names"),
+}
+
+
+def check_types(c: TrainConfig) -> None:
+    """Raise ValueError for the first value of the wrong type (a TOML ``momentum =
+    "0.9"``, ``layers = 784``, ``monitor_train = "no"``) or a number that is not finite."""
+    for f in fields(TrainConfig):
+        ok, what = _TYPES[f.type]
+        v = getattr(c, f.name)
+        _require(ok(v), f"{f.name} must be {what}, got {v!r}"
+                 + (f" ({type(v).__name__})" if not isinstance(v, (int, float)) else ""))
 
 
 def validate(c: TrainConfig) -> None:
@@ -201,6 +249,10 @@ def _validate_run(c: TrainConfig) -> None:
                  f"workers {c.workers}")
     if c.train_size is not None:
         _int_at_least("train_size", c.train_size, 1)
+    _require(c.seed < 2 ** 63, f"seed must be below 2**63, got {c.seed}")
+    _require(c.warmup >= 0, f"warmup must be >= 0 epochs, got {c.warmup!r}")
+    unknown = sorted(set(c.override) - _FIELDS)
+    _require(not unknown, f"override names unknown setting(s) {unknown}")
     parse_spec(c.augment)
 
 

@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--write", metavar="BENCHMARKS.md")
     args = p.parse_args(argv)
     import ray
-    from distnn.parallel.ray_pool import start_ray
+    from distnn.parallel.ray_pool import start_ray, stop_ray
     data = splits(args.examples)
     ceiling = hardware_ceiling(256, args.examples, args.epochs, args.rounds)
     print("ceiling", ceiling, flush=True)
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         times = allreduce_times((0.1, 1.0, 2.5))
         rss = worker_rss_growth(splits(12800), epochs=30)
     finally:
-        ray.shutdown()
+        stop_ray()
     ar = [[f"{mb:g} MB", *(f"{1e3 * times[(b, mb)]:.2f} ms" for b in ("shm", "tcp", "ring"))]
           for mb in (0.1, 1.0, 2.5)]
     _bench.report("bench_dist", "Data-parallel throughput",

@@ -35,13 +35,13 @@ from distnn.data import load  # noqa: E402
 
 def parallel(base, trials, splits) -> dict:
     import ray
-    from distnn.parallel.ray_pool import start_ray
+    from distnn.parallel.ray_pool import start_ray, stop_ray
     t0 = time.perf_counter()
     start_ray(None, 1)
     startup = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as out:
         res = tune.run_search(base, trials, out, splits=splits)
-    ray.shutdown()
+    stop_ray()
     return {"wall": time.perf_counter() - t0, "startup": startup, "res": res}
 
 

@@ -12,13 +12,24 @@ from .flags import add_train_flags
 log = logging.getLogger("distnn")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
+    return n
+
+
 def _search_args(p):
     p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
                    help="grid values, e.g. hidden=10,25,50 lr=0.05,0.1 l2=0.0001,0.001")
     p.add_argument("--random", nargs="+", default=[], metavar="KEY=DIST",
                    help="random specs: lr=loguniform:1e-3:1 hidden=choice:30,100 "
                         "keep_prob=uniform:0.5:1 batch_size=randint:8:64")
-    p.add_argument("--samples", type=int, default=20, help="random trials to draw")
+    p.add_argument("--samples", type=positive_int, default=20, help="random trials to draw")
     p.add_argument("--search-seed", type=int, default=0, help="seed of the random draws")
     p.add_argument("--asha", action="store_true", help="stop poor trials early (ASHA)")
     p.add_argument("--out", default="search", help="directory for results.csv/.parquet, "
@@ -67,10 +78,10 @@ def _add_gradcheck(sub) -> None:
                    help="L1 λ: one value or one per weight layer")
     g.add_argument("--l2", type=lambda t: parse_strength(t, "l2"), default=0.0,
                    help="L2 λ: one value or one per weight layer")
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--batch-size", type=positive_int, default=8)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--tol", type=float, default=1e-6, help="largest relative error accepted")
-    g.add_argument("--max-per-block", type=int, default=None,
+    g.add_argument("--max-per-block", type=positive_int, default=None,
                    help="check at most this many entries per parameter block")
     g.set_defaults(fn=commands.cmd_gradcheck)
 
@@ -85,8 +96,8 @@ def _add_data(sub) -> None:
     d.add_argument("--data-dir", default=None)
     d.add_argument("--augment", default="rotate=15,shift=2,elastic=34:4",
                    help="augmentation spec to preview")
-    d.add_argument("--count", type=int, default=10, help="images per row (preview)")
-    d.add_argument("--rows", type=int, default=3, help="distorted rows, one per epoch")
+    d.add_argument("--count", type=positive_int, default=10, help="images per row (preview)")
+    d.add_argument("--rows", type=positive_int, default=3, help="distorted rows, one per epoch")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=commands.cmd_data)
 
@@ -101,7 +112,7 @@ def _add_search(sub) -> None:
     lf = sub.add_parser("lr-find", help="Nielsen's learning-rate threshold search")
     add_train_flags(lf)
     lf.add_argument("--start", type=float, default=0.01, help="first learning rate tried")
-    lf.add_argument("--find-epochs", type=int, default=3,
+    lf.add_argument("--find-epochs", type=positive_int, default=3,
                     help="epochs per try: the cost must fall over these")
     lf.add_argument("--refine", type=int, default=4, help="bisection steps after the x10 search")
     lf.add_argument("--plot", metavar="OUT.png", help="plot the tried cost curves")
@@ -146,16 +157,24 @@ def _add_checkpoint_tools(sub) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     from ..data.idx import DataError
     from ..io.checkpoint import CheckpointError
+    from ..io.files import OutputError
     try:
         return args.fn(args)
+    except OutputError as e:    # a full disk, a read-only file system
+        print(f"error: {e}", file=sys.stderr)
+        return 5
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stderr.close()
         return 0
     except (ValueError, DataError, KeyError, ConnectionError, CheckpointError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    except OSError as e:         # a file that cannot be read or written
+        from ..io.files import describe
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{describe(e)}", file=sys.stderr)
+        return 5

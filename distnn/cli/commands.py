@@ -12,6 +12,8 @@ from .flags import config_from_args
 
 def cmd_train(args) -> int:
     from .. import fit
+    from ..io.files import OutputError
+    from ..parallel.driver import Interrupted
     from ..train.records import DivergenceError
     cfg = config_from_args(args)
     try:
@@ -19,9 +21,17 @@ def cmd_train(args) -> int:
     except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except (Interrupted, KeyboardInterrupt) as e:
+        print(str(e) or "stopped before the first epoch", end="; ", file=sys.stderr)
+        _print_resume(cfg)
+        return 130
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        _print_resume(cfg)
+        return 5
     except RuntimeError as e:  # workers lost beyond recovery, replica divergence
         print(f"error: {e}", file=sys.stderr)
-        _print_resume(cfg, args)
+        _print_resume(cfg)
         return 4
     h = m["history"]
     if h:
@@ -43,27 +53,21 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _print_resume(cfg, args) -> None:
-    """After a stop, where the last complete epoch is and the command that continues."""
+def _print_resume(cfg) -> None:
+    """After a stop, where the last complete epoch is and the command that continues
+    (the checkpoint holds every setting, so ``--resume DIR`` is the whole command)."""
     if not cfg.checkpoint_dir:
         print("no --checkpoint-dir was given, so there is nothing to resume from",
               file=sys.stderr)
         return
-    from ..io.checkpoint import CheckpointError, load
+    from ..io.checkpoint import CheckpointError, resolve
     try:
-        where = f"the last checkpoint is {load(cfg.checkpoint_dir).path}"
+        where = f"the last checkpoint is {resolve(cfg.checkpoint_dir)[0]}"
     except (CheckpointError, OSError):
         print("no epoch was completed; start the run again", file=sys.stderr)
         return
-    argv, skip = [], False
-    for a, nxt in zip(args.argv, [*args.argv[1:], None]):
-        if skip:
-            skip = False
-        elif a == "--resume":
-            skip = nxt is not None and not nxt.startswith("-")   # --resume PATH
-        elif not a.startswith("--resume="):
-            argv.append(a)
-    print(f"{where}; resume with: distnn {shlex.join(argv)} --resume", file=sys.stderr)
+    print(f"{where}; resume with: distnn train --resume {shlex.quote(cfg.checkpoint_dir)}",
+          file=sys.stderr)
 
 
 def cmd_gradcheck(args) -> int:
@@ -113,6 +117,11 @@ def _preview(args, splits) -> int:
     from ..io.png import grid, write_png
     if args.out is None:
         raise ValueError("data preview needs an output file: distnn data preview mnist out.png")
+    from ..io.files import check_file_target
+    check_file_target(args.out, "OUT")
+    if args.count > len(splits.train):
+        raise ValueError(f"--count {args.count} is more than the {len(splits.train)} "
+                         "training images")
     aug = Augmenter(args.augment, seed=args.seed, pixel_max=splits.pixel_max)
     idx = np.arange(args.count)
     x = splits.train.x[idx]

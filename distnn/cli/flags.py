@@ -89,12 +89,17 @@ HELP = {
     "keep_last": "checkpoints to keep (the best by --monitor is kept as well)",
     "resume": "continue a run: from --checkpoint-dir's latest checkpoint (no value) or the "
               "checkpoint PATH given",
+    "overwrite": "a fresh run (no --resume) whose --checkpoint-dir or --logdir already "
+                 "holds another run's checkpoints or logs deletes them instead of stopping",
+    "override": "with --resume: let this setting differ from the checkpoint's (repeat the "
+                "flag or give KEY,KEY); the change is recorded in the checkpoint's history",
     "bayes_error": "the best achievable error (e.g. human error) for the bias/variance "
                    "diagnosis, as a fraction",
     "logdir": "write TensorBoard logs here (e.g. runs/NAME); open them with "
               "tensorboard --logdir DIR",
 }
-BOOL_FLAGS = {"merge_valid", "standardize", "batchnorm", "sync_batchnorm", "monitor_train"}
+BOOL_FLAGS = {"merge_valid", "standardize", "batchnorm", "sync_batchnorm", "monitor_train",
+              "overwrite"}
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -113,6 +118,11 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         if name == "resume":
             p.add_argument(flag, dest=name, nargs="?", const="latest", default=None,
                            metavar="PATH", help=help_)
+            continue
+        if name == "override":
+            p.add_argument(flag, dest=name, action="append", default=None, metavar="KEY",
+                           type=lambda t: [k.strip().replace("-", "_") for k in t.split(",")],
+                           help=f"{HELP[name]} (default: none)")
             continue
         if name in BOOL_FLAGS:
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
@@ -133,17 +143,40 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < recipe < TOML file < command-line flags."""
+    """Defaults < recipe < TOML file < command-line flags.  With ``--resume`` the
+    checkpoint's settings take the place of the defaults, so a resumed run continues as
+    it was unless a flag says otherwise (which the resume then checks)."""
     from .. import recipes
-    cfg = TrainConfig()
+    sources = []
     if getattr(args, "recipe", None):
-        cfg = from_mapping(recipes.settings(args.recipe), where=f"recipe {args.recipe}")
+        sources.append((f"recipe {args.recipe}", recipes.settings(args.recipe)))
     if args.config:
         try:
             with open(args.config, "rb") as f:
-                values = tomllib.load(f)
+                sources.append((args.config, tomllib.load(f)))
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ValueError(f"--config {args.config}: {e}") from None
-        cfg = from_mapping(values, base=cfg, where=args.config)
     flags = {k: getattr(args, k) for k in field_names() if getattr(args, k) is not None}
-    return from_mapping(flags, base=cfg, where="command line")
+    if "override" in flags:     # --override a,b --override c
+        flags["override"] = [k for group in flags["override"] for k in group]
+    sources.append(("command line", flags))
+    merged = {k: v for _, values in sources for k, v in values.items()}
+    cfg = TrainConfig()
+    if merged.get("resume"):
+        cfg = checkpoint_config(merged["resume"], merged.get("checkpoint_dir"))
+    for where, values in sources:
+        cfg = from_mapping(values, base=cfg, where=where)
+    return cfg
+
+
+def checkpoint_config(resume: str, checkpoint_dir: str | None) -> TrainConfig:
+    """The settings of the run a ``--resume`` continues, saving where it saved (the
+    resumed checkpoint's directory) unless --checkpoint-dir says otherwise."""
+    from ..io.checkpoint import read_meta
+    source = checkpoint_dir if resume == "latest" else resume
+    if source is None:
+        return TrainConfig()      # validation says what is missing
+    path, meta = read_meta(source)
+    saved = {k: v for k, v in meta["config"].items() if k in field_names()}
+    saved.update(checkpoint_dir=str(path.parent), resume=None, override=(), overwrite=False)
+    return from_mapping(saved, where=f"the checkpoint {path}")

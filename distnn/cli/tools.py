@@ -3,9 +3,11 @@ lr-find, recipes and the checkpoint tools (eval, inspect, export, import, plot).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
+from ..io.files import check_file_target
 from .flags import config_from_args
 
 
@@ -13,6 +15,8 @@ def cmd_search(args) -> int:
     from .. import recipes
     from ..search import space, tune
     cfg = config_from_args(args)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a directory for the results")
     grid, rand = list(args.grid), list(args.random)
     if args.recipe and not grid and not rand:
         spec = recipes.load(args.recipe).get("search", {})
@@ -110,6 +114,7 @@ def cmd_export(args) -> int:
     net, norm, _, c = load_model(args.checkpoint)
     if norm.mean is not None:
         raise ValueError("this model standardises its inputs, which network2.py cannot do")
+    check_file_target(args.out, "OUT")
     network2.export(net, args.out)
     print(f"wrote {args.out} (network2 JSON) from {c.path}")
     return 0
@@ -119,6 +124,8 @@ def cmd_import(args) -> int:
     from ..config import TrainConfig
     from ..io import network2
     from ..train.checkpointing import save_model
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"CKPT_DIR {args.out} is a file; give a directory")
     net = network2.load(args.json_in)
     cfg = TrainConfig(dataset=args.dataset, layers=tuple(net.sizes), activation="sigmoid",
                       output="sigmoid", cost=net.config["cost"], dtype="float64")
@@ -129,6 +136,7 @@ def cmd_import(args) -> int:
 
 def cmd_plot(args) -> int:
     from ..io.plot import history_of, plot_history
+    check_file_target(args.out, "OUT")
     history, name = history_of(args.run)
     plot_history(history, args.out, title=name)
     print(f"wrote {args.out}")

@@ -144,6 +144,8 @@ def parse(spec: str, lr0: float, warmup: float = 0.0) -> Schedule:
         nums = [float(a) for a in args]
     except ValueError:
         raise ValueError(f"schedule {spec!r} has a non-numeric argument") from None
+    if not all(math.isfinite(n) for n in nums):
+        raise ValueError(f"schedule {spec!r} needs finite numbers")
     if not lo <= len(nums) <= hi:
         raise ValueError(f"schedule {name!r} takes {lo}-{hi} ':'-separated numbers, got {spec!r}")
     if name == "constant":

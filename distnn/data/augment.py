@@ -28,6 +28,9 @@ from ..core.random import fold_key, keyed_uniform
 
 _KEYS = ("rotate", "shift", "scale", "shear", "elastic", "flip")
 _STREAM_AFFINE, _STREAM_ELASTIC, _STREAM_FLIP = 2001, 2002, 2003
+# the largest value of each one-number item: a full turn, shears short of 90 degrees,
+# shifts of any image size (checked against the images by ``Augmenter.check_images``)
+_LIMITS = {"rotate": 180.0, "shift": 4096.0, "shear": 80.0}
 
 
 @dataclass(frozen=True)
@@ -75,14 +78,20 @@ def parse_spec(spec: str | None) -> AugmentSpec:
         if any(not np.isfinite(n) or n < 0 for n in nums):
             raise ValueError(f"augmentation {key!r} needs finite values >= 0, got {val!r}")
         if key == "elastic":
-            if len(nums) > 2 or (len(nums) == 2 and nums[1] <= 0):
-                raise ValueError(f"elastic takes ALPHA[:SIGMA] with SIGMA > 0, got {val!r}")
+            if len(nums) > 2 or (len(nums) == 2 and not 0 < nums[1] <= 100):
+                raise ValueError(f"elastic takes ALPHA[:SIGMA] with 0 < SIGMA <= 100 "
+                                 f"(pixels), got {val!r}")
+            if nums[0] > 1000:
+                raise ValueError(f"elastic ALPHA is at most 1000 (pixels), got {val!r}")
             vals["elastic_alpha"] = nums[0]
             if len(nums) == 2:
                 vals["elastic_sigma"] = nums[1]
         else:
             if len(nums) != 1:
                 raise ValueError(f"augmentation {key!r} takes one number, got {val!r}")
+            if nums[0] > _LIMITS.get(key, np.inf):
+                raise ValueError(f"augmentation {key}={val} is beyond its range (at most "
+                                 f"{_LIMITS[key]:g})")
             if key == "scale" and nums[0] >= 1:
                 raise ValueError(f"scale=F needs F < 1 (factor in [1-F, 1+F]), got {val!r}")
             if key == "flip" and nums[0] > 1:
@@ -219,9 +228,20 @@ class Augmenter:
         """
         n, k, h, w = field.shape
         sig = self.spec.elastic_sigma
-        gh = self._gauss.setdefault((h, sig), gaussian_matrix(h, sig).astype(np.float32))
-        gw = self._gauss.setdefault((w, sig), gaussian_matrix(w, sig).astype(np.float32))
-        return np.matmul(np.matmul(gh, field), gw.T)
+        return np.matmul(np.matmul(self._gaussian(h, sig), field), self._gaussian(w, sig).T)
+
+    def _gaussian(self, n: int, sigma: float) -> np.ndarray:
+        """G_σ for a side of n pixels, built once per (n, σ) and kept."""
+        if (n, sigma) not in self._gauss:
+            self._gauss[n, sigma] = gaussian_matrix(n, sigma).astype(np.float32)
+        return self._gauss[n, sigma]
+
+    def check_images(self, shape) -> None:
+        """Refuse a spec that would move every pixel of a (H, W) image out of it."""
+        if self.spec.shift >= min(shape):
+            raise ValueError(f"augmentation shift={self.spec.shift:g} moves the whole "
+                             f"{shape[0]}x{shape[1]} image out of view; use fewer pixels "
+                             f"than {min(shape)}")
 
     def params(self, indices: np.ndarray, epoch: int, shape: tuple[int, int]) -> dict:
         """The per-example transform parameters for ``warp``."""

@@ -43,7 +43,9 @@ def parse(raw: bytes, source: str = "<bytes>") -> np.ndarray:
     if ndim < 1 or len(raw) < 4 + 4 * ndim:
         raise DataError(f"{source}: IDX header with {ndim} dimensions is truncated")
     shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    expected = int(np.prod(shape))
+    expected = 1
+    for n in shape:         # Python integers: np.prod would overflow int64 and wrap
+        expected *= n
     body = raw[4 + 4 * ndim:]
     if len(body) != expected:
         raise DataError(f"{source}: header says shape {shape} ({expected} bytes of data) "

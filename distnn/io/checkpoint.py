@@ -9,17 +9,22 @@ A checkpoint is a directory ``CKPT_DIR/epoch-0007/`` holding
 ``optimizer.parquet``  the optimizer's state slots, same schema.
 ``meta.json``          format name and version, the resolved config, epoch, history,
                        optimizer and schedule scalars, the randomness contract, the
-                       distnn version, and the sha256 of each Parquet file.
+                       distnn version, the sha256 of each Parquet file, and
+                       ``meta_sha256``: the sha256 of its own other fields (canonical
+                       JSON), so an edited meta.json is refused, not trusted.
 
 Writes go to a hidden temporary directory that is fsynced and renamed into place, and
-``CKPT_DIR/latest`` (a one-line file naming the newest complete checkpoint) is replaced
-atomically after that, so a crash at any moment leaves the previous checkpoint loadable.
+``CKPT_DIR/latest`` (first line: the newest complete checkpoint's directory name; second:
+``meta.json sha256 HEX``, the hash its meta.json must have) is replaced atomically after that, so a crash at any moment
+leaves the previous checkpoint loadable.  ``latest`` may only name a directory inside
+``CKPT_DIR``; symbolic links are refused everywhere.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -27,9 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import OutputError, describe
+
 FORMAT = "distnn-checkpoint"
-VERSION = 1
+VERSION = 2        # 2: meta_sha256, and the hash of meta.json in ``latest``
 FILES = ("tensors.parquet", "optimizer.parquet")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+EPOCH_NAME = re.compile(r"epoch-\d{4,}\Z")
 
 
 class CheckpointError(ValueError):
@@ -100,45 +109,76 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_latest(root: Path, name: str) -> None:
+def _write_latest(root: Path, name: str, meta_hash: str) -> None:
     tmp = root / f".latest.{uuid.uuid4().hex}"
-    tmp.write_text(name + "\n")
-    _fsync(tmp)
-    os.replace(tmp, root / "latest")
-    _fsync(root)
+    try:
+        tmp.write_text(f"{name}\nmeta.json sha256 {meta_hash}\n")
+        _fsync(tmp)
+        os.replace(tmp, root / "latest")
+        _fsync(root)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def meta_checksum(meta: dict) -> str:
+    """sha256 of ``meta`` without its ``meta_sha256`` field, as canonical JSON."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def save(root, name: str, tensors: dict, optimizer: dict, meta: dict) -> Path:
-    """Write checkpoint ``root/name`` atomically and point ``root/latest`` at it."""
-    import pyarrow.parquet as pq
+    """Write checkpoint ``root/name`` atomically and point ``root/latest`` at it.  A write
+    that fails (a full disk) raises ``OutputError`` and leaves the previous checkpoint and
+    ``latest`` as they were, with no temporary file behind."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    if not NAME.match(name):
+        raise ValueError(f"checkpoint name {name!r} must be a plain directory name")
+    final = root / name
+    if final.is_symlink():
+        raise CheckpointError(f"{final} is a symbolic link; distnn does not write through "
+                              "links (remove it)")
     tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        hashes = {}
-        for fname, arrays in zip(FILES, (tensors, optimizer)):
-            pq.write_table(_table(arrays), tmp / fname)
-            _fsync(tmp / fname)
-            hashes[fname] = _sha256(tmp / fname)
-        full = {"format": FORMAT, "version": VERSION, **meta, "sha256": hashes}
-        (tmp / "meta.json").write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
-        _fsync(tmp / "meta.json")
-        _fsync(tmp)
-        final = root / name
-        if final.exists():          # re-saving the same epoch: move the old one aside
-            old = root / f".old-{name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-        _fsync(root)
-    except BaseException:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        meta_hash = _write_files(tmp, tensors, optimizer, meta)
+        _install(root, name, tmp)
+        _write_latest(root, name, meta_hash)
+    except OSError as e:
+        raise OutputError(f"could not write checkpoint {final}: {describe(e)}") from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _write_latest(root, name)
     return final
+
+
+def _write_files(tmp: Path, tensors: dict, optimizer: dict, meta: dict) -> str:
+    """The checkpoint's files in ``tmp``, fsynced; returns the sha256 of meta.json."""
+    import pyarrow.parquet as pq
+    hashes = {}
+    for fname, arrays in zip(FILES, (tensors, optimizer)):
+        pq.write_table(_table(arrays), tmp / fname)
+        _fsync(tmp / fname)
+        hashes[fname] = _sha256(tmp / fname)
+    full = {"format": FORMAT, "version": VERSION, **meta, "sha256": hashes}
+    full["meta_sha256"] = meta_checksum(full)
+    (tmp / "meta.json").write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
+    _fsync(tmp / "meta.json")
+    _fsync(tmp)
+    return _sha256(tmp / "meta.json")
+
+
+def _install(root: Path, name: str, tmp: Path) -> None:
+    final = root / name
+    if final.exists():          # re-saving the same epoch: move the old one aside
+        old = root / f".old-{name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync(root)
 
 
 def _json_default(o):
@@ -149,57 +189,150 @@ def _json_default(o):
     raise TypeError(f"cannot write {type(o).__name__} to meta.json")
 
 
-def resolve(path) -> Path:
-    """A checkpoint directory, or a checkpoint root (then its ``latest``)."""
+def _pointer(root: Path) -> tuple[Path, str | None]:
+    """The checkpoint ``root/latest`` names, and the sha256 its meta.json must have."""
+    latest = root / "latest"
+    if latest.is_symlink():
+        raise CheckpointError(f"{latest} is a symbolic link; refusing it")
+    lines = latest.read_text(errors="replace").splitlines() or [""]
+    name, rest = lines[0].strip(), " ".join(lines[1:]).split()
+    if not NAME.match(name) or rest[:2] not in ([], ["meta.json", "sha256"]) or len(rest) == 2:
+        raise CheckpointError(f"{latest} must name a checkpoint directory inside {root}, "
+                              f"got {' '.join(lines)[:80]!r}")
+    target = root / name
+    if target.is_symlink() or not (target / "meta.json").is_file():
+        raise CheckpointError(f"{latest} names {name}, which is not a complete "
+                              "checkpoint directory")
+    return target, (rest[2] if len(rest) == 3 else None)
+
+
+def resolve(path) -> tuple[Path, str | None]:
+    """A checkpoint directory, or a checkpoint root (then its ``latest``), and the meta.json
+    hash the pointer vouches for (None for a directory given directly)."""
     p = Path(path)
+    if p.is_symlink() or (p / "meta.json").is_symlink():
+        raise CheckpointError(f"{p} is a symbolic link; give the directory itself")
     if (p / "meta.json").is_file():
-        return p
-    latest = p / "latest"
-    if latest.is_file():
-        target = p / latest.read_text().strip()
-        if not (target / "meta.json").is_file():
-            raise CheckpointError(f"{latest} names {target.name}, which is not a complete "
-                                  "checkpoint")
-        return target
+        return p, None
+    if (p / "latest").exists():
+        return _pointer(p)
     raise CheckpointError(f"{p} is neither a checkpoint (no meta.json) nor a checkpoint "
                           "directory with a 'latest' file")
 
 
+def read_meta(path) -> tuple[Path, dict]:
+    """The checkpoint's directory and verified meta.json (checksum, pointer hash, the type
+    of every field), without reading its tensors."""
+    p, want = resolve(path)
+    f = p / "meta.json"
+    try:
+        raw = f.read_bytes()
+        meta = json.loads(raw)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{f}: unreadable ({e})") from None
+    check_meta(f, meta)
+    if want is not None and hashlib.sha256(raw).hexdigest() != want:
+        raise CheckpointError(f"{f} is not the file {p.parent}/latest was written for: it "
+                              "was changed or damaged after it was written")
+    return p, meta
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_META_TYPES = {"config": dict, "history": list, "optimizer": dict, "schedule": dict,
+               "sha256": dict}
+
+
+def check_meta(f: Path, meta) -> None:
+    """Raise CheckpointError unless ``meta`` is a meta.json this distnn can trust."""
+    def bad(msg):
+        raise CheckpointError(f"{f}: {msg}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        bad(f"not a distnn checkpoint (format {meta.get('format') if isinstance(meta, dict) else meta!r})")
+    v = meta.get("version")
+    if not _is_int(v) or v < 1:
+        bad(f"'version' must be a positive integer, got {v!r}")
+    if v > VERSION:
+        bad(f"format version {v} is newer than this distnn reads ({VERSION}); upgrade distnn")
+    if v >= 2 and meta.get("meta_sha256") != meta_checksum(meta):
+        bad("the meta_sha256 checksum does not match: meta.json was edited or damaged "
+            "after it was written")
+    for key, typ in _META_TYPES.items():
+        if not isinstance(meta.get(key), typ):
+            bad(f"{key!r} must be a JSON {typ.__name__}, got {meta.get(key)!r:.60}")
+    e, h = meta.get("epoch"), meta["history"]
+    if not _is_int(e) or e < -1:
+        bad(f"'epoch' must be an integer >= -1, got {e!r}")
+    if not all(isinstance(x, dict) for x in h) or (h and h[-1].get("epoch") != e):
+        bad(f"'history' does not end at epoch {e}")
+    be = meta.get("best_epoch")
+    if be is not None and (not _is_int(be) or not 0 <= be <= e):
+        bad(f"'best_epoch' must be null or an epoch 0..{e}, got {be!r}")
+    if not _is_int(meta["optimizer"].get("t")) or not isinstance(meta["optimizer"].get("name"), str):
+        bad("'optimizer' needs a string 'name' and an integer 't'")
+
+
 def load(path) -> Checkpoint:
     """Load and verify a checkpoint (directory or root); raise CheckpointError on any
-    missing file, hash mismatch, or newer format version."""
-    p = resolve(path)
-    try:
-        meta = json.loads((p / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{p}/meta.json: unreadable ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{p}: not a distnn checkpoint (format {meta.get('format')!r})")
-    if meta.get("version", 0) > VERSION:
-        raise CheckpointError(f"{p}: format version {meta['version']} is newer than this "
-                              f"distnn reads ({VERSION}); upgrade distnn")
+    missing file, hash mismatch, edited meta.json, or newer format version."""
+    p, meta = read_meta(path)
     for fname in FILES:
         f = p / fname
-        if not f.is_file():
-            raise CheckpointError(f"{p}: {fname} is missing")
+        if f.is_symlink() or not f.is_file():
+            raise CheckpointError(f"{p}: {fname} is missing (or a link)")
         got = _sha256(f)
-        if got != meta.get("sha256", {}).get(fname):
+        if got != meta["sha256"].get(fname):
             raise CheckpointError(f"{f}: sha256 {got} does not match meta.json; the file was "
                                   "changed or damaged after it was written")
     return Checkpoint(p, _read_table(p / FILES[0]), _read_table(p / FILES[1]), meta)
 
 
-def prune(root, keep_last: int, keep: set[str] = frozenset()) -> None:
-    """Delete all but the newest ``keep_last`` checkpoints and those named in ``keep``
-    (e.g. the best one); leftover temporary directories of crashed writes go too."""
+def epochs_in(root) -> list[str]:
+    """The names of the epoch checkpoints in ``root`` (real directories only), oldest first."""
     root = Path(root)
-    names = sorted(d.name for d in root.iterdir()
-                   if d.is_dir() and not d.name.startswith(".") and (d / "meta.json").exists())
-    latest = (root / "latest").read_text().strip() if (root / "latest").exists() else None
-    doomed = names[:-keep_last] if keep_last > 0 else []
-    for n in doomed:
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if EPOCH_NAME.match(d.name)
+                  and not d.is_symlink() and d.is_dir() and (d / "meta.json").exists())
+
+
+def prune(root, keep_last: int, keep: set[str] = frozenset()) -> None:
+    """Delete all but the newest ``keep_last`` epoch checkpoints and those named in
+    ``keep`` (the best one).  Only ``epoch-NNNN`` directories are touched: never a link,
+    another name, or a write in progress."""
+    root = Path(root)
+    latest = _pointer(root)[0].name if (root / "latest").is_file() else None
+    names = epochs_in(root)
+    for n in (names[:-keep_last] if keep_last > 0 else []):
         if n not in keep and n != latest:
-            shutil.rmtree(root / n)
-    for d in root.iterdir():
-        if d.is_dir() and d.name.startswith((".tmp-", ".old-")):
-            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(root / n, ignore_errors=True)
+
+
+def used(root) -> str | None:
+    """What of another run ``root`` holds ("checkpoints epoch-0000..epoch-0007"), or None."""
+    names = epochs_in(root)
+    if names:
+        return f"checkpoints {names[0]}..{names[-1]}" if len(names) > 1 else f"checkpoint {names[0]}"
+    return "a 'latest' pointer" if (Path(root) / "latest").exists() else None
+
+
+def clear(root) -> None:
+    """Delete another run's checkpoints (``--overwrite``): its epoch directories and
+    ``latest``; other files stay."""
+    root = Path(root)
+    for n in epochs_in(root):
+        shutil.rmtree(root / n)
+    (root / "latest").unlink(missing_ok=True)
+
+
+def clean_leftovers(root) -> None:
+    """Remove the temporary files of writes that crashed (called with the directory's lock
+    held, so no write of another run is in progress)."""
+    for d in Path(root).iterdir():
+        if d.name.startswith((".tmp-", ".old-", ".latest.")) and not d.is_symlink():
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                d.unlink(missing_ok=True)

@@ -34,7 +34,8 @@ def export(net, path) -> None:
            "weights": [p[f"dense{i}.weight"].T.astype(float).tolist() for i in range(n)],
            "biases": [p[f"dense{i}.bias"].reshape(-1, 1).astype(float).tolist() for i in range(n)],
            "cost": COSTS[c["cost"]]}
-    Path(path).write_text(json.dumps(doc))
+    from .files import write_text_atomic
+    write_text_atomic(path, json.dumps(doc))
 
 
 def load(path):
@@ -45,16 +46,33 @@ def load(path):
         sizes, ws, bs, cost = doc["sizes"], doc["weights"], doc["biases"], doc["cost"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not network2 JSON ({e})") from None
-    inv = {v: k for k, v in COSTS.items()}
-    if cost not in inv:
+    inv = {v: k for k, v in COSTS.items() if isinstance(v, str)}
+    if not isinstance(cost, str) or cost not in inv:
         raise ValueError(f"{path}: unknown cost {cost!r}; expected one of {sorted(inv)}")
+    if not (isinstance(sizes, list) and len(sizes) >= 2 and all(
+            isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 1 << 20
+            for n in sizes)) or not isinstance(ws, list) or not isinstance(bs, list) \
+            or not len(ws) == len(bs) == len(sizes) - 1:
+        raise ValueError(f"{path}: 'sizes' must list >= 2 layer sizes (1..2**20) and "
+                         "'weights'/'biases' one entry per layer after the first")
     net = Network(sizes, activation="sigmoid", output="sigmoid", cost=inv[cost], dtype="float64")
     p = net.named_params()
     for i, (w, b) in enumerate(zip(ws, bs)):
-        w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
+        w, b = _array(w, path, i), _array(b, path, i)
         if w.shape != (sizes[i + 1], sizes[i]) or b.shape != (sizes[i + 1], 1):
             raise ValueError(f"{path}: layer {i} has weights {w.shape} and biases {b.shape}; "
                              f"expected {(sizes[i + 1], sizes[i])} and {(sizes[i + 1], 1)}")
         p[f"dense{i}.weight"][...] = w.T
         p[f"dense{i}.bias"][...] = b[:, 0]
     return net
+
+
+def _array(values, path, i) -> np.ndarray:
+    try:
+        a = np.asarray(values, np.float64)
+    except (ValueError, TypeError):
+        raise ValueError(f"{path}: layer {i} holds values that are not a matrix of "
+                         "numbers") from None
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{path}: layer {i} holds NaN or infinite values")
+    return a

@@ -3,6 +3,7 @@ the only process that writes."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -27,12 +28,32 @@ def _import_tensorboardx():
     return tensorboardX
 
 
-class RunWriter:
-    """Scalars, histograms, text, images and hparams for one run directory."""
+def _event_files(logdir) -> list[Path]:
+    root = Path(logdir)
+    return sorted(p for p in root.rglob("events.out.tfevents.*") if p.is_file()) \
+        if root.is_dir() else []
 
-    def __init__(self, logdir: str):
+
+def used_events(logdir) -> str | None:
+    """What of another run ``logdir`` holds ("3 TensorBoard event files"), or None."""
+    n = len(_event_files(logdir))
+    return f"{n} TensorBoard event file{'s' if n > 1 else ''}" if n else None
+
+
+def clear_events(logdir) -> None:
+    """Delete another run's event files (``--overwrite``); other files stay."""
+    for p in _event_files(logdir):
+        p.unlink()
+
+
+class RunWriter:
+    """Scalars, histograms, text, images and hparams for one run directory.
+    ``purge_step``: a resumed run's first epoch; TensorBoard then hides what an earlier
+    attempt logged from that step on, so a replayed epoch is not drawn twice."""
+
+    def __init__(self, logdir: str, purge_step: int | None = None):
         self.logdir = logdir
-        self.w = _import_tensorboardx().SummaryWriter(logdir=logdir)
+        self.w = _import_tensorboardx().SummaryWriter(logdir=logdir, purge_step=purge_step)
 
     def scalars(self, step: int, values: dict) -> None:
         for tag, v in values.items():

@@ -8,6 +8,9 @@ training loop itself is ``train.Engine``, inside every worker.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 
 from ..config import TrainConfig
@@ -45,6 +48,7 @@ class Driver:
         self.penalty = regularizers.Penalty(self.net, cfg.l1, cfg.l2)
         self.callbacks = list(callbacks) + run_callbacks(cfg, self.schedule)
         self.stop, self.epoch, self.best_epoch, self.history = False, 0, None, []
+        self.overrides = []        # settings changed at a resume (--override)
         self.state_loader = None   # epoch -> state, when checkpoints are kept
         self.pool = open_pool(cfg, data, self.net.params.size + 1, world)
         self.backend = self.pool.backend
@@ -62,6 +66,8 @@ class Driver:
         self.state = state
         self.pool.set_state(state)
         self._load_local(state)
+        if state["schedule"].get("spec") == self.schedule.spec:   # else: --override schedule
+            self.schedule.load_state_dict(state["schedule"])
 
     def _load_local(self, state):
         self.net.params[...] = model_params(state)
@@ -160,6 +166,8 @@ def attach_outputs(driver: Driver, cfg: TrainConfig) -> None:
     checkpoint callback goes last so it captures the other callbacks' decisions."""
     from ..train.checkpointing import Checkpointing, epoch_state_loader, resume
     d = driver.data
+    if cfg.resume:
+        resume(driver, cfg, cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume)
     if cfg.logdir:
         from ..train.tensorboard import TensorBoard
         driver.callbacks.append(TensorBoard(cfg.logdir, cfg, d.splits, d.augmenter))
@@ -167,8 +175,44 @@ def attach_outputs(driver: Driver, cfg: TrainConfig) -> None:
         driver.callbacks.append(Checkpointing(cfg.checkpoint_dir, cfg, d.normalizer,
                                               cfg.keep_last, cfg.monitor, mode_of(cfg.monitor)))
         driver.state_loader = epoch_state_loader(cfg.checkpoint_dir, driver.net)
-    if cfg.resume:
-        resume(driver, cfg, cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume)
+
+
+def claim_outputs(cfg: TrainConfig) -> list:
+    """Before any work: the checkpoint and log directories become this run's (locked;
+    another run's refused unless --resume or --overwrite), and the metrics file is
+    checked to be writable.  Returns the locks to release at the end."""
+    from ..io import checkpoint as ckpt
+    from ..io.files import check_file_target, claim
+    from ..io.tensorboard import clear_events, used_events
+    if cfg.metrics_out:
+        check_file_target(cfg.metrics_out, "--metrics-out")
+    locks = []
+    try:
+        if cfg.checkpoint_dir:
+            locks.append(claim(cfg.checkpoint_dir, "--checkpoint-dir", used=ckpt.used,
+                               clear=ckpt.clear, resume=bool(cfg.resume),
+                               overwrite=cfg.overwrite))
+            ckpt.clean_leftovers(cfg.checkpoint_dir)
+        if cfg.logdir:
+            locks.append(claim(cfg.logdir, "--logdir", used=used_events, clear=clear_events,
+                               resume=bool(cfg.resume), overwrite=cfg.overwrite))
+    except BaseException:
+        release(locks)
+        raise
+    return locks
+
+
+def release(locks) -> None:
+    for lock in locks:
+        lock.release()
+
+
+class Interrupted(RuntimeError):
+    """The user stopped the run (Ctrl-C); ``epoch`` is the epoch it was in."""
+
+    def __init__(self, epoch: int, epochs: int):
+        super().__init__(f"stopped at epoch {epoch} of {epochs}")
+        self.epoch = epoch
 
 
 def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = True,
@@ -178,20 +222,22 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     and its input ``normalizer``."""
     comm.check(cfg.allreduce)
     data = prepare(cfg, splits or load(cfg.dataset, cfg.data_dir))
+    check_fits(cfg)
+    locks = claim_outputs(cfg)
+    run_cfg = cfg     # what the run computes with; ``cfg`` is what the user asked for
     if cfg.lr_scaling == "linear" and cfg.workers > 1:
         log.info("linear lr scaling: lr %g x %d workers = %g", cfg.lr, cfg.workers,
                  cfg.lr * cfg.workers)
-        cfg = cfg.replace(lr=cfg.lr * cfg.workers)
-    started, world = False, 1
-    if cfg.workers > 1:
-        from .ray_pool import start_ray, workers_to_start
-        started = start_ray(cfg.address, cfg.workers, may_wait=True)
-        world = workers_to_start(cfg)
+        run_cfg = cfg.replace(lr=cfg.lr * cfg.workers)
+    started, driver = False, None
     t0 = time.perf_counter()
-    driver = None
     try:
-        driver = Driver(cfg, data, [ProgressLogger(bar=None if progress else False),
-                                    *callbacks], world)
+        if cfg.workers > 1:
+            from .ray_pool import start_ray, workers_to_start
+            started = start_ray(cfg.address, cfg.workers, may_wait=True)
+        world = workers_to_start(cfg) if cfg.workers > 1 else 1
+        driver = Driver(run_cfg, data, [ProgressLogger(bar=None if progress else False),
+                                        *callbacks], world)
         attach_outputs(driver, cfg)
         log.info("training %s on %s (%d examples, source: %s) with %d worker%s "
                  "(all-reduce: %s)", list(cfg.layers), cfg.dataset, len(data.train),
@@ -199,34 +245,81 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
                  driver.backend)
         return _finish(driver, cfg, t0)
     finally:
-        if driver is not None:
-            driver.close()
-        if started:
-            import ray
-            ray.shutdown()
+        with _no_interrupts():
+            if driver is not None:
+                driver.close()
+            if started:
+                from .ray_pool import stop_ray
+                stop_ray()
+            release(locks)
+
+
+def check_fits(cfg: TrainConfig) -> None:
+    """Refuse a network whose parameters and optimizer state would not fit in this
+    machine's memory (each worker holds them all), before allocating any of it."""
+    n = sum(a * b + b for a, b in zip(cfg.layers[:-1], cfg.layers[1:]))
+    need = n * (4 if cfg.dtype == "float32" else 8) * 6   # params, grads, 2 slots, 2 buffers
+    if n >= 2 ** 31:
+        raise ValueError(f"layers {list(cfg.layers)} have {n:,} parameters; distnn holds at "
+                         "most 2**31 - 1 in one network")
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > total:
+        raise ValueError(f"layers {list(cfg.layers)} have {n:,} parameters, which need about "
+                         f"{need / 2 ** 30:.1f} GiB per worker with their gradients and "
+                         f"optimizer state; this machine has {total / 2 ** 30:.1f} GiB")
+
+
+class _no_interrupts:
+    """Ctrl-C is ignored while the run shuts down, so a second press cannot leave workers,
+    Ray processes or shared-memory files behind (main thread only)."""
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
 
 
 def _finish(driver: Driver, cfg: TrainConfig, t0: float) -> dict:
     """Train, then measure the test split, diagnose, and write the metrics JSON; a
-    stopped run (divergence, workers lost) still writes what it has, then raises."""
+    stopped run (divergence, workers lost, a full disk, Ctrl-C) still writes what it
+    has, then raises."""
+    from ..io.files import OutputError
     from .ray_pool import WorkerFailure
     error = None
     try:
         driver.fit(cfg.epochs)
-    except (DivergenceError, WorkerFailure) as e:
+    except (DivergenceError, WorkerFailure, OutputError) as e:
         error = e
         log.error("%s", e)
+    except KeyboardInterrupt:
+        error = Interrupted(driver.epoch, cfg.epochs)
+    with _no_interrupts():
+        metrics = _metrics(driver, cfg, t0, error)
+    if error:
+        raise error
+    return metrics
+
+
+def _metrics(driver: Driver, cfg: TrainConfig, t0: float, error) -> dict:
+    from ..io.files import OutputError
     metrics = {"config": cfg.to_dict(), "history": driver.history,
                "best_epoch": driver.best_epoch, "wall_seconds": time.perf_counter() - t0,
                "workers": cfg.workers, "allreduce": driver.backend,
-               "faults": driver.pool.faults,
+               "faults": driver.pool.faults, "overrides": driver.overrides,
                "error": str(error) if error else None}
-    if len(driver.data.splits.test):
+    if len(driver.data.splits.test) and not isinstance(error, Interrupted):
         metrics["test_cost"], metrics["test_accuracy"] = driver.evaluate("test")
     metrics["diagnosis"] = from_history(driver.history, driver.best_epoch, cfg.bayes_error)
     if cfg.metrics_out:
-        write_json(cfg.metrics_out, metrics)
+        try:
+            write_json(cfg.metrics_out, metrics)
+        except OutputError as e:
+            if error is None:
+                raise
+            log.error("%s", e)
     metrics["network"], metrics["normalizer"] = driver.net, driver.data.normalizer
-    if error:
-        raise error
     return metrics

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 
@@ -67,16 +68,64 @@ def start_ray(address: str | None, workers: int, may_wait: bool = False) -> bool
         ray.init(address=address, logging_level=logging.WARNING)
         started = False
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+        _start_local()
         started = True
     cpus = ray.cluster_resources().get("CPU", 0)
     if workers > cpus and (started or not may_wait):
         if started:
-            ray.shutdown()
+            stop_ray()
         raise ValueError(f"--workers {workers} needs {workers} CPUs but the Ray cluster has "
                          f"{cpus:g}; use --workers {int(cpus)} or add nodes")
     return started
+
+
+_reaper = None
+
+
+def _start_local() -> None:
+    """A local Ray whose every process listens on 127.0.0.1 only, ignores the terminal's
+    Ctrl-C (the driver shuts it down in order), and is stopped by a watchdog if the
+    driver is killed.
+
+    Ray resolves a node address of 127.0.0.1 to the host's own address (and then binds
+    its servers to all interfaces) unless Ray clusters are disabled, as on macOS; with
+    that switch off for the duration of ``ray.init`` (and in the environment its
+    processes inherit) every server binds 127.0.0.1.  SIGINT is blocked while Ray's
+    processes are spawned: they inherit the blocked mask across ``exec``, and a Ctrl-C
+    pressed meanwhile reaches the driver once it is unblocked."""
+    import ray
+    from ray._private import ray_constants
+    from . import reaper
+    global _reaper
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+        _reaper = reaper.watch(os.getpid())
+    except BaseException:
+        ray.shutdown()
+        raise
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[1]
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)   # a Ctrl-C pressed meanwhile
+
+
+def stop_ray() -> None:
+    """Shut down the Ray that ``start_ray`` started, and its watchdog."""
+    import ray
+    global _reaper
+    ray.shutdown()
+    if _reaper is not None:
+        _reaper.terminate()
+        _reaper.wait()
+        _reaper = None
 
 
 def workers_to_start(cfg: TrainConfig) -> int:

@@ -84,6 +84,15 @@ def cost(cfg: TrainConfig, n_train: int) -> float:
     return cfg.epochs * math.ceil(n_train / cfg.batch_size) * (20_000 + weights)
 
 
+def _cost_of(base: TrainConfig, overrides: dict, n_train: int) -> float:
+    """``cost`` of a trial; 0 for one whose settings are invalid (it is recorded with
+    its error when its turn comes, and the search goes on)."""
+    try:
+        return cost(apply(base, overrides), n_train)
+    except ValueError:
+        return 0.0
+
+
 def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "search",
                asha: bool = False, resume: bool = False, address: str | None = None,
                splits=None) -> dict:
@@ -97,7 +106,7 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     and reports every epoch for the scheduler to act on."""
     import ray
     from ..data.datasets import load
-    from ..parallel.ray_pool import start_ray
+    from ..parallel.ray_pool import start_ray, stop_ray
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = pending(trials, out_dir, resume)
@@ -108,7 +117,7 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
         return summarise(base, splits, out_dir, grid)
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()
 
 
 def _fit(base, todo, splits, out_dir, name, asha, resume):
@@ -154,7 +163,7 @@ def _lanes_tuner(base, todo, splits, common, run_config, path, resume):
     import ray
     from ray import tune
     n = len(splits.train)
-    order = sorted(todo, key=lambda it: -cost(apply(base, it[1]), n))
+    order = sorted(todo, key=lambda it: -_cost_of(base, it[1], n))
     queue = ray.remote(num_cpus=0)(_Queue).remote(order)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // base.workers)
     trainable = tune.with_resources(tune.with_parameters(_lane, queue=queue, **common),

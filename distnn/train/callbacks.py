@@ -34,6 +34,10 @@ def _metric(logs: dict, name: str) -> float:
     return float(logs[name])
 
 
+def better(v: float, best: float, mode: str, min_delta: float = 0.0) -> bool:
+    return v < best - min_delta if mode == "min" else v > best + min_delta
+
+
 class _Improvement:
     """Tracks the best value of a metric; ``mode`` is "min" or "max"."""
 
@@ -45,11 +49,10 @@ class _Improvement:
 
     def update(self, logs: dict) -> bool:
         v = _metric(logs, self.monitor)
-        better = v < self.best - self.min_delta if self.mode == "min" \
-            else v > self.best + self.min_delta
-        if better:
+        if better(v, self.best, self.mode, self.min_delta):
             self.best = v
-        return better
+            return True
+        return False
 
 
 class EarlyStopping(Callback):
@@ -94,7 +97,12 @@ class EarlyStopping(Callback):
             return
         state = self.best_state
         if state is None and getattr(trainer, "state_loader", None) is not None:
-            state = trainer.state_loader(self.best_epoch)   # best epoch predates a resume
+            try:    # the best epoch predates a resume
+                state = trainer.state_loader(self.best_epoch)
+            except ValueError as e:   # its checkpoint is gone: keep the last parameters
+                log.warning("early stopping cannot restore the best epoch %d (%s); the "
+                            "run ends with its last parameters", self.best_epoch, e)
+                return
         if state is not None:
             trainer.restore(state)
             trainer.best_epoch = self.best_epoch

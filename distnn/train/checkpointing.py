@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import PLACEMENT_KEYS, TrainConfig
+from ..core import optim
 from ..io import checkpoint as ckpt
-from .callbacks import Callback
+from .callbacks import Callback, better
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,31 @@ def checkpoint_to_state(c: ckpt.Checkpoint, net) -> dict:
             "schedule": c.meta["schedule"]}
 
 
+def config_changes(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
+    """{setting: (checkpoint's value, cfg's value)} where ``cfg`` computes something other
+    than the run that wrote ``saved`` (placement settings aside)."""
+    free = PLACEMENT_KEYS - ({"workers"} if cfg.lr_scaling == "linear" else set())
+    default, now = TrainConfig().to_dict(), cfg.to_dict()
+    return {k: (saved.get(k, default[k]), v) for k, v in now.items()
+            if k not in free and saved.get(k, default[k]) != v}
+
+
+def check_config(c: ckpt.Checkpoint, cfg: TrainConfig) -> dict[str, list]:
+    """Refuse a resume whose settings differ from the checkpoint's unless each change is
+    named in ``cfg.override``; return the accepted changes {key: [old, new]}."""
+    check_architecture(c, cfg)
+    changes = config_changes(c.meta["config"], cfg)
+    refused = {k: v for k, v in changes.items() if k not in cfg.override}
+    if refused:
+        shown = "; ".join(f"--{k.replace('_', '-')}: checkpoint {a!r}, now {b!r}"
+                          for k, (a, b) in refused.items())
+        raise ckpt.CheckpointError(
+            f"--resume {c.path}: this run's settings differ from the checkpoint's ({shown}). "
+            "Leave them out to continue with the checkpoint's settings, or pass --override "
+            f"{','.join(refused)} to change them (recorded in the checkpoint's history)")
+    return {k: [a, b] for k, (a, b) in changes.items()}
+
+
 def check_architecture(c: ckpt.Checkpoint, cfg) -> None:
     have = {k: c.meta["config"].get(k) for k in ARCH_KEYS}
     want = {k: (list(v) if isinstance(v, tuple) else v)
@@ -79,33 +106,54 @@ class Checkpointing(Callback):
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
         self.best = None
 
+    def on_train_begin(self, trainer):
+        """After a resume: the best checkpoint so far is kept from pruning as before."""
+        names = set(ckpt.epochs_in(self.root))
+        for logs in trainer.history:
+            self._track(logs, f"epoch-{logs['epoch']:04d}", names)
+
+    def _track(self, logs, name, names=None):
+        v = logs.get(self.monitor) if self.monitor else None
+        if v is not None and (names is None or name in names) and (
+                self.best is None or better(v, self.best[0], self.mode)):
+            self.best = (v, name)
+
     def on_epoch_end(self, epoch, logs, trainer):
-        tensors, slots, scalars = state_to_checkpoint(trainer.snapshot(), trainer.net,
-                                                      self.normalizer)
+        # the schedule as the callbacks left it (a plateau's halvings include this epoch)
+        state = {**trainer.snapshot(), "schedule": trainer.schedule.state_dict()}
+        tensors, slots, scalars = state_to_checkpoint(state, trainer.net, self.normalizer)
         from .._version import __version__
         meta = {"distnn_version": __version__, "config": self.cfg.to_dict(), "epoch": epoch,
                 "step": None,
                 "history": trainer.history, "best_epoch": trainer.best_epoch,
+                "overrides": trainer.overrides,
                 "randomness": {"seed": self.cfg.seed, "generator": "counter-based, keyed "
                                "by (seed, epoch, example index); no stateful RNG"},
                 **scalars}
         name = f"epoch-{epoch:04d}"
         ckpt.save(self.root, name, tensors, slots, meta)
-        v = logs.get(self.monitor) if self.monitor else None
-        if v is not None and (self.best is None or (v > self.best[0] if self.mode == "max"
-                                                    else v < self.best[0])):
-            self.best = (v, name)
+        self._track(logs, name)
         ckpt.prune(self.root, self.keep_last, {self.best[1]} if self.best else set())
 
 
 def resume(trainer, cfg, source) -> ckpt.Checkpoint:
-    """Load ``source`` (a checkpoint, or a root's latest) into ``trainer``."""
+    """Load ``source`` (a checkpoint, or a root's latest) into ``trainer``, whose settings
+    ``cfg`` must be the checkpoint's but for placement and ``--override`` (then the
+    optimizer's hyperparameters are this run's, and the change is recorded)."""
     c = ckpt.load(source)
-    check_architecture(c, cfg)
-    trainer.restore(checkpoint_to_state(c, trainer.net))
+    changes = check_config(c, cfg)
+    state = checkpoint_to_state(c, trainer.net)
+    fresh = optim.build(trainer.cfg).state_dict()
+    state["optimizer"].update({k: v for k, v in fresh.items() if k not in ("name", "t", "slots")})
+    trainer.restore(state)
     trainer.history = list(c.meta["history"])
     trainer.epoch = c.meta["epoch"] + 1
     trainer.best_epoch = c.meta.get("best_epoch")
+    trainer.overrides = list(c.meta.get("overrides") or [])
+    if changes:
+        trainer.overrides.append({"from_epoch": trainer.epoch, "changes": changes})
+        log.warning("resuming with changed settings: %s", ", ".join(
+            f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     log.info("resumed from %s (epoch %d done)", c.path, c.meta["epoch"])
     return c
 

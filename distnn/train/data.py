@@ -32,8 +32,10 @@ def prepare(cfg: TrainConfig, splits: Splits) -> TrainingData:
         splits = splits.merged()
     train = subset(splits.train, cfg.train_size)
     norm = Normalizer.fit(train.x, splits.pixel_max, cfg.standardize)
-    return TrainingData(splits, train, norm,
-                        Augmenter(cfg.augment, seed=cfg.seed, pixel_max=splits.pixel_max))
+    aug = Augmenter(cfg.augment, seed=cfg.seed, pixel_max=splits.pixel_max)
+    if aug.spec.active and train.x.ndim == 3:
+        aug.check_images(train.x.shape[1:])
+    return TrainingData(splits, train, norm, aug)
 
 
 def check_data(cfg: TrainConfig, splits: Splits) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
+
+from ..io.files import write_text_atomic
 
 
 class DivergenceError(RuntimeError):
@@ -56,8 +56,5 @@ def model_params(state: dict) -> np.ndarray:
 
 
 def write_json(path, obj) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, p)
+    """Write ``obj`` to ``path`` atomically (``io.files.OutputError`` if it cannot be)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")

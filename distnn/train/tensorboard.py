@@ -58,7 +58,7 @@ class TensorBoard(Callback):
         return x, s.y[:n]
 
     def on_train_begin(self, trainer):
-        self.writer = RunWriter(self.logdir)
+        self.writer = RunWriter(self.logdir, trainer.epoch if trainer.history else None)
         self.writer.text("config", "```\n" + json.dumps(self.cfg.to_dict(), indent=2) + "\n```")
         if self.aug is not None and self.aug.spec.active:
             x = self.splits.train.x[:8]

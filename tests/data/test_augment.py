@@ -94,7 +94,8 @@ def test_spec_parsing():
     assert parse_spec("elastic=8").elastic_sigma == 4.0
     assert str(parse_spec("shift=2,flip=0.5")) == "shift=2,flip=0.5"
     for bad, match in [("spin=3", "bad augmentation item"), ("rotate=x", "needs numbers"),
-                       ("rotate=-5", ">= 0"), ("elastic=34:0", "SIGMA > 0"),
+                       ("rotate=-5", ">= 0"), ("elastic=34:0", "0 < SIGMA"),
+                           ("shift=1e300", "beyond its range"), ("elastic=34:100000", "SIGMA <= 100"),
                        ("scale=1.5", "F < 1"), ("shift", "bad augmentation item"),
                        ("flip=2", "probability P <= 1")]:
         with pytest.raises(ValueError, match=match):

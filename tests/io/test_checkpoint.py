@@ -17,13 +17,15 @@ def _save(root, name="epoch-0000", rng=None):
     tensors = {"dense0.weight": rng.standard_normal((4, 3)).astype(np.float32),
                "dense0.bias": np.arange(3, dtype=np.float32)}
     opt = {"velocity.dense0.weight": np.ones((4, 3), np.float32)}
-    return ckpt.save(root, name, tensors, opt, {"epoch": 0, "config": {}, "history": []}), tensors
+    meta = {"epoch": 0, "config": {}, "history": [{"epoch": 0}],
+            "optimizer": {"name": "momentum", "t": 0}, "schedule": {"spec": "constant"}}
+    return ckpt.save(root, name, tensors, opt, meta), tensors
 
 
 def test_round_trip_and_latest(tmp_path):
     path, tensors = _save(tmp_path)
     c = ckpt.load(tmp_path)
-    assert c.path == path and (tmp_path / "latest").read_text().strip() == "epoch-0000"
+    assert c.path == path and (tmp_path / "latest").read_text().splitlines()[0] == "epoch-0000"
     for k, v in tensors.items():
         np.testing.assert_array_equal(c.tensors[k], v)
         assert c.tensors[k].dtype == v.dtype
@@ -87,7 +89,9 @@ root = sys.argv[1]
 rng = np.random.default_rng(0)
 big = {f"t{i}": rng.standard_normal(400_000).astype(np.float32) for i in range(4)}
 for e in range(1000):
-    ckpt.save(root, f"epoch-{e:04d}", big, big, {"epoch": e, "config": {}, "history": []})
+    ckpt.save(root, f"epoch-{e:04d}", big, big, {"epoch": e, "config": {},
+              "history": [{"epoch": i} for i in range(e + 1)],
+              "optimizer": {"name": "sgd", "t": 0}, "schedule": {"spec": "constant"}})
     ckpt.prune(root, 2)
     print(e, flush=True)
 """

@@ -29,7 +29,7 @@ def _kill_when(ckpt_dir, name, proc, timeout=120):
     deadline = time.time() + timeout
     latest = Path(ckpt_dir) / "latest"
     while time.time() < deadline:
-        if latest.exists() and latest.read_text().strip() >= name:
+        if latest.exists() and latest.read_text().splitlines()[0] >= name:
             time.sleep(0.01)     # into the next epoch (one takes a few 10 ms here)
             # the whole process group: with Ray, the driver's raylet and agents too
             # (a killed driver's agents outlive it otherwise)
@@ -92,7 +92,7 @@ def test_checkpoint_read_with_pandas_alone_matches_distnn_eval(blob_dir, tmp_pat
     assert cli.main(["eval", str(tmp_path / "c"), "--data-dir", str(blob_dir), "--json"]) == 0
     reported = json.loads(capsys.readouterr().out)["accuracy"]
     # --- a reader that knows only pandas, NumPy and the documented layout ---
-    ck = tmp_path / "c" / (tmp_path / "c" / "latest").read_text().strip()
+    ck = tmp_path / "c" / (tmp_path / "c" / "latest").read_text().splitlines()[0]
     df = pd.read_parquet(ck / "tensors.parquet")
     t = {r["name"]: np.asarray(r["values"], r["dtype"]).reshape(r["shape"])
          for _, r in df.iterrows()}
@@ -132,6 +132,8 @@ def test_eval_of_an_ema_run_uses_the_average_and_last_the_parameters(blob_dir, t
     assert set(t.optimizer) == {f"{s}.{k}" for s in ("velocity", "average")
                                 for k in ("dense0.weight", "dense0.bias", "dense1.weight",
                                           "dense1.bias")}
-    capsys.readouterr()   # resuming without --ema would drop the average: refused
-    assert cli.main(["-q", *train_args(blob_dir, c, epochs=3), "--resume"]) == 2
-    assert "give --ema" in capsys.readouterr().err
+    capsys.readouterr()   # resuming without --ema keeps the checkpoint's; --ema 0 is refused
+    assert cli.main(["-q", *train_args(blob_dir, c, epochs=3), "--ema", "0", "--resume"]) == 2
+    assert "--ema: checkpoint 0.99, now 0.0" in capsys.readouterr().err
+    assert cli.main(["-q", *train_args(blob_dir, c, epochs=3), "--resume"]) == 0
+    assert ckpt.load(c).meta["config"]["ema"] == 0.99

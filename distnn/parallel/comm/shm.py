@@ -151,6 +151,8 @@ class SharedMemoryCollective(Group):
         self.flags[self.world] = 1
 
     def close(self):
-        del self.slots, self.flags, self.counters, self.row
+        """Leave the group: a member still waiting in it (a run being stopped) is released
+        by the abort flag; the mapping goes with the last reference to it."""
+        self.abort()
         if self.owner is not None:
             self.owner.close()

@@ -1,0 +1,107 @@
+"""The run's output directories and files: one run per directory (a lock while it runs,
+refusal when a fresh run meets another run's outputs), checks before training that the
+outputs can be written, and one error for a write that fails (a full disk)."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+LOCK_NAME = ".distnn.lock"
+
+
+class OutputError(RuntimeError):
+    """An output could not be written (a full disk, a read-only file system); what was
+    already written is intact."""
+
+
+class DirectoryInUse(ValueError):
+    """An output directory belongs to another run (running now, or finished)."""
+
+
+def describe(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if e.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    return e.strerror or str(e)
+
+
+class DirLock:
+    """An exclusive ``flock`` on ``DIR/.distnn.lock``, held while the run writes there;
+    the kernel drops it when the process dies, so a killed run never leaves it held."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def claim(root, flag: str, *, used, clear, resume: bool, overwrite: bool) -> DirLock:
+    """Make ``root`` this run's: create it, lock it, and unless the run resumes, refuse
+    it when ``used(root)`` names another run's outputs (``clear(root)`` deletes them
+    first when ``overwrite``)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DirectoryInUse(f"{flag} {root} is a file; give a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DirectoryInUse(f"{flag} {root}: cannot create it ({describe(e)})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise DirectoryInUse(f"{flag} {root} is in use by another run ({holder or 'unknown'})"
+                             f"; give this run a {flag} of its own") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                              "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    lock = DirLock(root, fd)
+    what = None if resume else used(root)
+    if what and overwrite:
+        clear(root)
+    elif what:
+        lock.release()
+        raise DirectoryInUse(f"{flag} {root} already holds {what} of another run; resume it "
+                             f"with --resume, choose another {flag}, or pass --overwrite to "
+                             "delete them")
+    return lock
+
+
+def check_file_target(path, flag: str) -> None:
+    """Before training: ``path`` can be written as a file (its directory can be made, it
+    is not a directory), so a run never learns that at its end."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {p} is a directory; give a file name")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {p}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {p}: {parent} is not writable")
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write ``path`` through a temporary file renamed into place: the old content stays
+    whole if the write fails; the temporary file never stays behind."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"could not write {p}: {describe(e)}") from None
