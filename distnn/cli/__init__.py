@@ -164,6 +164,10 @@ def main(argv=None) -> int:
     from ..io.files import OutputError
     try:
         return args.fn(args)
+    except KeyboardInterrupt:   # Ctrl-C in a command other than train (which says more)
+        hint = "; --resume-search continues it" if args.command == "search" else ""
+        print(f"stopped (Ctrl-C){hint}", file=sys.stderr)
+        return 130
     except OutputError as e:    # a full disk, a read-only file system
         print(f"error: {e}", file=sys.stderr)
         return 5

@@ -85,10 +85,13 @@ HELP = {
     "monitor_train": "evaluate cost and accuracy on the training split every epoch",
     "metrics_out": "write per-epoch history and test metrics to this JSON file",
     "checkpoint_dir": "save a checkpoint (Parquet tensors + JSON metadata) here after every "
-                      "epoch; CKPT_DIR/latest names the newest",
+                      "epoch; CKPT_DIR/latest names the newest; one run per directory "
+                      "(see --overwrite)",
     "keep_last": "checkpoints to keep (the best by --monitor is kept as well)",
-    "resume": "continue a run: from --checkpoint-dir's latest checkpoint (no value) or the "
-              "checkpoint PATH given",
+    "resume": "continue a run with the settings it was started with: from PATH (a "
+              "--checkpoint-dir or one epoch's checkpoint), or without a value from "
+              "--checkpoint-dir's latest; flags that change what is computed need "
+              "--override",
     "overwrite": "a fresh run (no --resume) whose --checkpoint-dir or --logdir already "
                  "holds another run's checkpoints or logs deletes them instead of stopping",
     "override": "with --resume: let this setting differ from the checkpoint's (repeat the "
@@ -163,7 +166,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     merged = {k: v for _, values in sources for k, v in values.items()}
     cfg = TrainConfig()
     if merged.get("resume"):
-        cfg = checkpoint_config(merged["resume"], merged.get("checkpoint_dir"))
+        where = from_mapping({k: merged[k] for k in ("resume", "checkpoint_dir")
+                              if k in merged}, where="--resume")    # types checked first
+        cfg = checkpoint_config(where.resume, where.checkpoint_dir)
     for where, values in sources:
         cfg = from_mapping(values, base=cfg, where=where)
     return cfg
@@ -173,10 +178,9 @@ def checkpoint_config(resume: str, checkpoint_dir: str | None) -> TrainConfig:
     """The settings of the run a ``--resume`` continues, saving where it saved (the
     resumed checkpoint's directory) unless --checkpoint-dir says otherwise."""
     from ..io.checkpoint import read_meta
+    from ..train.checkpointing import saved_config
     source = checkpoint_dir if resume == "latest" else resume
     if source is None:
         return TrainConfig()      # validation says what is missing
     path, meta = read_meta(source)
-    saved = {k: v for k, v in meta["config"].items() if k in field_names()}
-    saved.update(checkpoint_dir=str(path.parent), resume=None, override=(), overwrite=False)
-    return from_mapping(saved, where=f"the checkpoint {path}")
+    return saved_config(meta, checkpoint_dir=str(path.parent))

@@ -200,7 +200,9 @@ def _pointer(root: Path) -> tuple[Path, str | None]:
         raise CheckpointError(f"{latest} must name a checkpoint directory inside {root}, "
                               f"got {' '.join(lines)[:80]!r}")
     target = root / name
-    if target.is_symlink() or not (target / "meta.json").is_file():
+    if target.is_symlink():
+        raise CheckpointError(f"{latest} names {name}, which is a symbolic link; refusing it")
+    if not (target / "meta.json").is_file():
         raise CheckpointError(f"{latest} names {name}, which is not a complete "
                               "checkpoint directory")
     return target, (rest[2] if len(rest) == 3 else None)

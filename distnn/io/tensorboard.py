@@ -3,6 +3,7 @@ the only process that writes."""
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,9 @@ class RunWriter:
 
     def __init__(self, logdir: str, purge_step: int | None = None):
         self.logdir = logdir
-        self.w = _import_tensorboardx().SummaryWriter(logdir=logdir, purge_step=purge_step)
+        # the suffix: two writers in one second (a quick resume) would share a file name
+        self.w = _import_tensorboardx().SummaryWriter(
+            logdir=logdir, purge_step=purge_step, filename_suffix=f".{uuid.uuid4().hex[:8]}")
 
     def scalars(self, step: int, values: dict) -> None:
         for tag, v in values.items():

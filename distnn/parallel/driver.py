@@ -294,7 +294,6 @@ def _finish(driver: Driver, cfg: TrainConfig, t0: float) -> dict:
         driver.fit(cfg.epochs)
     except (DivergenceError, WorkerFailure, OutputError) as e:
         error = e
-        log.error("%s", e)
     except KeyboardInterrupt:
         error = Interrupted(driver.epoch, cfg.epochs)
     with _no_interrupts():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PLACEMENT_KEYS, TrainConfig
+from ..config import PLACEMENT_KEYS, TrainConfig, field_names, from_mapping
 from ..core import optim
 from ..io import checkpoint as ckpt
 from .callbacks import Callback, better
@@ -55,6 +55,15 @@ def checkpoint_to_state(c: ckpt.Checkpoint, net) -> dict:
     return {"params": params, "buffers": buffers,
             "optimizer": {**c.meta["optimizer"], "slots": slots},
             "schedule": c.meta["schedule"]}
+
+
+def saved_config(meta: dict, **changes) -> TrainConfig:
+    """The settings a checkpoint was written with, type-checked (settings this distnn
+    does not know are dropped), as a run that is not resuming, with ``changes``."""
+    known = set(field_names())
+    values = {k: v for k, v in meta["config"].items() if k in known}
+    values.update(resume=None, override=(), overwrite=False, **changes)
+    return from_mapping(values, where="the checkpoint's config")
 
 
 def config_changes(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:

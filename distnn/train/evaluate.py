@@ -7,7 +7,7 @@ from ..config import TrainConfig
 from ..core.network import Network
 from ..data.splits import Normalizer
 from ..io import checkpoint as ckpt
-from .checkpointing import checkpoint_to_state
+from .checkpointing import checkpoint_to_state, saved_config
 from .records import model_params
 
 
@@ -18,9 +18,7 @@ def load_model(path, average: bool = True) -> tuple[Network, Normalizer, TrainCo
     The parameters are the run's parameter average when it kept one (``--ema``) and
     ``average`` is True, else the last parameters trained."""
     c = ckpt.load(path)
-    raw = dict(c.meta["config"])
-    cfg = TrainConfig(**{**raw, "layers": tuple(raw["layers"]), "resume": None,
-                         "checkpoint_dir": None, "logdir": None, "metrics_out": None})
+    cfg = saved_config(c.meta, checkpoint_dir=None, logdir=None, metrics_out=None)
     net = Network.from_spec(cfg.network_spec())
     state = checkpoint_to_state(c, net)
     net.params[...] = model_params(state) if average else state["params"]

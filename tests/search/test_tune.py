@@ -94,13 +94,15 @@ def test_search_records_a_diverging_trial_and_resumes_what_is_missing(tmp_path, 
     out = tmp_path / "s"
     args = ["-q", "search", "--dataset", "idx", "--data-dir", str(data), "--layers", "64,8,4",
             "--activation", "relu", "--init", "he", "--epochs", "3", "--batch-size", "20",
-            "--grid", "lr=0.05,0.2,1e30", "--out", str(out)]
+            "--grid", "lr=0.05,0.2,1e30,-1", "--out", str(out)]
     assert cli.main(args) == 0, capsys.readouterr().err
     import pandas as pd
     table = pd.read_csv(out / "results.csv")
-    assert len(table) == 3
+    assert len(table) == 4
     bad = table[table["lr"] == 1e30].iloc[0]
     assert "diverged" in bad["error"] and pd.isna(bad["trial_dir"])
+    invalid = table[table["lr"] == -1].iloc[0]        # recorded; the search went on
+    assert "lr must be" in invalid["error"] and pd.isna(invalid["trial_dir"])
     assert json.loads((out / "summary.json").read_text())["best"]["lr"] in (0.05, 0.2)
     # a second search into the same --out is refused; resuming runs only what is missing
     capsys.readouterr()
@@ -110,7 +112,7 @@ def test_search_records_a_diverging_trial_and_resumes_what_is_missing(tmp_path, 
     assert cli.main(args + ["--resume-search"]) == 0
     assert (out / "trials" / "0000" / "result.json").stat().st_mtime_ns == kept
     assert (out / "trials" / "0001" / "result.json").exists()
-    assert len(pd.read_csv(out / "results.csv")) == 3
+    assert len(pd.read_csv(out / "results.csv")) == 4
 
 
 @pytest.mark.parametrize("opts", [dict(train_size=50), dict(merge_valid=True)])

@@ -1,0 +1,99 @@
+"""The local Ray a 2-worker run starts: its processes listen on loopback only, Ctrl-C
+ends the run with the resume command and nothing left behind, and a SIGKILLed driver's
+Ray processes and shared-memory file are gone within seconds (issue #19)."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distnn.io import checkpoint as ckpt
+from distnn.parallel.reaper import descendants
+from tests.runs import train_args
+
+pytest.importorskip("ray")
+
+
+def _start(blob_dir, ck):
+    args = train_args(blob_dir, ck, epochs=5000, extra=("--workers", "2"))
+    return subprocess.Popen([sys.executable, "-m", "distnn.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_checkpoint(proc, ck, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not (ck / "latest").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no checkpoint: " + proc.communicate()[1][-2000:])
+        time.sleep(0.1)
+
+
+def _ours(pids):
+    """The run's processes still alive, but the watchdog (it sweeps for ~30 s more)."""
+    alive = []
+    for p in pids:
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"reaper.py" not in cmd:
+            alive.append(p)
+    return alive
+
+
+def _shm_files(pids):
+    return [f for f in os.listdir("/dev/shm") if f.startswith("distnn-")
+            and f.split("-")[1] in {str(p) for p in pids}]
+
+
+def _listening(pids):
+    """(address, process) of every listening TCP socket of ``pids``."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    return [(line.split()[3], line.split()[-1]) for line in out.splitlines()
+            if any(f"pid={p}," in line for p in pids)]
+
+
+def _wait_gone(pids, seconds):
+    deadline = time.monotonic() + seconds
+    while (_ours(pids) or _shm_files(pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _ours(pids), _shm_files(pids)
+
+
+@pytest.mark.skipif(not shutil.which("ss"), reason="needs ss (iproute2)")
+def test_loopback_only_and_ctrl_c_stops_with_the_resume_command(blob_dir, tmp_path):
+    ck = tmp_path / "ck"
+    proc = _start(blob_dir, ck)
+    _wait_for_checkpoint(proc, ck)
+    pids = [proc.pid, *descendants(proc.pid)]
+    socks = _listening(pids)
+    os.killpg(proc.pid, signal.SIGINT)          # Ctrl-C at the terminal: the whole group
+    out, err = proc.communicate(timeout=60)
+    assert len(socks) >= 5, socks              # gcs, raylet, agents, workers, driver
+    assert all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]")
+               for a, _ in socks), socks
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    last = ckpt.load(ck).meta["epoch"]
+    assert err.rstrip().endswith(f"of 5000; the last checkpoint is {ck}/epoch-{last:04d}; "
+                                 f"resume with: distnn train --resume {ck}"), err[-500:]
+    assert _wait_gone(pids, 5) == ([], [])
+
+
+def test_a_killed_drivers_ray_processes_and_shm_file_go_with_it(blob_dir, tmp_path):
+    ck = tmp_path / "ck"
+    proc = _start(blob_dir, ck)
+    _wait_for_checkpoint(proc, ck)
+    pids = descendants(proc.pid)
+    assert _shm_files(pids)                      # the group file of this run's workers
+    proc.send_signal(signal.SIGKILL)             # the driver alone
+    proc.communicate()
+    t0 = time.monotonic()
+    assert _wait_gone(pids, 20) == ([], [])
+    assert time.monotonic() - t0 < 10            # was 30-60 s, and the file stayed
