@@ -54,7 +54,8 @@ def _add_train(sub) -> None:
     """``distnn train``."""
     from . import commands
     t = sub.add_parser("train", help="train a network", description="Train a network. "
-                       "Settings come from defaults, then --config FILE.toml, then flags.")
+                       "Settings come from defaults (or, with --resume, the checkpoint), "
+                       "then --recipe, then --config FILE.toml, then flags.")
     add_train_flags(t)
     t.set_defaults(fn=commands.cmd_train)
 
