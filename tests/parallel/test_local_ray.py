@@ -20,9 +20,11 @@ pytest.importorskip("ray")
 
 def _start(blob_dir, ck):
     args = train_args(blob_dir, ck, epochs=5000, extra=("--workers", "2"))
+    # SIGINT as at a terminal: a shell's background job (a CI runner) inherits it ignored
     return subprocess.Popen([sys.executable, "-m", "distnn.cli", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_checkpoint(proc, ck, timeout=180):
