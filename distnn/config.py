@@ -6,6 +6,7 @@ The same names are used by the CLI flags (``--batch-size``), TOML files
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, fields
 
@@ -95,10 +96,26 @@ class TrainConfig:
                                                  for f in fields(NetworkSpec)
                                                  if f.name in _FIELDS})
 
+    def to_toml(self) -> str:
+        """The settings as a TOML file that ``--config`` reads back to this config (unset
+        optional settings are left out: TOML has no null)."""
+        lines = [f"{k} = {_toml(v)}" for k, v in self.to_dict().items() if v is not None]
+        return "\n".join(lines) + "\n"
+
     def to_dict(self) -> dict:
         """Plain JSON values (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(self).items()}
+
+
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return json.dumps(v)        # a JSON string is a TOML basic string
 
 
 _FIELDS = {f.name for f in fields(TrainConfig)}

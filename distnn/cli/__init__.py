@@ -118,7 +118,10 @@ def _add_search(sub) -> None:
     lf.add_argument("--refine", type=int, default=4, help="bisection steps after the x10 search")
     lf.add_argument("--plot", metavar="OUT.png", help="plot the tried cost curves")
     lf.set_defaults(fn=tools.cmd_lr_find)
-    r = sub.add_parser("recipes", help="list the named configs for --recipe")
+    r = sub.add_parser("recipes", help="list the named configs for --recipe, or show one "
+                       "as the TOML file --config accepts")
+    r.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    r.add_argument("name", nargs="?", help="the recipe to show")
     r.set_defaults(fn=tools.cmd_recipes)
 
 
@@ -127,7 +130,10 @@ def _add_checkpoint_tools(sub) -> None:
     from . import tools
     e = sub.add_parser("eval", help="accuracy, cost, per-class accuracy and confusion matrix "
                        "of a checkpoint")
-    e.add_argument("checkpoint", help="checkpoint directory, or a --checkpoint-dir (latest)")
+    e.add_argument("checkpoint", help="a checkpoint, or a --checkpoint-dir (its best "
+                   "checkpoint by --monitor; see --which)")
+    e.add_argument("--which", choices=("best", "latest"), default="best",
+                   help="of a --checkpoint-dir: the best checkpoint or the newest")
     e.add_argument("--dataset", default=None, help="default: the one it was trained on")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--split", choices=("train", "valid", "test"), default="test")
@@ -140,8 +146,10 @@ def _add_checkpoint_tools(sub) -> None:
     i.add_argument("checkpoint")
     i.set_defaults(fn=tools.cmd_inspect)
     x = sub.add_parser("export", help="write a checkpoint in another format")
-    x.add_argument("checkpoint")
+    x.add_argument("checkpoint", help="a checkpoint, or a --checkpoint-dir (its best)")
     x.add_argument("out")
+    x.add_argument("--which", choices=("best", "latest"), default="best",
+                   help="of a --checkpoint-dir: the best checkpoint or the newest")
     x.add_argument("--format", choices=("network2-json",), default="network2-json")
     x.set_defaults(fn=tools.cmd_export)
     m = sub.add_parser("import-network2", help="turn Nielsen's network2.py JSON into a "

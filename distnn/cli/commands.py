@@ -16,6 +16,9 @@ def cmd_train(args) -> int:
     from ..parallel.driver import Interrupted
     from ..train.records import DivergenceError
     cfg = config_from_args(args)
+    if args.print_config:
+        print(cfg.to_toml(), end="")
+        return 0
     try:
         m = fit(cfg)
     except DivergenceError as e:
@@ -42,7 +45,9 @@ def cmd_train(args) -> int:
             seen = f"; last epoch mini-batch cost {last['batch_cost']:.4f}"
         else:   # a history from before batch_cost was recorded
             seen = ""
-        print(f"finished {len(h)} epochs in {m['wall_seconds']:.1f}s{seen}")
+        ran = len(h) - m.get("first_epoch", 0)
+        this_run = f" ({ran} in this run)" if ran != len(h) else ""
+        print(f"finished {len(h)} epochs{this_run} in {m['wall_seconds']:.1f}s{seen}")
     if "test_accuracy" in m:
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test cost {m['test_cost']:.4f}")
     if m.get("diagnosis"):
@@ -50,7 +55,21 @@ def cmd_train(args) -> int:
         print(format_diagnosis(m["diagnosis"]))
     if cfg.metrics_out:
         print(f"metrics written to {cfg.metrics_out}")
+    if cfg.checkpoint_dir:
+        _print_checkpoints(cfg)
     return 0
+
+
+def _print_checkpoints(cfg) -> None:
+    from ..io.checkpoint import CheckpointError, resolve
+    d = cfg.checkpoint_dir
+    try:
+        latest, best = resolve(d)[0].name, resolve(d, "best")[0].name
+    except (CheckpointError, OSError):
+        return
+    print(f"checkpoints in {d}: latest {latest}, best {best} by {cfg.monitor}; "
+          f"evaluate with: distnn eval {shlex.quote(d)}; continue with: "
+          f"distnn train --resume {shlex.quote(d)} --epochs N")
 
 
 def _print_resume(cfg) -> None:

@@ -111,8 +111,11 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="start from a named recipe (`distnn recipes` lists them); --config "
                         "and flags override it")
     p.add_argument("--config", metavar="FILE.toml",
-                   help="TOML file of these settings (keys spelled with underscores); "
-                        "flags given on the command line override it")
+                   help="TOML file of these settings (keys spelled with underscores; a "
+                        "recipe file works too: `distnn recipes show NAME`); flags given "
+                        "on the command line override it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the settings as a TOML file --config accepts, and exit")
     for name in field_names():
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
@@ -154,11 +157,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "recipe", None):
         sources.append((f"recipe {args.recipe}", recipes.settings(args.recipe)))
     if args.config:
-        try:
-            with open(args.config, "rb") as f:
-                sources.append((args.config, tomllib.load(f)))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ValueError(f"--config {args.config}: {e}") from None
+        sources.append((args.config, recipes.split(read_toml(args.config), args.config)[0]))
     flags = {k: getattr(args, k) for k in field_names() if getattr(args, k) is not None}
     if "override" in flags:     # --override a,b --override c
         flags["override"] = [k for group in flags["override"] for k in group]
@@ -172,6 +171,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for where, values in sources:
         cfg = from_mapping(values, base=cfg, where=where)
     return cfg
+
+
+def read_toml(path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"--config {path}: {e}") from None
 
 
 def checkpoint_config(resume: str, checkpoint_dir: str | None) -> TrainConfig:

@@ -18,8 +18,12 @@ def cmd_search(args) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a file; give a directory for the results")
     grid, rand = list(args.grid), list(args.random)
-    if args.recipe and not grid and not rand:
-        spec = recipes.load(args.recipe).get("search", {})
+    if not grid and not rand and (args.recipe or args.config):
+        table = recipes.load(args.recipe) if args.recipe else {}
+        if args.config:       # a --config file's [search] table wins over the recipe's
+            from .flags import read_toml
+            table = {**table, **read_toml(args.config)}
+        spec = recipes.split(table, args.config or args.recipe)[1]
         grid, rand = spec.get("grid", []), spec.get("random", [])
     if not grid and not rand:
         raise ValueError("nothing to search: give --grid and/or --random (or a search recipe)")
@@ -47,6 +51,10 @@ def cmd_lr_find(args) -> int:
     from ..data import load
     from ..search.lr_find import find_lr
     cfg = config_from_args(args).replace(epochs=args.find_epochs)
+    if args.plot:
+        from ..io.plot import check_available
+        check_available()
+        check_file_target(args.plot, "--plot")
     res = find_lr(cfg, load(cfg.dataset, cfg.data_dir), start=args.start, refine=args.refine,
                   report=lambda line: print(line, flush=True))
     print(f"threshold learning rate ~ {res['threshold']:.4g} (cost no longer falls at "
@@ -64,6 +72,12 @@ def _plot_lr_find(res, out):
 
 def cmd_recipes(args) -> int:
     from .. import recipes
+    if args.action == "show":
+        if not args.name:
+            raise ValueError(f"which recipe? distnn recipes show NAME, NAME one of "
+                             f"{recipes.names()}")
+        print(recipes.text(args.name), end="")
+        return 0
     for name in recipes.names():
         print(f"{name:<16} {recipes.load(name)['description']}")
     return 0
@@ -72,7 +86,7 @@ def cmd_recipes(args) -> int:
 def cmd_eval(args) -> int:
     from ..data import load
     from ..train.evaluate import evaluate_split, load_model
-    net, norm, cfg, c = load_model(args.checkpoint, average=not args.last)
+    net, norm, cfg, c = load_model(args.checkpoint, average=not args.last, prefer=args.which)
     splits = load(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir)
     split = getattr(splits, args.split)
     res = {"checkpoint": str(c.path), "dataset": splits.name, "split": args.split,
@@ -111,7 +125,7 @@ def cmd_inspect(args) -> int:
 def cmd_export(args) -> int:
     from ..io import network2
     from ..train.evaluate import load_model
-    net, norm, _, c = load_model(args.checkpoint)
+    net, norm, _, c = load_model(args.checkpoint, prefer=args.which)
     if norm.mean is not None:
         raise ValueError("this model standardises its inputs, which network2.py cannot do")
     check_file_target(args.out, "OUT")

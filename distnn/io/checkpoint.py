@@ -109,12 +109,15 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_latest(root: Path, name: str, meta_hash: str) -> None:
-    tmp = root / f".latest.{uuid.uuid4().hex}"
+POINTERS = ("latest", "best")
+
+
+def _write_pointer(root: Path, name: str, meta_hash: str, pointer: str = "latest") -> None:
+    tmp = root / f".{pointer}.{uuid.uuid4().hex}"
     try:
         tmp.write_text(f"{name}\nmeta.json sha256 {meta_hash}\n")
         _fsync(tmp)
-        os.replace(tmp, root / "latest")
+        os.replace(tmp, root / pointer)
         _fsync(root)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -145,7 +148,7 @@ def save(root, name: str, tensors: dict, optimizer: dict, meta: dict) -> Path:
         tmp.mkdir()
         meta_hash = _write_files(tmp, tensors, optimizer, meta)
         _install(root, name, tmp)
-        _write_latest(root, name, meta_hash)
+        _write_pointer(root, name, meta_hash)
     except OSError as e:
         raise OutputError(f"could not write checkpoint {final}: {describe(e)}") from None
     finally:
@@ -189,9 +192,18 @@ def _json_default(o):
     raise TypeError(f"cannot write {type(o).__name__} to meta.json")
 
 
-def _pointer(root: Path) -> tuple[Path, str | None]:
-    """The checkpoint ``root/latest`` names, and the sha256 its meta.json must have."""
-    latest = root / "latest"
+def mark_best(root, name: str) -> None:
+    """Point ``root/best`` at checkpoint ``name`` (already saved), as ``latest`` is."""
+    root = Path(root)
+    try:
+        _write_pointer(root, name, _sha256(root / name / "meta.json"), "best")
+    except OSError as e:
+        raise OutputError(f"could not write {root / 'best'}: {describe(e)}") from None
+
+
+def _pointer(root: Path, pointer: str = "latest") -> tuple[Path, str | None]:
+    """The checkpoint ``root/POINTER`` names, and the sha256 its meta.json must have."""
+    latest = root / pointer
     if latest.is_symlink():
         raise CheckpointError(f"{latest} is a symbolic link; refusing it")
     lines = latest.read_text(errors="replace").splitlines() or [""]
@@ -208,24 +220,27 @@ def _pointer(root: Path) -> tuple[Path, str | None]:
     return target, (rest[2] if len(rest) == 3 else None)
 
 
-def resolve(path) -> tuple[Path, str | None]:
-    """A checkpoint directory, or a checkpoint root (then its ``latest``), and the meta.json
-    hash the pointer vouches for (None for a directory given directly)."""
+def resolve(path, prefer: str = "latest") -> tuple[Path, str | None]:
+    """A checkpoint directory, or a checkpoint root (then its ``prefer`` pointer, "latest"
+    or "best", or ``latest`` where there is no ``best``), and the meta.json hash the
+    pointer vouches for (None for a directory given directly)."""
     p = Path(path)
     if p.is_symlink() or (p / "meta.json").is_symlink():
         raise CheckpointError(f"{p} is a symbolic link; give the directory itself")
     if (p / "meta.json").is_file():
         return p, None
+    if prefer == "best" and (p / "best").exists():
+        return _pointer(p, "best")
     if (p / "latest").exists():
         return _pointer(p)
     raise CheckpointError(f"{p} is neither a checkpoint (no meta.json) nor a checkpoint "
                           "directory with a 'latest' file")
 
 
-def read_meta(path) -> tuple[Path, dict]:
+def read_meta(path, prefer: str = "latest") -> tuple[Path, dict]:
     """The checkpoint's directory and verified meta.json (checksum, pointer hash, the type
     of every field), without reading its tensors."""
-    p, want = resolve(path)
+    p, want = resolve(path, prefer)
     f = p / "meta.json"
     try:
         raw = f.read_bytes()
@@ -276,10 +291,11 @@ def check_meta(f: Path, meta) -> None:
         bad("'optimizer' needs a string 'name' and an integer 't'")
 
 
-def load(path) -> Checkpoint:
-    """Load and verify a checkpoint (directory or root); raise CheckpointError on any
-    missing file, hash mismatch, edited meta.json, or newer format version."""
-    p, meta = read_meta(path)
+def load(path, prefer: str = "latest") -> Checkpoint:
+    """Load and verify a checkpoint (a directory, or a root's ``prefer`` pointer: see
+    ``resolve``); raise CheckpointError on any missing file, hash mismatch, edited
+    meta.json, or newer format version."""
+    p, meta = read_meta(path, prefer)
     for fname in FILES:
         f = p / fname
         if f.is_symlink() or not f.is_file():
@@ -305,10 +321,10 @@ def prune(root, keep_last: int, keep: set[str] = frozenset()) -> None:
     ``keep`` (the best one).  Only ``epoch-NNNN`` directories are touched: never a link,
     another name, or a write in progress."""
     root = Path(root)
-    latest = _pointer(root)[0].name if (root / "latest").is_file() else None
+    pointed = {_pointer(root, p)[0].name for p in POINTERS if (root / p).is_file()}
     names = epochs_in(root)
     for n in (names[:-keep_last] if keep_last > 0 else []):
-        if n not in keep and n != latest:
+        if n not in keep and n not in pointed:
             shutil.rmtree(root / n, ignore_errors=True)
 
 
@@ -326,14 +342,15 @@ def clear(root) -> None:
     root = Path(root)
     for n in epochs_in(root):
         shutil.rmtree(root / n)
-    (root / "latest").unlink(missing_ok=True)
+    for p in POINTERS:
+        (root / p).unlink(missing_ok=True)
 
 
 def clean_leftovers(root) -> None:
     """Remove the temporary files of writes that crashed (called with the directory's lock
     held, so no write of another run is in progress)."""
     for d in Path(root).iterdir():
-        if d.name.startswith((".tmp-", ".old-", ".latest.")) and not d.is_symlink():
+        if d.name.startswith((".tmp-", ".old-", ".latest.", ".best.")) and not d.is_symlink():
             if d.is_dir():
                 shutil.rmtree(d, ignore_errors=True)
             else:

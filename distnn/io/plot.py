@@ -26,8 +26,14 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("plotting needs matplotlib: pip install matplotlib") from None
+        raise ValueError("plotting needs matplotlib: pip install 'distnn[viz]' (or pip "
+                         "install matplotlib)") from None
     return plt
+
+
+def check_available() -> None:
+    """Fail now, not after the work whose result is to be plotted, without matplotlib."""
+    _pyplot()
 
 
 def plot_lr_find(tried: dict, threshold: float, out) -> None:

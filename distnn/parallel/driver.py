@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 from ..config import TrainConfig
 from ..core import regularizers, schedules
@@ -49,6 +50,7 @@ class Driver:
         self.callbacks = list(callbacks) + run_callbacks(cfg, self.schedule)
         self.stop, self.epoch, self.best_epoch, self.history = False, 0, None, []
         self.overrides = []        # settings changed at a resume (--override)
+        self.first_epoch = 0
         self.state_loader = None   # epoch -> state, when checkpoints are kept
         self.pool = open_pool(cfg, data, self.net.params.size + 1, world)
         self.backend = self.pool.backend
@@ -80,6 +82,7 @@ class Driver:
     # -- the loop ----------------------------------------------------------------------
     def fit(self, epochs: int) -> list[dict]:
         """Train up to ``epochs`` epochs (fewer if a callback stops it)."""
+        self.first_epoch = self.epoch       # > 0 after a resume
         for cb in self.callbacks:
             cb.on_train_begin(self)
         for epoch in range(self.epoch, epochs):
@@ -182,7 +185,7 @@ def claim_outputs(cfg: TrainConfig) -> list:
     another run's refused unless --resume or --overwrite), and the metrics file is
     checked to be writable.  Returns the locks to release at the end."""
     from ..io import checkpoint as ckpt
-    from ..io.files import check_file_target, claim
+    from ..io.files import check_file_target, claim, write_text_atomic
     from ..io.tensorboard import clear_events, used_events
     if cfg.metrics_out:
         check_file_target(cfg.metrics_out, "--metrics-out")
@@ -196,6 +199,12 @@ def claim_outputs(cfg: TrainConfig) -> list:
         if cfg.logdir:
             locks.append(claim(cfg.logdir, "--logdir", used=used_events, clear=clear_events,
                                resume=bool(cfg.resume), overwrite=cfg.overwrite))
+        for d in (cfg.checkpoint_dir, cfg.logdir):
+            if d:        # the effective settings beside the run's outputs
+                write_text_atomic(Path(d) / "config.toml",
+                                  "# the settings of this run: distnn train --config "
+                                  "config.toml trains it again\n" + cfg.replace(
+                                      resume=None, override=(), overwrite=False).to_toml())
     except BaseException:
         release(locks)
         raise
@@ -309,6 +318,7 @@ def _metrics(driver: Driver, cfg: TrainConfig, t0: float, error) -> dict:
                "best_epoch": driver.best_epoch, "wall_seconds": time.perf_counter() - t0,
                "workers": cfg.workers, "allreduce": driver.backend,
                "faults": driver.pool.faults, "overrides": driver.overrides,
+               "first_epoch": driver.first_epoch,
                "error": str(error) if error else None}
     if len(driver.data.splits.test) and not isinstance(error, Interrupted):
         metrics["test_cost"], metrics["test_accuracy"] = driver.evaluate("test")

@@ -11,6 +11,7 @@ message; the parameters of the last complete epoch are kept.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -42,7 +43,9 @@ class Unplaced(WorkerFailure):
 
 
 def check_address(address: str) -> None:
-    """Fail fast, with the address in the message, if HOST:PORT does not answer."""
+    """Fail fast, with the address and what to do in the message, if HOST:PORT does not
+    answer as a Ray cluster's GCS, or refuses this machine's token (Ray's token
+    authentication) -- instead of Ray's 20 s of retries and a bare "Failed to connect"."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"--address must be 'auto' or HOST:PORT, got {address!r}")
@@ -52,8 +55,40 @@ def check_address(address: str) -> None:
     except OSError as e:
         raise ConnectionError(f"cannot reach a Ray cluster at {address} ({e}); start one "
                               "with 'ray start --head' or check the address") from None
+    _check_token(address)
 
 
+TOKEN_HINT = ("on the head run `ray get-auth-token`, then here `export RAY_AUTH_MODE=token "
+              "RAY_AUTH_TOKEN=<that token>` (or copy the head's ~/.ray/auth_token to this "
+              "machine's ~/.ray/auth_token)")
+
+
+def _check_token(address: str) -> None:
+    """Ask the GCS for its cluster ID with this machine's token, if it has one."""
+    import grpc
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    loader = AuthenticationTokenLoader.instance()
+    token = loader.get_raw_token(ignore_auth_mode=True) \
+        if loader.has_token(ignore_auth_mode=True) else None
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=10,
+                              metadata=[("authorization", f"Bearer {token}")] if token else None)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise ConnectionError(
+                    f"{address} does not answer as a Ray cluster ({e.code().name}: "
+                    f"{e.details()}); --address takes the head's GCS port (6379 unless "
+                    "`ray start --head --port` said otherwise), not the dashboard's") from None
+            what = "rejected this machine's token" if token else "requires a token (token " \
+                "authentication, Ray's default), and this machine has none"
+            raise ConnectionError(f"the Ray cluster at {address} {what}: {TOKEN_HINT}") from None
+    if token and os.environ.get("RAY_AUTH_MODE") is None:   # ray.init then sends it
+        from ray._raylet import Config
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")      # Ray caches the mode: re-read it (as ray.init does)
 def start_ray(address: str | None, workers: int, may_wait: bool = False) -> bool:
     """Join ``address`` (auto or HOST:PORT) or start a local Ray bound to 127.0.0.1.
     Returns True if this call started Ray (and so should shut it down).  Too few CPUs
@@ -65,7 +100,9 @@ def start_ray(address: str | None, workers: int, may_wait: bool = False) -> bool
     elif address:
         if address != "auto":
             check_address(address)
-        ray.init(address=address, logging_level=logging.WARNING)
+        local = address.rpartition(":")[0] in ("127.0.0.1", "localhost")
+        with _loopback() if local else contextlib.nullcontext():
+            ray.init(address=address, logging_level=logging.WARNING)
         started = False
     else:
         _start_local()
@@ -82,38 +119,47 @@ def start_ray(address: str | None, workers: int, may_wait: bool = False) -> bool
 _reaper = None
 
 
+@contextlib.contextmanager
+def _loopback():
+    """Ray as on a machine whose only interface is loopback, for the duration: it
+    otherwise resolves 127.0.0.1 to the host's own address, binds its servers to all
+    interfaces, and cannot join a head that listens on 127.0.0.1.  (The switch is Ray's
+    "clusters disabled" setting, on by default on macOS; it is set in the environment
+    the processes Ray starts inherit, too.)"""
+    from ray._private import ray_constants
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(name)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[name] = "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved[1]
+
+
 def _start_local() -> None:
     """A local Ray whose every process listens on 127.0.0.1 only, ignores the terminal's
     Ctrl-C (the driver shuts it down in order), and is stopped by a watchdog if the
-    driver is killed.
-
-    Ray resolves a node address of 127.0.0.1 to the host's own address (and then binds
-    its servers to all interfaces) unless Ray clusters are disabled, as on macOS; with
-    that switch off for the duration of ``ray.init`` (and in the environment its
-    processes inherit) every server binds 127.0.0.1.  SIGINT is blocked while Ray's
-    processes are spawned: they inherit the blocked mask across ``exec``, and a Ctrl-C
-    pressed meanwhile reaches the driver once it is unblocked."""
+    driver is killed.  SIGINT is blocked while Ray's processes are spawned: they inherit
+    the blocked mask across ``exec``, and a Ctrl-C pressed meanwhile reaches the driver
+    once it is unblocked."""
     import ray
-    from ray._private import ray_constants
     from . import reaper
     global _reaper
-    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        ray_constants.ENABLE_RAY_CLUSTER = False
-        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+        with _loopback():
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                     _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
         _reaper = reaper.watch(os.getpid())
     except BaseException:
         ray.shutdown()
         raise
     finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
-        if saved[1] is None:
-            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
-        else:
-            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[1]
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)   # a Ctrl-C pressed meanwhile
 
 

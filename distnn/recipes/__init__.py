@@ -20,6 +20,22 @@ def load(name: str) -> dict:
     return tomllib.loads(resources.files(__name__).joinpath(f"{name}.toml").read_text())
 
 
+def text(name: str) -> str:
+    """The recipe's TOML file, as ``--config`` reads it."""
+    load(name)
+    return resources.files(__name__).joinpath(f"{name}.toml").read_text()
+
+
 def settings(name: str) -> dict:
     """Only the ``distnn train`` settings of a recipe."""
-    return {k: v for k, v in load(name).items() if k not in ("description", "search")}
+    return split(load(name), f"recipe {name}")[0]
+
+
+def split(table: dict, where: str) -> tuple[dict, dict]:
+    """A recipe or ``--config`` table -> (train settings, its ``[search]`` table); a
+    ``description`` string is allowed and dropped."""
+    rest = dict(table)
+    desc, search = rest.pop("description", ""), rest.pop("search", {})
+    if not isinstance(desc, str) or not isinstance(search, dict):
+        raise ValueError(f"{where}: 'description' must be a string and 'search' a table")
+    return rest, search

@@ -26,6 +26,12 @@ class Callback:
         pass
 
 
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
 def _metric(logs: dict, name: str) -> float:
     if name not in logs or logs[name] is None:
         raise KeyError(f"monitored metric {name!r} is not in this run's logs "
@@ -128,27 +134,40 @@ class PlateauSchedule(Callback):
 
 
 class ProgressLogger(Callback):
-    """One line per epoch through ``logging``, and a live progress bar on a terminal."""
+    """One line per epoch through ``logging``, and on a terminal a live bar (tqdm) of the
+    epoch's examples with their rate, the epoch's ETA and the run's (after its first
+    epoch).  No bar under ``-q`` or when stderr is not a terminal (a log file, a job)."""
 
     def __init__(self, stream=None, bar: bool | None = None, min_interval: float = 0.25):
         self.stream = stream or sys.stderr
-        self.bar = self.stream.isatty() if bar is None else bar
-        self.min_interval, self._last = min_interval, 0.0
+        self.bar = (self.stream.isatty() and log.isEnabledFor(logging.INFO)) \
+            if bar is None else bar
+        self.min_interval, self._tqdm, self._seconds = min_interval, None, []
 
     def on_progress(self, done, total, trainer):
-        now = time.monotonic()
-        if not self.bar or now - self._last < self.min_interval and done < total:
+        if not self.bar:
             return
-        self._last = now
-        width = 30
-        filled = int(width * done / max(total, 1))
-        self.stream.write(f"\r  epoch {trainer.epoch}: [{'#' * filled}{'.' * (width - filled)}]"
-                          f" {done}/{total}")
-        self.stream.flush()
+        if self._tqdm is None:
+            from tqdm import tqdm
+            self._t0 = time.monotonic()
+            self._tqdm = tqdm(total=total, unit="ex", unit_scale=True, leave=False,
+                              file=self.stream, mininterval=self.min_interval,
+                              dynamic_ncols=True, desc=self._desc(trainer))
+        self._tqdm.update(done - self._tqdm.n)
+
+    def _desc(self, trainer) -> str:
+        epochs = getattr(getattr(trainer, "cfg", None), "epochs", None)
+        desc = f"epoch {trainer.epoch}" + (f"/{epochs - 1}" if epochs else "")
+        if epochs and self._seconds:
+            left = (epochs - trainer.epoch) * sum(self._seconds) / len(self._seconds)
+            desc += f" (run: ~{_duration(left)} left)"
+        return desc
 
     def on_epoch_end(self, epoch, logs, trainer):
-        if self.bar:
-            self.stream.write("\r" + " " * 70 + "\r")
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+            self._seconds.append(time.monotonic() - self._t0)
         parts = [f"epoch {epoch}"]
         for k in ("batch_cost", "train_cost", "train_accuracy", "valid_cost",
                   "valid_accuracy"):

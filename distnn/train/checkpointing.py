@@ -142,6 +142,8 @@ class Checkpointing(Callback):
         name = f"epoch-{epoch:04d}"
         ckpt.save(self.root, name, tensors, slots, meta)
         self._track(logs, name)
+        if self.best is not None and self.best[1] == name:
+            ckpt.mark_best(self.root, name)
         ckpt.prune(self.root, self.keep_last, {self.best[1]} if self.best else set())
 
 

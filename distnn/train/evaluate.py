@@ -11,13 +11,15 @@ from .checkpointing import checkpoint_to_state, saved_config
 from .records import model_params
 
 
-def load_model(path, average: bool = True) -> tuple[Network, Normalizer, TrainConfig,
-                                                    ckpt.Checkpoint]:
+def load_model(path, average: bool = True, prefer: str = "best"
+               ) -> tuple[Network, Normalizer, TrainConfig, ckpt.Checkpoint]:
     """(network with the checkpoint's parameters, its input normaliser, config, raw).
 
-    The parameters are the run's parameter average when it kept one (``--ema``) and
-    ``average`` is True, else the last parameters trained."""
-    c = ckpt.load(path)
+    ``path``: a checkpoint, or a checkpoint directory (then its ``best`` checkpoint, or
+    with ``prefer="latest"`` its newest).  The parameters are the run's parameter
+    average when it kept one (``--ema``) and ``average`` is True, else the last
+    parameters trained."""
+    c = ckpt.load(path, prefer)
     cfg = saved_config(c.meta, checkpoint_dir=None, logdir=None, metrics_out=None)
     net = Network.from_spec(cfg.network_spec())
     state = checkpoint_to_state(c, net)

@@ -66,8 +66,11 @@ class TensorBoard(Callback):
             rows += [self.aug(x, np.arange(8), e) for e in range(3)]
             img = np.clip(np.rint(np.concatenate(rows) * 255), 0, 255).astype(np.uint8)
             self.writer.image("augmented_samples", grid(img, cols=8))
-        log.info("TensorBoard logs in %s; view them with: tensorboard --logdir %s",
-                 self.logdir, self.logdir)
+        import importlib.util
+        missing = "" if importlib.util.find_spec("tensorboard") else \
+            " (install it first: pip install 'distnn[viz]')"
+        log.info("TensorBoard logs in %s; view them with: tensorboard --logdir %s%s",
+                 self.logdir, self.logdir, missing)
 
     def on_epoch_end(self, epoch, logs, trainer):
         w = self.writer

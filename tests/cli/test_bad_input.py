@@ -113,6 +113,7 @@ def test_any_mapping_gives_a_config_or_a_value_error(values):
         return
     assert isinstance(cfg, TrainConfig)
     assert from_mapping(cfg.to_dict()) == cfg          # what it saves, it reads back
+    assert from_mapping(tomllib.loads(cfg.to_toml())) == cfg     # --print-config
 
 
 def _toml_value(v):

@@ -78,8 +78,10 @@ def test_ray_job_submit_with_token_auth(idx_dir):
     if not ray_cli.exists():
         pytest.skip("the ray CLI is not installed next to this Python")
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")   # short: Ray's socket paths are limited
+    token = Path(temp) / "token"           # this head's own, not the machine's ~/.ray one
+    token.write_text(os.urandom(16).hex())
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bindir}:{os.environ['PATH']}",
-           "RAY_TMPDIR": temp}
+           "RAY_TMPDIR": temp, "RAY_AUTH_TOKEN_PATH": str(token)}
     gcs, dash = _free_port(), _free_port()
     # free ports for every agent too, so another Ray on this machine cannot clash with it
     agents = [f"--{flag}={_free_port()}" for flag in (
@@ -102,5 +104,30 @@ def test_ray_job_submit_with_token_auth(idx_dir):
             time.sleep(3)
         assert job.returncode == 0, out[-3000:]
         assert "succeeded" in out and "test accuracy" in out and "2 workers" in out
+        _join_by_address(env, temp, gcs, dash, idx_dir)
     finally:
         _kill_session(temp)
+
+
+def _join_by_address(env, temp, gcs, dash, idx_dir):
+    """``distnn train --address HOST:PORT`` to that head: without a token, with a wrong
+    one and on the dashboard's port, one line saying what to do within seconds (it was
+    20 s of Ray's InvalidAuthToken lines, then "Failed to connect"); with the head's
+    token in the environment, as the README says, it trains."""
+    argv = [sys.executable, "-m", "distnn.cli", "-q", "train", "--dataset", "idx",
+            "--data-dir", str(idx_dir), "--layers", "64,16,4", "--epochs", "1",
+            "--workers", "2", "--batch-size", "20", "--address", f"127.0.0.1:{gcs}"]
+    bare = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    bare["HOME"] = temp                       # no ~/.ray/auth_token there
+    for extra, port, said in (({}, gcs, "requires a token"),
+                              ({"RAY_AUTH_TOKEN": "wrong"}, gcs, "rejected this machine's token"),
+                              ({}, dash, "does not answer as a Ray cluster")):
+        t0 = time.monotonic()
+        r = subprocess.run([*argv[:-1], f"127.0.0.1:{port}"], env={**bare, **extra},
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and said in r.stderr, r.stderr[-2000:]
+        assert "InvalidAuthToken" not in r.stderr and time.monotonic() - t0 < 15
+    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text()
+    r = subprocess.run(argv, env={**bare, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "test accuracy" in r.stdout, r.stderr[-2000:]

@@ -110,13 +110,20 @@ def test_progress_logger_draws_on_a_terminal_and_logs_each_epoch(caplog):
             return True
 
     out, t = Tty(), FakeTrainer()
-    cb = ProgressLogger(stream=out, min_interval=0.0)
-    cb.on_progress(50, 100, t)
-    assert "[" + "#" * 15 + "." * 15 + "] 50/100" in out.getvalue()
+    t.epoch, t.cfg = 3, type("Cfg", (), {"epochs": 10})()
+    with caplog.at_level(logging.INFO, logger="distnn.train.callbacks"):
+        cb = ProgressLogger(stream=out, min_interval=0.0)
+        cb.on_progress(50, 100, t)
+        assert "epoch 3/9" in out.getvalue() and "50%" in out.getvalue()
+        assert "ex/s" in out.getvalue()                 # the rate, with the ETA
+        cb.on_epoch_end(3, {"batch_cost": 0.25, "valid_accuracy": 0.9, "lr": 0.1,
+                            "examples_per_second": 1234.0}, t)
+        t.epoch = 4
+        cb.on_progress(10, 100, t)                      # a run ETA after one epoch
+        assert "(run: ~" in out.getvalue().rsplit("epoch 4", 1)[1]
+    assert "epoch 3  batch_cost 0.2500  valid_accuracy 90.00%  lr 0.1  1234 ex/s" in caplog.text
     quiet = io.StringIO()
     ProgressLogger(stream=quiet).on_progress(50, 100, t)
     assert quiet.getvalue() == ""                      # not a terminal: no bar
-    with caplog.at_level(logging.INFO, logger="distnn.train.callbacks"):
-        cb.on_epoch_end(3, {"batch_cost": 0.25, "valid_accuracy": 0.9, "lr": 0.1,
-                            "examples_per_second": 1234.0}, t)
-    assert "epoch 3  batch_cost 0.2500  valid_accuracy 90.00%  lr 0.1  1234 ex/s" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="distnn.train.callbacks"):
+        ProgressLogger(stream=Tty()).on_progress(50, 100, t)   # -q: no bar either
