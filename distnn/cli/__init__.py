@@ -145,12 +145,15 @@ def _add_checkpoint_tools(sub) -> None:
     i = sub.add_parser("inspect", help="architecture, parameter count, config and history")
     i.add_argument("checkpoint")
     i.set_defaults(fn=tools.cmd_inspect)
-    x = sub.add_parser("export", help="write a checkpoint in another format")
+    x = sub.add_parser("export", help="write a model as .npz, ONNX or network2.py JSON "
+                       "(input: raw pixels; output: the output activations)")
     x.add_argument("checkpoint", help="a checkpoint, or a --checkpoint-dir (its best)")
     x.add_argument("out")
     x.add_argument("--which", choices=("best", "latest"), default="best",
                    help="of a --checkpoint-dir: the best checkpoint or the newest")
-    x.add_argument("--format", choices=("network2-json",), default="network2-json")
+    x.add_argument("--format", choices=("npz", "onnx", "network2-json"), default=None,
+                   help="default: from OUT's extension (.npz, .onnx, .json); onnx needs "
+                        "pip install 'distnn[onnx]'")
     x.set_defaults(fn=tools.cmd_export)
     m = sub.add_parser("import-network2", help="turn Nielsen's network2.py JSON into a "
                        "checkpoint")

@@ -122,15 +122,26 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+EXPORTS = {".json": "network2-json", ".npz": "npz", ".onnx": "onnx"}
+
+
 def cmd_export(args) -> int:
-    from ..io import network2
+    from ..io import export, network2
     from ..train.evaluate import load_model
-    net, norm, _, c = load_model(args.checkpoint, prefer=args.which)
-    if norm.mean is not None:
-        raise ValueError("this model standardises its inputs, which network2.py cannot do")
+    fmt = args.format or EXPORTS.get(Path(args.out).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the format from {args.out!r}: name it .npz, .onnx or "
+                         ".json (network2), or give --format")
     check_file_target(args.out, "OUT")
-    network2.export(net, args.out)
-    print(f"wrote {args.out} (network2 JSON) from {c.path}")
+    net, norm, _, c = load_model(args.checkpoint, prefer=args.which)
+    if fmt == "network2-json":
+        if norm.mean is not None:
+            raise ValueError("this model standardises its inputs, which network2.py cannot "
+                             "do; export it as .npz or .onnx")
+        network2.export(net, args.out)
+    else:
+        (export.to_npz if fmt == "npz" else export.to_onnx)(net, norm, args.out)
+    print(f"wrote {args.out} ({fmt}) from {c.path}")
     return 0
 
 

@@ -1,0 +1,87 @@
+"""A trained model in formats other programs read: ``.npz`` (NumPy alone) and ONNX (any
+ONNX runtime; needs the ``onnx`` package: ``pip install 'distnn[onnx]'``).
+
+Both take what ``distnn eval`` takes: raw pixels (N, D) in 0..pixel_max, flattened in C
+order.  The input scaling (and ``--standardize``'s mean/std) is part of the model, and
+the output is the network's output activations (N, classes), evaluation mode: dropout
+off, batch norm with its running statistics.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+ONNX_OPSET = 17
+
+
+def to_npz(net, norm, path) -> None:
+    """Every parameter and buffer by its checkpoint name (``dense0.weight`` is (n_in,
+    n_out), y = x @ W + b), the input normalisation, and ``spec`` (a JSON string)."""
+    arrays = {**net.named_params(), **net.named_buffers(), **norm.tensors(),
+              "input.pixel_max": np.float64(norm.pixel_max),
+              "input.eps": np.float64(norm.eps),
+              "spec": np.array(json.dumps(net.config))}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _layers(net, norm):
+    """The model as (op, constants) steps, in evaluation mode."""
+    dt = net.dtype
+    steps = [("Mul", [np.asarray(1.0 / norm.pixel_max, dt)])]
+    if norm.mean is not None:
+        steps += [("Sub", [norm.mean.astype(dt)]), ("Div", [(norm.std + norm.eps).astype(dt)])]
+    p, b = net.named_params(), net.named_buffers()
+    for layer in net.layers:
+        kind, name = type(layer).__name__, layer.name
+        if kind == "Dense":
+            steps.append(("MatMul", [p[f"{name}.weight"].astype(dt)]))
+            if f"{name}.bias" in p:
+                steps.append(("Add", [p[f"{name}.bias"].astype(dt)]))
+        elif kind == "BatchNorm":
+            scale = p[f"{name}.gamma"] / np.sqrt(b[f"{name}.running_var"] + layer.eps)
+            shift = p[f"{name}.beta"] - b[f"{name}.running_mean"] * scale
+            steps += [("Mul", [scale.astype(dt)]), ("Add", [shift.astype(dt)])]
+        elif kind == "Act":
+            steps += _activation(layer.fn.name, dt)
+    return steps + _activation(net.out_fn.name, dt)
+
+
+def _activation(name: str, dt) -> list:
+    if name == "scaled-tanh":          # 1.7159 tanh(2z/3)
+        return [("Mul", [np.asarray(2 / 3, dt)]), ("Tanh", []), ("Mul", [np.asarray(1.7159, dt)])]
+    ops = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "softmax": "Softmax",
+           "identity": None}
+    if name not in ops:
+        raise ValueError(f"no ONNX operator for activation {name!r}")
+    return [] if ops[name] is None else [(ops[name], [])]
+
+
+def to_onnx(net, norm, path) -> None:
+    """An ONNX model: input ``pixels`` (N, D), output ``outputs`` (N, classes)."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise ValueError("ONNX export needs the onnx package: pip install 'distnn[onnx]'") \
+            from None
+    elem = TensorProto.FLOAT if net.dtype == np.float32 else TensorProto.DOUBLE
+    nodes, inits, cur = [], [], "pixels"
+    for i, (op, consts) in enumerate(_layers(net, norm)):
+        names = []
+        for j, c in enumerate(consts):
+            names.append(f"c{i}_{j}")
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(c), names[-1]))
+        attrs = {"axis": 1} if op == "Softmax" else {}
+        nodes.append(helper.make_node(op, [cur, *names], [f"t{i}"], **attrs))
+        cur = f"t{i}"
+    nodes.append(helper.make_node("Identity", [cur], ["outputs"]))
+    graph = helper.make_graph(
+        nodes, "distnn", [helper.make_tensor_value_info("pixels", elem, ["N", net.sizes[0]])],
+        [helper.make_tensor_value_info("outputs", elem, ["N", net.sizes[-1]])], inits)
+    model = helper.make_model(graph, producer_name="distnn",
+                              opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    model.ir_version = min(model.ir_version, 9)     # runtimes of 2024 on read it
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
