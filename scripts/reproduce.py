@@ -158,8 +158,7 @@ def table(root: Path, out: Path) -> None:
             last = statistics.mean(100 * r["test_accuracy_last"] for r in rs)
             fig += f" (last parameters, `eval --last`: {last:.2f}%)"
         wall = statistics.mean(r["wall_seconds"] for r in rs)
-        cmd = rs[0]["command"].replace(f"--seed {rs[0]['seed']}", "--seed S").replace(
-            f"-s{rs[0]['seed']}", "-sS")
+        cmd = rs[0]["command"]          # as it ran: the first seed's, copy-paste runnable
         cmd = re.sub(r"\S*/results/", "results/", cmd)   # runs made with --root /abs/results
         rows.append(f"| {label} | {published} | {fig} | {wall / 60:.1f} min | {workers} | "
                     f"`{cmd}` |")

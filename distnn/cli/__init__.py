@@ -39,14 +39,42 @@ def _search_args(p):
                    help="continue an interrupted search in --out")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, and for a mistyped flag the flags it may have meant."""
+
+    def error(self, message):
+        import difflib
+        if message.startswith("unrecognized arguments:"):
+            known = {o for a in self._all_actions() for o in a.option_strings}
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                flag = word.split("=", 1)[0]
+                close = difflib.get_close_matches(flag, known, n=2, cutoff=0.75)
+                if flag.startswith("-") and close:
+                    hints.append(f"{flag}: did you mean {' or '.join(close)}?")
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        super().error(message)
+
+    def _all_actions(self):
+        for a in self._actions:
+            yield a
+            for sub in getattr(a, "choices", None) or {}:
+                if isinstance(a.choices, dict) and isinstance(a.choices[sub], Parser):
+                    yield from a.choices[sub]._actions
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distnn", description="Data-parallel training of "
-                                "fully-connected networks with a NumPy core.")
+    p = Parser(prog="distnn", description="Data-parallel training of fully-connected "
+               "networks with a NumPy core.")
     p.add_argument("--version", action="version", version=f"distnn {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (_add_train, _add_gradcheck, _add_data, _add_search, _add_checkpoint_tools):
         add(sub)
+    for command in sub.choices.values():   # -q after the sub-command works too
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="log warnings only")
     return p
 
 
@@ -64,23 +92,29 @@ def _add_gradcheck(sub) -> None:
     """``distnn gradcheck``."""
     from . import commands
     g = sub.add_parser("gradcheck", help="compare backprop with central differences",
+                       description="Check every parameter's gradient of a network against "
+                       "central differences in float64, on a random batch.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g.add_argument("--layers", type=parse_layers, default=(20, 15, 10))
-    g.add_argument("--activation", default="sigmoid")
-    g.add_argument("--output", default="softmax")
-    g.add_argument("--cost", default="log-likelihood")
-    g.add_argument("--init", default="fan-in")
+    g.add_argument("--layers", type=parse_layers, default=(20, 15, 10),
+                   help="layer sizes of the network checked, input first")
+    g.add_argument("--activation", default="sigmoid", help="hidden activation")
+    g.add_argument("--output", default="softmax", help="output activation")
+    g.add_argument("--cost", default="log-likelihood", help="cost function")
+    g.add_argument("--init", default="fan-in", help="weight initialisation")
     g.add_argument("--init-scale", type=float, default=0.05,
                    help="half-width a of --init uniform's U(-a, a)")
-    g.add_argument("--keep-prob", type=float, default=1.0)
-    g.add_argument("--keep-prob-input", type=float, default=1.0)
-    g.add_argument("--batchnorm", action="store_true")
+    g.add_argument("--keep-prob", type=float, default=1.0,
+                   help="dropout keep probability of the hidden layers (a fixed mask)")
+    g.add_argument("--keep-prob-input", type=float, default=1.0,
+                   help="dropout keep probability of the inputs")
+    g.add_argument("--batchnorm", action="store_true", help="batch norm in the hidden layers")
     g.add_argument("--l1", type=lambda t: parse_strength(t, "l1"), default=0.0,
                    help="L1 λ: one value or one per weight layer")
     g.add_argument("--l2", type=lambda t: parse_strength(t, "l2"), default=0.0,
                    help="L2 λ: one value or one per weight layer")
-    g.add_argument("--batch-size", type=positive_int, default=8)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=positive_int, default=8,
+                   help="examples in the random batch the cost is measured on")
+    g.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     g.add_argument("--tol", type=float, default=1e-6, help="largest relative error accepted")
     g.add_argument("--max-per-block", type=positive_int, default=None,
                    help="check at most this many entries per parameter block")
@@ -90,16 +124,24 @@ def _add_gradcheck(sub) -> None:
 def _add_data(sub) -> None:
     """``distnn data``."""
     from . import commands
-    d = sub.add_parser("data", help="fetch, describe or preview a dataset")
-    d.add_argument("action", choices=("fetch", "info", "preview"))
-    d.add_argument("name", choices=("mnist", "fashion-mnist", "digits", "idx"))
+    d = sub.add_parser("data", help="fetch, describe or preview a dataset",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("action", choices=("fetch", "info", "preview"),
+                   help="fetch: download/cache it; info: sizes, classes, pixel statistics; "
+                        "preview: a PNG of augmented training images")
+    d.add_argument("name", choices=("mnist", "fashion-mnist", "digits", "idx"),
+                   help="the dataset")
     d.add_argument("out", nargs="?", help="output PNG (preview)")
-    d.add_argument("--data-dir", default=None)
+    d.add_argument("--data-dir", default=None, help="where the dataset's files are (idx: "
+                   "required)")
+    d.add_argument("--json", action="store_true", help="info: print one JSON object")
+    d.add_argument("--zoom", type=positive_int, default=3,
+                   help="preview: screen pixels per image pixel")
     d.add_argument("--augment", default="rotate=15,shift=2,elastic=34:4",
                    help="augmentation spec to preview")
     d.add_argument("--count", type=positive_int, default=10, help="images per row (preview)")
     d.add_argument("--rows", type=positive_int, default=3, help="distorted rows, one per epoch")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="preview: augmentation seed")
     d.set_defaults(fn=commands.cmd_data)
 
 
@@ -143,7 +185,8 @@ def _add_checkpoint_tools(sub) -> None:
                         "their average")
     e.set_defaults(fn=tools.cmd_eval)
     i = sub.add_parser("inspect", help="architecture, parameter count, config and history")
-    i.add_argument("checkpoint")
+    i.add_argument("checkpoint", help="a checkpoint, or a --checkpoint-dir (its latest)")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(fn=tools.cmd_inspect)
     x = sub.add_parser("export", help="write a model as .npz, ONNX or network2.py JSON "
                        "(input: raw pixels; output: the output activations)")

@@ -126,7 +126,15 @@ def cmd_data(args) -> int:
             info[part] = {"images": list(s.x.shape), "labels_per_class":
                           np.bincount(s.y, minlength=splits.n_classes).tolist(),
                           "mean_pixel": round(float(s.x.mean()), 3) if len(s) else None}
-        print(json.dumps(info, indent=2))
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        print(f"{info['name']}  (source: {info['source']}; {info['classes']} classes, "
+              f"pixels 0..{info['pixel_max']:g})")
+        for part in ("train", "valid", "test"):
+            d = info[part]
+            print(f"  {part:<5} {d['images'][0]:>6} images of {d['images'][1:]}  mean pixel "
+                  f"{d['mean_pixel']}  per class {d['labels_per_class']}")
         return 0
     return _preview(args, splits)
 
@@ -148,6 +156,9 @@ def _preview(args, splits) -> int:
     rows += [aug(x, idx, epoch) for epoch in range(args.rows)]
     tiles = np.concatenate(rows)
     img = grid(np.clip(np.rint(tiles * 255), 0, 255).astype(np.uint8), cols=args.count)
+    img = img.repeat(args.zoom, axis=0).repeat(args.zoom, axis=1)
     write_png(args.out, img)
-    print(f"wrote {args.out}: first row original, then {args.rows} epochs of '{aug.spec}'")
+    print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]}, {args.zoom}x): training images "
+          f"0..{args.count - 1} in columns; row 1 the originals, rows 2..{args.rows + 1} "
+          f"epochs 0..{args.rows - 1} of '{aug.spec}' (seed {args.seed})")
     return 0

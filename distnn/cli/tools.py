@@ -100,9 +100,10 @@ def cmd_eval(args) -> int:
     print(f"accuracy {100 * res['accuracy']:.2f}%  cost {res['cost']:.4f}")
     print("per-class accuracy: " + "  ".join(f"{k}:{100 * a:.1f}%"
                                              for k, a in enumerate(res["per_class_accuracy"])))
-    print("confusion matrix (rows: true class, columns: predicted):")
+    print("confusion matrix (rows: true class, columns: predicted class):")
+    print("  true\\pred " + " ".join(f"{k:>5}" for k in range(len(res["confusion"]))))
     for k, row in enumerate(res["confusion"]):
-        print(f"  {k:>2} " + " ".join(f"{v:>5}" for v in row))
+        print(f"  {k:>9} " + " ".join(f"{v:>5}" for v in row))
     return 0
 
 
@@ -118,8 +119,33 @@ def cmd_inspect(args) -> int:
             "parameters": n_params, "tensors": shapes,
             "optimizer": c.meta["optimizer"], "config": c.meta["config"],
             "history": c.meta["history"]}
-    print(json.dumps(info, indent=2, default=str))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    cfg = c.meta["config"]
+    print(f"{c.path}  ({info['format']}, distnn {info['distnn_version']}, epoch "
+          f"{c.meta['epoch']})")
+    print(f"network    {cfg.get('layers')}  {cfg.get('activation')} hidden, "
+          f"{cfg.get('output')} output, {cfg.get('cost')}  ({n_params:,} parameters, "
+          f"{cfg.get('dtype')})")
+    print(f"optimizer  {c.meta['optimizer'].get('name')}  lr {cfg.get('lr')}  batch "
+          f"{cfg.get('batch_size')}  step {c.meta['optimizer'].get('t')}")
+    print(f"data       {cfg.get('dataset')}  augment {cfg.get('augment')}")
+    for name, shape in shapes.items():
+        print(f"  {name:<22} {shape}")
+    _print_history(c.meta["history"])
+    print("(--json for everything, the full config included)")
     return 0
+
+
+def _print_history(history) -> None:
+    keys = [k for k in ("batch_cost", "train_accuracy", "valid_cost", "valid_accuracy", "lr")
+            if any(h.get(k) is not None for h in history)]
+    print("epoch " + " ".join(f"{k:>15}" for k in keys))
+    for h in history:
+        cells = [("" if h.get(k) is None else f"{100 * h[k]:.2f}%" if k.endswith("accuracy")
+                  else f"{h[k]:.4g}") for k in keys]
+        print(f"{h['epoch']:>5} " + " ".join(f"{v:>15}" for v in cells))
 
 
 EXPORTS = {".json": "network2-json", ".npz": "npz", ".onnx": "onnx"}

@@ -50,7 +50,10 @@ def parse(raw: bytes, source: str = "<bytes>") -> np.ndarray:
     if len(body) != expected:
         raise DataError(f"{source}: header says shape {shape} ({expected} bytes of data) "
                         f"but the file holds {len(body)}; the file is truncated or corrupt")
-    return np.frombuffer(body, np.uint8).reshape(shape)
+    try:
+        return np.frombuffer(body, np.uint8).reshape(shape)
+    except ValueError as e:      # e.g. (0, 0, 3119, 784354): no data, but too big a shape
+        raise DataError(f"{source}: header shape {shape} is not a usable array ({e})") from None
 
 
 def encode(array: np.ndarray) -> bytes:

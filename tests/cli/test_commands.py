@@ -83,14 +83,20 @@ def test_help_lists_every_option_with_its_default(capsys):
 
 
 def test_data_info_and_preview(digits_dir, tmp_path, capsys):
-    assert cli.main(["data", "info", "idx", "--data-dir", str(digits_dir)]) == 0
+    assert cli.main(["data", "info", "idx", "--data-dir", str(digits_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["train"]["images"] == [300, 8, 8] and info["classes"] == 10
     assert info["valid"]["images"] == [60, 8, 8] and info["test"]["labels_per_class"] == [10] * 10
+    assert cli.main(["data", "info", "idx", "--data-dir", str(digits_dir)]) == 0
+    text = capsys.readouterr().out                      # for people: one line a split
+    assert "10 classes" in text and "train    300 images of [8, 8]" in text
     png = tmp_path / "p.png"
     assert cli.main(["data", "preview", "idx", str(png), "--data-dir", str(digits_dir),
                      "--augment", "rotate=20", "--count", "4"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = int.from_bytes(png.read_bytes()[16:20], "big"), int.from_bytes(png.read_bytes()[20:24], "big")
+    assert (w, h) == (3 * (4 * 10 + 2), 3 * (4 * 10 + 2))   # zoomed 3x: 4 images, 4 rows
+    assert "row 1 the originals" in capsys.readouterr().out
 
 
 def test_min_workers_must_not_exceed_workers(digits_dir, capsys):

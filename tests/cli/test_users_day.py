@@ -62,3 +62,21 @@ def test_a_run_writes_its_config_announces_its_checkpoints_and_eval_takes_the_be
     # a resumed run says what it ran
     assert cli.main(["train", "--resume", str(c), "--epochs", "8"]) == 0
     assert "finished 8 epochs (2 in this run)" in capsys.readouterr().out
+
+
+def test_papercuts(blob_dir, tmp_path, capsys):
+    c = tmp_path / "c"
+    assert cli.main([*train_args(blob_dir, c, epochs=2), "-q"]) == 0   # -q after the command
+    assert capsys.readouterr().err == ""
+    assert cli.main(["inspect", str(c)]) == 0
+    out = capsys.readouterr().out
+    assert "network    [64, 24, 4]  sigmoid hidden" in out and "valid_accuracy" in out
+    assert cli.main(["inspect", str(c), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == 64 * 24 + 24 + 24 * 4 + 4
+    assert cli.main(["eval", str(c)]) == 0
+    assert "true\\pred     0     1     2     3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--learning-rate", "0.1"])
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--batch-sise", "3"])
+    assert "did you mean --batch-size?" in capsys.readouterr().err
