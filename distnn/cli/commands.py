@@ -49,7 +49,11 @@ def cmd_train(args) -> int:
         this_run = f" ({ran} in this run)" if ran != len(h) else ""
         print(f"finished {len(h)} epochs{this_run} in {m['wall_seconds']:.1f}s{seen}")
     if "test_accuracy" in m:
-        print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test cost {m['test_cost']:.4f}")
+        pen = m.get("test_penalty") or 0.0
+        parts = f" (data cost {m['test_cost'] - pen:.4f} + L1/L2 penalty {pen:.4f})" \
+            if pen else ""
+        print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test cost "
+              f"{m['test_cost']:.4f}{parts}")
     if m.get("diagnosis"):
         from ..train.diagnosis import format_diagnosis
         print(format_diagnosis(m["diagnosis"]))

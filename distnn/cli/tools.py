@@ -97,7 +97,8 @@ def cmd_eval(args) -> int:
         return 0
     print(f"{c.path}: {splits.name} {args.split} ({res['examples']} examples, "
           f"{res['parameters']} parameters)")
-    print(f"accuracy {100 * res['accuracy']:.2f}%  cost {res['cost']:.4f}")
+    print(f"accuracy {100 * res['accuracy']:.2f}%  cost {res['cost']:.4f} (the data cost, "
+          "without an L1/L2 penalty)")
     print("per-class accuracy: " + "  ".join(f"{k}:{100 * a:.1f}%"
                                              for k, a in enumerate(res["per_class_accuracy"])))
     print("confusion matrix (rows: true class, columns: predicted class):")

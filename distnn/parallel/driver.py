@@ -322,6 +322,8 @@ def _metrics(driver: Driver, cfg: TrainConfig, t0: float, error) -> dict:
                "error": str(error) if error else None}
     if len(driver.data.splits.test) and not isinstance(error, Interrupted):
         metrics["test_cost"], metrics["test_accuracy"] = driver.evaluate("test")
+        metrics["test_penalty"] = driver.penalty.value(driver.net.params,
+                                                       len(driver.data.train))
     metrics["diagnosis"] = from_history(driver.history, driver.best_epoch, cfg.bayes_error)
     if cfg.metrics_out:
         try:

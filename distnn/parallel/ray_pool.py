@@ -85,7 +85,13 @@ def _check_token(address: str) -> None:
             what = "rejected this machine's token" if token else "requires a token (token " \
                 "authentication, Ray's default), and this machine has none"
             raise ConnectionError(f"the Ray cluster at {address} {what}: {TOKEN_HINT}") from None
-    if token and os.environ.get("RAY_AUTH_MODE") is None:   # ray.init then sends it
+    if token:
+        _token_mode()              # ray.init then sends it
+
+
+def _token_mode() -> None:
+    """RAY_AUTH_MODE=token for this process and those it starts, unless set otherwise."""
+    if os.environ.get("RAY_AUTH_MODE") is None:
         from ray._raylet import Config
         os.environ["RAY_AUTH_MODE"] = "token"
         Config.initialize("")      # Ray caches the mode: re-read it (as ray.init does)
@@ -150,6 +156,7 @@ def _start_local() -> None:
     import ray
     from . import reaper
     global _reaper
+    _token_mode()      # Ray's default, said explicitly (Ray warns when it is implied)
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         with _loopback():
