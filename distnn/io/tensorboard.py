@@ -53,10 +53,24 @@ class RunWriter:
     attempt logged from that step on, so a replayed epoch is not drawn twice."""
 
     def __init__(self, logdir: str, purge_step: int | None = None):
-        self.logdir = logdir
-        # the suffix: two writers in one second (a quick resume) would share a file name
-        self.w = _import_tensorboardx().SummaryWriter(
-            logdir=logdir, purge_step=purge_step, filename_suffix=f".{uuid.uuid4().hex[:8]}")
+        self.logdir, self.files, self.id = logdir, 0, uuid.uuid4().hex[:8]
+        self.w = self._open(purge_step)
+
+    def _open(self, purge_step=None):
+        # the suffix: two writers in one second (a quick resume) would share a file name,
+        # and one writer's files (see ``sync``) must sort in order within a second
+        self.files += 1
+        return _import_tensorboardx().SummaryWriter(
+            logdir=self.logdir, purge_step=purge_step,
+            filename_suffix=f".{self.id}.{self.files:05d}")
+
+    def sync(self) -> None:
+        """Everything written so far is on disk when this returns (tensorboardX's flush
+        does not wait for its writer thread's queue): the file is closed, and the next
+        events go to a new one.  For a process that may be stopped at any moment (a
+        search trial that ASHA ends)."""
+        self.w.close()
+        self.w = self._open()
 
     def scalars(self, step: int, values: dict) -> None:
         for tag, v in values.items():

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..config import TrainConfig
+from ..train.callbacks import Callback
 from .space import SEARCHABLE, apply
 
 
@@ -13,27 +14,48 @@ def trial_dir(out_dir: Path, index: int) -> Path:
     return Path(out_dir) / "trials" / f"{index:04d}"
 
 
-def record_trial(out_dir: Path, index: int, overrides: dict, cfg: TrainConfig, m: dict):
-    """Save a finished trial's model (with the input normalisation it was trained
-    with), its result.json and its TensorBoard hparams; return its final logs."""
-    from ..io.tensorboard import RunWriter
-    from ..train.checkpointing import save_model
-    d = trial_dir(out_dir, index)
-    save_model(d, "final", m["network"], cfg, m["normalizer"], m["history"])
-    final = clean(m["history"][-1])
-    _write_result(d, index, overrides, final)
-    w = RunWriter(str(out_dir / "tensorboard" / d.name))
-    w.hparams({k: v for k, v in {**cfg.to_dict(), **overrides}.items()
-               if not isinstance(v, (list, dict))},
-              {f"hparam/{k}": final.get(k) for k in ("valid_accuracy", "train_accuracy",
-                                                     "valid_cost")})
-    w.close()
-    return final
+class TrialRecorder(Callback):
+    """A trial's record while it trains, epoch by epoch: its learning curves in the
+    search's TensorBoard (``OUT/tensorboard/NNNN``), its model so far and
+    ``progress.json``, so a trial that ASHA stops (or a search that is killed) still
+    has a model and curves.  ``finish`` adds result.json and the hparams."""
+
+    def __init__(self, out_dir: Path, index: int, overrides: dict, cfg: TrainConfig):
+        from ..io.tensorboard import RunWriter
+        self.dir, self.index, self.overrides = trial_dir(out_dir, index), index, overrides
+        self.cfg = cfg
+        self.writer = RunWriter(str(Path(out_dir) / "tensorboard" / self.dir.name))
+
+    def on_epoch_end(self, epoch, logs, trainer) -> None:
+        from ..train.checkpointing import save_model
+        from ..train.tensorboard import SCALARS
+        self.writer.scalars(epoch, {tag: logs.get(k) for k, tag in SCALARS.items()})
+        self.writer.sync()
+        save_model(self.dir, "final", trainer.net, self.cfg, trainer.data.normalizer,
+                   trainer.history)
+        _write_json(self.dir / "progress.json", self.index, self.overrides, clean(logs))
+
+    def finish(self, m: dict) -> dict:
+        from ..train.checkpointing import save_model
+        # the model the run ended with (early stopping may have put back an earlier one)
+        save_model(self.dir, "final", m["network"], self.cfg, m["normalizer"], m["history"])
+        final = clean(m["history"][-1])
+        _write_json(self.dir / "result.json", self.index, self.overrides, final)
+        self.writer.hparams({k: v for k, v in {**self.cfg.to_dict(), **self.overrides}.items()
+                             if not isinstance(v, (list, dict))},
+                            {f"hparam/{k}": final.get(k) for k in ("valid_accuracy",
+                                                                   "train_accuracy",
+                                                                   "valid_cost")})
+        self.close()
+        return final
+
+    def close(self) -> None:
+        self.writer.close()
 
 
-def _write_result(trial_dir: Path, index: int, overrides: dict, final: dict) -> None:
-    (trial_dir / "result.json").write_text(
-        json.dumps({"index": index, "overrides": overrides, "final": final}) + "\n")
+def _write_json(path: Path, index: int, overrides: dict, final: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"index": index, "overrides": overrides, "final": final}) + "\n")
 
 
 def record_error(out_dir: Path, index: int, overrides: dict, error: Exception) -> dict:
@@ -41,9 +63,7 @@ def record_error(out_dir: Path, index: int, overrides: dict, error: Exception) -
     last good epoch, so the search goes on."""
     history = getattr(error, "history", None) or [{}]
     final = {**clean(history[-1]), "error": str(error)}
-    d = trial_dir(out_dir, index)
-    d.mkdir(parents=True, exist_ok=True)
-    _write_result(d, index, overrides, final)
+    _write_json(trial_dir(out_dir, index) / "result.json", index, overrides, final)
     return final
 
 
@@ -51,10 +71,10 @@ def clean(logs: dict) -> dict:
     return {k: v for k, v in logs.items() if v is not None}
 
 
-def _results(out_dir: Path) -> list[tuple[Path, dict]]:
+def _results(out_dir: Path, name: str = "result.json") -> list[tuple[Path, dict]]:
     """Every recorded configuration: (its directory, its result.json), in index order."""
     return [(f.parent, json.loads(f.read_text()))
-            for f in sorted((out_dir / "trials").glob("*/result.json"))]
+            for f in sorted((out_dir / "trials").glob(f"*/{name}"))]
 
 
 def pending(trials: list[dict], out_dir: Path, resume: bool) -> list[tuple[int, dict]]:
@@ -92,7 +112,11 @@ def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
         done.add(r["index"])
         failed = "error" in r["final"]          # diverged or invalid: no model saved
         rows.append(_row(r["overrides"], r["final"], None if failed else str(d)))
-    for r in grid:   # ASHA: trials the scheduler stopped early have no final model
+    for d, r in _results(out_dir, "progress.json"):   # stopped early (ASHA): its last epoch
+        if r["index"] not in done:
+            done.add(r["index"])
+            rows.append({**_row(r["overrides"], r["final"], str(d)), "stopped_early": True})
+    for r in grid:   # a trial stopped before it finished one epoch
         index, overrides = r.config.get("trial", (None, None))
         if index is not None and index not in done and r.metrics \
                 and base.monitor in r.metrics:
@@ -101,7 +125,12 @@ def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
         raise RuntimeError("no trial reported a result; see the Tune logs in "
                            f"{out_dir / 'tune'}")
     import pandas as pd
-    df = pd.DataFrame(rows).sort_values(base.monitor, ascending=mode(base.monitor) == "min")
+    # ties on the monitored metric go to the lower validation cost
+    df = pd.DataFrame(rows)
+    keys = [base.monitor] + (["valid_cost"] if base.monitor != "valid_cost"
+                             and "valid_cost" in df and df["valid_cost"].notna().any() else [])
+    df = df.sort_values(keys, ascending=[mode(base.monitor) == "min", True][:len(keys)],
+                        kind="stable")
     df.to_csv(out_dir / "results.csv", index=False)
     df.to_parquet(out_dir / "results.parquet", index=False)
     usable = df[df["trial_dir"].notna()]
@@ -124,17 +153,5 @@ def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
 
 
 def write_toml(path, cfg: TrainConfig) -> None:
-    """A flat TOML file of every setting, ready for ``distnn train --config``."""
-    lines = []
-    for k, v in cfg.to_dict().items():
-        if v is None:
-            continue
-        if isinstance(v, bool):
-            lines.append(f"{k} = {'true' if v else 'false'}")
-        elif isinstance(v, (int, float)):
-            lines.append(f"{k} = {v!r}")
-        elif isinstance(v, list):
-            lines.append(f"{k} = [{', '.join(map(str, v))}]")
-        else:
-            lines.append(f"{k} = {json.dumps(str(v))}")
-    Path(path).write_text("\n".join(lines) + "\n")
+    """Every setting as a TOML file, ready for ``distnn train --config``."""
+    Path(path).write_text(cfg.to_toml())

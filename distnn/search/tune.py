@@ -13,7 +13,7 @@ from pathlib import Path
 from unittest import mock
 
 from ..config import TrainConfig
-from .results import mode, pending, record_error, record_trial, summarise, trial_dir
+from .results import TrialRecorder, mode, pending, record_error, summarise, trial_dir
 from .space import apply
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,17 @@ def _run_one(index: int, overrides: dict, base_cfg: TrainConfig, splits, out_dir
     of stopping the search."""
     from ..parallel.driver import train
     from ..train.records import DivergenceError
+    recorder = None
     try:
         cfg = apply(base_cfg, overrides).replace(checkpoint_dir=None, logdir=None,
                                                  metrics_out=None, resume=None)
-        m = train(cfg, splits, progress=False, callbacks=callbacks)
+        recorder = TrialRecorder(out_dir, index, overrides, cfg)
+        m = train(cfg, splits, progress=False, callbacks=[recorder, *callbacks])
     except (DivergenceError, ValueError) as e:
+        if recorder is not None:
+            recorder.close()
         return record_error(out_dir, index, overrides, e)
-    return record_trial(out_dir, index, overrides, cfg, m)
+    return recorder.finish(m)
 
 
 def _lane(config, base: TrainConfig, splits_ref, out_dir: str, queue):

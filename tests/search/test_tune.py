@@ -1,4 +1,6 @@
 """Searches on Ray Tune and their results on disk."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -60,7 +62,7 @@ def test_pending_resumes_only_the_same_search(tmp_path):
     assert results.pending(trials, tmp_path, resume=False) == list(enumerate(trials))
     d = tmp_path / "trials" / "0001"
     d.mkdir(parents=True)
-    results._write_result(d, 1, {"lr": 0.5}, {"valid_accuracy": 0.9})
+    results._write_json(d / "result.json", 1, {"lr": 0.5}, {"valid_accuracy": 0.9})
     assert results.pending(trials, tmp_path, resume=True) == [(0, trials[0]), (2, trials[2])]
     with pytest.raises(ValueError, match="already holds the results of 1 trials"):
         results.pending(trials, tmp_path, resume=False)
@@ -76,11 +78,40 @@ def test_search_with_asha_reports_every_trial(tmp_path, ray_session, capsys):
     out = tmp_path / "s"
     assert cli.main(["-q", "search", "--dataset", "idx", "--data-dir", str(data),
                      "--layers", "64,8,4", "--epochs", "4", "--batch-size", "20",
-                     "--random", "lr=loguniform:0.01:1", "--samples", "3", "--asha",
-                     "--out", str(out)]) == 0
+                     "--random", "lr=loguniform:0.01:1", "--samples", "6", "--asha",
+                     "--epochs", "8", "--out", str(out)]) == 0
     import pandas as pd
     table = pd.read_csv(out / "results.csv")
-    assert len(table) == 3 and table["lr"].between(0.01, 1).all()
+    assert len(table) == 6 and table["lr"].between(0.01, 1).all()
+    # every trial, stopped early by ASHA or not, has its model and its learning curves
+    assert table["trial_dir"].notna().all()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from distnn.io import checkpoint as ckpt
+    for _, row in table.iterrows():
+        final = ckpt.load(Path(row["trial_dir"]) / "final")
+        assert len(final.meta["history"]) == row["epochs_trained"]
+        acc = EventAccumulator(str(out / "tensorboard" / Path(row["trial_dir"]).name))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("valid/accuracy")] == \
+            list(range(row["epochs_trained"]))
+
+
+def test_ties_go_to_the_lower_validation_cost(tmp_path):
+    import json
+    from types import SimpleNamespace
+    from distnn.core.network import Network
+    from distnn.train.checkpointing import save_model
+    cfg = TrainConfig(dataset="idx", layers=(4, 3, 2))
+    for i, cost in enumerate((0.5, 0.2, 0.9)):          # equal accuracy, different cost
+        d = results.trial_dir(tmp_path, i)
+        save_model(d, "final", Network.from_spec(cfg.network_spec()), cfg)
+        (d / "result.json").write_text(json.dumps(
+            {"index": i, "overrides": {"lr": 0.1 * (i + 1)},
+             "final": {"valid_accuracy": 0.9, "valid_cost": cost, "epoch": 0}}))
+    from distnn.data.datasets import Split
+    empty = Split(np.zeros((0, 4), np.uint8), np.zeros(0, np.int64))
+    res = results.summarise(cfg, SimpleNamespace(test=empty), tmp_path)
+    assert res["best"] == {"lr": 0.2} and list(res["table"]["valid_cost"]) == [0.2, 0.5, 0.9]
 
 
 @pytest.mark.ray
