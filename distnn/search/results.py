@@ -77,6 +77,19 @@ def _results(out_dir: Path, name: str = "result.json") -> list[tuple[Path, dict]
             for f in sorted((out_dir / "trials").glob(f"*/{name}"))]
 
 
+def progress(out_dir: Path, monitor: str):
+    """(trials done, running, failed, best so far as (value, index, overrides) or None)."""
+    finished = {r["index"]: r for _, r in _results(out_dir)}
+    started = {r["index"]: r for _, r in _results(out_dir, "progress.json")}
+    failed = sum("error" in r["final"] for r in finished.values())
+    scored = [({**started, **finished}[i]) for i in {**started, **finished}]
+    scored = [r for r in scored if monitor in r["final"] and "error" not in r["final"]]
+    pick = max if mode(monitor) == "max" else min
+    best = pick(scored, key=lambda r: r["final"][monitor], default=None)
+    return (len(finished), len(set(started) - set(finished)), failed,
+            (best["final"][monitor], best["index"], best["overrides"]) if best else None)
+
+
 def pending(trials: list[dict], out_dir: Path, resume: bool) -> list[tuple[int, dict]]:
     """The (index, overrides) pairs still to run.  A search resumes only what it
     started: a finished result whose settings differ from this search's is an error,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 from unittest import mock
 
@@ -116,12 +117,47 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     todo = pending(trials, out_dir, resume)
     splits = splits or load(base.dataset, base.data_dir)
     started = start_ray(address, base.workers) if todo else False
+    watch = Progress(out_dir, len(trials), base.monitor)
     try:
+        watch.start()
         grid = _fit(base, todo, splits, out_dir, name, asha, resume) if todo else []
         return summarise(base, splits, out_dir, grid)
     finally:
+        watch.stop()
         if started:
             stop_ray()
+
+
+class Progress(threading.Thread):
+    """Live progress of a search, read from what its trials write (so it sees trials on
+    any node): every few seconds, when something changed, one line with the trials
+    finished, running and failed, and the best so far."""
+
+    def __init__(self, out_dir: Path, total: int, monitor: str, every: float = 5.0):
+        super().__init__(daemon=True)
+        self.out_dir, self.total, self.monitor, self.every = out_dir, total, monitor, every
+        self.halt, self.last = threading.Event(), None
+
+    def run(self):
+        while not self.halt.wait(self.every):
+            self.report()
+
+    def stop(self):
+        self.halt.set()
+        if self.is_alive():
+            self.join()
+
+    def report(self) -> str | None:
+        from .results import progress
+        done, running, failed, best = progress(self.out_dir, self.monitor)
+        line = f"search: {done}/{self.total} trials done, {running} running, {failed} failed"
+        if best:
+            line += f"; best so far {self.monitor} {best[0]:.4g} (trial {best[1]:04d}, {best[2]})"
+        if line != self.last:
+            self.last = line
+            log.info("%s", line)
+            return line
+        return None
 
 
 def _fit(base, todo, splits, out_dir, name, asha, resume):
@@ -136,7 +172,10 @@ def _fit(base, todo, splits, out_dir, name, asha, resume):
                                 callbacks=[CSVLoggerCallback(), JsonLoggerCallback()])
     make = _asha_tuner if asha else _lanes_tuner
     tuner = make(base, todo, splits, common, run_config, f"{storage}/{name}", resume)
-    with mock.patch.dict(os.environ, TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
+    # Tune's own console output goes (its box counts lanes, not configurations): distnn
+    # reports the search's progress itself (``Progress``)
+    with mock.patch.dict(os.environ, TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+                         RAY_AIR_NEW_OUTPUT="0"):
         grid = tuner.fit()
     errors = [r.error for r in grid if r.error]
     if errors:

@@ -167,3 +167,18 @@ def test_a_trial_saves_the_normaliser_of_the_examples_it_trained_on(tmp_path, op
     np.testing.assert_allclose(norm.mean, want, rtol=1e-5)
     whole = (x[:200].reshape(200, -1) / 255.0).mean(axis=0)
     assert np.abs(norm.mean - whole).max() > 0.01
+
+
+def test_live_progress_counts_trials_and_names_the_best_so_far(tmp_path):
+    import json
+    prog = tune.Progress(tmp_path, 5, "valid_accuracy")
+    assert prog.report() == "search: 0/5 trials done, 0 running, 0 failed"
+    for i, (name, acc) in enumerate((("result.json", 0.8), ("progress.json", 0.9),
+                                     ("result.json", None))):
+        d = results.trial_dir(tmp_path, i)
+        d.mkdir(parents=True)
+        final = {"valid_accuracy": acc} if acc is not None else {"error": "diverged"}
+        (d / name).write_text(json.dumps({"index": i, "overrides": {"lr": i}, "final": final}))
+    assert prog.report() == ("search: 2/5 trials done, 1 running, 1 failed; best so far "
+                             "valid_accuracy 0.9 (trial 0001, {'lr': 1})")
+    assert prog.report() is None                  # nothing changed: nothing said
