@@ -139,6 +139,7 @@ class Progress(threading.Thread):
         self.halt, self.last = threading.Event(), None
 
     def run(self):
+        self.report()
         while not self.halt.wait(self.every):
             self.report()
 
