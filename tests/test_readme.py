@@ -24,3 +24,56 @@ def test_readme_train_flags_exist():
     argv = train.split(".venv/bin/distnn ", 1)[1].split()
     args = build_parser().parse_args(argv)
     assert args.command == "train" and args.dataset == "mnist"
+
+
+def _doc_commands(path):
+    """Every ``distnn ...`` command in a Markdown file's bash blocks and table cells,
+    continuation lines joined and comments dropped."""
+    import shlex
+    text = (ROOT / path).read_text()
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            found.append(line.split("  #")[0].strip())
+    # inline: the full train commands of tables (a mention like `distnn eval` is not one)
+    found += [c for c in re.findall(r"`(distnn train [^`]+)`", text) if c.count(" --") > 2]
+    out = []
+    for line in found:
+        if "distnn " not in line or "..." in line or "[" in line:
+            continue                     # a pattern, not a command (``train ... --resume``)
+        words = shlex.split(line.split("distnn ", 1)[1].split(" > ")[0])
+        out.append(words)
+    return out
+
+
+def test_every_documented_command_parses():
+    """Each ``distnn`` command in the README and docs/RESULTS.md is accepted as written
+    (flags that exist, values of the right type, no placeholders like ``--seed S``)."""
+    from distnn.cli import build_parser
+    commands = _doc_commands("README.md") + _doc_commands("docs/RESULTS.md")
+    assert len(commands) > 30
+    for words in commands:
+        try:
+            build_parser().parse_args(words)
+        except SystemExit as e:
+            if e.code:       # --help exits 0
+                raise AssertionError(f"distnn {' '.join(words)}") from None
+
+
+def test_the_cheap_readme_commands_run_as_written(tmp_path):
+    """The README's commands that need no dataset download or long run, run by a shell
+    in an empty directory exactly as printed."""
+    import os
+    import subprocess
+    import sys
+    readme = (ROOT / "README.md").read_text()
+    cheap = ["distnn recipes", "distnn recipes show nielsen-ch3 > ch3.toml",
+             "distnn train --config ch3.toml --lr 0.25 --print-config",
+             "distnn gradcheck --layers 20,15,10 --activation tanh --batchnorm --keep-prob 0.8 "
+             "--l2 0.1", "distnn train --help"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for cmd in cheap:
+        assert cmd in readme, cmd
+        r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, (cmd, r.stderr[-2000:])
