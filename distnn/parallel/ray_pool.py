@@ -27,6 +27,7 @@ from .worker import Worker
 log = logging.getLogger(__name__)
 
 STALL_SECONDS = 5.0   # after an abort, how long the other workers get to return
+POLL_SECONDS = 0.5    # how often the driver asks for an epoch's progress
 BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -308,12 +309,12 @@ class RayPool:
 
     # -- one epoch, with recovery ----------------------------------------------------
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> list[dict]:
-        """Every worker's result for the epoch, in rank order; ``progress`` is not
-        reported from Ray workers."""
+        """Every worker's result for the epoch, in rank order; ``progress(done, total)``
+        is called about twice a second with the first worker's progress."""
         self._grow(epoch)
         failures = 0
         while True:
-            results, dead = self._attempt(epoch, schedule_state)
+            results, dead = self._attempt(epoch, schedule_state, progress)
             if not dead and len(results) < self.world:
                 # every worker alive, but some gave up waiting (a peer was unreachable
                 # for a while): the same workers, a new group, the epoch again
@@ -332,7 +333,7 @@ class RayPool:
             failures += 1
             self._recover(dead, epoch, failures)
 
-    def _attempt(self, epoch, schedule_state):
+    def _attempt(self, epoch, schedule_state, progress=None):
         """Run the epoch on every worker; returns (results, ranks that failed).  Once a
         worker has died or given up waiting in a collective, the others get
         ``STALL_SECONDS`` to return; one that does not is stalled (stopped, hung, cut
@@ -347,7 +348,11 @@ class RayPool:
         while pending:
             ends = [t for t in (deadline, whole) if t is not None]
             left = max(0.0, min(ends) - time.monotonic()) if ends else None
-            done, pending = ray.wait(pending, num_returns=1, timeout=left)
+            poll = left if progress is None else min(POLL_SECONDS, left or POLL_SECONDS)
+            done, pending = ray.wait(pending, num_returns=1, timeout=poll)
+            if not done and (left is None or poll < left):     # not a deadline: report
+                self._report(progress)
+                continue
             if not done:
                 stalled = [refs.index(r) for r in pending]
                 log.warning("worker(s) %s did not answer in time in epoch %d (stopped or "
@@ -369,6 +374,16 @@ class RayPool:
             self._abort()
             deadline = deadline or time.monotonic() + STALL_SECONDS
         return results, failed
+
+    def _report(self, progress) -> None:
+        """The first worker's progress, to ``progress``; a worker that does not answer
+        at once is left to the deadlines above."""
+        try:
+            done, total = self.ray.get(self.workers[0].progress.remote(), timeout=POLL_SECONDS)
+        except Exception:      # noqa: BLE001 - a progress report is never worth an error
+            return
+        if total:
+            progress(done, total)
 
     def _abort(self):
         if self.group is not None:

@@ -80,7 +80,18 @@ class Worker:
         self.engine.set_state(state)
 
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
-        return self.engine.run_epoch(epoch, schedule_state, progress)
+        """One epoch; its progress is ``progress(done, total)`` when given (in-process),
+        else kept for ``progress()`` (the driver polls a Ray actor for it)."""
+        self._progress = (0, 0)
+        return self.engine.run_epoch(epoch, schedule_state, progress or self._note)
+
+    def _note(self, done: int, total: int) -> None:
+        self._progress = (done, total)
+
+    def progress(self) -> tuple[int, int]:
+        """(examples done, examples) of the epoch running now (all workers', every
+        worker stepping through the same global batches)."""
+        return getattr(self, "_progress", (0, 0))
 
     def evaluate(self, which: str, params=None) -> tuple[float, int, int]:
         return self.engine.evaluate(which, params)
