@@ -143,13 +143,16 @@ class ProgressLogger(Callback):
         self.bar = (self.stream.isatty() and log.isEnabledFor(logging.INFO)) \
             if bar is None else bar
         self.min_interval, self._tqdm, self._seconds = min_interval, None, []
+        self._last_end = None
+
+    def on_train_begin(self, trainer):
+        self._last_end = time.monotonic()
 
     def on_progress(self, done, total, trainer):
         if not self.bar:
             return
         if self._tqdm is None:
             from tqdm import tqdm
-            self._t0 = time.monotonic()
             self._tqdm = tqdm(total=total, unit="ex", unit_scale=True, leave=False,
                               file=self.stream, mininterval=self.min_interval,
                               dynamic_ncols=True, desc=self._desc(trainer))
@@ -167,7 +170,10 @@ class ProgressLogger(Callback):
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
-            self._seconds.append(time.monotonic() - self._t0)
+        now = time.monotonic()          # whole epochs, evaluation and checkpoint included
+        if self._last_end is not None:
+            self._seconds.append(now - self._last_end)
+        self._last_end = now
         parts = [f"epoch {epoch}"]
         for k in ("batch_cost", "train_cost", "train_accuracy", "valid_cost",
                   "valid_accuracy"):

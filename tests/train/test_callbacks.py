@@ -113,6 +113,7 @@ def test_progress_logger_draws_on_a_terminal_and_logs_each_epoch(caplog):
     t.epoch, t.cfg = 3, type("Cfg", (), {"epochs": 10})()
     with caplog.at_level(logging.INFO, logger="distnn.train.callbacks"):
         cb = ProgressLogger(stream=out, min_interval=0.0)
+        cb.on_train_begin(t)
         cb.on_progress(50, 100, t)
         assert "epoch 3/9" in out.getvalue() and "50%" in out.getvalue()
         assert "ex/s" in out.getvalue()                 # the rate, with the ETA
