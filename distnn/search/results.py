@@ -45,7 +45,8 @@ class TrialRecorder(Callback):
                              if not isinstance(v, (list, dict))},
                             {f"hparam/{k}": final.get(k) for k in ("valid_accuracy",
                                                                    "train_accuracy",
-                                                                   "valid_cost")})
+                                                                   "valid_cost")},
+                            step=len(m["history"]) - 1)      # beside the last epoch's
         self.close()
         return final
 
