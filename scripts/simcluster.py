@@ -111,6 +111,9 @@ class SimCluster:
             _sh("ip", "-n", ns, "addr", "add", f"{self.ips[i]}/24", "dev", "eth0")
             _sh("ip", "-n", ns, "link", "set", "eth0", "up")
             _sh("ip", "-n", ns, "link", "set", "lo", "up")
+            # a default route, as real machines have: Ray finds a node's address by the
+            # route towards 8.8.8.8 (no packet is sent); nothing leaves the bridge
+            _sh("ip", "-n", ns, "route", "add", "default", "dev", "eth0")
             if self.rate:
                 self.shape(i, self.rate)
 
@@ -245,6 +248,97 @@ class SimCluster:
         for ns in [*self.ns, self.switch]:
             _sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class SshHosts(SimCluster):
+    """Machines as a user has them before ``ray up``: ``hosts`` simulated hosts with no
+    Ray running, each with an sshd that lets in root with the public key ``key.pub``,
+    and a PID namespace and private /root, /tmp and /dev/shm of its own (so `ray stop`
+    on one stops only its processes, and one host's ~/.ray or /tmp/ray is not
+    another's).  Each host's ~/.bashrc puts this Python's bin first on PATH (Ray and its
+    CLI installed, as on the user's machines) and the synced repository (~/distnn) on
+    PYTHONPATH, and ~/.ray/auth_token holds one token for the cluster (the README's step
+    of copying the head's token).  ``client`` is one more host without sshd, for
+    `ray up` / `ray submit` / `ray job submit`, and ``files`` is a directory every host
+    sees (under /var/tmp)."""
+
+    def __init__(self, hosts: int, key: Path):
+        super().__init__(hosts + 1, 0)
+        self.client, self.key = hosts, Path(key)
+        self.files = Path(tempfile.mkdtemp(prefix=f"{self.tag}-", dir="/var/tmp"))
+
+    def __enter__(self) -> "SshHosts":
+        try:
+            self._network()
+            self.token.write_text(secrets.token_hex(32))
+            _sh("ssh-keygen", "-A")
+            Path("/run/sshd").mkdir(exist_ok=True)
+            for i in range(self.client):
+                self._start_sshd(i)
+            self._wait_for_ssh()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def command(self, host: int, argv) -> list[str]:
+        # the host's own /root and /tmp are directories under ``files`` (they outlive one
+        # command: `ray up` keeps its cluster state in /tmp/ray); this Python may live
+        # under /root (pyenv), so it is carried through
+        mine = self.files / f"h{host}"
+        for d in ("root", "tmp", "python"):
+            (mine / d).mkdir(parents=True, exist_ok=True)
+        base = Path(sys.base_prefix)
+        carry = (f"mount --bind {base} {mine}/python && " if base.is_relative_to("/root")
+                 else "")
+        back = f"mkdir -p {base} && mount --bind {mine}/python {base} && " if carry else ""
+        home = (f"{carry}mount --bind {mine}/root /root && {back}mkdir -p /root/.ssh "
+                f"/root/.ray && cp {self.key}.pub /root/.ssh/authorized_keys && cp "
+                f"{self.token} /root/.ray/auth_token && chmod 700 /root/.ssh && "
+                "printf '%s\\n' "
+                f"'export PATH={Path(sys.executable).parent}:$PATH' "
+                "'export PYTHONPATH=$HOME/distnn' 'export RAY_AUTH_MODE=token' > /root/.bashrc "
+                f"&& mount --bind {mine}/tmp /tmp && mount -t tmpfs -o size=1g tmpfs /dev/shm "
+                "&& exec \"$@\"")
+        return ["ip", "netns", "exec", self.ns[host], "unshare", "--mount", "--pid", "--fork",
+                "--mount-proc", "--propagation", "private", "sh", "-c", home, "sh",
+                *map(str, argv)]
+
+    def env(self) -> dict:
+        return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+
+    def _start_sshd(self, i: int) -> None:
+        argv = ["/usr/sbin/sshd", "-D", "-e", "-o", f"ListenAddress={self.ips[i]}",
+                "-o", "PermitRootLogin=prohibit-password", "-o", "PasswordAuthentication=no",
+                "-o", "UsePAM=no", "-o", "StrictModes=no", "-o", "PidFile=none"]
+        log = open(self.tmp / f"node{i}.log", "ab")
+        self.procs.append(subprocess.Popen(self.command(i, argv), env=self.env(), stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True))
+
+    def ssh(self, host: int, remote: str) -> list[str]:
+        return ["ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o",
+                "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o",
+                "ConnectTimeout=5", f"root@{self.ips[host]}", remote]
+
+    def _wait_for_ssh(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for i in range(self.client):
+            while True:
+                r = subprocess.run(self.command(self.client, self.ssh(i, "true")),
+                                   env=self.env(), capture_output=True, text=True, timeout=30)
+                if r.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"sshd on {self.ips[i]} did not answer: {r.stderr}")
+                time.sleep(0.5)
+
+    def run(self, host: int, argv, timeout: float = 600.0, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(host, argv), env=self.env(), timeout=timeout,
+                              capture_output=True, text=True, **kw)
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self.files, ignore_errors=True)
 
 
 def main(argv=None) -> int:
