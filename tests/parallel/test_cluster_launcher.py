@@ -78,7 +78,7 @@ def test_ray_up_submit_job_submit_down_as_the_readme_says(tmp_path):
                         time.monotonic() > deadline:
                     break
                 time.sleep(1)
-            assert all(n <= {"sh", "sshd", "unshare"} for n in names), names
+            assert all(n <= {"sh", "sshd", "unshare"} for n in names), (names, _cmdlines(h))
             took = time.monotonic() - deadline + 180
     finally:
         shutil.rmtree(key.parent, ignore_errors=True)
@@ -92,3 +92,16 @@ def _names(ns: str) -> set[str]:
                           text=True).stdout.split()
     return {Path(f"/proc/{p}/comm").read_text().strip() for p in pids
             if Path(f"/proc/{p}/comm").exists()}
+
+
+def _cmdlines(h) -> list[str]:
+    out = []
+    for ns in h.ns:
+        for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                text=True).stdout.split():
+            try:
+                out.append(Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")
+                           .decode()[:160])
+            except OSError:
+                pass
+    return out
