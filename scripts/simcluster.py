@@ -286,26 +286,37 @@ class SshHosts(SimCluster):
         # command: `ray up` keeps its cluster state in /tmp/ray); this Python may live
         # under /root (pyenv), so it is carried through
         mine = self.files / f"h{host}"
-        for d in ("root", "tmp", "python"):
+        for d in ("root", "tmp"):
             (mine / d).mkdir(parents=True, exist_ok=True)
-        base = Path(sys.base_prefix)
-        carry = (f"mount --bind {base} {mine}/python && " if base.is_relative_to("/root")
-                 else "")
-        back = f"mkdir -p {base} && mount --bind {mine}/python {base} && " if carry else ""
-        home = (f"{carry}mount --bind {mine}/root /root && {back}mkdir -p /root/.ssh "
+        carry, back = "", ""
+        for k, path in enumerate(self._kept()):
+            (mine / f"keep{k}").mkdir(exist_ok=True)
+            carry += f"mount --bind {path} {mine}/keep{k} && "
+            back += f"mkdir -p {path} && mount --bind {mine}/keep{k} {path} && "
+        home = (f"{carry}mount --bind {mine}/root /root && mount --bind {mine}/tmp /tmp && "
+                f"{back}mkdir -p /root/.ssh "
                 f"/root/.ray && cp {self.key}.pub /root/.ssh/authorized_keys && cp "
                 f"{self.token} /root/.ray/auth_token && chmod 700 /root/.ssh && "
                 "printf '%s\\n' "
                 f"'export PATH={Path(sys.executable).parent}:$PATH' "
                 "'export PYTHONPATH=$HOME/distnn' 'export RAY_AUTH_MODE=token' > /root/.bashrc "
-                f"&& mount --bind {mine}/tmp /tmp && mount -t tmpfs -o size=1g tmpfs /dev/shm "
-                "&& exec \"$@\"")
+                "&& mount -t tmpfs -o size=1g tmpfs /dev/shm && exec \"$@\"")
         return ["ip", "netns", "exec", self.ns[host], "unshare", "--mount", "--pid", "--fork",
                 "--mount-proc", "--propagation", "private", "sh", "-c", home, "sh",
                 *map(str, argv)]
 
     def env(self) -> dict:
         return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+
+    def _kept(self) -> list[Path]:
+        """What the hosts must still see under their private /root and /tmp: this
+        Python (pyenv lives in /root), its environment and the repository (a CI clone
+        may be in /tmp), and the token (copied before /tmp is replaced, but kept too)."""
+        paths = [Path(sys.base_prefix), Path(sys.prefix), Path(__file__).resolve().parents[1],
+                 self.tmp]
+        paths = [p for p in dict.fromkeys(paths)
+                 if p.is_relative_to("/root") or p.is_relative_to("/tmp")]
+        return [p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)]
 
     def _start_sshd(self, i: int) -> None:
         argv = ["/usr/sbin/sshd", "-D", "-e", "-o", f"ListenAddress={self.ips[i]}",

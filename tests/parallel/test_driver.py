@@ -130,10 +130,10 @@ def test_gives_up_after_max_failures(ray_session, splits):
         def on_epoch_end(self, epoch, logs, trainer):
             orig = trainer.pool._attempt
 
-            def attempt(e, schedule_state):
+            def attempt(e, schedule_state, progress=None):
                 for pid in trainer.worker_pids()[1:]:
                     threading.Timer(0.02, os.kill, (pid, signal.SIGKILL)).start()
-                return orig(e, schedule_state)
+                return orig(e, schedule_state, progress)
             trainer.pool._attempt = attempt
     with pytest.raises(WorkerFailure, match=r"epoch 1 failed 2 times in a row .* epoch \(0\)"):
         train(cfg(max_failures=1, epochs=2, batch_size=2), splits, callbacks=[KillAlways()])
