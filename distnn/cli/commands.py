@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .flags import config_from_args
+from .flags import config_from_args, print_config
 
 
 def cmd_train(args) -> int:
@@ -16,8 +16,7 @@ def cmd_train(args) -> int:
     from ..parallel.driver import Interrupted
     from ..train.records import DivergenceError
     cfg = config_from_args(args)
-    if args.print_config:
-        print(cfg.to_toml(), end="")
+    if print_config(args, cfg):
         return 0
     try:
         m = fit(cfg)

@@ -173,6 +173,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def print_config(args, cfg: TrainConfig) -> bool:
+    """``--print-config``: print the settings as TOML; True when the command should stop."""
+    if getattr(args, "print_config", False):
+        print(cfg.to_toml(), end="")
+        return True
+    return False
+
+
 def read_toml(path) -> dict:
     try:
         with open(path, "rb") as f:

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from ..io.files import check_file_target
-from .flags import config_from_args
+from .flags import config_from_args, print_config
 
 
 def cmd_search(args) -> int:
     from .. import recipes
     from ..search import space, tune
     cfg = config_from_args(args)
+    if print_config(args, cfg):
+        return 0
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a file; give a directory for the results")
     grid, rand = list(args.grid), list(args.random)
@@ -51,6 +53,8 @@ def cmd_lr_find(args) -> int:
     from ..data import load
     from ..search.lr_find import find_lr
     cfg = config_from_args(args).replace(epochs=args.find_epochs)
+    if print_config(args, cfg):
+        return 0
     if args.plot:
         from ..io.plot import check_available
         check_available()
