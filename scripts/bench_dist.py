@@ -190,7 +190,6 @@ def main(argv=None) -> int:
                    help="interleaved repeats of the 1-vs-2 comparisons (medians reported)")
     p.add_argument("--write", metavar="BENCHMARKS.md")
     args = p.parse_args(argv)
-    import ray
     from distnn.parallel.ray_pool import start_ray, stop_ray
     data = splits(args.examples)
     ceiling = hardware_ceiling(256, args.examples, args.epochs, args.rounds)

@@ -14,9 +14,10 @@ A checkpoint is a directory ``CKPT_DIR/epoch-0007/`` holding
                        JSON), so an edited meta.json is refused, not trusted.
 
 Writes go to a hidden temporary directory that is fsynced and renamed into place, and
-``CKPT_DIR/latest`` (first line: the newest complete checkpoint's directory name; second:
-``meta.json sha256 HEX``, the hash its meta.json must have) is replaced atomically after that, so a crash at any moment
-leaves the previous checkpoint loadable.  ``latest`` may only name a directory inside
+``CKPT_DIR/latest`` (first line: the newest complete checkpoint's directory name;
+second: ``meta.json sha256 HEX``, the hash its meta.json must have) is replaced
+atomically after that, so a crash at any moment leaves the previous checkpoint
+loadable; ``CKPT_DIR/best`` names the best one the same way.  ``latest`` may only name a directory inside
 ``CKPT_DIR``; symbolic links are refused everywhere.
 """
 from __future__ import annotations
@@ -131,10 +132,12 @@ def meta_checksum(meta: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def save(root, name: str, tensors: dict, optimizer: dict, meta: dict) -> Path:
-    """Write checkpoint ``root/name`` atomically and point ``root/latest`` at it.  A write
-    that fails (a full disk) raises ``OutputError`` and leaves the previous checkpoint and
-    ``latest`` as they were, with no temporary file behind."""
+def save(root, name: str, tensors: dict, optimizer: dict, meta: dict,
+         pointers: tuple[str, ...] = ("latest",)) -> Path:
+    """Write checkpoint ``root/name`` atomically and point ``root/latest`` (and the other
+    ``pointers``, e.g. "best") at it.  A write that fails (a full disk) raises
+    ``OutputError`` and leaves the previous checkpoint and pointers as they were, with
+    no temporary file behind."""
     root = Path(root)
     if not NAME.match(name):
         raise ValueError(f"checkpoint name {name!r} must be a plain directory name")
@@ -148,7 +151,8 @@ def save(root, name: str, tensors: dict, optimizer: dict, meta: dict) -> Path:
         tmp.mkdir()
         meta_hash = _write_files(tmp, tensors, optimizer, meta)
         _install(root, name, tmp)
-        _write_pointer(root, name, meta_hash)
+        for pointer in pointers:
+            _write_pointer(root, name, meta_hash, pointer)
     except OSError as e:
         raise OutputError(f"could not write checkpoint {final}: {describe(e)}") from None
     finally:
@@ -190,15 +194,6 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"cannot write {type(o).__name__} to meta.json")
-
-
-def mark_best(root, name: str) -> None:
-    """Point ``root/best`` at checkpoint ``name`` (already saved), as ``latest`` is."""
-    root = Path(root)
-    try:
-        _write_pointer(root, name, _sha256(root / name / "meta.json"), "best")
-    except OSError as e:
-        raise OutputError(f"could not write {root / 'best'}: {describe(e)}") from None
 
 
 def _pointer(root: Path, pointer: str = "latest") -> tuple[Path, str | None]:

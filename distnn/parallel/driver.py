@@ -217,11 +217,10 @@ def release(locks) -> None:
 
 
 class Interrupted(RuntimeError):
-    """The user stopped the run (Ctrl-C); ``epoch`` is the epoch it was in."""
+    """The user stopped the run (Ctrl-C) in epoch ``epoch``."""
 
     def __init__(self, epoch: int, epochs: int):
         super().__init__(f"stopped at epoch {epoch} of {epochs}")
-        self.epoch = epoch
 
 
 def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = True,

@@ -96,6 +96,8 @@ def _token_mode() -> None:
         from ray._raylet import Config
         os.environ["RAY_AUTH_MODE"] = "token"
         Config.initialize("")      # Ray caches the mode: re-read it (as ray.init does)
+
+
 def start_ray(address: str | None, workers: int, may_wait: bool = False) -> bool:
     """Join ``address`` (auto or HOST:PORT) or start a local Ray bound to 127.0.0.1.
     Returns True if this call started Ray (and so should shut it down).  Too few CPUs

@@ -27,7 +27,7 @@ def _splits(splits_ref):
 
 
 def _run_one(index: int, overrides: dict, base_cfg: TrainConfig, splits, out_dir: Path,
-             callbacks=()) -> dict:
+             callbacks=(), stoppable: bool = False) -> dict:
     """Train one configuration and record it in ``out_dir/trials/NNNN``: the final model,
     ``result.json`` and the hparams for TensorBoard.  A run that diverges, or whose
     settings are invalid, is recorded with its error (and its last good epoch) instead
@@ -38,7 +38,7 @@ def _run_one(index: int, overrides: dict, base_cfg: TrainConfig, splits, out_dir
     try:
         cfg = apply(base_cfg, overrides).replace(checkpoint_dir=None, logdir=None,
                                                  metrics_out=None, resume=None)
-        recorder = TrialRecorder(out_dir, index, overrides, cfg)
+        recorder = TrialRecorder(out_dir, index, overrides, cfg, stoppable)
         m = train(cfg, splits, progress=False, callbacks=[recorder, *callbacks])
     except (DivergenceError, ValueError) as e:
         if recorder is not None:
@@ -78,7 +78,7 @@ def _trial(config, base: TrainConfig, splits_ref, out_dir: str):
     index, overrides = config["trial"]
     if not (trial_dir(out_dir, index) / "result.json").exists():
         _run_one(index, overrides, base, _splits(splits_ref), Path(out_dir),
-                 callbacks=[Report()])
+                 callbacks=[Report()], stoppable=True)
 
 
 def cost(cfg: TrainConfig, n_train: int) -> float:
@@ -109,7 +109,6 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     left, so no slot idles while another still has a backlog and Tune's per-trial
     overhead is paid once per lane.  With it, each configuration is its own Tune trial
     and reports every epoch for the scheduler to act on."""
-    import ray
     from ..data.datasets import load
     from ..parallel.ray_pool import start_ray, stop_ray
     out_dir = Path(out).resolve()

@@ -140,10 +140,10 @@ class Checkpointing(Callback):
                                "by (seed, epoch, example index); no stateful RNG"},
                 **scalars}
         name = f"epoch-{epoch:04d}"
-        ckpt.save(self.root, name, tensors, slots, meta)
         self._track(logs, name)
-        if self.best is not None and self.best[1] == name:
-            ckpt.mark_best(self.root, name)
+        best = self.best is not None and self.best[1] == name
+        ckpt.save(self.root, name, tensors, slots, meta,
+                  ("latest", "best") if best else ("latest",))
         ckpt.prune(self.root, self.keep_last, {self.best[1]} if self.best else set())
 
 
