@@ -124,7 +124,8 @@ def main(argv=None) -> int:
              f"{med([p['startup'] for p, _ in rounds]):.1f} s)"],
             ["the same trials one after another, in process, each recorded as the search "
              "does", f"{med([s['wall'] for _, s in rounds]):.1f} s"],
-            ["... of which training (per-epoch recording included)", f"{med([s['train'] for _, s in rounds]):.1f} s"],
+            ["... of which training (per-epoch recording included)",
+             f"{med([s['train'] for _, s in rounds]):.1f} s"],
             ["**ratio**, parallel / sequential (target <= 0.6)",
              f"**{med(ratio):.2f}** ({each(ratio)})"],
             ["ratio without Ray start-up", f"{med(no_start):.2f} ({each(no_start)})"],
