@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from .core import activations, costs, init, optim, regularizers, schedules
 from .core.network import NetworkSpec
 from .data.augment import parse_spec
-from .data.datasets import DATASETS
+from .data.datasets import DATASETS, known
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class TrainConfig:
     merge_valid: bool = False
     standardize: bool = False
     augment: str = "none"
+    label_column: str = "label"
+    feature_columns: str = ""
+    split_column: str | None = None
+    split: str = "80/10/10"
+    shard_memory: int | None = None
     # network
     layers: tuple[int, ...] = (784, 30, 10)
     activation: str = "sigmoid"
@@ -89,6 +94,13 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    def data_options(self):
+        """How a Parquet dataset's columns and splits are read (``data.parquet``)."""
+        from .data.parquet import Options
+        return Options(self.label_column, tuple(c.strip() for c in self.feature_columns
+                                                .split(",") if c.strip()),
+                       self.split_column, parse_split(self.split))
 
     def network_spec(self) -> NetworkSpec:
         """The network this run trains (the one spec a Network is built from)."""
@@ -190,8 +202,8 @@ def check_types(c: TrainConfig) -> None:
 
 def validate(c: TrainConfig) -> None:
     """Raise ValueError naming the first bad value and what was expected."""
-    _require(c.dataset in DATASETS, f"unknown dataset {c.dataset!r}; expected one of "
-             f"{list(DATASETS)}")
+    _require(known(c.dataset), f"unknown dataset {c.dataset!r}; expected one of "
+             f"{list(DATASETS)} or parquet:PATH_OR_URI")
     _validate_network(c)
     _validate_optimisation(c)
     _validate_run(c)
@@ -236,6 +248,11 @@ def _validate_optimisation(c: TrainConfig) -> None:
 
 
 def _validate_run(c: TrainConfig) -> None:
+    parse_split(c.split)
+    if c.shard_memory is not None:
+        _int_at_least("shard_memory", c.shard_memory, 1)
+        _require(c.dataset.startswith("parquet:"), "shard_memory applies to a "
+                 "--dataset parquet:...; the built-in datasets are held whole")
     _int_at_least("seed", c.seed, 0)
     _int_at_least("workers", c.workers, 1)
     # the backend name is checked against the registry of backends (parallel.comm)
@@ -298,6 +315,18 @@ def parse_strength(text: str, name: str = "l2"):
         raise ValueError(f"{name} must be a number or comma-separated numbers (one per weight "
                          f"layer), got {text!r}") from None
     return vals[0] if len(vals) == 1 else vals
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """"80/10/10" -> (0.8, 0.1, 0.1): train/validation/test shares of the rows."""
+    try:
+        vals = tuple(float(p) for p in str(text).split("/"))
+    except ValueError:
+        vals = ()
+    _require(len(vals) == 3 and all(math.isfinite(v) and v >= 0 for v in vals)
+             and vals[0] > 0, f"split must be three shares TRAIN/VALID/TEST like 80/10/10 "
+             f"(train > 0), got {text!r}")
+    return tuple(v / sum(vals) for v in vals)
 
 
 def parse_layers(text: str) -> tuple[int, ...]:

@@ -124,14 +124,22 @@ def _add_gradcheck(sub) -> None:
 def _add_data(sub) -> None:
     """``distnn data``."""
     from . import commands
-    d = sub.add_parser("data", help="fetch, describe or preview a dataset",
+    d = sub.add_parser("data", help="fetch, describe, preview or convert a dataset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d.add_argument("action", choices=("fetch", "info", "preview"),
+    d.add_argument("action", choices=("fetch", "info", "preview", "convert"),
                    help="fetch: download/cache it; info: sizes, classes, pixel statistics; "
-                        "preview: a PNG of augmented training images")
-    d.add_argument("name", choices=("mnist", "fashion-mnist", "digits", "idx"),
-                   help="the dataset")
-    d.add_argument("out", nargs="?", help="output PNG (preview)")
+                        "preview: a PNG of augmented training images; convert: write it as "
+                        "Parquet for --dataset parquet:OUT")
+    d.add_argument("name", help="the dataset: mnist, fashion-mnist, digits, idx, or "
+                                "parquet:PATH_OR_URI (info, preview)")
+    d.add_argument("out", nargs="?", help="preview: the output PNG; convert: a directory "
+                   "(train/validation/test.parquet) or FILE.parquet (one file with a "
+                   "'split' column), local or a URI such as s3://bucket/mnist")
+    d.add_argument("--tabular", action="store_true",
+                   help="convert: one numeric column per pixel (p0, p1, ...) instead of an "
+                        "'image' column")
+    d.add_argument("--row-group", type=positive_int, default=4096,
+                   help="convert: rows per Parquet row group (a worker reads whole ones)")
     d.add_argument("--data-dir", default=None, help="where the dataset's files are (idx: "
                    "required)")
     d.add_argument("--json", action="store_true", help="info: print one JSON object")

@@ -65,9 +65,10 @@ def cmd_train(args) -> int:
 
 def _print_checkpoints(cfg) -> None:
     from ..io.checkpoint import CheckpointError, resolve
+    from ..io.store import local
     d = cfg.checkpoint_dir
-    try:
-        latest, best = resolve(d)[0].name, resolve(d, "best")[0].name
+    try:       # the local copy of a URI's (its stage) says the same
+        latest, best = resolve(local(d))[0].name, resolve(local(d), "best")[0].name
     except (CheckpointError, OSError):
         return
     print(f"checkpoints in {d}: latest {latest}, best {best} by {cfg.monitor}; "
@@ -83,8 +84,10 @@ def _print_resume(cfg) -> None:
               file=sys.stderr)
         return
     from ..io.checkpoint import CheckpointError, resolve
+    from ..io.store import local
     try:
-        where = f"the last checkpoint is {resolve(cfg.checkpoint_dir)[0]}"
+        name = resolve(local(cfg.checkpoint_dir))[0].name
+        where = f"the last checkpoint is {cfg.checkpoint_dir.rstrip('/')}/{name}"
     except (CheckpointError, OSError):
         print("no epoch was completed; start the run again", file=sys.stderr)
         return
@@ -117,7 +120,13 @@ def cmd_gradcheck(args) -> int:
 
 def cmd_data(args) -> int:
     from ..data import load
+    from ..data.datasets import known
+    if not known(args.name):
+        raise ValueError(f"unknown dataset {args.name!r}; expected mnist, fashion-mnist, "
+                         "digits, idx or parquet:PATH_OR_URI")
     splits = load(args.name, args.data_dir)
+    if args.action == "convert":
+        return _convert(args, splits)
     if args.action == "fetch":
         print(f"{args.name}: ready (source: {splits.source})")
         return 0
@@ -126,6 +135,7 @@ def cmd_data(args) -> int:
                 "pixel_max": splits.pixel_max}
         for part in ("train", "valid", "test"):
             s = getattr(splits, part)
+            s = s.read(0, len(s))
             info[part] = {"images": list(s.x.shape), "labels_per_class":
                           np.bincount(s.y, minlength=splits.n_classes).tolist(),
                           "mean_pixel": round(float(s.x.mean()), 3) if len(s) else None}
@@ -142,6 +152,20 @@ def cmd_data(args) -> int:
     return _preview(args, splits)
 
 
+def _convert(args, splits) -> int:
+    from ..data.parquet_write import write
+    if args.out is None:
+        raise ValueError("data convert needs an output: distnn data convert mnist "
+                         "mnist-parquet/ (or OUT.parquet, or s3://bucket/path)")
+    if args.name.startswith("parquet:"):
+        raise ValueError("the dataset is Parquet already")
+    files = write(args.out, splits, tabular=args.tabular, row_group=args.row_group)
+    sizes = ", ".join(f"{p} {len(getattr(splits, p))}" for p in ("train", "valid", "test"))
+    print(f"wrote {', '.join(files)} ({sizes} rows); train on it with: distnn train "
+          f"--dataset parquet:{args.out}")
+    return 0
+
+
 def _preview(args, splits) -> int:
     from ..data.augment import Augmenter
     from ..io.png import grid, write_png
@@ -154,7 +178,9 @@ def _preview(args, splits) -> int:
                          "training images")
     aug = Augmenter(args.augment, seed=args.seed, pixel_max=splits.pixel_max)
     idx = np.arange(args.count)
-    x = splits.train.x[idx]
+    x = splits.train.head(args.count).x
+    if x.ndim != 3:
+        raise ValueError(f"{splits.name} holds feature vectors, not images: nothing to preview")
     rows = [x.astype(np.float32) / splits.pixel_max]
     rows += [aug(x, idx, epoch) for epoch in range(args.rows)]
     tiles = np.concatenate(rows)

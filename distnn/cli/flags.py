@@ -9,8 +9,9 @@ from ..config import TrainConfig, field_names, from_mapping
 
 # flag help; the default shown comes from TrainConfig so the two cannot disagree
 HELP = {
-    "dataset": "dataset: mnist, fashion-mnist, digits, or idx (your own IDX files in "
-               "--data-dir)",
+    "dataset": "dataset: mnist, fashion-mnist, digits, idx (your own IDX files in "
+               "--data-dir), or parquet:PATH_OR_URI (a Parquet file, directory or glob, "
+               "local or s3://..., each worker reading only its shard)",
     "data_dir": "directory holding the dataset files (IDX files, mnist.pkl.gz or "
                 "digits.csv); required for --dataset idx",
     "train_size": "use only the first N training examples (e.g. 1000 to study overfitting)",
@@ -18,6 +19,20 @@ HELP = {
                    "model once the settings are chosen (no validation metrics then)",
     "standardize": "standardise inputs per pixel with training-split mean/std "
                    "(inputs are always scaled to [0, 1])",
+    "label_column": "--dataset parquet:...: the column of integer labels 0..K-1",
+    "feature_columns": "--dataset parquet:... without an 'image' column: the numeric "
+                       "feature columns, A,B,C (default: every numeric column but the label "
+                       "and the split column)",
+    "split_column": "--dataset parquet:...: a column saying train, validation or test for "
+                    "each row (default: by file name, train/validation/test in it, else "
+                    "--split)",
+    "split": "--dataset parquet:... without split files or --split-column: the "
+             "train/validation/test shares of the rows, by a hash of each row's position",
+    "shard_memory": "--dataset parquet:...: MB of examples a worker may hold; its shard is "
+                    "read a row group at a time as training visits it, the epoch "
+                    "shuffled within windows of MB/2 of examples (the same order for any "
+                    "number of workers; default: each worker holds its whole shard, "
+                    "fully shuffled)",
     "augment": "on-the-fly augmentation, e.g. rotate=15,shift=2,scale=0.1,shear=10,"
                "elastic=34:4 (ALPHA:SIGMA), flip=0.5 (left-right mirror probability, for "
                "clothing, not digits), or none",
@@ -135,7 +150,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                            default=None, help=help_)
             continue
         typ = {int: int, float: float}.get(type(default), str)
-        if name in ("train_size", "min_workers"):
+        if name in ("train_size", "min_workers", "shard_memory"):
             typ = int
         if name == "max_norm":
             typ = float
@@ -198,4 +213,9 @@ def checkpoint_config(resume: str, checkpoint_dir: str | None) -> TrainConfig:
     if source is None:
         return TrainConfig()      # validation says what is missing
     path, meta = read_meta(source)
+    from ..io.store import Remote, is_uri
+    if is_uri(source):      # read from a local copy: save to the URI itself
+        single = Remote(source).exists("meta.json")
+        return saved_config(meta, checkpoint_dir=source.rstrip("/").rsplit("/", 1)[0]
+                            if single else source.rstrip("/"))
     return saved_config(meta, checkpoint_dir=str(path.parent))

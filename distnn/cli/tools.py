@@ -3,6 +3,7 @@ lr-find, recipes and the checkpoint tools (eval, inspect, export, import, plot).
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from ..data import load
+    from ..train.data import load_splits
     from ..search.lr_find import find_lr
     cfg = config_from_args(args).replace(epochs=args.find_epochs)
     if print_config(args, cfg):
@@ -59,7 +60,7 @@ def cmd_lr_find(args) -> int:
         from ..io.plot import check_available
         check_available()
         check_file_target(args.plot, "--plot")
-    res = find_lr(cfg, load(cfg.dataset, cfg.data_dir), start=args.start, refine=args.refine,
+    res = find_lr(cfg, load_splits(cfg), start=args.start, refine=args.refine,
                   report=lambda line: print(line, flush=True))
     print(f"threshold learning rate ~ {res['threshold']:.4g} (cost no longer falls at "
           f"{res['first_failing']:.4g}); suggested --lr {res['suggested_lr']:.4g}")
@@ -91,15 +92,18 @@ def cmd_eval(args) -> int:
     from ..data import load
     from ..train.evaluate import evaluate_split, load_model
     net, norm, cfg, c = load_model(args.checkpoint, average=not args.last, prefer=args.which)
-    splits = load(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir)
+    splits = load(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir,
+                  options=cfg.data_options())
     split = getattr(splits, args.split)
-    res = {"checkpoint": str(c.path), "dataset": splits.name, "split": args.split,
+    split = split.read(0, len(split))
+    from ..io.checkpoint import shown
+    res = {"checkpoint": shown(args.checkpoint, c.path), "dataset": splits.name, "split": args.split,
            "parameters": "average" if cfg.ema and not args.last else "last",
            **evaluate_split(net, norm, split.x, split.y)}
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{c.path}: {splits.name} {args.split} ({res['examples']} examples, "
+    print(f"{res['checkpoint']}: {splits.name} {args.split} ({res['examples']} examples, "
           f"{res['parameters']} parameters)")
     print(f"accuracy {100 * res['accuracy']:.2f}%  cost {res['cost']:.4f} (the data cost, "
           "without an L1/L2 penalty)")
@@ -119,7 +123,8 @@ def cmd_inspect(args) -> int:
     n_params = sum(int(np.prod(v.shape)) for k, v in c.tensors.items()
                    if k.startswith(("dense", "bn")) and k.endswith(("weight", "bias", "gamma",
                                                                     "beta")))
-    info = {"checkpoint": str(c.path), "format": f"{c.meta['format']} v{c.meta['version']}",
+    from ..io.checkpoint import shown
+    info = {"checkpoint": shown(args.checkpoint, c.path), "format": f"{c.meta['format']} v{c.meta['version']}",
             "distnn_version": c.meta.get("distnn_version"), "epoch": c.meta["epoch"],
             "parameters": n_params, "tensors": shapes,
             "optimizer": c.meta["optimizer"], "config": c.meta["config"],
@@ -128,7 +133,7 @@ def cmd_inspect(args) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     cfg = c.meta["config"]
-    print(f"{c.path}  ({info['format']}, distnn {info['distnn_version']}, epoch "
+    print(f"{info['checkpoint']}  ({info['format']}, distnn {info['distnn_version']}, epoch "
           f"{c.meta['epoch']})")
     print(f"network    {cfg.get('layers')}  {cfg.get('activation')} hidden, "
           f"{cfg.get('output')} output, {cfg.get('cost')}  ({n_params:,} parameters, "
@@ -165,14 +170,20 @@ def cmd_export(args) -> int:
                          ".json (network2), or give --format")
     check_file_target(args.out, "OUT")
     net, norm, _, c = load_model(args.checkpoint, prefer=args.which)
-    if fmt == "network2-json":
-        if norm.mean is not None:
-            raise ValueError("this model standardises its inputs, which network2.py cannot "
-                             "do; export it as .npz or .onnx")
-        network2.export(net, args.out)
-    else:
-        (export.to_npz if fmt == "npz" else export.to_onnx)(net, norm, args.out)
-    print(f"wrote {args.out} ({fmt}) from {c.path}")
+    if fmt == "network2-json" and norm.mean is not None:
+        raise ValueError("this model standardises its inputs, which network2.py cannot "
+                         "do; export it as .npz or .onnx")
+    from ..io.checkpoint import shown
+    from ..io.store import is_uri, write_bytes
+    with tempfile.TemporaryDirectory(prefix="distnn-export-") as tmp:
+        out = Path(tmp) / Path(args.out).name if is_uri(args.out) else args.out
+        if fmt == "network2-json":
+            network2.export(net, out)
+        else:
+            (export.to_npz if fmt == "npz" else export.to_onnx)(net, norm, out)
+        if is_uri(args.out):       # written here, then put there whole
+            write_bytes(args.out, Path(out).read_bytes())
+    print(f"wrote {args.out} ({fmt}) from {shown(args.checkpoint, c.path)}")
     return 0
 
 

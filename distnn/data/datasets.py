@@ -39,6 +39,20 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.x.shape
+
+    def read(self, lo: int, hi: int) -> "Split":
+        """Examples lo..hi-1 (as ``ParquetSplit.read``, for a split held in memory)."""
+        return Split(self.x[lo:hi], self.y[lo:hi])
+
+    def head(self, n: int) -> "Split":
+        return self.read(0, n)
+
+    def chunks(self):
+        yield self
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -48,11 +62,14 @@ class Splits:
     test: Split
     n_classes: int
     source: str = ""
-    pixel_max: int = 255              # the value that means "full ink" (16 for digits)
+    pixel_max: float = 255            # the value that means "full ink" (16 for digits)
 
     def merged(self) -> "Splits":
         """The validation split appended to the training split (and left empty): the
         data for a final model once the settings have been chosen on validation."""
+        if not isinstance(self.train, Split):     # read on demand: join the row lists
+            return replace(self, train=self.train.concat(self.valid),
+                           valid=self.valid.head(0))
         empty = Split(self.valid.x[:0], self.valid.y[:0])
         train = Split(np.concatenate([self.train.x, self.valid.x]),
                       np.concatenate([self.train.y, self.valid.y]))
@@ -307,9 +324,11 @@ def load_custom_idx(data_dir) -> Splits:
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, *,
-         mirrors: tuple[str, ...] | None = None) -> Splits:
-    """Load ``name`` ("mnist", "fashion-mnist", "digits", or "idx" for your own IDX
-    files in ``data_dir``) as train/valid/test splits.
+         mirrors: tuple[str, ...] | None = None, options=None) -> Splits:
+    """Load ``name`` ("mnist", "fashion-mnist", "digits", "idx" for your own IDX
+    files in ``data_dir``, or "parquet:URI" with ``options``, a ``parquet.Options``)
+    as train/valid/test splits.  A Parquet dataset is not read here: its splits are
+    ``ParquetSplit``s that read the rows asked for.
 
     Images are uint8 (N, H, W); labels int64 (N,).  MNIST and Fashion-MNIST keep the
     last 10,000 training images for validation (50k / 10k / 10k, as in Nielsen's
@@ -325,7 +344,15 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *,
         return load_digits(data_dir)
     if name == "idx":
         return load_custom_idx(data_dir)
+    if name.startswith("parquet:"):
+        from .parquet import Options
+        from .parquet_open import open_parquet
+        return open_parquet(name[len("parquet:"):], options or Options())
     raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
 
 
 DATASETS = ("mnist", "fashion-mnist", "digits", "idx")
+
+
+def known(name: str) -> bool:
+    return name in DATASETS or (name.startswith("parquet:") and len(name) > len("parquet:"))

@@ -37,6 +37,16 @@ def train_valid_test_split(x, y, fractions=(0.6, 0.2, 0.2), *, seed: int = 0):
     return tuple((x[p], y[p]) for p in parts)
 
 
+def _merge(n: int, mean, m2, flat: np.ndarray):
+    """Chan et al.'s update of (count, mean, summed squared deviations) with ``flat``."""
+    k = len(flat)
+    cm = flat.mean(axis=0)
+    cm2 = ((flat - cm) ** 2).sum(axis=0)
+    delta = cm - mean
+    total = n + k
+    return total, mean + delta * (k / total), m2 + cm2 + delta ** 2 * (n * k / total)
+
+
 @dataclass
 class Normalizer:
     """Maps uint8 images (N, H, W) or (N, D) to float (N, D) inputs."""
@@ -55,6 +65,26 @@ class Normalizer:
             norm.std = flat.std(axis=0).astype(np.float32)
         return norm
 
+    @classmethod
+    def fit_stream(cls, chunks, pixel_max=255.0, standardize=False, eps=1e-3) -> "Normalizer":
+        """As ``fit``, from the training split one chunk (N_i, ...) at a time (a Parquet
+        dataset's row groups): per-feature count, mean and squared deviations are
+        merged chunk by chunk (Chan et al.), so no more than a chunk is held."""
+        norm = cls(float(pixel_max), eps=eps)
+        if not standardize:
+            return norm
+        n, mean, m2 = 0, 0.0, 0.0
+        for c in chunks:
+            for s in range(0, len(c.x), 512):      # float64 copies of 512 rows at most
+                n, mean, m2 = _merge(n, mean, m2, np.asarray(
+                    c.x[s:s + 512], np.float64).reshape(-1, int(np.prod(c.x.shape[1:]))) /
+                    pixel_max)
+        if n == 0:
+            raise ValueError("cannot standardise: the training split is empty")
+        norm.mean = np.asarray(mean, np.float32)
+        norm.std = np.sqrt(m2 / n).astype(np.float32)
+        return norm
+
     def __call__(self, x, dtype=np.float32, out=None) -> np.ndarray:
         flat = np.asarray(x).reshape(len(x), -1)
         if out is None:
@@ -66,6 +96,10 @@ class Normalizer:
         return out
 
     def tensors(self) -> dict[str, np.ndarray]:
+        """What a checkpoint keeps: the standardisation, and a full-ink value other than
+        255 (a Parquet dataset's: 1 for features and float pixels)."""
+        out = {} if self.pixel_max == 255.0 else {
+            "input.pixel_max": np.array([self.pixel_max], np.float32)}
         if self.mean is None:
-            return {}
-        return {"input.mean": self.mean, "input.std": self.std}
+            return out
+        return {**out, "input.mean": self.mean, "input.std": self.std}

@@ -80,7 +80,15 @@ def claim(root, flag: str, *, used, clear, resume: bool, overwrite: bool) -> Dir
 
 def check_file_target(path, flag: str) -> None:
     """Before training: ``path`` can be written as a file (its directory can be made, it
-    is not a directory), so a run never learns that at its end."""
+    is not a directory), so a run never learns that at its end.  A URI: its store is
+    reached (credentials, endpoint, bucket), and it is not a directory there."""
+    from .store import Remote, is_uri
+    if is_uri(path):
+        parent, name = str(path).rstrip("/").rsplit("/", 1)
+        if Remote(str(path)).files():
+            raise ValueError(f"{flag} {path} is a directory; give a file name")
+        Remote(parent).exists(name)
+        return
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{flag} {p} is a directory; give a file name")
@@ -95,7 +103,12 @@ def check_file_target(path, flag: str) -> None:
 
 def write_text_atomic(path, text: str) -> None:
     """Write ``path`` through a temporary file renamed into place: the old content stays
-    whole if the write fails; the temporary file never stays behind."""
+    whole if the write fails; the temporary file never stays behind.  A URI is written
+    with one put (atomic on object stores)."""
+    from .store import is_uri, write_bytes
+    if is_uri(path):
+        write_bytes(str(path), text.encode())
+        return
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:

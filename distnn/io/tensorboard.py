@@ -47,6 +47,18 @@ def clear_events(logdir) -> None:
         p.unlink()
 
 
+def used_event_names(names: list[str]) -> str | None:
+    """``used_events`` for the file names at a URI."""
+    n = sum(1 for x in names if x.rsplit("/", 1)[-1].startswith("events.out.tfevents"))
+    return f"{n} TensorBoard event file{'s' if n > 1 else ''}" if n else None
+
+
+def clear_remote_events(remote, names: list[str]) -> None:
+    for x in names:
+        if x.rsplit("/", 1)[-1].startswith("events.out.tfevents"):
+            remote.delete(x)
+
+
 class RunWriter:
     """Scalars, histograms, text, images and hparams for one run directory.
     ``purge_step``: a resumed run's first epoch; TensorBoard then hides what an earlier

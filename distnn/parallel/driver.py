@@ -7,27 +7,28 @@ training loop itself is ``train.Engine``, inside every worker.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 from ..config import TrainConfig
 from ..core import regularizers, schedules
 from ..core.network import Network
 from ..core.schedules import HalveOnPlateau
-from ..data.datasets import Splits, load
+from ..data.datasets import Split, Splits
 from ..train.batches import Batches
 from ..train.callbacks import EarlyStopping, PlateauSchedule, ProgressLogger
-from ..train.data import TrainingData, prepare
+from ..train.data import TrainingData, load_splits, prepare
 from ..train.diagnosis import from_history
 from ..train.evaluate import cost_and_accuracy, measure
 from ..train.records import (DivergenceError, all_finite, diverged_message, epoch_logs,
                              model_params, write_json)
 from . import comm
 from .pools import open_pool
+from .worker import memory
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,9 @@ class Driver:
 
     def evaluate(self, which: str) -> tuple[float, float]:
         """(cost + penalty, accuracy) of "train", "valid" (the workers, each on its part)
-        or "test" (here), with the parameters the run is evaluated with."""
-        if which == "test":
+        or "test" (here, unless the workers read it a shard each), with the parameters
+        the run is evaluated with."""
+        if which == "test" and isinstance(self.data.splits.test, Split):
             d = self.data
             parts = [measure(self.net, Batches(d.splits.test, d.normalizer, None,
                                                self.net.dtype), 0, len(d.splits.test))]
@@ -167,41 +169,55 @@ def run_callbacks(cfg: TrainConfig, schedule) -> list:
 def attach_outputs(driver: Driver, cfg: TrainConfig) -> None:
     """TensorBoard logging, checkpointing and resume, as the config asks; the
     checkpoint callback goes last so it captures the other callbacks' decisions."""
+    from ..io.store import local
     from ..train.checkpointing import Checkpointing, epoch_state_loader, resume
     d = driver.data
     if cfg.resume:
-        resume(driver, cfg, cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume)
+        resume(driver, cfg, resume_source(cfg))
     if cfg.logdir:
         from ..train.tensorboard import TensorBoard
         driver.callbacks.append(TensorBoard(cfg.logdir, cfg, d.splits, d.augmenter))
     if cfg.checkpoint_dir:
         driver.callbacks.append(Checkpointing(cfg.checkpoint_dir, cfg, d.normalizer,
                                               cfg.keep_last, cfg.monitor, mode_of(cfg.monitor)))
-        driver.state_loader = epoch_state_loader(cfg.checkpoint_dir, driver.net)
+        driver.state_loader = epoch_state_loader(local(cfg.checkpoint_dir), driver.net)
 
 
 def claim_outputs(cfg: TrainConfig) -> list:
     """Before any work: the checkpoint and log directories become this run's (locked;
-    another run's refused unless --resume or --overwrite), and the metrics file is
-    checked to be writable.  Returns the locks to release at the end."""
+    another run's refused unless --resume or --overwrite; for a URI, its local stage is
+    locked and the URI checked), and the metrics file is checked to be writable.  A run
+    resuming from a URI downloads the checkpoint into the stage.  Returns the locks to
+    release at the end."""
     from ..io import checkpoint as ckpt
+    from ..io import store
+    from ..io import tensorboard as tb
     from ..io.files import check_file_target, claim, write_text_atomic
-    from ..io.tensorboard import clear_events, used_events
     if cfg.metrics_out:
         check_file_target(cfg.metrics_out, "--metrics-out")
     locks = []
+    kinds = {cfg.checkpoint_dir: ("--checkpoint-dir", ckpt.used, ckpt.clear, ckpt.used_names,
+                                  ckpt.clear_remote),
+             cfg.logdir: ("--logdir", tb.used_events, tb.clear_events, tb.used_event_names,
+                          tb.clear_remote_events)}
     try:
+        for d in (cfg.checkpoint_dir, cfg.logdir):
+            if not d:
+                continue
+            flag, used, clear, used_remote, clear_remote = kinds[d]
+            how = dict(resume=bool(cfg.resume), overwrite=cfg.overwrite)
+            if store.is_uri(d):
+                locks.append(store.claim_uri(d, flag, used=used_remote, clear=clear_remote,
+                                             **how))
+            else:
+                locks.append(claim(d, flag, used=used, clear=clear, **how))
         if cfg.checkpoint_dir:
-            locks.append(claim(cfg.checkpoint_dir, "--checkpoint-dir", used=ckpt.used,
-                               clear=ckpt.clear, resume=bool(cfg.resume),
-                               overwrite=cfg.overwrite))
-            ckpt.clean_leftovers(cfg.checkpoint_dir)
-        if cfg.logdir:
-            locks.append(claim(cfg.logdir, "--logdir", used=used_events, clear=clear_events,
-                               resume=bool(cfg.resume), overwrite=cfg.overwrite))
+            ckpt.clean_leftovers(store.local(cfg.checkpoint_dir))
+            if cfg.resume and store.is_uri(cfg.checkpoint_dir):
+                _fetch_resumed(cfg)
         for d in (cfg.checkpoint_dir, cfg.logdir):
             if d:        # the effective settings beside the run's outputs
-                write_text_atomic(Path(d) / "config.toml",
+                write_text_atomic(store.local(d) / "config.toml",
                                   "# the settings of this run: distnn train --config "
                                   "config.toml trains it again\n" + cfg.replace(
                                       resume=None, override=(), overwrite=False).to_toml())
@@ -209,6 +225,29 @@ def claim_outputs(cfg: TrainConfig) -> list:
         release(locks)
         raise
     return locks
+
+
+def resume_source(cfg: TrainConfig):
+    """What ``--resume`` loads: a path or URI, or for a checkpoint inside a URI
+    --checkpoint-dir, its copy in the stage (``_fetch_resumed``)."""
+    from ..io import store
+    src, d = (cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume), cfg.checkpoint_dir
+    if d and store.is_uri(d) and store.is_uri(src) and \
+            (src.rstrip("/") + "/").startswith(d.rstrip("/") + "/"):
+        return store.local(d) / src.rstrip("/")[len(d.rstrip("/")):].lstrip("/")
+    return src
+
+
+def _fetch_resumed(cfg: TrainConfig) -> None:
+    """Download the checkpoint a run resumes into its URI checkpoint directory's stage,
+    known to the mirror as already there."""
+    from ..io import checkpoint as ckpt
+    from ..io import store
+    if isinstance(resume_source(cfg), str):
+        return     # resuming from elsewhere: read from there
+    src, d = (cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume), cfg.checkpoint_dir
+    _, files = ckpt.fetch(src, into=store.local(d))
+    store.mirror(d).know(files)
 
 
 def release(locks) -> None:
@@ -229,7 +268,11 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     return the metrics dict written by ``--metrics-out``, with the trained ``network``
     and its input ``normalizer``."""
     comm.check(cfg.allreduce)
-    data = prepare(cfg, splits or load(cfg.dataset, cfg.data_dir))
+    splits = splits or load_splits(cfg)
+    if cfg.workers > 1:      # imported before the memory baseline (see _memory)
+        importlib.import_module("ray")
+    rss0 = memory()["rss"]
+    data = prepare(cfg, splits)
     check_fits(cfg)
     locks = claim_outputs(cfg)
     run_cfg = cfg     # what the run computes with; ``cfg`` is what the user asked for
@@ -251,7 +294,7 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
                  "(all-reduce: %s)", list(cfg.layers), cfg.dataset, len(data.train),
                  data.splits.source, cfg.workers, "s" if cfg.workers > 1 else "",
                  driver.backend)
-        return _finish(driver, cfg, t0)
+        return _finish(driver, cfg, t0, rss0)
     finally:
         with _no_interrupts():
             if driver is not None:
@@ -277,6 +320,18 @@ def check_fits(cfg: TrainConfig) -> None:
                          f"optimizer state; this machine has {total / 2 ** 30:.1f} GiB")
 
 
+def _memory(driver: Driver, rss0: int) -> dict:
+    """Resident memory in MiB: the driver's once the dataset is opened and the modules
+    the run needs are imported, and its peak; each worker's when it started hosting its
+    worker, and its peak (a process's peak is its whole life's: a worker in the driver's
+    process reports the driver's)."""
+    mib = 2 ** 20
+    workers = driver.pool.memory()
+    return {"driver_start_mib": rss0 / mib, "driver_peak_mib": memory()["peak"] / mib,
+            "workers": [{"start_mib": w["start"] / mib, "peak_mib": w["peak"] / mib}
+                        for w in workers]}
+
+
 class _no_interrupts:
     """Ctrl-C is ignored while the run shuts down, so a second press cannot leave workers,
     Ray processes or shared-memory files behind (main thread only)."""
@@ -291,7 +346,7 @@ class _no_interrupts:
             signal.signal(signal.SIGINT, self.old)
 
 
-def _finish(driver: Driver, cfg: TrainConfig, t0: float) -> dict:
+def _finish(driver: Driver, cfg: TrainConfig, t0: float, rss0: int = 0) -> dict:
     """Train, then measure the test split, diagnose, and write the metrics JSON; a
     stopped run (divergence, workers lost, a full disk, Ctrl-C) still writes what it
     has, then raises."""
@@ -305,13 +360,13 @@ def _finish(driver: Driver, cfg: TrainConfig, t0: float) -> dict:
     except KeyboardInterrupt:
         error = Interrupted(driver.epoch, cfg.epochs)
     with _no_interrupts():
-        metrics = _metrics(driver, cfg, t0, error)
+        metrics = _metrics(driver, cfg, t0, error, rss0)
     if error:
         raise error
     return metrics
 
 
-def _metrics(driver: Driver, cfg: TrainConfig, t0: float, error) -> dict:
+def _metrics(driver: Driver, cfg: TrainConfig, t0: float, error, rss0: int = 0) -> dict:
     from ..io.files import OutputError
     metrics = {"config": cfg.to_dict(), "history": driver.history,
                "best_epoch": driver.best_epoch, "wall_seconds": time.perf_counter() - t0,
@@ -324,6 +379,7 @@ def _metrics(driver: Driver, cfg: TrainConfig, t0: float, error) -> dict:
         metrics["test_penalty"] = driver.penalty.value(driver.net.params,
                                                        len(driver.data.train))
     metrics["diagnosis"] = from_history(driver.history, driver.best_epoch, cfg.bayes_error)
+    metrics["memory"] = _memory(driver, rss0)
     if cfg.metrics_out:
         try:
             write_json(cfg.metrics_out, metrics)

@@ -19,9 +19,11 @@ import socket
 import time
 
 from ..config import TrainConfig
+from ..data.datasets import Split
 from ..train.data import TrainingData
 from ..train.engine import merge_states
 from . import comm
+from .pools import worker_splits
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -217,8 +219,9 @@ class RayPool:
         import ray
         self.ray, self.cfg, self.world = ray, cfg, world
         self.size = size
-        valid = data.splits.valid
-        self._refs = [ray.put(a) for a in (data.train.x, data.train.y, valid.x, valid.y)]
+        # whole splits go to the object store once (workers get zero-copy views); a
+        # split read on demand travels as its small description
+        self._refs = [ray.put(s) if isinstance(s, Split) else s for s in worker_splits(data)]
         self._args = (cfg, data.normalizer)
         self._actor = ray.remote(num_cpus=1, max_concurrency=4,
                                  runtime_env={"env_vars": BLAS_ENV})(Worker)
@@ -492,6 +495,13 @@ class RayPool:
             self._fault(None, failed, "replaced during evaluation")
             self._replace(failed)
         raise WorkerFailure(f"worker(s) {failed} failed twice while evaluating {which}")
+
+    def memory(self) -> list[dict]:
+        """Each worker's resident memory: at its start, now, and at its peak (bytes), of
+        the workers that answer within --comm-timeout."""
+        got, _ = self._collect([w.memory.remote() for w in self.workers],
+                               self.cfg.comm_timeout)
+        return [got[r] for r in sorted(got)]
 
     def worker_pids(self) -> list[int]:
         return [i["pid"] for i in self._get([w.info.remote() for w in self.workers],

@@ -4,7 +4,9 @@ The same class serves a one-worker run, in the driver's process, and each Ray ac
 multi-worker run (the driver wraps it with ``ray.remote``; threaded, so ``deliver`` and
 ``abort`` run while ``run_epoch`` waits in a collective).  Its data are the whole
 training and validation splits as uint8 arrays — zero-copy views of the node's object
-store on Ray — of which it trains on its slice of every global batch.
+store on Ray — of which it trains on its slice of every global batch; or, for a dataset
+read on demand (Parquet), its shard of each split, read by the worker itself, of which it
+trains on the examples every global batch draws from it.
 """
 from __future__ import annotations
 
@@ -16,7 +18,22 @@ from ..data.datasets import Split
 from ..data.splits import Normalizer
 from ..train.batches import Batches
 from ..train.engine import Engine
+from ..train.stream import StreamedBatches
 from .comm import BACKENDS
+
+
+def memory() -> dict:
+    """{"rss": bytes resident now, "peak": the most resident so far} (Linux /proc; the
+    peak from getrusage elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            kb = {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in f)
+                  if k in ("VmRSS", "VmHWM")}
+        return {"rss": kb["VmRSS"] * 1024, "peak": kb["VmHWM"] * 1024}
+    except (OSError, KeyError, ValueError):
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {"rss": peak, "peak": peak}
 
 
 class Worker:
@@ -24,20 +41,56 @@ class Worker:
     data once, build augmented batches in a background thread)."""
 
     def __init__(self, rank: int, world: int, cfg: TrainConfig, normalizer: Normalizer,
-                 train_x, train_y, valid_x, valid_y, in_process: bool = False):
-        dtype = cfg.network_spec().dtype
-        aug = Augmenter(cfg.augment, seed=cfg.seed, pixel_max=normalizer.pixel_max)
-        train = Batches(Split(train_x, train_y), normalizer, aug, dtype, cache=in_process)
-        valid = Batches(Split(valid_x, valid_y), normalizer, None, dtype,
-                        cache=in_process) if len(valid_y) else None
+                 train, valid, test=None, in_process: bool = False):
+        self.splits = (train, valid, test)     # each a Split, a ParquetSplit, or None
+        self._how = (normalizer, Augmenter(cfg.augment, seed=cfg.seed,
+                                           pixel_max=normalizer.pixel_max),
+                     cfg.network_spec().dtype, in_process)
+        self._budget = cfg.shard_memory and cfg.shard_memory * 2 ** 20
+        if any(s is not None and not isinstance(s, Split) for s in self.splits):
+            import importlib     # pyarrow in memory before the baseline is taken
+            importlib.import_module("pyarrow.parquet")
+        self._rss0 = memory()["rss"]
         self.rank, self._handle = rank, None   # _handle: from listen, for join
-        self.engine = Engine(cfg, train, valid, rank=rank, world=world, background=in_process)
+        train, valid, test = self._batches(rank, world)
+        self.engine = Engine(cfg, train, valid, test=test, rank=rank, world=world,
+                             background=in_process)
+
+    def _batches(self, rank: int, world: int) -> tuple:
+        """Batches of the training, validation and test splits for this place: whole
+        splits held in memory, or this rank's shard of a split read on demand."""
+        norm, aug, dtype, cache = self._how
+        out = []
+        for split, a, share in zip(self.splits, (aug, None, None), (1, 8, 8)):
+            if split is None or not len(split):
+                out.append(None)
+            elif isinstance(split, Split):
+                out.append(Batches(split, norm, a, dtype, cache=cache))
+            else:
+                n = len(split)
+                lo, hi = rank * n // world, (rank + 1) * n // world
+                if self._budget:     # read as training visits it (train.stream)
+                    # evaluation reads in order: a few row groups of cache are enough
+                    out.append(StreamedBatches.of(split, lo, hi, norm, a, dtype,
+                                                  self._budget // share))
+                else:
+                    out.append(Batches(split.read(lo, hi), norm, a, dtype, cache=cache,
+                                       offset=lo, total=n))
+        return tuple(out)
+
+    def memory(self) -> dict:
+        """This process's resident memory now and at its peak, and when it started
+        hosting the worker (bytes)."""
+        return {**memory(), "start": self._rss0}
 
     def set_place(self, rank: int, world: int) -> None:
         """A new rank among a new number of workers (elastic membership); the worker
-        then joins a new group."""
+        then joins a new group.  A worker reading its own shard reads its new one."""
         self.rank = self.engine.rank = rank
         self.engine.world = world
+        if any(s is not None and not isinstance(s, Split) for s in self.splits):
+            e = self.engine
+            e.train, e.valid, e.test = self._batches(rank, world)
 
     def info(self) -> dict:
         import ray

@@ -163,7 +163,8 @@ def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
     best_cfg = apply(base, overrides)
     write_toml(out_dir / "best.toml", best_cfg)
     net, norm, _, _ = load_model(Path(best["trial_dir"]))
-    test = evaluate_split(net, norm, splits.test.x, splits.test.y) if len(splits.test) else {}
+    t = splits.test.read(0, len(splits.test))
+    test = evaluate_split(net, norm, t.x, t.y) if len(t) else {}
     summary = {"trials": len(df), "best": overrides, "best_valid": float(best[base.monitor]),
                "test_accuracy": test.get("accuracy"), "test_cost": test.get("cost"),
                "best_config": str(out_dir / "best.toml")}

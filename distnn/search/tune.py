@@ -14,6 +14,7 @@ from pathlib import Path
 from unittest import mock
 
 from ..config import TrainConfig
+from ..train.data import load_splits
 from .results import TrialRecorder, mode, pending, record_error, summarise, trial_dir
 from .space import apply
 
@@ -109,12 +110,11 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     left, so no slot idles while another still has a backlog and Tune's per-trial
     overhead is paid once per lane.  With it, each configuration is its own Tune trial
     and reports every epoch for the scheduler to act on."""
-    from ..data.datasets import load
     from ..parallel.ray_pool import start_ray, stop_ray
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = pending(trials, out_dir, resume)
-    splits = splits or load(base.dataset, base.data_dir)
+    splits = splits or load_splits(base)
     started = start_ray(address, base.workers) if todo else False
     watch = Progress(out_dir, len(trials), base.monitor)
     try:

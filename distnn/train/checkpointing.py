@@ -111,7 +111,10 @@ class Checkpointing(Callback):
     and the best by ``monitor``."""
 
     def __init__(self, root, cfg, normalizer, keep_last=3, monitor=None, mode=None):
-        self.root, self.cfg, self.normalizer = Path(root), cfg, normalizer
+        from ..io import store
+        # a URI: written to its local stage, then mirrored there after each epoch
+        self.uri = root if store.is_uri(root) else None
+        self.root, self.cfg, self.normalizer = store.local(root), cfg, normalizer
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
         self.best = None
 
@@ -144,7 +147,13 @@ class Checkpointing(Callback):
         best = self.best is not None and self.best[1] == name
         ckpt.save(self.root, name, tensors, slots, meta,
                   ("latest", "best") if best else ("latest",))
-        ckpt.prune(self.root, self.keep_last, {self.best[1]} if self.best else set())
+        keep = {self.best[1]} if self.best else set()
+        ckpt.prune(self.root, self.keep_last, keep)
+        if self.uri:
+            from ..io import store
+            store.mirror(self.uri).sync(last=ckpt.POINTERS)   # the pointers last
+            ckpt.prune_remote(store.mirror(self.uri).remote, self.keep_last,
+                              keep | ckpt.pointed(self.root))
 
 
 def resume(trainer, cfg, source) -> ckpt.Checkpoint:

@@ -31,15 +31,41 @@ def prepare(cfg: TrainConfig, splits: Splits) -> TrainingData:
     if cfg.merge_valid:
         splits = splits.merged()
     train = subset(splits.train, cfg.train_size)
-    norm = Normalizer.fit(train.x, splits.pixel_max, cfg.standardize)
+    if isinstance(train, Split):
+        norm = Normalizer.fit(train.x, splits.pixel_max, cfg.standardize)
+    else:     # read on demand: one pass, a row group at a time
+        norm = Normalizer.fit_stream(train.chunks(), splits.pixel_max, cfg.standardize)
+    check_shard_memory(cfg, train)
     aug = Augmenter(cfg.augment, seed=cfg.seed, pixel_max=splits.pixel_max)
-    if aug.spec.active and train.x.ndim == 3:
-        aug.check_images(train.x.shape[1:])
+    if aug.spec.active:
+        if len(train.shape) != 3:
+            raise ValueError(f"--augment works on images; {splits.name} holds feature "
+                             f"vectors {train.shape[1:]}: use --augment none")
+        aug.check_images(train.shape[1:])
     return TrainingData(splits, train, norm, aug)
 
 
+def check_shard_memory(cfg: TrainConfig, train) -> None:
+    """--shard-memory must hold two windows, and a window (half of it) one row group."""
+    if not cfg.shard_memory or isinstance(train, Split) or not len(train):
+        return
+    biggest = max(p.count for p in train.parts) * train.row_bytes
+    if biggest > cfg.shard_memory * 2 ** 20 // 2:
+        need = -(-2 * biggest // 2 ** 20)
+        raise ValueError(f"--shard-memory {cfg.shard_memory}: a row group of {train.layout.uri} "
+                         f"holds {biggest / 2 ** 20:.1f} MB of examples, more than a window "
+                         f"(half of it); give --shard-memory {need} or more, or write "
+                         "the data in smaller row groups (distnn data convert --row-group N)")
+
+
+def load_splits(cfg: TrainConfig, data_dir=None) -> Splits:
+    """The dataset ``cfg`` names (a Parquet one with its column and split settings)."""
+    from ..data.datasets import load
+    return load(cfg.dataset, data_dir or cfg.data_dir, options=cfg.data_options())
+
+
 def check_data(cfg: TrainConfig, splits: Splits) -> None:
-    d = int(np.prod(splits.train.x.shape[1:]))
+    d = int(np.prod(splits.train.shape[1:]))
     if cfg.layers[0] != d:
         raise ValueError(f"--layers starts with {cfg.layers[0]} inputs but {splits.name} images "
                          f"have {d} pixels; use --layers {d},...")
@@ -54,4 +80,4 @@ def subset(split: Split, n: int | None) -> Split:
         return split
     if n > len(split):
         raise ValueError(f"--train-size {n} is larger than the training split ({len(split)})")
-    return Split(split.x[:n], split.y[:n])
+    return split.head(n)

@@ -21,7 +21,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..core import optim, regularizers, schedules
 from ..core.network import Network
-from .batches import Batches, epoch_order, prefetch
+from .batches import Batches, prefetch
 from .evaluate import measure
 
 
@@ -44,13 +44,15 @@ class Engine:
     """
 
     def __init__(self, cfg: TrainConfig, train: Batches, valid: Batches | None, *,
-                 rank: int = 0, world: int = 1, background: bool = False):
+                 rank: int = 0, world: int = 1, background: bool = False,
+                 test: Batches | None = None):
         self.cfg, self.rank, self.world, self.background = cfg, rank, world, background
         self.net = net = Network.from_spec(cfg.network_spec())
         self.optimizer = optim.build(cfg)
         self.schedule = schedules.parse(cfg.schedule, cfg.lr, cfg.warmup)
         self.penalty = regularizers.Penalty(net, cfg.l1, cfg.l2)
-        self.train, self.valid, self.n_train = train, valid, len(train.y)
+        self.train, self.valid, self.test = train, valid, test
+        self.n_train = train.total
         # the gradient and, after it, the batch's summed cost: one buffer to reduce
         self.buf = np.zeros(net.params.size + 1, net.dtype)
         net.rebind_grads(self.buf)
@@ -170,12 +172,11 @@ class Engine:
 
     # -- one epoch -----------------------------------------------------------------------
     def _slices(self, order: np.ndarray):
-        """(global batch size, this replica's contiguous slice) for each batch."""
-        B, r, w = self.cfg.batch_size, self.rank, self.world
+        """(global batch size, this replica's examples of it) for each batch."""
+        B, r, w, data = self.cfg.batch_size, self.rank, self.world, self.train
         for s in range(0, len(order), B):
             g = order[s:s + B]
-            b = len(g)
-            yield b, (g if w == 1 else g[r * b // w:(r + 1) * b // w])
+            yield len(g), data.owned(g, r, w)
 
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
         """Train one epoch; return the summed cost of its batches (all replicas), the
@@ -183,7 +184,7 @@ class Engine:
         ``progress(done, total)`` is called a few hundred times at most."""
         sched, opt, cfg = self.schedule, self.optimizer, self.cfg
         sched.load_state_dict(schedule_state)
-        n = len(self.train.y)
+        n = self.n_train
         steps = math.ceil(n / cfg.batch_size)
         every = max(1, steps // 200)
         warm = sched.warmup > 0 and epoch < sched.warmup
@@ -192,7 +193,7 @@ class Engine:
         loss_total, digests, self.comm_seconds = 0.0, [], 0.0
         self.group.set_timeout(self.step_deadline())
         t0 = time.perf_counter()
-        batches = prefetch(self.train, self._slices(epoch_order(cfg.seed, epoch, n)), epoch,
+        batches = prefetch(self.train, self._slices(self.train.order(cfg.seed, epoch)), epoch,
                            threaded=self.background)
         for k, ((b, idx), x, y) in enumerate(batches):
             if warm:
@@ -237,14 +238,12 @@ class Engine:
             own[...] = held
 
     def evaluate(self, which: str, params: np.ndarray | None = None) -> tuple[float, int, int]:
-        """(summed cost, correct, count) on this replica's part of the "train" or
-        "valid" split, in eval mode, unaugmented, with ``params`` if given (the
-        parameter average)."""
-        data = self.train if which == "train" else self.valid
-        n = len(data.y)
+        """(summed cost, correct, count) on this replica's part of the "train", "valid"
+        or "test" split (test: a dataset read a shard per worker), in eval mode,
+        unaugmented, with ``params`` if given (the parameter average)."""
+        data = {"train": self.train, "valid": self.valid, "test": self.test}[which]
         with self.holding(params):
-            return measure(self.net, data, self.rank * n // self.world,
-                           (self.rank + 1) * n // self.world)
+            return measure(self.net, data, *data.part(self.rank, self.world))
 
 
 def merge_states(states: list[dict]) -> dict:

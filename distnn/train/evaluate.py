@@ -26,15 +26,22 @@ def load_model(path, average: bool = True, prefer: str = "best"
     net.params[...] = model_params(state) if average else state["params"]
     for k, v in net.named_buffers().items():
         v[...] = state["buffers"][k]
-    pixel_max = 16 if cfg.dataset == "digits" else 255
+    if "input.pixel_max" in c.tensors:
+        pixel_max = float(c.tensors["input.pixel_max"][0])
+    else:           # checkpoints from before it was recorded
+        pixel_max = 16 if cfg.dataset == "digits" else 255
     norm = Normalizer(pixel_max, c.tensors.get("input.mean"), c.tensors.get("input.std"))
     return net, norm, cfg, c
 
 
-def measure(net: Network, data, lo: int, hi: int, chunk: int = 2000) -> tuple[float, int, int]:
+def measure(net: Network, data, lo: int, hi: int, chunk: int | None = None
+            ) -> tuple[float, int, int]:
     """(summed cost, number correct, count) of examples lo..hi-1 of ``data`` (a
     ``Batches``) in eval mode: the one evaluation every worker, the driver and
-    ``distnn eval`` use.  Cost and accuracy are ``sum / count``."""
+    ``distnn eval`` use.  Cost and accuracy are ``sum / count``.  ``chunk``: examples
+    per pass, by default 2000 or fewer so that a chunk's inputs stay under 8 MiB."""
+    if chunk is None:
+        chunk = max(1, min(2000, 2 ** 23 // (net.sizes[0] * net.dtype.itemsize)))
     loss, correct = 0.0, 0
     for s in range(lo, hi, chunk):
         e = min(s + chunk, hi)

@@ -46,22 +46,27 @@ def saturation(net, x) -> dict[str, float]:
 
 class TensorBoard(Callback):
     def __init__(self, logdir: str, cfg, splits, augmenter, probe: int = 512):
+        from ..io import store
+        # a URI: written to its local stage, and the event file copied there after each
+        # epoch (the whole file: TensorBoard reading the URI lags by up to one epoch)
+        self.uri = logdir if store.is_uri(logdir) else None
+        self.local = store.local(logdir)
         self.logdir, self.cfg, self.splits, self.aug = logdir, cfg, splits, augmenter
         self.probe = probe
         self.writer = None
 
     def _probe(self, trainer):
-        s = self.splits.train
-        n = min(self.probe, len(s))
-        x = s.x[:n].reshape(n, -1).astype(trainer.net.dtype) * trainer.net.dtype.type(
+        s = self.splits.train.head(min(self.probe, len(self.splits.train)))
+        n = len(s)
+        x = s.x.reshape(n, -1).astype(trainer.net.dtype) * trainer.net.dtype.type(
             1.0 / self.splits.pixel_max)
         return x, s.y[:n]
 
     def on_train_begin(self, trainer):
-        self.writer = RunWriter(self.logdir, trainer.epoch if trainer.history else None)
+        self.writer = RunWriter(self.local, trainer.epoch if trainer.history else None)
         self.writer.text("config", "```\n" + json.dumps(self.cfg.to_dict(), indent=2) + "\n```")
         if self.aug is not None and self.aug.spec.active:
-            x = self.splits.train.x[:8]
+            x = self.splits.train.head(8).x
             rows = [x.astype(np.float32) / self.splits.pixel_max]
             rows += [self.aug(x, np.arange(8), e) for e in range(3)]
             img = np.clip(np.rint(np.concatenate(rows) * 255), 0, 255).astype(np.uint8)
@@ -82,6 +87,12 @@ class TensorBoard(Callback):
         w.histograms(epoch, {f"grads/{k}": grad[sl] for k, sl in net.slices.items()})
         w.scalars(epoch, saturation(net, x))
         w.flush()
+        self._mirror()
+
+    def _mirror(self):
+        if self.uri:
+            from ..io import store
+            store.mirror(self.uri).sync()
 
     def on_train_end(self, trainer):
         h = trainer.history
@@ -100,3 +111,4 @@ class TensorBoard(Callback):
             if d:
                 self.writer.text("diagnosis", format_diagnosis(d))
         self.writer.close()
+        self._mirror()

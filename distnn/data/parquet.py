@@ -1,0 +1,315 @@
+"""Parquet datasets (``--dataset parquet:URI``), read a shard at a time.
+
+URI is a file, a directory of ``*.parquet`` files, or a glob, on the local disk or any
+filesystem pyarrow knows (``s3://``, ``gs://``, ``hdfs://``).  Each row is an example:
+
+``label``       an integer column 0..K-1 (``--label-column``);
+``image``       if the table has this column: the image, as raw uint8 pixels
+                (``fixed_size_binary``, as ``distnn data convert`` writes: the cheapest
+                to read), a (fixed-size) list of numbers (H = W = sqrt(length), or the
+                ``distnn.shape`` schema metadata), or an encoded image ``{"bytes":
+                ...}`` as Hugging Face writes it (decoded with Pillow: ``pip install
+                distnn[images]``);
+otherwise       numeric feature columns (``--feature-columns``, default: every numeric
+                column but the label and the split column): a tabular dataset.
+
+Splits come from, in this order: a split column (``--split-column``, values ``train``,
+``validation``/``valid``/``val``, ``test``); file names (``train``, ``validation``,
+``test`` in a file's path, as Hugging Face lays datasets out; a split with no file is
+cut from the training files); or fractions of all rows (``--split``, default
+80/10/10).  Fractions use a hash of the row's position (seed 0), so they cost no read
+and do not change with ``--seed``.
+
+Nothing here reads a whole dataset: the driver reads the footers (row counts and
+label statistics) and, for a split column, that one column; a worker reads only the
+row groups its shard covers (``ParquetSplit.read``); the input statistics come from
+one pass over the training split, a row group at a time (``chunks``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import io
+import re
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..core.random import fold_key, keyed_uniform
+from .idx import DataError
+
+PREFIX = "parquet:"
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "valid",
+               "valid": "valid", "val": "valid", "dev": "valid", "test": "test"}
+_FILE_SPLIT = re.compile(r"(?:^|[^a-z])(training|train|validation|valid|val|dev|test)"
+                         r"(?:[^a-z]|$)")
+_SPLIT_KEY = fold_key(0, 0x5B117)      # seed 0: splits do not move with --seed
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to read a table: the user's column and split settings."""
+    label: str = "label"
+    features: tuple[str, ...] = ()       # () = every numeric column but label/split
+    split_column: str | None = None
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What every reader of the dataset must agree on (small; shipped to workers)."""
+    uri: str
+    label: str
+    kind: str                  # "image" or "features"
+    columns: tuple[str, ...]   # the image column, or the feature columns
+    shape: tuple[int, ...]     # one example: (H, W) or (D,)
+    dtype: str                 # of x as delivered: uint8 images, else float32
+    encoded: bool              # images as {"bytes": PNG/JPEG}
+    n_classes: int
+    pixel_max: float
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows of one row group that belong to a split: those whose split column is one
+    of ``names``, and/or whose position hash falls in ``fraction``; the first
+    ``count`` of them."""
+    file: str
+    group: int
+    offset: int                # the row group's first row, counted over all files
+    rows: int
+    count: int
+    names: tuple[str, ...] | None = None
+    fraction: tuple[float, float] | None = None
+
+
+class ParquetSplit:
+    """A split of a Parquet dataset that is read on demand: ``len``, ``shape``,
+    ``read(lo, hi)`` (examples lo..hi-1 as a ``Split``), ``chunks()``."""
+
+    def __init__(self, layout: Layout, parts: tuple[Part, ...], split_column=None):
+        self.layout, self.parts, self.split_column = layout, tuple(parts), split_column
+        self._ends = np.cumsum([p.count for p in self.parts], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __reduce__(self):
+        return ParquetSplit, (self.layout, self.parts, self.split_column)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.layout.shape)
+
+    def head(self, n: int) -> "ParquetSplit":
+        parts, left = [], n
+        for p in self.parts:
+            if left <= 0:
+                break
+            parts.append(replace(p, count=min(p.count, left)))
+            left -= p.count
+        return ParquetSplit(self.layout, parts, self.split_column)
+
+    def concat(self, other: "ParquetSplit") -> "ParquetSplit":
+        return ParquetSplit(self.layout, self.parts + other.parts, self.split_column)
+
+    @property
+    def ends(self) -> np.ndarray:
+        """Where each part's examples end (cumulative counts)."""
+        return self._ends
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.layout.shape)) * np.dtype(self.layout.dtype).itemsize
+
+    def read(self, lo: int, hi: int, x: bool = True):
+        """Examples lo..hi-1 (uint8 (N, H, W) images or float32 (N, D) features, int64
+        labels), reading only the row groups that hold them (``x=False``: only their
+        labels, as a Split whose x is None)."""
+        from .datasets import Split
+        starts = self._ends - [p.count for p in self.parts]
+        xs, ys = [], []
+        for p, s, e in zip(self.parts, starts, self._ends):
+            if e <= lo or s >= hi:
+                continue
+            px, py = read_part(self.layout, p, self.split_column, with_x=x)
+            a, b = max(lo - s, 0), min(hi, e) - s
+            xs.append(px[a:b] if x else None)
+            ys.append(py[a:b])
+        y = np.concatenate(ys) if ys else np.zeros(0, np.int64)
+        if not x:
+            return Split(None, y)
+        if not xs:
+            return Split(np.zeros((0, *self.layout.shape), self.layout.dtype), y)
+        return Split(xs[0] if len(xs) == 1 else np.concatenate(xs), y)
+
+    def chunks(self):
+        """The split a row group at a time (``Split`` each): one streaming pass."""
+        for p in self.parts:
+            if p.count:
+                x, y = read_part(self.layout, p, self.split_column)
+                from .datasets import Split
+                yield Split(x, y)
+
+
+# -- opening files ----------------------------------------------------------------------
+def filesystem(uri: str):
+    """(pyarrow filesystem, path) for a local path or any URI pyarrow knows."""
+    import pyarrow.fs as pafs
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", uri) and not uri.startswith("file://"):
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except Exception as e:   # pyarrow raises several types for a bad URI or store
+            raise DataError(f"{uri}: cannot open this location ({e})") from None
+    import os
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def list_files(uri: str) -> list[str]:
+    """The Parquet files ``uri`` names (a file, a directory, or a glob), sorted."""
+    import pyarrow.fs as pafs
+    fs, path = filesystem(uri)
+    glob = any(c in path for c in "*?[")
+    base = re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0] if glob else path
+    try:
+        info = fs.get_file_info(base)
+        if info.type == pafs.FileType.File and not glob:
+            return [path]
+        if info.type != pafs.FileType.Directory:
+            raise DataError(f"--dataset parquet:{uri}: no such file or directory")
+        found = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    except OSError as e:
+        raise DataError(f"--dataset parquet:{uri}: cannot list it ({e})") from None
+    files = sorted(f.path for f in found if f.type == pafs.FileType.File
+                   and (fnmatch.fnmatch(f.path, path) if glob else f.path.endswith(".parquet")))
+    if not files:
+        raise DataError(f"--dataset parquet:{uri}: no .parquet files there")
+    return files
+
+
+def _open(layout_uri: str, path: str):
+    import pyarrow.parquet as pq
+    fs, _ = filesystem(layout_uri)
+    try:
+        return pq.ParquetFile(fs.open_input_file(path))
+    except OSError as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+# -- reading one row group --------------------------------------------------------------
+def read_part(layout: Layout, p: Part, split_column=None, with_x: bool = True
+              ) -> tuple[np.ndarray | None, np.ndarray]:
+    """(x, y) of the rows of ``p`` (its first ``count`` selected rows); x None when
+    not ``with_x`` (then only the label column is read)."""
+    cols = [layout.label, *(layout.columns if with_x else ())] + \
+        ([split_column] if p.names else [])
+    table = _open(layout.uri, p.file).read_row_group(p.group, columns=cols)
+    keep = _selected(p, table.column(split_column) if p.names else None)
+    y = _labels(table.column(layout.label), layout, p.file)
+    x = None
+    if with_x:
+        x = (_images(table.column(layout.columns[0]), layout, p.file)
+             if layout.kind == "image" else _features(table, layout, p.file))
+    if keep is not None:
+        x, y = (x[keep] if with_x else None), y[keep]
+    return (x[:p.count] if with_x else None), y[:p.count]
+
+
+def _selected(p: Part, split_values) -> np.ndarray | None:
+    keep = None
+    if p.names is not None:
+        vals = np.array([SPLIT_NAMES.get(str(v).lower(), "?") for v in
+                         split_values.to_pylist()])
+        keep = np.isin(vals, p.names)
+    if p.fraction is not None:
+        u = keyed_uniform(_SPLIT_KEY, np.arange(p.offset, p.offset + p.rows), 1,
+                          np.float64)[:, 0]
+        f = (u >= p.fraction[0]) & (u < p.fraction[1])
+        keep = f if keep is None else keep & f
+    return keep
+
+
+def _numpy(col) -> np.ndarray:
+    """A numeric column without nulls as NumPy, read from its buffer (pyarrow's
+    ``to_numpy`` imports pandas, ~60 MB more in every worker)."""
+    import pyarrow as pa
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    dt = np.dtype(arr.type.to_pandas_dtype())
+    return np.frombuffer(arr.buffers()[1], dt, count=len(arr), offset=arr.offset * dt.itemsize)
+
+
+def _labels(col, layout: Layout, where: str) -> np.ndarray:
+    import pyarrow.types as pt
+    if not pt.is_integer(col.type):
+        raise DataError(f"{where}: label column {layout.label!r} is {col.type}; expected "
+                        "integers 0..K-1 (map class names to numbers first)")
+    if col.null_count:
+        raise DataError(f"{where}: label column {layout.label!r} has {col.null_count} "
+                        "missing values")
+    y = _numpy(col).astype(np.int64)
+    if len(y) and (y.min() < 0 or y.max() >= layout.n_classes):
+        raise DataError(f"{where}: labels go from {y.min()} to {y.max()}, expected "
+                        f"0..{layout.n_classes - 1}")
+    return y
+
+
+def _images(col, layout: Layout, where: str) -> np.ndarray:
+    import pyarrow as pa
+    if col.null_count:
+        raise DataError(f"{where}: image column {layout.columns[0]!r} has {col.null_count} "
+                        "missing images")
+    n, size = len(col), int(np.prod(layout.shape))
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if layout.encoded:
+        if not n:
+            return np.zeros((0, *layout.shape), np.uint8)
+        return np.stack([_decode(v, where, layout.shape)
+                         for v in arr.field("bytes").to_pylist()])
+    if pa.types.is_fixed_size_binary(arr.type):       # raw pixels: one buffer, no levels
+        return np.frombuffer(arr.buffers()[1], np.uint8, count=n * size,
+                             offset=arr.offset * size).reshape(n, *layout.shape)
+    values = _numpy(arr.flatten())
+    if values.size != n * size:
+        lengths = set(arr.value_lengths().to_numpy().tolist())
+        raise DataError(f"{where}: images of mixed sizes ({sorted(lengths)[:5]} values); "
+                        f"expected {size} each ({'x'.join(map(str, layout.shape))})")
+    return _as_pixels(values, layout, where).reshape(n, *layout.shape)
+
+
+def _as_pixels(values: np.ndarray, layout: Layout, where: str) -> np.ndarray:
+    if layout.dtype == "uint8":
+        if values.dtype != np.uint8:
+            if values.size and (values.min() < 0 or values.max() > 255):
+                raise DataError(f"{where}: integer pixels outside 0..255")
+            values = values.astype(np.uint8)
+        return values
+    return values.astype(np.float32)
+
+
+def _decode(data: bytes, where: str, shape: tuple[int, ...] | None) -> np.ndarray:
+    """A greyscale uint8 (H, W) image from PNG/JPEG bytes (of ``shape`` if given)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError(f"{where}: the images are encoded (PNG/JPEG bytes); decoding them "
+                        "needs Pillow: pip install 'distnn[images]'") from None
+    try:
+        img = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{where}: an image cannot be decoded ({e})") from None
+    if shape is not None and img.shape != shape:
+        raise DataError(f"{where}: images of mixed sizes: {img.shape} and {shape}")
+    return img
+
+
+def _features(table, layout: Layout, where: str) -> np.ndarray:
+    x = np.empty((table.num_rows, len(layout.columns)), np.float32)
+    for j, name in enumerate(layout.columns):
+        col = table.column(name)
+        if col.null_count:
+            raise DataError(f"{where}: feature column {name!r} has {col.null_count} missing "
+                            "values; fill or drop them first")
+        x[:, j] = _numpy(col)
+    if not np.isfinite(x).all():
+        raise DataError(f"{where}: a feature column holds NaN or infinity")
+    return x
