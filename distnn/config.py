@@ -32,6 +32,7 @@ class TrainConfig:
     split_column: str | None = None
     split: str = "80/10/10"
     shard_memory: int | None = None
+    data_shards: int = 0
     # network
     layers: tuple[int, ...] = (784, 30, 10)
     activation: str = "sigmoid"
@@ -249,6 +250,7 @@ def _validate_optimisation(c: TrainConfig) -> None:
 
 def _validate_run(c: TrainConfig) -> None:
     parse_split(c.split)
+    _int_at_least("data_shards", c.data_shards, 0)
     if c.shard_memory is not None:
         _int_at_least("shard_memory", c.shard_memory, 1)
         _require(c.dataset.startswith("parquet:"), "shard_memory applies to a "

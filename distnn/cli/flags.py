@@ -33,6 +33,11 @@ HELP = {
                     "shuffled within windows of MB/2 of examples (the same order for any "
                     "number of workers; default: each worker holds its whole shard, "
                     "fully shuffled)",
+    "data_shards": "--dataset parquet:...: the contiguous shards the training split is "
+                   "kept in, each worker reading its own; every global batch draws equally "
+                   "from each, each shard shuffled on its own (0 = --workers; the result "
+                   "depends on it, not on the number of workers: pass the same value to "
+                   "compare runs with different --workers)",
     "augment": "on-the-fly augmentation, e.g. rotate=15,shift=2,scale=0.1,shear=10,"
                "elastic=34:4 (ALPHA:SIGMA), flip=0.5 (left-right mirror probability, for "
                "clothing, not digits), or none",

@@ -127,20 +127,19 @@ class ParquetSplit:
         labels, as a Split whose x is None)."""
         from .datasets import Split
         starts = self._ends - [p.count for p in self.parts]
-        xs, ys = [], []
+        hi = min(hi, len(self))
+        n = max(hi - lo, 0)
+        out = np.empty((n, *self.layout.shape), self.layout.dtype) if x else None
+        y = np.empty(n, np.int64)     # filled part by part: no list of copies to join
         for p, s, e in zip(self.parts, starts, self._ends):
             if e <= lo or s >= hi:
                 continue
             px, py = read_part(self.layout, p, self.split_column, with_x=x)
             a, b = max(lo - s, 0), min(hi, e) - s
-            xs.append(px[a:b] if x else None)
-            ys.append(py[a:b])
-        y = np.concatenate(ys) if ys else np.zeros(0, np.int64)
-        if not x:
-            return Split(None, y)
-        if not xs:
-            return Split(np.zeros((0, *self.layout.shape), self.layout.dtype), y)
-        return Split(xs[0] if len(xs) == 1 else np.concatenate(xs), y)
+            y[s + a - lo:s + b - lo] = py[a:b]
+            if x:
+                out[s + a - lo:s + b - lo] = px[a:b]
+        return Split(out, y)
 
     def chunks(self):
         """The split a row group at a time (``Split`` each): one streaming pass."""

@@ -16,10 +16,24 @@ from ..config import TrainConfig
 from ..data.augment import Augmenter
 from ..data.datasets import Split
 from ..data.splits import Normalizer
-from ..train.batches import Batches
+from ..train.batches import Batches, owned_range
 from ..train.engine import Engine
 from ..train.stream import StreamedBatches
 from .comm import BACKENDS
+
+
+def return_freed_memory() -> None:
+    """Have glibc's malloc give buffers of 1 MiB and more back to the system when they
+    are freed (a fixed mmap threshold: by default it grows after the first large free,
+    and the freed batches and row groups then stay resident).  For --shard-memory, whose
+    promise is a bounded footprint; no-op where malloc is not glibc's."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)        # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def memory() -> dict:
@@ -47,6 +61,9 @@ class Worker:
                                            pixel_max=normalizer.pixel_max),
                      cfg.network_spec().dtype, in_process)
         self._budget = cfg.shard_memory and cfg.shard_memory * 2 ** 20
+        self._shards = max(cfg.data_shards, 1)
+        if self._budget:
+            return_freed_memory()
         if any(s is not None and not isinstance(s, Split) for s in self.splits):
             import importlib     # pyarrow in memory before the baseline is taken
             importlib.import_module("pyarrow.parquet")
@@ -58,24 +75,26 @@ class Worker:
 
     def _batches(self, rank: int, world: int) -> tuple:
         """Batches of the training, validation and test splits for this place: whole
-        splits held in memory, or this rank's shard of a split read on demand."""
+        splits held in memory, or this rank's shard of a split read on demand (of the
+        training split: its --data-shards, which fix the epoch order)."""
         norm, aug, dtype, cache = self._how
         out = []
-        for split, a, share in zip(self.splits, (aug, None, None), (1, 8, 8)):
+        for split, a, share, shards in zip(self.splits, (aug, None, None),
+                                           (1, 8, 8), (self._shards, 1, 1)):
             if split is None or not len(split):
                 out.append(None)
             elif isinstance(split, Split):
                 out.append(Batches(split, norm, a, dtype, cache=cache))
             else:
                 n = len(split)
-                lo, hi = rank * n // world, (rank + 1) * n // world
-                if self._budget:     # read as training visits it (train.stream)
+                lo, hi = owned_range(n, shards, rank, world)
+                if self._budget:     # read as training visits it (train.stream); the
                     # evaluation reads in order: a few row groups of cache are enough
                     out.append(StreamedBatches.of(split, lo, hi, norm, a, dtype,
-                                                  self._budget // share))
+                                                  self._budget // share, shards))
                 else:
                     out.append(Batches(split.read(lo, hi), norm, a, dtype, cache=cache,
-                                       offset=lo, total=n))
+                                       offset=lo, total=n, shards=shards))
         return tuple(out)
 
     def memory(self) -> dict:

@@ -20,6 +20,45 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
 
 
+def shard_bounds(n: int, shards: int) -> np.ndarray:
+    """Where each of ``shards`` contiguous data shards of ``n`` examples starts (and,
+    last, n): shard s holds len(range(s, n, shards)) examples, so ``interleave`` fills
+    every position."""
+    sizes = [len(range(s, n, shards)) for s in range(shards)]
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def interleave(orders: list[np.ndarray], n: int) -> np.ndarray:
+    """One epoch order from each shard's own (global indices): position t takes the
+    next example of shard t mod S, so every global batch of B examples draws B/S (one
+    more or less) from each shard."""
+    out = np.empty(n, np.int64)
+    for s, o in enumerate(orders):
+        out[s::len(orders)] = o
+    return out
+
+
+def sharded_order(seed: int, epoch: int, n: int, shards: int) -> np.ndarray:
+    """``epoch_order`` for data kept in ``shards`` contiguous shards (one or more per
+    worker, each worker reading only its own): each shard shuffled on its own, the
+    shards interleaved.  Depends on (seed, epoch, n, shards), not on the number of
+    workers; one shard is ``epoch_order`` itself."""
+    if shards <= 1:
+        return epoch_order(seed, epoch, n)
+    b = shard_bounds(n, shards)
+    return interleave([b[s] + np.random.default_rng([seed, epoch, 0x5EED, 3, s]).permutation(
+        int(b[s + 1] - b[s])) for s in range(shards)], n)
+
+
+def owned_range(n: int, shards: int, rank: int, world: int) -> tuple[int, int]:
+    """The examples (lo, hi) of the shards worker ``rank`` of ``world`` reads: shards
+    rank*S/world .. (rank+1)*S/world - 1 (S >= world), or its 1/world of them."""
+    if shards < world:
+        return rank * n // world, (rank + 1) * n // world
+    b = shard_bounds(n, shards)
+    return int(b[rank * shards // world]), int(b[(rank + 1) * shards // world])
+
+
 @dataclass
 class Batches:
     """Turns example indices into network-ready float batches (N, D).
@@ -29,8 +68,9 @@ class Batches:
     (no float copy of the dataset: what workers sharing one copy of it use).
 
     ``split`` is the whole split, or a worker's shard of it: examples ``offset`` ..
-    ``offset + len(split) - 1`` of ``total`` (a dataset read a shard per worker).
-    Indices given to ``get`` are always the split's global example indices.
+    ``offset + len(split) - 1`` of ``total`` (a dataset read a shard per worker, kept
+    in ``shards`` shards: see ``sharded_order``).  Indices given to ``get`` are always
+    the split's global example indices.
     """
 
     split: Split
@@ -40,6 +80,7 @@ class Batches:
     cache: bool = True
     offset: int = 0
     total: int | None = None
+    shards: int = 1
 
     def __post_init__(self):
         if self.total is None:
@@ -84,8 +125,8 @@ class Batches:
         return self.split.x.take(rows, axis=0)
 
     def order(self, seed: int, epoch: int) -> np.ndarray:
-        """The global visiting order of ``epoch`` (``epoch_order``)."""
-        return epoch_order(seed, epoch, self.total)
+        """The global visiting order of ``epoch`` (``sharded_order``)."""
+        return sharded_order(seed, epoch, self.total, self.shards)
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
         """Examples lo..hi-1 unaugmented (for evaluation)."""

@@ -4,9 +4,10 @@ With ``--shard-memory MB`` a worker holds its shard's labels and at most MB of i
 examples, in whole row groups (least recently used dropped first), plus the working
 memory of reading one (Arrow's buffers: a few row groups' worth).  So that every row
 group is read about once an epoch, the epoch visits the training split *window by
-window*: the row groups are shuffled, cut into windows of MB/2 worth of examples, and
-the examples of each window shuffled among themselves.  The order depends only on
-(seed, epoch, the dataset's row groups, MB) — not on the number of workers, so N
+window*: each data shard's row groups are shuffled, cut into windows of MB/2 worth of
+examples, the examples of each window shuffled among themselves, and the shards
+interleaved as ``batches.sharded_order`` does.  The order depends only on (seed, epoch,
+the dataset's row groups, MB, --data-shards) — not on the number of workers, so N
 workers still compute what one does; it is a different order from the one a run
 without ``--shard-memory`` visits (a full shuffle), as in every streaming loader.
 """
@@ -18,31 +19,48 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.datasets import Split
-from .batches import Batches
+from .batches import Batches, interleave, shard_bounds
 
 
-def window_order(ends: np.ndarray, seed: int, epoch: int, window_rows: int) -> np.ndarray:
-    """A permutation of range(ends[-1]) that visits blocks (examples ends[b-1]..ends[b]-1)
-    a window of at most ``window_rows`` examples at a time (one block at least)."""
-    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
-    rng = np.random.default_rng([seed, epoch, 0x5EED, 1])
-    blocks = rng.permutation(len(ends))
+def window_order(starts: np.ndarray, ends: np.ndarray, seed: int, epoch: int,
+                 window_rows: int, stream: int = 0) -> np.ndarray:
+    """A permutation of the examples of blocks starts[b]..ends[b]-1 that visits them a
+    window of at most ``window_rows`` examples (one block at least) at a time: the
+    blocks shuffled, cut into windows, each window's examples shuffled."""
+    rng = np.random.default_rng([seed, epoch, 0x5EED, 1, stream])
     out, window, rows, w = [], [], 0, 0
-    for b in blocks:
+    for b in rng.permutation(len(ends)):
         size = int(ends[b] - starts[b])
         if window and rows + size > window_rows:
-            out.append(_shuffled(window, starts, ends, seed, epoch, w))
+            out.append(_shuffled(window, starts, ends, seed, epoch, stream, w))
             window, rows, w = [], 0, w + 1
         window.append(b)
         rows += size
     if window:
-        out.append(_shuffled(window, starts, ends, seed, epoch, w))
+        out.append(_shuffled(window, starts, ends, seed, epoch, stream, w))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def _shuffled(window, starts, ends, seed, epoch, w) -> np.ndarray:
+def _shuffled(window, starts, ends, seed, epoch, stream, w) -> np.ndarray:
     idx = np.concatenate([np.arange(starts[b], ends[b]) for b in window])
-    return np.random.default_rng([seed, epoch, 0x5EED, 2, w]).permutation(idx)
+    return np.random.default_rng([seed, epoch, 0x5EED, 2, stream, w]).permutation(idx)
+
+
+def streamed_order(ends: np.ndarray, seed: int, epoch: int, window_rows: int,
+                   shards: int) -> np.ndarray:
+    """The epoch order of a streamed split of row groups ending at ``ends``: each data
+    shard (``batches.sharded_order``) visited window by window, the shards
+    interleaved."""
+    n = int(ends[-1]) if len(ends) else 0
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    bounds = shard_bounds(n, max(shards, 1))
+    orders = []
+    for s in range(len(bounds) - 1):
+        lo = np.maximum(starts, bounds[s])
+        hi = np.minimum(ends, bounds[s + 1])
+        keep = hi > lo
+        orders.append(window_order(lo[keep], hi[keep], seed, epoch, window_rows, s))
+    return interleave(orders, n)
 
 
 @dataclass
@@ -65,13 +83,14 @@ class StreamedBatches(Batches):
         self.reads = 0           # row groups read (a test checks it stays near one pass)
 
     @classmethod
-    def of(cls, split, lo: int, hi: int, normalizer, augmenter, dtype, budget: int):
+    def of(cls, split, lo: int, hi: int, normalizer, augmenter, dtype, budget: int,
+           shards: int = 1):
         labels = split.read(lo, hi, x=False).y
         return cls(Split(None, labels), normalizer, augmenter, dtype, cache=False,
-                   offset=lo, total=len(split), source=split, budget=budget)
+                   offset=lo, total=len(split), shards=shards, source=split, budget=budget)
 
     def order(self, seed: int, epoch: int) -> np.ndarray:
-        return window_order(self.ends, seed, epoch, self.window_rows)
+        return streamed_order(self.ends, seed, epoch, self.window_rows, self.shards)
 
     def _block(self, b: int) -> np.ndarray:
         """Block ``b``'s examples within this shard (global offset max(start, offset))."""
