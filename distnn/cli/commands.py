@@ -135,10 +135,13 @@ def cmd_data(args) -> int:
                 "pixel_max": splits.pixel_max}
         for part in ("train", "valid", "test"):
             s = getattr(splits, part)
-            s = s.read(0, len(s))
-            info[part] = {"images": list(s.x.shape), "labels_per_class":
-                          np.bincount(s.y, minlength=splits.n_classes).tolist(),
-                          "mean_pixel": round(float(s.x.mean()), 3) if len(s) else None}
+            counts, total = np.zeros(splits.n_classes, np.int64), 0.0
+            for c in s.chunks():          # a Parquet split a row group at a time
+                counts += np.bincount(c.y, minlength=splits.n_classes)
+                total += float(c.x.sum(dtype=np.float64))
+            info[part] = {"images": list(s.shape), "labels_per_class": counts.tolist(),
+                          "mean_pixel": round(total / max(int(np.prod(s.shape)), 1), 3)
+                          if len(s) else None}
         if args.json:
             print(json.dumps(info, indent=2))
             return 0
@@ -146,7 +149,8 @@ def cmd_data(args) -> int:
               f"pixels 0..{info['pixel_max']:g})")
         for part in ("train", "valid", "test"):
             d = info[part]
-            print(f"  {part:<5} {d['images'][0]:>6} images of {d['images'][1:]}  mean pixel "
+            what = "images" if len(d["images"]) == 3 else "examples"
+            print(f"  {part:<5} {d['images'][0]:>6} {what} of {d['images'][1:]}  mean pixel "
                   f"{d['mean_pixel']}  per class {d['labels_per_class']}")
         return 0
     return _preview(args, splits)

@@ -90,16 +90,15 @@ def cmd_recipes(args) -> int:
 
 def cmd_eval(args) -> int:
     from ..data import load
-    from ..train.evaluate import evaluate_split, load_model
+    from ..train.evaluate import evaluate_chunks, load_model
     net, norm, cfg, c = load_model(args.checkpoint, average=not args.last, prefer=args.which)
     splits = load(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir,
                   options=cfg.data_options())
     split = getattr(splits, args.split)
-    split = split.read(0, len(split))
-    from ..io.checkpoint import shown
+    from ..io.checkpoint_store import shown
     res = {"checkpoint": shown(args.checkpoint, c.path), "dataset": splits.name, "split": args.split,
            "parameters": "average" if cfg.ema and not args.last else "last",
-           **evaluate_split(net, norm, split.x, split.y)}
+           **evaluate_chunks(net, norm, split.chunks())}
     if args.json:
         print(json.dumps(res))
         return 0
@@ -123,7 +122,7 @@ def cmd_inspect(args) -> int:
     n_params = sum(int(np.prod(v.shape)) for k, v in c.tensors.items()
                    if k.startswith(("dense", "bn")) and k.endswith(("weight", "bias", "gamma",
                                                                     "beta")))
-    from ..io.checkpoint import shown
+    from ..io.checkpoint_store import shown
     info = {"checkpoint": shown(args.checkpoint, c.path), "format": f"{c.meta['format']} v{c.meta['version']}",
             "distnn_version": c.meta.get("distnn_version"), "epoch": c.meta["epoch"],
             "parameters": n_params, "tensors": shapes,
@@ -173,7 +172,7 @@ def cmd_export(args) -> int:
     if fmt == "network2-json" and norm.mean is not None:
         raise ValueError("this model standardises its inputs, which network2.py cannot "
                          "do; export it as .npz or .onnx")
-    from ..io.checkpoint import shown
+    from ..io.checkpoint_store import shown
     from ..io.store import is_uri, write_bytes
     with tempfile.TemporaryDirectory(prefix="distnn-export-") as tmp:
         out = Path(tmp) / Path(args.out).name if is_uri(args.out) else args.out

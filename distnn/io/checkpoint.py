@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import OutputError, describe
-from .store import Remote, is_uri, stage
+from .store import is_uri
 
 FORMAT = "distnn-checkpoint"
 VERSION = 2        # 2: meta_sha256, and the hash of meta.json in ``latest``
@@ -222,6 +222,7 @@ def resolve(path, prefer: str = "latest") -> tuple[Path, str | None]:
     pointer vouches for (None for a directory given directly).  A URI (``s3://...``) is
     downloaded first (``fetch``), and the local copy returned."""
     if is_uri(path):
+        from .checkpoint_store import fetch
         path = fetch(path)[0]
     p = Path(path)
     if p.is_symlink() or (p / "meta.json").is_symlink():
@@ -306,54 +307,6 @@ def load(path, prefer: str = "latest") -> Checkpoint:
     return Checkpoint(p, _read_table(p / FILES[0]), _read_table(p / FILES[1]), meta)
 
 
-def fetch(uri: str, into: Path | None = None) -> tuple[Path, list[str]]:
-    """Download the checkpoint at ``uri`` — one checkpoint directory, or a root's
-    ``latest`` and ``best`` pointers and the checkpoints they name — into ``into`` (a
-    root; default: a scratch copy beside the URI's stage, emptied first); return the
-    local checkpoint directory or root to read in its place, and the files fetched,
-    relative to the root (for ``store.Mirror.know``)."""
-    remote = Remote(uri)
-    single = remote.exists("meta.json")
-    root_uri, name = uri.rstrip("/").rsplit("/", 1) if single else (uri, None)
-    if into is None:
-        into = stage(root_uri + "#read")
-        shutil.rmtree(into, ignore_errors=True)
-    names = [name] if single else []
-    got = []
-    if not single:
-        remote_root = Remote(root_uri)
-        for p in POINTERS:
-            if remote_root.exists(p):
-                remote_root.get(p, into / p)
-                got.append(p)
-                names.append(_pointer_name(into / p))
-        if not names:
-            raise CheckpointError(f"{uri} is neither a checkpoint (no meta.json) nor a "
-                                  "checkpoint directory with a 'latest' file")
-    remote_root = Remote(root_uri)
-    for n in dict.fromkeys(names):
-        for f in ("meta.json", *FILES):
-            remote_root.get(f"{n}/{f}", into / n / f)
-            got.append(f"{n}/{f}")
-    return (into / name if single else into), got
-
-
-def shown(given, path: Path) -> str:
-    """How to name checkpoint ``path`` (loaded from ``given``) to the user: the URI it
-    came from rather than its local copy."""
-    if not is_uri(given):
-        return str(path)
-    given = str(given).rstrip("/")
-    return given if given.rsplit("/", 1)[-1] == path.name else f"{given}/{path.name}"
-
-
-def _pointer_name(path: Path) -> str:
-    name = (path.read_text(errors="replace").splitlines() or [""])[0].strip()
-    if not NAME.match(name):
-        raise CheckpointError(f"{path}: names {name[:80]!r}, not a checkpoint directory")
-    return name
-
-
 def epochs_in(root) -> list[str]:
     """The names of the epoch checkpoints in ``root`` (real directories only), oldest first."""
     root = Path(root)
@@ -391,34 +344,6 @@ def clear(root) -> None:
         shutil.rmtree(root / n)
     for p in POINTERS:
         (root / p).unlink(missing_ok=True)
-
-
-def used_names(names: list[str]) -> str | None:
-    """``used`` for the file names at a URI."""
-    epochs = sorted({n.split("/")[0] for n in names if EPOCH_NAME.match(n.split("/")[0])})
-    if epochs:
-        return f"checkpoints {epochs[0]}..{epochs[-1]}" if len(epochs) > 1 \
-            else f"checkpoint {epochs[0]}"
-    return "a 'latest' pointer" if "latest" in names else None
-
-
-def clear_remote(remote, names: list[str]) -> None:
-    """``clear`` at a URI: its pointers, then its epoch directories."""
-    for p in POINTERS:
-        if p in names:
-            remote.delete(p)
-    for n in sorted({n.split("/")[0] for n in names if EPOCH_NAME.match(n.split("/")[0])}):
-        remote.delete(n)
-
-
-def prune_remote(remote, keep_last: int, keep: set[str]) -> None:
-    """``prune`` at a URI (where a resumed run may have found older checkpoints than it
-    wrote); ``keep``: the names the pointers give, and the best."""
-    names = sorted({n.split("/")[0] for n in remote.files() if EPOCH_NAME.match(
-        n.split("/")[0])})
-    for n in (names[:-keep_last] if keep_last > 0 else []):
-        if n not in keep:
-            remote.delete(n)
 
 
 def pointed(root) -> set[str]:

@@ -190,14 +190,15 @@ def claim_outputs(cfg: TrainConfig) -> list:
     resuming from a URI downloads the checkpoint into the stage.  Returns the locks to
     release at the end."""
     from ..io import checkpoint as ckpt
+    from ..io import checkpoint_store as ckpt_store
     from ..io import store
     from ..io import tensorboard as tb
     from ..io.files import check_file_target, claim, write_text_atomic
     if cfg.metrics_out:
         check_file_target(cfg.metrics_out, "--metrics-out")
     locks = []
-    kinds = {cfg.checkpoint_dir: ("--checkpoint-dir", ckpt.used, ckpt.clear, ckpt.used_names,
-                                  ckpt.clear_remote),
+    kinds = {cfg.checkpoint_dir: ("--checkpoint-dir", ckpt.used, ckpt.clear, ckpt_store.used_names,
+                                  ckpt_store.clear_remote),
              cfg.logdir: ("--logdir", tb.used_events, tb.clear_events, tb.used_event_names,
                           tb.clear_remote_events)}
     try:
@@ -241,12 +242,12 @@ def resume_source(cfg: TrainConfig):
 def _fetch_resumed(cfg: TrainConfig) -> None:
     """Download the checkpoint a run resumes into its URI checkpoint directory's stage,
     known to the mirror as already there."""
-    from ..io import checkpoint as ckpt
+    from ..io import checkpoint_store as ckpt_store
     from ..io import store
     if isinstance(resume_source(cfg), str):
         return     # resuming from elsewhere: read from there
     src, d = (cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume), cfg.checkpoint_dir
-    _, files = ckpt.fetch(src, into=store.local(d))
+    _, files = ckpt_store.fetch(src, into=store.local(d))
     store.mirror(d).know(files)
 
 

@@ -125,7 +125,7 @@ def mode(metric: str) -> str:
 
 
 def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
-    from ..train.evaluate import evaluate_split, load_model
+    from ..train.evaluate import evaluate_chunks, load_model
     rows, done = [], set()
     for d, r in _results(out_dir):
         done.add(r["index"])
@@ -163,8 +163,7 @@ def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
     best_cfg = apply(base, overrides)
     write_toml(out_dir / "best.toml", best_cfg)
     net, norm, _, _ = load_model(Path(best["trial_dir"]))
-    t = splits.test.read(0, len(splits.test))
-    test = evaluate_split(net, norm, t.x, t.y) if len(t) else {}
+    test = evaluate_chunks(net, norm, splits.test.chunks()) if len(splits.test) else {}
     summary = {"trials": len(df), "best": overrides, "best_valid": float(best[base.monitor]),
                "test_accuracy": test.get("accuracy"), "test_cost": test.get("cost"),
                "best_config": str(out_dir / "best.toml")}

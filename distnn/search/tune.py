@@ -6,9 +6,11 @@ the winner's model is evaluated once on the test split (``results``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import shutil
 import threading
 from pathlib import Path
 from unittest import mock
@@ -111,20 +113,46 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     overhead is paid once per lane.  With it, each configuration is its own Tune trial
     and reports every epoch for the scheduler to act on."""
     from ..parallel.ray_pool import start_ray, stop_ray
-    out_dir = Path(out).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, mirror = local_out(out, resume)
     todo = pending(trials, out_dir, resume)
     splits = splits or load_splits(base)
     started = start_ray(address, base.workers) if todo else False
-    watch = Progress(out_dir, len(trials), base.monitor)
+    watch = Progress(out_dir, len(trials), base.monitor, mirror=mirror)
     try:
         watch.start()
         grid = _fit(base, todo, splits, out_dir, name, asha, resume) if todo else []
-        return summarise(base, splits, out_dir, grid)
+        res = summarise(base, splits, out_dir, grid)
+        if mirror is not None:       # name the URI's best.toml, not the stage's
+            res["best_config"] = f"{out.rstrip('/')}/best.toml"
+            summary = json.loads((out_dir / "summary.json").read_text())
+            summary["best_config"] = res["best_config"]
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return res
     finally:
         watch.stop()
+        if mirror is not None:
+            mirror.sync()
         if started:
             stop_ray()
+
+
+def local_out(out: str, resume: bool):
+    """Where the search writes (``out``, or for a URI its local stage, emptied and, to
+    resume, filled with what is there) and the mirror that copies it to a URI."""
+    from ..io import store
+    if not store.is_uri(out):
+        out_dir = Path(out).resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return out_dir, None
+    mirror = store.Mirror(out)
+    shutil.rmtree(mirror.root, ignore_errors=True)
+    mirror.root.mkdir(parents=True)
+    if resume:
+        names = mirror.remote.files()
+        for rel in names:
+            mirror.remote.get(rel, mirror.root / rel)
+        mirror.know(names)
+    return mirror.root, mirror
 
 
 class Progress(threading.Thread):
@@ -132,15 +160,18 @@ class Progress(threading.Thread):
     any node): every few seconds, when something changed, one line with the trials
     finished, running and failed, and the best so far."""
 
-    def __init__(self, out_dir: Path, total: int, monitor: str, every: float = 5.0):
+    def __init__(self, out_dir: Path, total: int, monitor: str, every: float = 5.0,
+                 mirror=None):
         super().__init__(daemon=True)
         self.out_dir, self.total, self.monitor, self.every = out_dir, total, monitor, every
-        self.halt, self.last = threading.Event(), None
+        self.halt, self.last, self.mirror = threading.Event(), None, mirror
 
     def run(self):
         self.report()
         while not self.halt.wait(self.every):
             self.report()
+            if self.mirror is not None:     # --out on a URI: what changed, every tick
+                self.mirror.sync()
 
     def stop(self):
         self.halt.set()

@@ -16,6 +16,7 @@ import numpy as np
 from ..config import PLACEMENT_KEYS, TrainConfig, field_names, from_mapping
 from ..core import optim
 from ..io import checkpoint as ckpt
+from ..io import checkpoint_store as ckpt_store
 from .callbacks import Callback, better
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class Checkpointing(Callback):
         if self.uri:
             from ..io import store
             store.mirror(self.uri).sync(last=ckpt.POINTERS)   # the pointers last
-            ckpt.prune_remote(store.mirror(self.uri).remote, self.keep_last,
+            ckpt_store.prune_remote(store.mirror(self.uri).remote, self.keep_last,
                               keep | ckpt.pointed(self.root))
 
 

@@ -60,13 +60,22 @@ def cost_and_accuracy(net: Network, penalty, parts, n_train: int) -> tuple[float
 def evaluate_split(net: Network, norm: Normalizer, x, y) -> dict:
     """Accuracy, mean cost, per-class accuracy and the confusion matrix
     (rows: true class, columns: predicted)."""
+    from ..data.datasets import Split
+    return evaluate_chunks(net, norm, [Split(x, y)])
+
+
+def evaluate_chunks(net: Network, norm: Normalizer, chunks) -> dict:
+    """``evaluate_split`` of a split given a chunk (a ``Split``) at a time: a Parquet
+    split's row groups, never all in memory."""
     k = net.n_classes
-    xs = norm(x, net.dtype)
-    loss, _ = net.evaluate(xs, y)
-    pred = net.predict(xs)
     conf = np.zeros((k, k), np.int64)
-    np.add.at(conf, (np.asarray(y), pred), 1)
+    loss, n = 0.0, 0
+    for c in chunks:
+        xs = norm(c.x, net.dtype)
+        part, _ = net.evaluate(xs, c.y)
+        np.add.at(conf, (np.asarray(c.y), net.predict(xs)), 1)
+        loss, n = loss + part, n + len(c.y)
     per_class = conf.diagonal() / np.maximum(conf.sum(axis=1), 1)
-    return {"examples": int(len(y)), "accuracy": float((pred == y).mean()),
-            "cost": float(loss / len(y)), "per_class_accuracy": per_class.tolist(),
+    return {"examples": int(n), "accuracy": float(conf.diagonal().sum() / max(n, 1)),
+            "cost": float(loss / max(n, 1)), "per_class_accuracy": per_class.tolist(),
             "confusion": conf.tolist()}

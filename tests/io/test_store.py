@@ -200,3 +200,42 @@ def test_killed_two_worker_run_resumes_from_s3_on_another_machine_bit_for_bit(
     hist = json.loads(fs.open_input_stream(f"{b}/part/epoch-0005/meta.json").read())["history"]
     assert [h["epoch"] for h in hist] == list(range(6))
     assert len([f for f in _files(fs, f"{b}/part-logs") if "tfevents" in f]) == 2
+
+
+def test_a_parquet_dataset_on_s3_trains_as_the_same_files_on_disk(bucket, tmp_path):
+    """`distnn data convert` to the bucket, then --dataset parquet:s3://...: read through
+    pyarrow's S3 filesystem, the parameters of the local copy, bit for bit."""
+    from distnn.config import TrainConfig
+    from distnn.parallel.driver import train
+    b, fs = bucket
+    assert cli.main(["data", "convert", "digits", f"s3://{b}/digits"]) == 0
+    assert cli.main(["data", "convert", "digits", str(tmp_path / "digits")]) == 0
+    assert _files(fs, f"{b}/digits") == ["test.parquet", "train.parquet", "validation.parquet"]
+    kw = dict(layers=(64, 20, 10), epochs=2, lr=0.5, standardize=True)
+    remote = train(TrainConfig(dataset=f"parquet:s3://{b}/digits", **kw), progress=False)
+    local = train(TrainConfig(dataset=f"parquet:{tmp_path / 'digits'}", **kw), progress=False)
+    np.testing.assert_array_equal(remote["network"].params, local["network"].params)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_search_on_s3_data_writes_its_results_to_s3(bucket, tmp_path, s3_env):
+    """Tune's trials read the dataset from the bucket; the results table, best.toml and
+    summary reach --out s3://..., which names the best config by its URI."""
+    b, fs = bucket
+    assert cli.main(["data", "convert", "digits", f"s3://{b}/digits"]) == 0
+    temp = tempfile.mkdtemp(prefix="rq", dir="/tmp")
+    try:
+        subprocess.run([sys.executable, "-m", "distnn.cli", "-q", "search", "--dataset",
+                        f"parquet:s3://{b}/digits", "--layers", "64,8,10", "--epochs", "2",
+                        "--grid", "lr=0.1,0.5", "--out", f"s3://{b}/search"],
+                       env={**os.environ, **s3_env, "RAY_TMPDIR": temp,
+                            "DISTNN_STAGE": str(tmp_path / "stage")}, check=True, timeout=300)
+    finally:
+        from tests.parallel.test_cluster import _kill_session
+        _kill_session(temp)
+    names = _files(fs, f"{b}/search")
+    assert {"results.csv", "best.toml", "summary.json"} <= set(names)
+    summary = json.loads(fs.open_input_stream(f"{b}/search/summary.json").read())
+    assert summary["trials"] == 2 and summary["best_config"] == f"s3://{b}/search/best.toml"
+    assert 0.5 < summary["test_accuracy"] <= 1
