@@ -204,7 +204,7 @@ def check_types(c: TrainConfig) -> None:
 def validate(c: TrainConfig) -> None:
     """Raise ValueError naming the first bad value and what was expected."""
     _require(known(c.dataset), f"unknown dataset {c.dataset!r}; expected one of "
-             f"{list(DATASETS)} or parquet:PATH_OR_URI")
+             f"{[k for k in DATASETS if k != 'parquet']} or parquet:PATH_OR_URI")
     _validate_network(c)
     _validate_optimisation(c)
     _validate_run(c)

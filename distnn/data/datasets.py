@@ -323,6 +323,37 @@ def load_custom_idx(data_dir) -> Splits:
                   n_classes, str(d))
 
 
+def _parquet(name, data_dir, mirrors, options) -> Splits:
+    from .parquet import Options
+    from .parquet_open import open_parquet
+    return open_parquet(name[len("parquet:"):], options or Options())
+
+
+#: how each kind of dataset is loaded: (name, data_dir, mirrors, options) -> Splits;
+#: "parquet" serves every ``parquet:URI``
+DATASETS = {
+    "mnist": lambda name, d, mirrors, o: load_idx_dataset(MNIST, d, mirrors),
+    "fashion-mnist": lambda name, d, mirrors, o: load_idx_dataset(FASHION_MNIST, d, mirrors),
+    "digits": lambda name, d, mirrors, o: _digits(d),
+    "idx": lambda name, d, mirrors, o: load_custom_idx(d),
+    "parquet": _parquet,
+}
+
+
+def _digits(data_dir) -> Splits:
+    from .digits import load_digits
+    return load_digits(data_dir)
+
+
+def _kind(name: str) -> str:
+    return "parquet" if name.startswith("parquet:") else name
+
+
+def known(name: str) -> bool:
+    """A dataset name ``load`` accepts (``parquet:`` needs a location after it)."""
+    return name != "parquet" and _kind(name) in DATASETS and name != "parquet:"
+
+
 def load(name: str, data_dir: str | os.PathLike | None = None, *,
          mirrors: tuple[str, ...] | None = None, options=None) -> Splits:
     """Load ``name`` ("mnist", "fashion-mnist", "digits", "idx" for your own IDX
@@ -335,24 +366,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *,
     mnist.pkl.gz); the test set is the official one.  ``mirrors`` overrides the
     download URLs (used by the tests with a local server).
     """
-    if name == "mnist":
-        return load_idx_dataset(MNIST, data_dir, mirrors)
-    if name == "fashion-mnist":
-        return load_idx_dataset(FASHION_MNIST, data_dir, mirrors)
-    if name == "digits":
-        from .digits import load_digits
-        return load_digits(data_dir)
-    if name == "idx":
-        return load_custom_idx(data_dir)
-    if name.startswith("parquet:"):
-        from .parquet import Options
-        from .parquet_open import open_parquet
-        return open_parquet(name[len("parquet:"):], options or Options())
-    raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
-
-
-DATASETS = ("mnist", "fashion-mnist", "digits", "idx")
-
-
-def known(name: str) -> bool:
-    return name in DATASETS or (name.startswith("parquet:") and len(name) > len("parquet:"))
+    if not known(name):
+        raise ValueError(f"unknown dataset {name!r}; expected one of "
+                         f"{[k for k in DATASETS if k != 'parquet']} or parquet:PATH_OR_URI")
+    return DATASETS[_kind(name)](name, data_dir, mirrors, options)

@@ -111,12 +111,16 @@ class Batches:
         n = len(self.y)
         return (rank * n // world, (rank + 1) * n // world) if self.whole else (0, n)
 
-    def owned(self, batch: np.ndarray, rank: int, world: int) -> np.ndarray:
-        """This replica's examples of a global batch (global indices): a contiguous
-        slice of it from a whole split, or the examples its shard holds."""
+    def owned(self, batch: np.ndarray, rank: int, world: int, start: int = 0) -> np.ndarray:
+        """This replica's examples of a global batch (global indices) that begins at
+        position ``start`` of the epoch: a contiguous slice of it from a whole split, or
+        the examples its shard holds (with one data shard per worker, every
+        ``shards``-th one: ``interleave`` put them there)."""
         if self.whole:
             b = len(batch)
             return batch if world == 1 else batch[rank * b // world:(rank + 1) * b // world]
+        if self.shards == world:
+            return batch[(rank - start) % world::world]
         lo = self.offset
         return batch[(batch >= lo) & (batch < lo + len(self.y))]
 

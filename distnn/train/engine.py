@@ -176,7 +176,7 @@ class Engine:
         B, r, w, data = self.cfg.batch_size, self.rank, self.world, self.train
         for s in range(0, len(order), B):
             g = order[s:s + B]
-            yield len(g), data.owned(g, r, w)
+            yield len(g), data.owned(g, r, w, s)
 
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
         """Train one epoch; return the summed cost of its batches (all replicas), the

@@ -111,6 +111,10 @@ class StreamedBatches(Batches):
     def _raw(self, rows: np.ndarray) -> np.ndarray:
         glob = rows + self.offset
         blocks = np.searchsorted(self.ends, glob, side="right")
+        first = int(blocks[0]) if len(blocks) else 0
+        if len(blocks) and (blocks == first).all():     # the usual case: one row group
+            return self._block(first).take(glob - max(int(self.starts[first]), self.offset),
+                                           axis=0)
         out = np.empty((len(rows), *self.source.layout.shape), self.source.layout.dtype)
         for b in np.unique(blocks):
             sel = blocks == b
