@@ -1,16 +1,19 @@
 """Epoch time and memory: MNIST from Parquet shards (each worker reading its own) vs the
 object-store path (the driver loads the dataset and puts it in Ray's object store).
 
-    python scripts/bench_parquet.py [--epochs 3] [--rounds 2] [--write docs/BENCHMARKS.md]
+    python scripts/bench_parquet.py [--epochs 8] [--rounds 3] [--write docs/BENCHMARKS.md]
 
 MNIST is converted once (``distnn data convert mnist DIR``); each configuration then
 runs ``distnn train --workers 2`` in a fresh process, the three data paths interleaved
 ``--rounds`` times: the built-in loader (object store), ``--dataset parquet:DIR`` (each
 worker holds its shard), and ``--dataset parquet:DIR --shard-memory 8`` (each worker
 holds at most 8 MB of examples, reading row groups as training visits them).  Reported:
-the median epoch time (train seconds, epoch 0 left out: it includes warm-up), its ratio
-to the object-store path, and peak resident memory of the driver and of the workers
-(MiB, above their start: ``distnn train``'s metrics record them).
+each run's median epoch time (train seconds, epoch 0 left out: it includes warm-up),
+the best (lowest) of the rounds and their median, the ratio of the best to the
+object-store path's best (the machine is shared: a run that meets another job's load is
+slower as a whole, so the best of several is the comparable figure), and peak resident
+memory of the driver and of the workers (MiB, above their start: ``distnn train``'s
+metrics record them).
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ import _bench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"784,30,10 batch 10": ["--layers", "784,30,10", "--batch-size", "10"],
-          "784,100,10 batch 100": ["--layers", "784,100,10", "--batch-size", "100",
-                                   "--lr", "0.5"]}
+          "the main job: 784,800,10 batch 128": [
+              "--layers", "784,800,10", "--activation", "relu", "--init", "he",
+              "--optimizer", "momentum", "--lr", "0.05", "--batch-size", "128"]}
 
 
 def run(dataset: list[str], shape: list[str], epochs: int, tmp: Path) -> dict:
@@ -48,8 +52,8 @@ def run(dataset: list[str], shape: list[str], epochs: int, tmp: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--write", metavar="FILE")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-parquet-") as t:
@@ -67,14 +71,16 @@ def main() -> None:
                 for k, ds in paths.items():
                     got[k].append(run(ds, shape, args.epochs, tmp))
                     print(label, k, r, got[k][-1], flush=True)
-            base = _bench.median([g["epoch"] for g in got["object store"]])
+            base = min(g["epoch"] for g in got["object store"])
             for k, gs in got.items():
-                ep = _bench.median([g["epoch"] for g in gs])
-                rows.append([label, k, f"{ep:.2f}", f"{ep / base:.3f}",
+                ep = min(g["epoch"] for g in gs)
+                med = _bench.median([g["epoch"] for g in gs])
+                rows.append([label, k, f"{ep:.3f}", f"{med:.3f}", f"{ep / base:.3f}",
                              f"{_bench.median([g['driver'] for g in gs]):.0f}",
                              f"{_bench.median([g['workers'] for g in gs]):.0f}",
                              f"{100 * gs[-1]['acc']:.2f}%"])
-    table = _bench.table(["network", "data path", "epoch s (median)", "vs object store",
+    table = _bench.table(["network", "data path", "epoch s (best)", "(median)",
+                          "best vs object store",
                           "driver peak +MiB", "worker peak +MiB", "test acc"], rows)
     print(table)
     if args.write:
@@ -82,8 +88,8 @@ def main() -> None:
                 f"`python scripts/bench_parquet.py --epochs {args.epochs} --rounds "
                 f"{args.rounds} --write docs/BENCHMARKS.md` on {_bench.machine()}: MNIST, "
                 "2 workers, each configuration a fresh `distnn train` process, the three "
-                "interleaved. Epoch time: median train seconds of epochs 1.., all "
-                "rounds. Memory: peak resident above the process's start (the driver's "
+                "interleaved. Epoch time: a run's median train seconds of epochs 1.., "
+                "the best and the median of the rounds. Memory: peak resident above the process's start (the driver's "
                 "once its modules are imported; a worker's when it starts hosting its "
                 "worker).\n\n" + table + "\n")
         _bench.write_section(args.write, "bench_parquet", body)

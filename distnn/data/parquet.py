@@ -143,11 +143,35 @@ class ParquetSplit:
 
     def chunks(self):
         """The split a row group at a time (``Split`` each): one streaming pass."""
+        from .datasets import Split
         for p in self.parts:
             if p.count:
                 x, y = read_part(self.layout, p, self.split_column)
-                from .datasets import Split
                 yield Split(x, y)
+                del x, y
+                release_freed()
+
+
+def _trim():
+    """glibc's malloc_trim, or None where malloc is not glibc's."""
+    import ctypes
+    import ctypes.util
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _trim()
+
+
+def release_freed() -> None:
+    """Give the memory of freed row groups back to the system: glibc keeps freed
+    buffers of a few MB in its heap once its mmap threshold has grown past them, and a
+    shard streamed through it would otherwise grow the process by its reads, not its
+    cache (measured: 250 MB instead of 90 for a 16 MB cache)."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 # -- opening files ----------------------------------------------------------------------

@@ -28,7 +28,7 @@ from ..train.records import (DivergenceError, all_finite, diverged_message, epoc
                              model_params, write_json)
 from . import comm
 from .pools import open_pool
-from .worker import memory, return_freed_memory
+from .worker import memory
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +274,6 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     splits = splits or load_splits(cfg)
     if cfg.workers > 1:      # imported before the memory baseline (see _memory)
         importlib.import_module("ray")
-    if cfg.shard_memory:
-        return_freed_memory()
     rss0 = memory()["rss"]
     data = prepare(cfg, splits)
     check_fits(cfg)

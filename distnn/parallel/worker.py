@@ -22,20 +22,6 @@ from ..train.stream import StreamedBatches
 from .comm import BACKENDS
 
 
-def return_freed_memory() -> None:
-    """Have glibc's malloc give buffers of 1 MiB and more back to the system when they
-    are freed (a fixed mmap threshold: by default it grows after the first large free,
-    and the freed batches and row groups then stay resident).  For --shard-memory, whose
-    promise is a bounded footprint; no-op where malloc is not glibc's."""
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)        # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def memory() -> dict:
     """{"rss": bytes resident now, "peak": the most resident so far} (Linux /proc; the
     peak from getrusage elsewhere)."""
@@ -62,8 +48,6 @@ class Worker:
                      cfg.network_spec().dtype, in_process)
         self._budget = cfg.shard_memory and cfg.shard_memory * 2 ** 20
         self._shards = max(cfg.data_shards, 1)
-        if self._budget:
-            return_freed_memory()
         if any(s is not None and not isinstance(s, Split) for s in self.splits):
             import importlib     # pyarrow in memory before the baseline is taken
             importlib.import_module("pyarrow.parquet")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.datasets import Split
+from ..data.parquet import release_freed
 from .batches import Batches, interleave, shard_bounds
 
 
@@ -103,9 +104,14 @@ class StreamedBatches(Batches):
         self.reads += 1
         self._blocks[b] = x
         self._held += x.nbytes
+        evicted = False
         while self._held > self.budget and len(self._blocks) > 1:
             _, old = self._blocks.popitem(last=False)
             self._held -= old.nbytes
+            evicted = True
+        if evicted:
+            del old
+            release_freed()
         return x
 
     def _raw(self, rows: np.ndarray) -> np.ndarray:
