@@ -66,6 +66,7 @@ class Layout:
     encoded: bool              # images as {"bytes": PNG/JPEG}
     n_classes: int
     pixel_max: float
+    version: str = ""          # the files' paths, sizes and modification times, hashed
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,28 @@ class ParquetSplit:
                 out[s + a - lo:s + b - lo] = px[a:b]
         return Split(out, y)
 
+    def normalizer(self, standardize: bool):
+        """The input normaliser fitted on this split: for ``standardize``, one streaming
+        pass (``Normalizer.fit_stream``), kept in the cache (``$DISTNN_DATA/stats``)
+        under a hash of the files' sizes and times and of the rows, so the next run or
+        search trial on the same data reuses it."""
+        import hashlib
+        from .sources import atomic_write, cache_root
+        from .splits import Normalizer
+        pixel_max = self.layout.pixel_max
+        if not standardize:
+            return Normalizer(pixel_max)
+        key = hashlib.sha256(repr((self.layout, self.parts, self.split_column)).encode())
+        path = cache_root() / "stats" / f"{key.hexdigest()[:32]}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                return Normalizer(pixel_max, z["mean"], z["std"])
+        norm = Normalizer.fit_stream(self.chunks(), pixel_max, True)
+        buf = io.BytesIO()
+        np.savez(buf, mean=norm.mean, std=norm.std)
+        atomic_write(path, buf.getvalue())
+        return norm
+
     def chunks(self):
         """The split a row group at a time (``Split`` each): one streaming pass."""
         from .datasets import Split
@@ -188,8 +211,9 @@ def filesystem(uri: str):
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
-def list_files(uri: str) -> list[str]:
-    """The Parquet files ``uri`` names (a file, a directory, or a glob), sorted."""
+def file_infos(uri: str) -> list:
+    """The Parquet files ``uri`` names (a file, a directory, or a glob), sorted, as
+    pyarrow FileInfos (path, size, modification time)."""
     import pyarrow.fs as pafs
     fs, path = filesystem(uri)
     glob = any(c in path for c in "*?[")
@@ -197,14 +221,15 @@ def list_files(uri: str) -> list[str]:
     try:
         info = fs.get_file_info(base)
         if info.type == pafs.FileType.File and not glob:
-            return [path]
+            return [info]
         if info.type != pafs.FileType.Directory:
             raise DataError(f"--dataset parquet:{uri}: no such file or directory")
         found = fs.get_file_info(pafs.FileSelector(base, recursive=True))
     except OSError as e:
         raise DataError(f"--dataset parquet:{uri}: cannot list it ({e})") from None
-    files = sorted(f.path for f in found if f.type == pafs.FileType.File
-                   and (fnmatch.fnmatch(f.path, path) if glob else f.path.endswith(".parquet")))
+    files = sorted((f for f in found if f.type == pafs.FileType.File
+                    and (fnmatch.fnmatch(f.path, path) if glob
+                         else f.path.endswith(".parquet"))), key=lambda f: f.path)
     if not files:
         raise DataError(f"--dataset parquet:{uri}: no .parquet files there")
     return files

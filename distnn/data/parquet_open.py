@@ -2,13 +2,14 @@
 of an example, the class count, and which rows make up each split (see ``parquet``)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 import numpy as np
 
 from .idx import DataError
 from .parquet import (_FILE_SPLIT, _SPLIT_KEY, SPLIT_NAMES, Layout, Options, ParquetSplit,
-                      Part, _decode, _numpy, _open, list_files)
+                      Part, _decode, _numpy, _open, file_infos)
 from ..core.random import keyed_uniform
 
 SPLITS = ("train", "valid", "test")
@@ -17,13 +18,15 @@ SPLITS = ("train", "valid", "test")
 def open_parquet(uri: str, opts: Options):
     """``Splits`` of lazily read ``ParquetSplit``s for the dataset at ``uri``."""
     from .datasets import Splits
-    files = list_files(uri)
+    infos = file_infos(uri)
+    files = [f.path for f in infos]
     handles = [_open(uri, f) for f in files]
     schema = handles[0].schema_arrow
     if opts.split_column is None and "split" in schema.names and \
             str(schema.field("split").type) in ("string", "large_string"):
         opts = replace(opts, split_column="split")   # as ``distnn data convert`` writes
-    layout = _layout(uri, schema, handles, opts)
+    layout = replace(_layout(uri, schema, handles, opts), version=hashlib.sha256(repr(
+        [(f.path, f.size, f.mtime_ns) for f in infos]).encode()).hexdigest())
     for f, h in zip(files[1:], handles[1:]):
         for c in (opts.label, *layout.columns):
             other = h.schema_arrow

@@ -33,8 +33,8 @@ def prepare(cfg: TrainConfig, splits: Splits) -> TrainingData:
     train = subset(splits.train, cfg.train_size)
     if isinstance(train, Split):
         norm = Normalizer.fit(train.x, splits.pixel_max, cfg.standardize)
-    else:     # read on demand: one pass, a row group at a time
-        norm = Normalizer.fit_stream(train.chunks(), splits.pixel_max, cfg.standardize)
+    else:     # read on demand: one pass, a row group at a time (or the cached result)
+        norm = train.normalizer(cfg.standardize)
     check_shard_memory(cfg, train)
     aug = Augmenter(cfg.augment, seed=cfg.seed, pixel_max=splits.pixel_max)
     if aug.spec.active:

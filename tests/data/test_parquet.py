@@ -126,6 +126,31 @@ def test_streamed_standardisation_equals_the_in_memory_one(tmp_path):
     np.testing.assert_allclose(b.std, a.std, rtol=1e-5, atol=1e-7)
 
 
+def test_the_standardisation_pass_is_made_once_and_reused(tmp_path, data_home, monkeypatch):
+    """A second run (a search's next trial) on the same data reads no pixels for it; a
+    changed file is a new pass."""
+    from distnn.train.data import prepare
+    x, y = _images(600)
+    pq.write_table(table(x, y), tmp_path / "a.parquet", row_group_size=100)
+    cfg = TrainConfig(dataset=f"parquet:{tmp_path / 'a.parquet'}", layers=(64, 4),
+                      standardize=True)
+    reads = []
+    real = parquet.read_part
+    monkeypatch.setattr(parquet, "read_part", lambda lay, p, *a, with_x=True, **k: (
+        reads.append(with_x), real(lay, p, *a, with_x=with_x, **k))[1])
+    first = prepare(cfg, load(cfg.dataset, options=cfg.data_options())).normalizer
+    assert reads.count(True) == 6        # each row group holds training rows (by hash)
+    reads.clear()
+    again = prepare(cfg, load(cfg.dataset, options=cfg.data_options())).normalizer
+    assert reads.count(True) == 0
+    np.testing.assert_array_equal(again.mean, first.mean)
+    np.testing.assert_array_equal(again.std, first.std)
+    pq.write_table(table(x[::-1].copy(), y[::-1].copy()), tmp_path / "a.parquet",
+                   row_group_size=100)
+    changed = prepare(cfg, load(cfg.dataset, options=cfg.data_options())).normalizer
+    assert reads.count(True) > 0 and not np.array_equal(changed.mean, first.mean)
+
+
 @pytest.mark.parametrize("change, expect", [
     ("no_label", "no label column 'label'"),
     ("text_feature", "feature column 'name' is string, not numeric"),
