@@ -21,18 +21,18 @@ HELP = {
                    "(inputs are always scaled to [0, 1])",
     "label_column": "--dataset parquet:...: the column of integer labels 0..K-1",
     "feature_columns": "--dataset parquet:... without an 'image' column: the numeric "
-                       "feature columns, A,B,C (default: every numeric column but the label "
-                       "and the split column)",
+                       "feature columns, A,B,C; empty: every numeric column but the label "
+                       "and the split column",
     "split_column": "--dataset parquet:...: a column saying train, validation or test for "
-                    "each row (default: by file name, train/validation/test in it, else "
-                    "--split)",
+                    "each row; unset: a string column named 'split' if there is one, else "
+                    "by file name (train/validation/test in it), else --split",
     "split": "--dataset parquet:... without split files or --split-column: the "
              "train/validation/test shares of the rows, by a hash of each row's position",
     "shard_memory": "--dataset parquet:...: MB of examples a worker may hold; its shard is "
                     "read a row group at a time as training visits it, the epoch "
                     "shuffled within windows of MB/2 of examples (the same order for any "
-                    "number of workers; default: each worker holds its whole shard, "
-                    "fully shuffled)",
+                    "number of workers); unset: each worker holds its whole shard, "
+                    "fully shuffled",
     "data_shards": "--dataset parquet:...: the contiguous shards the training split is "
                    "kept in, each worker reading its own; every global batch draws equally "
                    "from each, each shard shuffled on its own (0 = --workers; the result "
@@ -163,7 +163,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
             typ = str   # one number, or one per weight layer: parsed by config
         metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
                    "metrics_out": "FILE.json", "data_dir": "DIR", "checkpoint_dir": "DIR",
-                   "comm_ports": "LO-HI",
+                   "comm_ports": "LO-HI", "label_column": "NAME",
+                   "feature_columns": "A,B,C", "split_column": "NAME", "split": "T/V/T",
+                   "shard_memory": "MB", "data_shards": "S",
                    "logdir": "DIR"}.get(name, name.upper())
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_, metavar=metavar)
 
