@@ -154,6 +154,7 @@ def test_a_dataset_four_times_a_workers_memory_limit_trains_on_two_workers(tmp_p
     finally:
         from tests.parallel.test_cluster import _kill_session
         _kill_session(temp)
+        (tmp_path / "big.parquet").unlink()      # pytest keeps its last temp dirs
     m = json.loads(out.read_text())
     mem = m["memory"]
     assert len(mem["workers"]) == 2
