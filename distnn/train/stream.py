@@ -81,6 +81,7 @@ class StreamedBatches(Batches):
         self.window_rows = max(1, self.budget // 2 // max(self.source.row_bytes, 1))
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._held = 0
+        self._last = None        # (first global index, end, examples) of the last block
         self.reads = 0           # row groups read (a test checks it stays near one pass)
 
     @classmethod
@@ -111,16 +112,22 @@ class StreamedBatches(Batches):
             evicted = True
         if evicted:
             del old
+            self._last = None
             release_freed()
         return x
 
     def _raw(self, rows: np.ndarray) -> np.ndarray:
         glob = rows + self.offset
+        last = self._last
+        if last is not None and len(glob) and glob.min() >= last[0] and glob.max() < last[1]:
+            return last[2].take(glob - last[0], axis=0)   # the usual case: the same group
         blocks = np.searchsorted(self.ends, glob, side="right")
         first = int(blocks[0]) if len(blocks) else 0
-        if len(blocks) and (blocks == first).all():     # the usual case: one row group
-            return self._block(first).take(glob - max(int(self.starts[first]), self.offset),
-                                           axis=0)
+        if len(blocks) and (blocks == first).all():     # one row group
+            x = self._block(first)
+            lo = max(int(self.starts[first]), self.offset)
+            self._last = (lo, lo + len(x), x)
+            return x.take(glob - lo, axis=0)
         out = np.empty((len(rows), *self.source.layout.shape), self.source.layout.dtype)
         for b in np.unique(blocks):
             sel = blocks == b
