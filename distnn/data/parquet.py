@@ -90,6 +90,7 @@ class ParquetSplit:
     def __init__(self, layout: Layout, parts: tuple[Part, ...], split_column=None):
         self.layout, self.parts, self.split_column = layout, tuple(parts), split_column
         self._ends = np.cumsum([p.count for p in self.parts], dtype=np.int64)
+        self._files: dict = {}    # path -> open ParquetFile (not pickled: __reduce__)
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
@@ -135,7 +136,8 @@ class ParquetSplit:
         for p, s, e in zip(self.parts, starts, self._ends):
             if e <= lo or s >= hi:
                 continue
-            px, py = read_part(self.layout, p, self.split_column, with_x=x)
+            px, py = read_part(self.layout, p, self.split_column, with_x=x,
+                               handle=self._file(p.file))
             a, b = max(lo - s, 0), min(hi, e) - s
             y[s + a - lo:s + b - lo] = py[a:b]
             if x:
@@ -164,12 +166,19 @@ class ParquetSplit:
         atomic_write(path, buf.getvalue())
         return norm
 
+    def _file(self, path: str):
+        """``path`` opened once for this split's reads (its footer read once)."""
+        if path not in self._files:
+            self._files[path] = _open(self.layout.uri, path)
+        return self._files[path]
+
     def chunks(self):
         """The split a row group at a time (``Split`` each): one streaming pass."""
         from .datasets import Split
         for p in self.parts:
             if p.count:
-                x, y = read_part(self.layout, p, self.split_column)
+                x, y = read_part(self.layout, p, self.split_column,
+                                 handle=self._file(p.file))
                 yield Split(x, y)
                 del x, y
                 release_freed()
@@ -245,13 +254,14 @@ def _open(layout_uri: str, path: str):
 
 
 # -- reading one row group --------------------------------------------------------------
-def read_part(layout: Layout, p: Part, split_column=None, with_x: bool = True
-              ) -> tuple[np.ndarray | None, np.ndarray]:
+def read_part(layout: Layout, p: Part, split_column=None, with_x: bool = True,
+              handle=None) -> tuple[np.ndarray | None, np.ndarray]:
     """(x, y) of the rows of ``p`` (its first ``count`` selected rows); x None when
-    not ``with_x`` (then only the label column is read)."""
+    not ``with_x`` (then only the label column is read); ``handle``: ``p.file``
+    already open."""
     cols = [layout.label, *(layout.columns if with_x else ())] + \
         ([split_column] if p.names else [])
-    table = _open(layout.uri, p.file).read_row_group(p.group, columns=cols)
+    table = (handle or _open(layout.uri, p.file)).read_row_group(p.group, columns=cols)
     keep = _selected(p, table.column(split_column) if p.names else None)
     y = _labels(table.column(layout.label), layout, p.file)
     x = None

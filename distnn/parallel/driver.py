@@ -228,11 +228,16 @@ def claim_outputs(cfg: TrainConfig) -> list:
     return locks
 
 
+def _resumed(cfg: TrainConfig) -> str:
+    """The checkpoint or checkpoint directory ``--resume`` names."""
+    return cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume
+
+
 def resume_source(cfg: TrainConfig):
     """What ``--resume`` loads: a path or URI, or for a checkpoint inside a URI
     --checkpoint-dir, its copy in the stage (``_fetch_resumed``)."""
     from ..io import store
-    src, d = (cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume), cfg.checkpoint_dir
+    src, d = _resumed(cfg), cfg.checkpoint_dir
     if d and store.is_uri(d) and store.is_uri(src) and \
             (src.rstrip("/") + "/").startswith(d.rstrip("/") + "/"):
         return store.local(d) / src.rstrip("/")[len(d.rstrip("/")):].lstrip("/")
@@ -246,9 +251,8 @@ def _fetch_resumed(cfg: TrainConfig) -> None:
     from ..io import store
     if isinstance(resume_source(cfg), str):
         return     # resuming from elsewhere: read from there
-    src, d = (cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume), cfg.checkpoint_dir
-    _, files = ckpt_store.fetch(src, into=store.local(d))
-    store.mirror(d).know(files)
+    _, files = ckpt_store.fetch(_resumed(cfg), into=store.local(cfg.checkpoint_dir))
+    store.mirror(cfg.checkpoint_dir).know(files)
 
 
 def release(locks) -> None:

@@ -48,7 +48,9 @@ class Worker:
                      cfg.network_spec().dtype, in_process)
         self._budget = cfg.shard_memory and cfg.shard_memory * 2 ** 20
         self._shards = max(cfg.data_shards, 1)
-        if any(s is not None and not isinstance(s, Split) for s in self.splits):
+        self._reads_own = any(s is not None and not isinstance(s, Split)
+                              for s in self.splits)
+        if self._reads_own:
             import importlib     # pyarrow in memory before the baseline is taken
             importlib.import_module("pyarrow.parquet")
         self._rss0 = memory()["rss"]
@@ -91,7 +93,7 @@ class Worker:
         then joins a new group.  A worker reading its own shard reads its new one."""
         self.rank = self.engine.rank = rank
         self.engine.world = world
-        if any(s is not None and not isinstance(s, Split) for s in self.splits):
+        if self._reads_own:
             e = self.engine
             e.train, e.valid, e.test = self._batches(rank, world)
 

@@ -128,6 +128,10 @@ class Batches:
         """The stored examples at local ``rows`` (uint8 images or float features)."""
         return self.split.x.take(rows, axis=0)
 
+    def _span(self, lo: int, hi: int) -> np.ndarray:
+        """The stored examples lo..hi-1 (local): a view where they are in memory."""
+        return self.split.x[lo:hi]
+
     def order(self, seed: int, epoch: int) -> np.ndarray:
         """The global visiting order of ``epoch`` (``sharded_order``)."""
         return sharded_order(seed, epoch, self.total, self.shards)
@@ -136,7 +140,7 @@ class Batches:
         """Examples lo..hi-1 unaugmented (for evaluation)."""
         if self.x is not None:
             return self.x[lo:hi]
-        return self.normalizer(self._raw(np.arange(lo, hi)), self.dtype)
+        return self.normalizer(self._span(lo, hi), self.dtype)
 
 
 def prefetch(batches: Batches, items, epoch: int, threaded: bool = False, depth: int = 3):

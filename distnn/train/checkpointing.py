@@ -154,7 +154,7 @@ class Checkpointing(Callback):
             from ..io import store
             store.mirror(self.uri).sync(last=ckpt.POINTERS)   # the pointers last
             ckpt_store.prune_remote(store.mirror(self.uri).remote, self.keep_last,
-                              keep | ckpt.pointed(self.root))
+                                    keep | ckpt.pointed(self.root))
 
 
 def resume(trainer, cfg, source) -> ckpt.Checkpoint:

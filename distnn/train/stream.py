@@ -73,7 +73,6 @@ class StreamedBatches(Batches):
     budget: int = 0              # bytes of examples held at most
 
     def __post_init__(self):
-        self.cache, self.x = False, None
         super().__post_init__()
         self.whole = False
         self.ends = self.source.ends
@@ -115,6 +114,9 @@ class StreamedBatches(Batches):
             self._last = None
             release_freed()
         return x
+
+    def _span(self, lo: int, hi: int) -> np.ndarray:
+        return self._raw(np.arange(lo, hi))
 
     def _raw(self, rows: np.ndarray) -> np.ndarray:
         glob = rows + self.offset
