@@ -90,7 +90,7 @@ def test_a_changed_setting_is_refused_unless_overridden_and_then_recorded(blob_d
 def test_plateau_halvings_survive_a_resume(blob_dir, tmp_path):
     """The driver's plateau schedule restarted at η0 after a resume (and the checkpoint
     held its state from before the epoch's callbacks): a different result."""
-    extra = ("--schedule", "plateau:1:64", "--monitor", "train_cost", "--lr", "2")
+    extra = ("--schedule", "plateau:1:64", "--monitor", "train_accuracy", "--lr", "2")
     full, part = tmp_path / "full", tmp_path / "part"
     assert cli.main(["-q", *train_args(blob_dir, full, epochs=8, extra=extra)]) == 0
     assert cli.main(["-q", *train_args(blob_dir, part, epochs=4, extra=extra)]) == 0
