@@ -68,6 +68,7 @@ class TrainConfig:
     workers: int = 1
     address: str | None = None
     allreduce: str = "auto"
+    compress: str = "none"
     comm_ports: str | None = None
     comm_timeout: float = 60.0
     lr_scaling: str = "none"
@@ -261,6 +262,10 @@ def _validate_run(c: TrainConfig) -> None:
     # by the driver, before any work: the backends live above this module
     _require(isinstance(c.allreduce, str) and c.allreduce,
              f"allreduce must be a backend name such as auto, got {c.allreduce!r}")
+    # likewise the compressor (parallel.comm.compress), its form checked here
+    _require(isinstance(c.compress, str) and c.compress.partition(":")[0] != "",
+             f"compress must be NAME or NAME:ARG such as none or powersgd:4, got "
+             f"{c.compress!r}")
     if c.comm_ports is not None:
         lo, _, hi = str(c.comm_ports).partition("-")
         ok = lo.isdigit() and (hi == "" or hi.isdigit())

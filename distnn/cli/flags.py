@@ -86,6 +86,11 @@ HELP = {
                  "has the same number of workers, else tcp), shm (shared memory, one node), "
                  "tcp (a ring over direct TCP connections), hier (shm inside each node, "
                  "tcp across nodes) or ring (Ray actor calls; slow, needs no open ports)",
+    "compress": "gradient compression: none (the exact all-reduce), bf16 (gradients travel "
+                "as bfloat16: half the bytes) or powersgd:R (PowerSGD, each weight matrix "
+                "as a rank-R product with error feedback: R=4 sends ~1/60 of the main job's "
+                "bytes); N workers give one process's result with the same setting, and "
+                "every replica applies the whole update (no parameter all-gather)",
     "comm_ports": "ports the tcp/hier backends listen on, LO-HI (for firewalled clusters; "
                   "default: any free port)",
     "comm_timeout": "seconds a worker waits in an all-reduce for its peers before the "
@@ -163,9 +168,14 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
             typ = str   # one number, or one per weight layer: parsed by config
         metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
                    "metrics_out": "FILE.json", "data_dir": "DIR", "checkpoint_dir": "DIR",
-                   "comm_ports": "LO-HI", "label_column": "NAME",
+                   "compress": "gradient compression: none (the exact all-reduce), bf16 (gradients travel "
+                "as bfloat16: half the bytes) or powersgd:R (PowerSGD, each weight matrix "
+                "as a rank-R product with error feedback: R=4 sends ~1/60 of the main job's "
+                "bytes); N workers give one process's result with the same setting, and "
+                "every replica applies the whole update (no parameter all-gather)",
+    "comm_ports": "LO-HI", "label_column": "NAME",
                    "feature_columns": "A,B,C", "split_column": "NAME", "split": "T/V/T",
-                   "shard_memory": "MB", "data_shards": "S",
+                   "shard_memory": "MB", "data_shards": "S", "compress": "NAME[:ARG]",
                    "logdir": "DIR"}.get(name, name.upper())
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_, metavar=metavar)
 

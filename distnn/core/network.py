@@ -208,6 +208,12 @@ class Network:
     def named_grads(self) -> dict[str, np.ndarray]:
         return dict(self._gviews)
 
+    def layout(self) -> list[tuple[str, slice, tuple[int, ...]]]:
+        """[(key, slice of ``params``, shape)] of every parameter, in their order in the
+        flat vector (weights first)."""
+        return sorted(((k, sl, self._views[k].shape) for k, sl in self.slices.items()),
+                      key=lambda t: t[1].start)
+
     def named_buffers(self) -> dict[str, np.ndarray]:
         """Non-trained state (batch-norm running statistics), keyed like parameters."""
         return {f"{bn.name}.{k}": v for bn in self.batchnorms for k, v in bn.buffers().items()}

@@ -25,8 +25,9 @@ from ..train.data import TrainingData, load_splits, prepare
 from ..train.diagnosis import from_history
 from ..train.evaluate import cost_and_accuracy, measure
 from ..train.records import (DivergenceError, all_finite, diverged_message, epoch_logs,
-                             model_params, write_json)
+                             model_params, straggler, write_json)
 from . import comm
+from .comm import compress
 from .pools import open_pool
 from .worker import memory
 
@@ -114,7 +115,12 @@ class Driver:
                           r0["loss_sum"],   # already summed over all workers
                           self.evaluate, cfg.monitor_train, len(self.data.splits.valid) > 0,
                           comm_seconds=max(r["comm_seconds"] for r in results),
-                          workers=len(results))
+                          workers=len(results), ranks=[r["times"] for r in results],
+                          bytes_per_step=max(r["times"]["bytes_sent"] for r in results)
+                          / max(1, r0["times"]["steps"]))
+        slow = straggler(logs["ranks"], seconds)
+        if slow:
+            log.warning("epoch %d: %s", epoch, slow)
         if not all_finite(logs):
             self.state = last_good
             last_step = -(-len(self.data.train) // cfg.batch_size) - 1
@@ -273,6 +279,7 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     return the metrics dict written by ``--metrics-out``, with the trained ``network``
     and its input ``normalizer``."""
     comm.check(cfg.allreduce)
+    compress.check(cfg.compress, cfg.dtype)
     if cfg.data_shards == 0 and cfg.dataset.startswith("parquet:"):
         cfg = cfg.replace(data_shards=cfg.workers)   # recorded: a resume keeps the order
     splits = splits or load_splits(cfg)

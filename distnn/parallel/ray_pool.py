@@ -306,9 +306,12 @@ class RayPool:
     def epoch_state(self) -> dict:
         """The state at the end of the epoch just run, every worker holding it."""
         self.state = self._end_state
-        if self.state["buffers"] and not self.cfg.sync_batchnorm:
+        if (self.state["buffers"] and not self.cfg.sync_batchnorm) or \
+                "errors" in (self.state.get("comm") or {}):
             # batch-norm running statistics are per worker; adopt one worker's everywhere
-            # (parameters and optimizer state are already identical: digests checked)
+            # (parameters and optimizer state are already identical: digests checked);
+            # a compressor's errors are per worker: their sum goes to the first worker,
+            # as a checkpoint holds them, so a resumed run continues exactly
             self.set_state(self.state)
         return self.state
 

@@ -20,6 +20,7 @@ from ..train.batches import Batches, owned_range
 from ..train.engine import Engine
 from ..train.stream import StreamedBatches
 from .comm import BACKENDS
+from .comm import compress
 
 
 def memory() -> dict:
@@ -58,6 +59,9 @@ class Worker:
         train, valid, test = self._batches(rank, world)
         self.engine = Engine(cfg, train, valid, test=test, rank=rank, world=world,
                              background=in_process)
+        # the compressor outlives the groups it reduces through (a fault re-wires them)
+        self.compressor = None if cfg.compress == "none" else compress.build(
+            cfg.compress, self.engine.net.layout(), self.engine.net.dtype, cfg.seed)
 
     def _batches(self, rank: int, world: int) -> tuple:
         """Batches of the training, validation and test splits for this place: whole
@@ -115,8 +119,11 @@ class Worker:
     def join(self, backend: str, spec: dict, peers=None, addresses=None) -> None:
         """Phase two: join the group, now that every member's address is known."""
         handle, self._handle = self._handle, None
-        self.engine.join(BACKENDS[backend].join(self.rank, spec, peers=peers,
-                                                addresses=addresses, handle=handle))
+        group = BACKENDS[backend].join(self.rank, spec, peers=peers, addresses=addresses,
+                                       handle=handle)
+        if self.compressor is not None:
+            group = compress.CompressedGroup(group, self.compressor, self.engine.world)
+        self.engine.join(group)
 
     def deliver(self, key, data) -> None:
         self.engine.group.deliver(tuple(key), data)

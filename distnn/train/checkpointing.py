@@ -22,6 +22,8 @@ from .callbacks import Callback, better
 log = logging.getLogger(__name__)
 
 ARCH_KEYS = ("layers", "activation", "output", "cost", "batchnorm", "dtype")
+#: the prefix of a compressor's rows in optimizer.parquet ("compress.q.dense0.weight")
+COMPRESS = "compress"
 
 
 def state_to_checkpoint(state: dict, net, normalizer) -> tuple[dict, dict, dict]:
@@ -37,6 +39,11 @@ def state_to_checkpoint(state: dict, net, normalizer) -> tuple[dict, dict, dict]
              for name, slot in opt["slots"].items() for key, sl in net.slices.items()}
     scalars = {"optimizer": {k: v for k, v in opt.items() if k != "slots"},
                "schedule": state["schedule"]}
+    comm = state.get("comm")
+    if comm is not None:      # a compressor's state: its arrays beside the slots
+        scalars["compress"] = {k: v for k, v in comm.items() if not isinstance(v, dict)}
+        slots.update({f"{COMPRESS}.{part}.{key}": a for part, arrays in comm.items()
+                      if isinstance(arrays, dict) for key, a in arrays.items()})
     return tensors, slots, scalars
 
 
@@ -46,16 +53,24 @@ def checkpoint_to_state(c: ckpt.Checkpoint, net) -> dict:
     for key, sl in net.slices.items():
         params[sl] = c.tensors[key].reshape(-1)
     buffers = {k: c.tensors[k] for k in net.named_buffers()}
-    slot_names = sorted({k.split(".", 1)[0] for k in c.optimizer})
+    slot_names = sorted({k.split(".", 1)[0] for k in c.optimizer} - {COMPRESS})
     slots = {}
     for name in slot_names:
         flat = np.empty_like(net.params)
         for key, sl in net.slices.items():
             flat[sl] = c.optimizer[f"{name}.{key}"].reshape(-1)
         slots[name] = flat
-    return {"params": params, "buffers": buffers,
-            "optimizer": {**c.meta["optimizer"], "slots": slots},
-            "schedule": c.meta["schedule"]}
+    state = {"params": params, "buffers": buffers,
+             "optimizer": {**c.meta["optimizer"], "slots": slots},
+             "schedule": c.meta["schedule"]}
+    if isinstance(c.meta.get("compress"), dict):
+        comm = dict(c.meta["compress"])
+        for k, a in c.optimizer.items():
+            if k.startswith(COMPRESS + "."):
+                part, key = k[len(COMPRESS) + 1:].split(".", 1)
+                comm.setdefault(part, {})[key] = a
+        state["comm"] = comm
+    return state
 
 
 def saved_config(meta: dict, **changes) -> TrainConfig:
@@ -166,6 +181,8 @@ def resume(trainer, cfg, source) -> ckpt.Checkpoint:
     state = checkpoint_to_state(c, trainer.net)
     fresh = optim.build(trainer.cfg).state_dict()
     state["optimizer"].update({k: v for k, v in fresh.items() if k not in ("name", "t", "slots")})
+    if c.meta["config"].get("compress", "none") != cfg.compress:
+        state.pop("comm", None)   # --override compress: the new compressor starts afresh
     trainer.restore(state)
     trainer.history = list(c.meta["history"])
     trainer.epoch = c.meta["epoch"] + 1

@@ -58,7 +58,9 @@ class Engine:
         net.rebind_grads(self.buf)
         self._scratch = np.empty(net.n_decay, net.dtype)
         self.group, self.shard, self._key = None, (0, net.params.size), 0   # see join
-        self.comm_seconds = 0.0
+        self.prescaled = self.optimizer.prescalable   # the update takes -lr g (see step)
+        self.scale_after = False
+        self.clock = Clock()
         self.step_seconds = None   # the last epoch's mean step: sets the step deadline
         if cfg.sync_batchnorm and cfg.workers > 1:   # also while fewer remain
             net.sync_batchnorm(self._allreduce)
@@ -72,6 +74,8 @@ class Engine:
         if self.group is not None:
             self.group.close()
         self.group = group
+        # a compressor with state sees the mean gradient and scales what it returns
+        self.scale_after = self.prescaled and not group.takes_scaled
         P = self.net.params.size
         lo, hi = self.shard = group.shard(P)
         # per-step constants: this replica's views, penalty and reduced ranges
@@ -81,8 +85,10 @@ class Engine:
         self._shard_optimizer_state()
 
     def _allreduce(self, a: np.ndarray) -> None:
+        c0 = time.perf_counter()
         self.group.allreduce_(self._key, a)
         self._key += 1
+        self.clock.sync += time.perf_counter() - c0
 
     def _shard_optimizer_state(self) -> None:
         """Keep the optimizer's state for this replica's shard only: a sharded update
@@ -97,10 +103,14 @@ class Engine:
         """A copy of everything needed to resume from here: parameters, buffers,
         schedule state, and the optimizer state of this replica's ``shard`` (the
         replicas' shards together make the whole: ``merge_states``)."""
-        return {"params": self.net.params.copy(),
-                "buffers": {k: v.copy() for k, v in self.net.named_buffers().items()},
-                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                "shard": self.shard}
+        state = {"params": self.net.params.copy(),
+                 "buffers": {k: v.copy() for k, v in self.net.named_buffers().items()},
+                 "optimizer": self.optimizer.state_dict(),
+                 "schedule": self.schedule.state_dict(), "shard": self.shard}
+        comm = self.group.state_dict() if self.group is not None else None
+        if comm is not None:
+            state["comm"] = comm
+        return state
 
     def set_state(self, state: dict) -> None:
         self.net.params[...] = state["params"]
@@ -109,12 +119,15 @@ class Engine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self._shard_optimizer_state()
+        # a compressor's state (None: afresh); the summed errors go to the first member
+        if self.group is not None:
+            self.group.load_state_dict(state.get("comm"), first=self.rank == 0)
 
     # -- one step ------------------------------------------------------------------------
     def grad_scale(self, batch_count: int) -> float:
         """What the summed batch gradient is multiplied by in the backward pass: -lr/B
         for optimizers that take pre-scaled gradients, else 1/B (the mean)."""
-        if self.optimizer.prescalable:
+        if self.prescaled and not self.scale_after:
             return -self.optimizer.lr / batch_count
         return 1.0 / batch_count
 
@@ -124,7 +137,7 @@ class Engine:
         opt, n, pen = self.optimizer, self.n_train, self._penalty
         params, grads = self._mine
         opt.start_average(params)
-        if not opt.prescalable:
+        if not self.prescaled:
             pen.add_grad(grads, params, n, self._scratch)
             opt.step(params, grads)
         elif pen and pen.only_l2 and opt.folds_decay:
@@ -147,8 +160,10 @@ class Engine:
         none — of a global batch of ``b`` examples, its collectives numbered from
         ``key`` (consecutive, increasing over the whole run); returns the batch's summed
         cost over every replica (not finite: nothing was updated)."""
-        calls, net, buf, group = self.calls_per_step, self.net, self.buf, self.group
+        calls, net, buf, group, clock = self.calls_per_step, self.net, self.buf, self.group, \
+            self.clock
         self._key = key
+        t0 = time.perf_counter()
         if x is not None:
             buf[-1] = net._loss_and_grad_sum(x, y, epoch=epoch, indices=idx,
                                              scale=self.grad_scale(b))
@@ -157,17 +172,23 @@ class Engine:
             if calls > 2:
                 net.sync_idle()
         self._key = key + calls - 2
-        c0 = time.perf_counter()
-        group.reduce_parts_(self._key, buf, self._parts)
-        comm = time.perf_counter() - c0
+        t1 = time.perf_counter()
+        if self.scale_after:
+            group.reduce_parts_(self._key, buf, self._parts, scale=-self.optimizer.lr)
+        else:
+            group.reduce_parts_(self._key, buf, self._parts)
+        t2 = time.perf_counter()
+        clock.compute += t1 - t0
+        clock.comm += t2 - t1
         loss = float(buf[-1])
         if math.isfinite(loss):
             self.apply_update()
-            c0 = time.perf_counter()
+            t3 = time.perf_counter()
             group.all_gather_(self._key + 1, net.params, *self.shard)
-            comm += time.perf_counter() - c0
+            t4 = time.perf_counter()
             self.finish_step()
-        self.comm_seconds += comm
+            clock.update += (t3 - t2) + (time.perf_counter() - t4)
+            clock.comm += t4 - t3
         return loss
 
     # -- one epoch -----------------------------------------------------------------------
@@ -190,12 +211,13 @@ class Engine:
         warm = sched.warmup > 0 and epoch < sched.warmup
         opt.lr = sched(epoch)
         calls = self.calls_per_step
-        loss_total, digests, self.comm_seconds = 0.0, [], 0.0
+        loss_total, digests = 0.0, []
         self.group.set_timeout(self.step_deadline())
+        self.clock = clock = Clock(self.group)
         t0 = time.perf_counter()
         batches = prefetch(self.train, self._slices(self.train.order(cfg.seed, epoch)), epoch,
                            threaded=self.background)
-        for k, ((b, idx), x, y) in enumerate(batches):
+        for k, ((b, idx), x, y) in enumerate(clock.timed(batches)):
             if warm:
                 opt.lr = sched(epoch + (k + 1) / steps)
             loss = self.step(x, y, idx, b, epoch, (epoch * steps + k) * calls)
@@ -209,9 +231,11 @@ class Engine:
                 progress(min(n, (k + 1) * cfg.batch_size), n)
         seconds = time.perf_counter() - t0
         self.step_seconds = seconds / max(steps, 1)
+        times = clock.record(self.rank, steps, seconds)
         return {"diverged": False, "loss_sum": loss_total, "seconds": seconds,
-                "comm_seconds": self.comm_seconds, "lr": opt.lr, "digests": digests,
-                "final_digest": digest(self.net.params), "rank": self.rank}
+                "comm_seconds": times["comm_seconds"], "times": times, "lr": opt.lr,
+                "digests": digests, "final_digest": digest(self.net.params),
+                "rank": self.rank}
 
     def step_deadline(self) -> float:
         """How long a collective waits for the other workers: --comm-timeout until a
@@ -246,6 +270,44 @@ class Engine:
             return measure(self.net, data, *data.part(self.rank, self.world))
 
 
+class Clock:
+    """Where one replica's epoch goes: building batches (``data``), forward and backward
+    (``compute``), collectives inside them (``sync``: synchronised batch norm), the
+    gradient reduction and parameter gather (``comm``), and the optimizer step
+    (``update``); the group's own counters say how much of ``comm`` was waiting for
+    the others, local compression work, and the bytes sent."""
+
+    def __init__(self, group=None):
+        self.data = self.compute = self.sync = self.comm = self.update = 0.0
+        self.group = group
+        self._start = dict(group.stats) if group is not None else {}
+
+    def timed(self, batches):
+        """``batches``, with the time spent waiting for each counted as ``data``."""
+        it = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self.data += time.perf_counter() - t0
+            yield item
+
+    def record(self, rank: int, steps: int, seconds: float) -> dict:
+        """This epoch's figures (seconds, bytes) for the metrics and TensorBoard."""
+        now = dict(self.group.stats) if self.group is not None else {}
+        delta = {k: now[k] - self._start.get(k, 0) for k in now}
+        compress = delta.get("compress_seconds", 0.0)
+        comm = self.comm + self.sync - compress
+        return {"rank": rank, "steps": steps, "seconds": seconds,
+                "data_seconds": self.data, "compute_seconds": self.compute - self.sync,
+                "compress_seconds": compress, "comm_seconds": comm,
+                "wait_seconds": min(delta.get("wait_seconds", 0.0), comm),
+                "update_seconds": self.update,
+                "bytes_sent": int(delta.get("bytes_sent", 0))}
+
+
 def merge_states(states: list[dict]) -> dict:
     """One whole state from the replicas' ``get_state()``: the parameters and buffers of
     the first, each optimizer slot assembled from the replicas' shards."""
@@ -265,4 +327,15 @@ def merge_states(states: list[dict]) -> dict:
         raise RuntimeError("the replicas' shards do not cover the parameters; "
                            "this is a bug, please report it")
     state = {k: v for k, v in first.items() if k != "shard"}
+    if first.get("comm") is not None and "errors" in first["comm"]:
+        state["comm"] = {**first["comm"], "errors": {
+            k: _sum_in_order([st["comm"]["errors"][k] for st in states])
+            for k in first["comm"]["errors"]}}
     return {**state, "optimizer": {**first["optimizer"], "slots": slots}}
+
+
+def _sum_in_order(arrays: list[np.ndarray]) -> np.ndarray:
+    total = arrays[0].copy()
+    for a in arrays[1:]:
+        total += a
+    return total

@@ -44,6 +44,34 @@ def epoch_logs(epoch, lr, n, seconds, loss_sum, evaluate, monitor_train, has_val
     return logs
 
 
+#: a rank whose own work makes the others wait longer than this share of the epoch (and
+#: than STRAGGLER_SECONDS: noise in short epochs) is named in the log
+STRAGGLER_SHARE, STRAGGLER_SECONDS = 0.10, 0.5
+
+
+def straggler(ranks: list[dict], seconds: float) -> str | None:
+    """The slowest rank, when it costs more than ``STRAGGLER_SHARE`` of the epoch: its
+    own work (batches, compute, compression, update: everything but the collectives)
+    against the median of the other ranks', which is about how long the others waited
+    for it."""
+    if len(ranks) < 2 or seconds <= 0:
+        return None
+    work = [r["data_seconds"] + r["compute_seconds"] + r["compress_seconds"]
+            + r["update_seconds"] for r in ranks]
+    slow = int(np.argmax(work))
+    others = float(np.median([w for i, w in enumerate(work) if i != slow]))
+    cost = work[slow] - others
+    if cost <= max(STRAGGLER_SHARE * seconds, STRAGGLER_SECONDS):
+        return None
+    r = ranks[slow]
+    return (f"rank {r['rank']} is the straggler: {work[slow]:.2f} s of its own work "
+            f"(batches {r['data_seconds']:.2f}, compute {r['compute_seconds']:.2f}, "
+            f"compression {r['compress_seconds']:.2f}, update {r['update_seconds']:.2f}) "
+            f"against a median {others:.2f} s for the others, costing the epoch about "
+            f"{cost:.2f} s ({cost / seconds:.0%} of {seconds:.2f} s): see the per-rank "
+            "times in the metrics JSON (history[].ranks) or TensorBoard (ranks/)")
+
+
 def all_finite(logs: dict) -> bool:
     return all(not isinstance(v, (int, float)) or math.isfinite(v) for v in logs.values())
 

@@ -85,6 +85,44 @@ def test_two_workers_reproduce_one_process(ray_session, splits, opts):
         pytest.approx([h["batch_cost"] for h in one["history"]], rel=1e-4)
 
 
+@pytest.mark.parametrize("opts", [dict(), dict(allreduce="tcp", optimizer="adam", lr=0.01,
+                                               l2=1.0, ema=0.9),
+                                  dict(allreduce="ring", keep_prob=0.8, l1=0.3,
+                                       augment="rotate=10", batch_size=21)])
+def test_two_powersgd_workers_reproduce_one_powersgd_process(ray_session, splits, opts):
+    """--compress powersgd:2, float64: every reduction is a sum, and the errors the
+    workers keep sum to the one process's (the pool gives the sum to worker 0 at each
+    epoch's end), so 2 workers compute one process's parameters up to rounding."""
+    c = dict(compress="powersgd:2", dtype="float64", **opts)
+    two = train(cfg(**c), splits)
+    one = train_one(cfg(workers=1, **c), splits)
+    np.testing.assert_allclose(two["network"].params, one["network"].params, rtol=1e-9,
+                               atol=1e-9)
+    exact = train_one(cfg(workers=1, **{**c, "compress": "none"}), splits)
+    assert np.abs(exact["network"].params - one["network"].params).max() > 1e-4
+    assert two["test_accuracy"] > 0.9
+    r = two["history"][-1]["ranks"]
+    assert [x["rank"] for x in r] == [0, 1] and all(x["compress_seconds"] > 0 for x in r)
+    if opts.get("allreduce") == "tcp":   # a rank-2 product of the 64x32 matrix, not all of it
+        P = 64 * 32 + 32 + 32 * 4 + 4
+        sent = 2 * (64 + 32) * 2 + (32 + 32 * 4 + 4 + 1)
+        per_step = two["history"][-1]["bytes_per_step"]
+        assert per_step < 0.3 * P * 8 and per_step == pytest.approx(sent * 8, rel=0.5)
+
+
+def test_bf16_workers_agree_and_stay_close_to_one_process(ray_session, splits):
+    c = dict(compress="bf16", allreduce="tcp")
+    two = train(cfg(**c), splits)
+    one = train_one(cfg(workers=1, **c), splits)
+    exact = train(cfg(allreduce="tcp"), splits)
+    np.testing.assert_allclose(two["network"].params, one["network"].params, atol=2e-2)
+    np.testing.assert_allclose(two["network"].params, exact["network"].params, atol=2e-2)
+    assert two["test_accuracy"] == pytest.approx(exact["test_accuracy"], abs=0.01)
+    # half the bytes of the float32 all-reduce (the cost and headers aside)
+    ratio = two["history"][-1]["bytes_per_step"] / exact["history"][-1]["bytes_per_step"]
+    assert 0.45 < ratio < 0.6
+
+
 def test_merge_valid_on_two_workers_matches_one_process(ray_session, splits):
     two = train(cfg(merge_valid=True), splits)
     one = train_one(cfg(workers=1, merge_valid=True), splits, progress=False)
@@ -111,11 +149,13 @@ class KillWorker(Callback):
         self.killed.append(pid)     # only once it was really killed
 
 
-@pytest.mark.parametrize("backend", ["shm", "ring", "tcp"])
-def test_killed_worker_costs_time_not_the_result(ray_session, splits, backend):
-    # batches of 2: an epoch takes long enough for the kill to land inside epoch 1
+@pytest.mark.parametrize("backend,compress", [("shm", "none"), ("ring", "none"),
+                                              ("tcp", "none"), ("tcp", "powersgd:2")])
+def test_killed_worker_costs_time_not_the_result(ray_session, splits, backend, compress):
+    # batches of 2: an epoch takes long enough for the kill to land inside epoch 1; a
+    # compressed run's replay starts from the errors and Q of the epoch's start
     c = cfg(allreduce=backend, check_replicas=10, epochs=3, keep_prob=0.9, batch_size=2,
-            lr=0.02)
+            lr=0.02, compress=compress)
     clean = train(c, splits)["network"].params
     killer = KillWorker()
     faulted = train(c, splits, callbacks=[killer])
@@ -225,14 +265,18 @@ class _Hog:
         return True
 
 
-def test_shrinks_when_a_worker_cannot_be_replaced_and_grows_back(ray_session, splits):
+@pytest.mark.parametrize("compress", ["none", "powersgd:2"])
+def test_shrinks_when_a_worker_cannot_be_replaced_and_grows_back(ray_session, splits,
+                                                                  compress):
     """Worker 1 killed after epoch 0 and its CPU taken: no replacement within
     --replace-timeout, so epoch 1 is replayed on the one worker left (the same global
     batch); the CPU comes back after epoch 1 and the run grows to 2 workers at the next
     boundary.  The updates are those of the fault-free run: the same parameters up to
-    rounding (float64)."""
+    rounding (float64).  Compressed, the summed errors move to the new worker 0 at each
+    change, so their sum, all the result depends on, is kept."""
     ray = ray_session
-    c = cfg(epochs=4, batch_size=6, lr=0.05, dtype="float64", replace_timeout=3.0)
+    c = cfg(epochs=4, batch_size=6, lr=0.05, dtype="float64", replace_timeout=3.0,
+            compress=compress)
     clean = train(c, splits)
 
     class Squeeze(Callback):
@@ -254,8 +298,9 @@ def test_shrinks_when_a_worker_cannot_be_replaced_and_grows_back(ray_session, sp
     assert (1, "could not be replaced; continuing on 1 workers") in actions
     assert (2, "grew to 2 workers") in actions
     assert [h["workers"] for h in out["history"]] == [2, 1, 2, 2]
+    # (PowerSGD's power step and orthonormalisation amplify rounding a little)
     np.testing.assert_allclose(out["network"].params, clean["network"].params, rtol=1e-9,
-                               atol=1e-12)
+                               atol=1e-12 if compress == "none" else 1e-9)
     assert [h["valid_accuracy"] for h in out["history"]] == \
         pytest.approx([h["valid_accuracy"] for h in clean["history"]])
 

@@ -39,7 +39,12 @@ def test_learns_separable_data(splits):
     assert len(h) == 4 and h[-1]["train_cost"] < h[0]["train_cost"]
     assert set(h[0]) == {"epoch", "batch_cost", "train_cost", "train_accuracy", "valid_cost",
                          "valid_accuracy", "lr", "train_seconds", "examples_per_second",
-                         "comm_seconds", "workers"}
+                         "comm_seconds", "workers", "ranks", "bytes_per_step"}
+    r = h[0]["ranks"][0]      # where one replica's epoch went
+    assert r["rank"] == 0 and r["steps"] == 40 and r["bytes_sent"] == 0
+    parts = sum(r[k] for k in ("data_seconds", "compute_seconds", "compress_seconds",
+                               "comm_seconds", "update_seconds"))
+    assert 0.5 * r["seconds"] < parts <= r["seconds"] and r["compute_seconds"] > 0
     assert h[-1]["batch_cost"] < h[0]["batch_cost"]
 
 

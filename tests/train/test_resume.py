@@ -70,15 +70,30 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(blob_dir, tmp_path):
     _run_killed_and_resumed(blob_dir, tmp_path)
 
 
+def test_a_compressed_run_resumes_bit_identical_with_its_q_and_errors(blob_dir, tmp_path):
+    """PowerSGD's state (each matrix's Q and error feedback) is checkpointed beside the
+    optimizer's slots and restored, so the resumed run continues exactly."""
+    _run_killed_and_resumed(blob_dir, tmp_path, extra=("--compress", "powersgd:2"))
+    c = ckpt.load(tmp_path / "part")
+    assert {"compress.q.dense0.weight", "compress.errors.dense0.weight"} <= set(c.optimizer)
+    assert c.optimizer["compress.q.dense0.weight"].shape == (24, 2)
+    assert np.abs(c.optimizer["compress.errors.dense0.weight"]).max() > 0
+    assert c.meta["compress"] == {"name": "powersgd", "rank": 2}
+    assert "compress.q.dense1.weight" not in c.optimizer      # 24x4: reduced exactly
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_sigkill_then_resume_with_two_workers(blob_dir, tmp_path):
+# with a parameter average: a sharded optimizer slot, checkpointed and restored; with
+# PowerSGD: the workers' errors, summed into worker 0 at every epoch's end as in the
+# checkpoint, so the uninterrupted and the resumed run hold the same state
+@pytest.mark.parametrize("extra", [("--ema", "0.9"), ("--compress", "powersgd:2")])
+def test_sigkill_then_resume_with_two_workers(blob_dir, tmp_path, extra):
     pytest.importorskip("ray")
     temp = tempfile.mkdtemp(prefix="rr", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": temp}
     try:
-        # with a parameter average: a sharded optimizer slot, checkpointed and restored
-        _run_killed_and_resumed(blob_dir, tmp_path, extra=("--workers", "2", "--ema", "0.9"),
+        _run_killed_and_resumed(blob_dir, tmp_path, extra=("--workers", "2", *extra),
                                 env=env)
     finally:
         from tests.parallel.test_cluster import _kill_session

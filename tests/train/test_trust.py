@@ -69,7 +69,9 @@ def test_a_changed_setting_is_refused_unless_overridden_and_then_recorded(blob_d
     for flag, value, shown in (("--seed", "7", "--seed: checkpoint 0, now 7"),
                                ("--lr", "0.5", "--lr: checkpoint 0.1, now 0.5"),
                                ("--momentum", "0.1", "--momentum: checkpoint 0.9, now 0.1"),
-                               ("--standardize", None, "--standardize: checkpoint False, now True")):
+                               ("--standardize", None, "--standardize: checkpoint False, now True"),
+                               ("--compress", "powersgd:2",
+                                "--compress: checkpoint 'none', now 'powersgd:2'")):
         args = [flag] if value is None else [flag, value]
         assert cli.main(["-q", *train_args(blob_dir, c, epochs=3), *args, "--resume"]) == 2
         err = capsys.readouterr().err

@@ -9,9 +9,13 @@ A worker joins in two phases, so that members can find each other: ``listen`` (o
 what others connect to — a socket, a shared-memory file — and return its address), then,
 once the driver has every member's address, ``join``.
 
-``allreduce_(step, buf)``   buf <- the elementwise sum of every member's buf, identically
-                            on every member (the same additions in the same order), so
-                            replicas that apply the same update stay bit-identical.
+``allreduce_(step, buf, wire=RAW, tail=0)``  buf <- the elementwise sum of every
+                            member's buf, identically on every member (the same additions
+                            in the same order), so replicas that apply the same update stay
+                            bit-identical.  ``buf[:-tail]`` travels in the wire format
+                            ``wire`` (``wire.BF16``: rounded to bfloat16 whenever it is
+                            sent, accumulated in float32); the last ``tail`` numbers always
+                            travel as they are.
 ``shard(size)``             the range [lo, hi) of a size-``size`` vector this member
                             reduces and updates (all of it unless the backend shards).
 ``reduce_parts_(step, buf, parts)``  parts = [(lo, hi) = shard(P), (P, len(buf))]: the sum
@@ -21,10 +25,16 @@ once the driver has every member's address, ``join``.
 ``step`` numbers a group's calls in the same increasing order on every member.  A member
 blocked in a collective raises ``CollectiveAborted`` when the group is aborted (a peer
 died) or after its timeout.
+
+``stats`` counts, since the group was made, ``wait_seconds`` (time a member spent waiting
+for the others to arrive at a collective) and ``bytes_sent`` (bytes it sent over network
+links; shared memory counts none).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .wire import RAW
 
 
 class CollectiveAborted(RuntimeError):
@@ -35,9 +45,18 @@ class Group:
     """Worker side of a backend.  The defaults are those of a group of one."""
 
     name = "local"
+    #: the reduction is linear and keeps no state: its input may be pre-multiplied by
+    #: -lr.  A group for which it is False (a compressor with error feedback) is given
+    #: the mean gradient and ``reduce_parts_(..., scale=s)``: the result times s.
+    takes_scaled = True
 
-    def allreduce_(self, step: int, buf: np.ndarray) -> None:
-        """Sum ``buf`` over the group, in place."""
+    @property
+    def stats(self) -> dict:
+        """{"wait_seconds", "bytes_sent"} so far (see the module's docstring)."""
+        return self.__dict__.setdefault("_stats", {"wait_seconds": 0.0, "bytes_sent": 0})
+
+    def allreduce_(self, step: int, buf: np.ndarray, wire=RAW, tail: int = 0) -> None:
+        """Sum ``buf`` over the group, in place (a group of one: nothing travels)."""
 
     def shard(self, size: int) -> tuple[int, int]:
         return 0, size
@@ -53,6 +72,13 @@ class Group:
 
     def set_timeout(self, seconds: float) -> None:
         """How long a collective may wait for the other members from now on."""
+
+    def state_dict(self) -> dict | None:
+        """Run state the group keeps between steps (a compressor's), or None."""
+        return None
+
+    def load_state_dict(self, state: dict, first: bool) -> None:
+        """Take a whole ``state_dict()`` (``first``: this member is rank 0)."""
 
     def deliver(self, key, data) -> None:
         raise RuntimeError(f"the {self.name} backend receives no messages")

@@ -18,14 +18,22 @@ from __future__ import annotations
 
 from .base import Group, node_of
 from .shm import SharedMemoryCollective, SharedMemoryFile
-from .tcp import TcpBackend, TcpRing, open_listener
+from .tcp import TcpBackend, TcpRing, open_listener, small
+from .wire import RAW
 
 
 class HierarchicalGroup(Group):
+    """Collective ``k`` is local (shared-memory) step 2k for the node's reduction and
+    2k + 1 for its gather, so every collective has both and the steps keep increasing."""
+
     name = "hier"
 
     def __init__(self, local: SharedMemoryCollective, ring: TcpRing):
         self.local, self.ring = local, ring
+
+    @property
+    def stats(self):
+        return {k: self.local.stats[k] + self.ring.stats[k] for k in self.ring.stats}
 
     def _local_shard(self, size):
         return self.local.shard(size)
@@ -35,21 +43,30 @@ class HierarchicalGroup(Group):
         lo, hi = self.ring.owned(b - a)
         return a + lo, a + hi
 
-    def allreduce_(self, step, buf):
-        self.local.reduce_parts_(step, buf, [(0, buf.size)])
-        self.ring.reduce_scatter_(step, buf)
-        self.ring.all_gather_(step, buf)
+    def allreduce_(self, step, buf, wire=RAW, tail=0):
+        """The node's shard of ``buf[:-tail]`` summed in the node, then over the ring of
+        its local rank (in ``wire``), then gathered in the node: each node sends
+        2(M - 1)/M of the buffer over its link, whatever its number of workers."""
+        n = buf.size - tail
+        a, b = self._local_shard(n)
+        self.local.reduce_parts_(2 * step, buf, [(a, b), (n, buf.size)])
+        if small(self.ring.n, (b - a + tail) * buf.itemsize):
+            self.ring.gather_sum_(step, buf[a:b], buf[n:], wire)
+        else:
+            self.ring.reduce_scatter_(step, buf[a:b], buf[n:], wire)
+            self.ring.all_gather_(step, buf[a:b], wire)
+        self.local.all_gather_(2 * step + 1, buf[:n], a, b)
 
     def reduce_parts_(self, step, buf, parts):
         (lo, hi), (P, end) = parts
         a, b = self._local_shard(P)
-        self.local.reduce_parts_(step, buf, [(a, b), (P, end)])
+        self.local.reduce_parts_(2 * step, buf, [(a, b), (P, end)])
         self.ring.reduce_scatter_(step, buf[a:b], buf[P:end])
 
     def all_gather_(self, step, vec, lo, hi):
         a, b = self._local_shard(vec.size)
         self.ring.all_gather_(step, vec[a:b])
-        self.local.all_gather_(step, vec, a, b)
+        self.local.all_gather_(2 * step + 1, vec, a, b)
 
     def set_timeout(self, seconds):
         self.local.set_timeout(seconds)

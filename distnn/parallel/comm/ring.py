@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from .base import Backend, CollectiveAborted, Group
+from .wire import RAW
 
 
 class RingBackend(Backend):
@@ -64,15 +65,46 @@ class RingCollective(Group):
                 self.cond.wait(min(left, 1.0))
             return self.inbox.pop(key)
 
-    def allreduce_(self, step, buf):
+    def allreduce_(self, step, buf, wire=RAW, tail=0):
+        """Reduce-scatter then all-gather of ``buf[:-tail]`` in ``wire`` (each chunk
+        encoded as it is sent; the owner keeps its chunk as the others receive it); the
+        tail is then summed exactly, once around the ring and back."""
         n, r = self.world, self.rank
-        bounds = np.linspace(0, buf.size, n + 1).astype(np.int64)
-        chunk = [buf[bounds[i]:bounds[i + 1]] for i in range(n)]
+        head = buf[:buf.size - tail]
+        bounds = np.linspace(0, head.size, n + 1).astype(np.int64)
+        chunk = [head[bounds[i]:bounds[i + 1]] for i in range(n)]
+        enc = (lambda a: a) if wire.exact else (lambda a: self._encode(wire, a))
         for s in range(n - 1):                      # reduce-scatter
             send = (r - s) % n
-            self.next.deliver.remote((step, 0, s), chunk[send])
-            chunk[(r - s - 1) % n] += self._receive((step, 0, s))
+            self.next.deliver.remote((step, 0, s), enc(chunk[send]))
+            wire.add_(chunk[(r - s - 1) % n], self._receive((step, 0, s)))
+        own = chunk[(r + 1) % n]
+        wire.round_(own)
         for s in range(n - 1):                      # all-gather
             send = (r + 1 - s) % n
-            self.next.deliver.remote((step, 1, s), chunk[send])
-            chunk[(r - s) % n][...] = self._receive((step, 1, s))
+            self.next.deliver.remote((step, 1, s), enc(chunk[send]))
+            wire.decode(self._receive((step, 1, s)), chunk[(r - s) % n])
+        if tail:
+            self._tail_(step, buf[buf.size - tail:])
+
+    @staticmethod
+    def _encode(wire, a):
+        w = np.empty(a.size, wire.dtype(a.dtype))
+        wire.encode(a, w)
+        return w
+
+    def _tail_(self, step, tail):
+        """Every member's ``tail`` summed in rank order: rank 0's travels round the ring
+        gathering the others', then the total goes round once more."""
+        n, r = self.world, self.rank
+        if r == 0:
+            self.next.deliver.remote((step, 2, 0), tail.copy())
+            total = self._receive((step, 2, 0))
+            self.next.deliver.remote((step, 3, 0), total)
+        else:
+            total = self._receive((step, 2, 0)) + tail
+            self.next.deliver.remote((step, 2, 0), total)
+            total = self._receive((step, 3, 0))
+            if r < n - 1:
+                self.next.deliver.remote((step, 3, 0), total)
+        tail[...] = total

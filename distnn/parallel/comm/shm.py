@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Backend, CollectiveAborted, Group, aligned_bounds
+from .wire import RAW
 
 SHM_DIR = Path("/dev/shm")
 
@@ -103,8 +104,32 @@ class SharedMemoryCollective(Group):
         b = aligned_bounds(size, self.world)
         return b[self.rank], b[self.rank + 1]
 
-    def allreduce_(self, step, buf):
-        self.reduce_parts_(step, buf, [(0, buf.size)])
+    def allreduce_(self, step, buf, wire=RAW, tail=0):
+        if wire.exact:
+            self.reduce_parts_(step, buf, [(0, buf.size)])
+        elif self.world > 1:
+            self._reduce_wire(step, buf, wire, tail)
+
+    def _reduce_wire(self, step, buf, wire, tail):
+        """Each member's head encoded at the start of its slot, its raw tail at the slot's
+        end; every member decodes and sums all slots in rank order."""
+        n = buf.size - tail
+        slots = self.slots[step % 2]
+        wdt = wire.dtype(buf.dtype)
+        heads = slots.view(np.uint8)[:, :n * wdt.itemsize].view(wdt)
+        tails = slots[:, slots.shape[1] - tail:]
+        if n * wdt.itemsize > (slots.shape[1] - tail) * slots.itemsize:
+            raise ValueError(f"a {buf.size}-number buffer does not fit the group's slots")
+        wire.encode(buf[:n], heads[self.rank])
+        np.copyto(tails[self.rank], buf[n:])
+        self._publish_and_wait(step)
+        wire.decode(heads[0], buf[:n])
+        for j in range(1, self.world):           # rank order on every worker
+            wire.add_(buf[:n], heads[j])
+        if tail:
+            np.copyto(buf[n:], tails[0])
+            for j in range(1, self.world):
+                buf[n:] += tails[j]
 
     def reduce_parts_(self, step, buf, parts):
         if self.world == 1:
@@ -131,8 +156,14 @@ class SharedMemoryCollective(Group):
     def _publish_and_wait(self, step):
         """Publish this worker's counter for ``step`` (after its data) and wait for all."""
         self.counters[self.rank] = step + 1        # publish after the data is written
-        deadline = None
-        spins = 0
+        t0 = time.perf_counter()
+        try:
+            self._wait(step)
+        finally:
+            self.stats["wait_seconds"] += time.perf_counter() - t0
+
+    def _wait(self, step):
+        deadline, spins = None, 0
         while self.counters.min() < step + 1:
             if self.flags[self.world]:
                 raise CollectiveAborted("the all-reduce was aborted (a worker died)")

@@ -30,8 +30,11 @@ import time
 import numpy as np
 
 from .base import Backend, CollectiveAborted, Group, aligned_bounds
+from .wire import RAW
 
 PIECE = 1 << 18                     # bytes per piece in flight
+INLINE_BYTES = 1 << 16              # smaller messages are sent by the calling thread when
+#                                     nothing is queued (the kernel's buffers take them)
 SOCKET_BUFFER = 4 << 20
 _HEADER = struct.Struct("!qqq")     # collective key, vector length, tail length
 
@@ -155,6 +158,8 @@ class TcpRing:
         if listener is not None:
             listener.close()
         self._scratch = np.empty(0, np.uint8)
+        self._wbuf = np.empty(0, np.uint16)
+        self.stats = {"wait_seconds": 0.0, "bytes_sent": 0}
         self._queue: queue.Queue = queue.Queue()
         self._pending = 0
         self._cond = threading.Condition()
@@ -202,9 +207,20 @@ class TcpRing:
             if data.nbytes == 0:
                 return
             data = memoryview(data.reshape(-1).view(np.uint8))
+        nbytes = len(data) if isinstance(data, bytes) else data.nbytes
+        self.stats["bytes_sent"] += nbytes
         with self._cond:
-            self._pending += 1
-        self._queue.put(data)
+            inline = self._pending == 0 and nbytes <= INLINE_BYTES
+            if not inline:
+                self._pending += 1
+        if not inline:
+            self._queue.put(data)
+            return
+        try:        # a small message with nothing queued: no hand-off to the thread
+            if self._error is None:
+                self.tx.sendall(data)
+        except OSError as e:
+            self._error = e
 
     def _drain(self) -> None:
         """Wait until everything queued has been handed to the kernel: the memory it was
@@ -236,10 +252,15 @@ class TcpRing:
             raise CollectiveAborted(f"lost the previous member: {e}") from None
 
     def _handshake(self, key: int, size: int, tail: int) -> None:
-        """Both ends of a link are at the same collective with the same sizes."""
+        """Both ends of a link are at the same collective with the same sizes.  The wait
+        for the previous member's header is this member's wait for the others."""
         self._send(_HEADER.pack(key, size, tail))
         head = np.empty(_HEADER.size, np.uint8)
-        self._recv_into(head)
+        t0 = time.perf_counter()
+        try:
+            self._recv_into(head)
+        finally:
+            self.stats["wait_seconds"] += time.perf_counter() - t0
         if _HEADER.unpack(head.tobytes()) != (key, size, tail):
             raise CollectiveAborted(f"members out of step: expected collective {key} of "
                                     f"{size}+{tail}, got {_HEADER.unpack(head.tobytes())}")
@@ -253,13 +274,26 @@ class TcpRing:
         b, c = self.bounds(size), (self.pos + 1) % self.n
         return b[c], b[c + 1]
 
-    def _pieces(self, lo: int, hi: int, itemsize: int):
-        step = max(1, PIECE // itemsize)
-        return ((s, min(s + step, hi)) for s in range(lo, hi, step))
+    def _wire_buffer(self, v: np.ndarray, wire) -> np.ndarray:
+        """What ``v`` is sent from: ``v`` itself, or its encoding (each piece written
+        once per collective, so nothing is overwritten while the sender still reads it)."""
+        if wire.exact:
+            return v
+        dt = wire.dtype(v.dtype)
+        if self._wbuf.dtype != dt or self._wbuf.size < v.size:
+            self._wbuf = np.empty(v.size, dt)
+        return self._wbuf[:v.size]
 
-    def reduce_scatter_(self, key: int, v: np.ndarray, tail: np.ndarray | None = None):
+    def _send_encoded(self, v, w, lo, hi, wire) -> None:
+        if not wire.exact:
+            wire.encode(v[lo:hi], w[lo:hi])
+        self._send(w[lo:hi])
+
+    def reduce_scatter_(self, key: int, v: np.ndarray, tail: np.ndarray | None = None,
+                        wire=RAW):
         """Sum ``v`` over the ring into each member's owned chunk (the rest of ``v`` is
-        left partly summed); ``tail``, if given, is summed in full on every member."""
+        left partly summed); ``tail``, if given, is summed in full on every member.
+        ``v``'s pieces travel in ``wire`` (each partial sum encoded as it is sent on)."""
         n, p = self.n, self.pos
         tail = np.zeros(0) if tail is None else tail
         if n == 1:
@@ -267,20 +301,23 @@ class TcpRing:
         b = self.bounds(v.size)
         known = np.zeros((n, tail.size))
         known[p] = tail
+        w = self._wire_buffer(v, wire)
+        piece = max(1, PIECE // w.itemsize)
         if self._scratch.nbytes < PIECE:
             self._scratch = np.empty(PIECE, np.uint8)
         self._handshake(key, v.size, tail.size)
-        self._send(v[b[p]:b[p + 1]])
+        self._send_encoded(v, w, b[p], b[p + 1], wire)
         self._send(known.copy())
         for s in range(n - 1):
             c = (p - s - 1) % n
             forward = s + 1 < n - 1
-            for lo, hi in self._pieces(b[c], b[c + 1], v.itemsize):
-                got = self._scratch[:(hi - lo) * v.itemsize].view(v.dtype)
+            for lo in range(b[c], b[c + 1], piece):
+                hi = min(lo + piece, b[c + 1])
+                got = self._scratch[:(hi - lo) * w.itemsize].view(w.dtype)
                 self._recv_into(got)
-                np.add(v[lo:hi], got, out=v[lo:hi])
+                wire.add_(v[lo:hi], got)
                 if forward:
-                    self._send(v[lo:hi])
+                    self._send_encoded(v, w, lo, hi, wire)
             theirs = np.empty_like(known)
             self._recv_into(theirs)
             for t in range(s + 1):    # what the previous member knew: itself and s before
@@ -290,21 +327,60 @@ class TcpRing:
         tail[...] = known.sum(axis=0)   # the same matrix, the same sum, on every member
         self._drain()
 
-    def all_gather_(self, key: int, v: np.ndarray) -> None:
-        """Every member's owned chunk of ``v`` into every member's ``v``."""
+    def all_gather_(self, key: int, v: np.ndarray, wire=RAW) -> None:
+        """Every member's owned chunk of ``v`` into every member's ``v`` (in ``wire``: the
+        owner keeps its chunk as the others receive it, so every member ends the same)."""
         n, p = self.n, self.pos
         if n == 1:
             return
         b = self.bounds(v.size)
+        w = self._wire_buffer(v, wire)
+        piece = max(1, PIECE // w.itemsize)
         self._handshake(key, v.size, -1)
         c = (p + 1) % n
-        self._send(v[b[c]:b[c + 1]])
+        if not wire.exact:
+            wire.encode(v[b[c]:b[c + 1]], w[b[c]:b[c + 1]])
+            wire.decode(w[b[c]:b[c + 1]], v[b[c]:b[c + 1]])
+        self._send(w[b[c]:b[c + 1]])
         for s in range(n - 1):
             c = (p - s) % n
-            for lo, hi in self._pieces(b[c], b[c + 1], v.itemsize):
-                self._recv_into(v[lo:hi])
+            for lo in range(b[c], b[c + 1], piece):
+                hi = min(lo + piece, b[c + 1])
+                self._recv_into(w[lo:hi])
+                if not wire.exact:
+                    wire.decode(w[lo:hi], v[lo:hi])
                 if s + 1 < n - 1:
-                    self._send(v[lo:hi])
+                    self._send(w[lo:hi])
+        self._drain()
+
+    def gather_sum_(self, key: int, v: np.ndarray, tail: np.ndarray, wire=RAW) -> None:
+        """``v`` and ``tail`` summed over the ring by passing every member's whole
+        buffer once around it (n - 1 hops where a reduce-scatter and an all-gather make
+        2(n - 1)): for buffers too small for bandwidth to matter.  Every member adds all
+        n buffers in rank order, so all end with the same bits."""
+        n, p = self.n, self.pos
+        if n == 1:
+            return
+        dt = wire.dtype(v.dtype)
+        held = [None] * n
+        mine = np.empty(v.size * dt.itemsize + tail.nbytes, np.uint8)
+        wire.encode(v, mine[:v.size * dt.itemsize].view(dt))
+        mine[v.size * dt.itemsize:] = tail.reshape(-1).view(np.uint8)
+        held[p] = mine
+        self._handshake(key, v.size, -2 - tail.size)
+        self._send(mine)
+        for s in range(n - 1):
+            got = np.empty_like(mine)
+            self._recv_into(got)
+            held[(p - 1 - s) % n] = got
+            if s + 1 < n - 1:
+                self._send(got)
+        cut = v.size * dt.itemsize
+        wire.decode(held[0][:cut].view(dt), v)
+        tail[...] = held[0][cut:].view(tail.dtype)
+        for h in held[1:]:                         # rank order on every member
+            wire.add_(v, h[:cut].view(dt))
+            tail += h[cut:].view(tail.dtype)
         self._drain()
 
     def set_timeout(self, seconds: float) -> None:
@@ -329,6 +405,16 @@ class TcpRing:
                 s.close()
 
 
+#: an all-reduce whose every member would send at most this many bytes by passing whole
+#: buffers round the ring (n - 1 of them) does so: half the hops of a reduce-scatter and
+#: an all-gather, and with 2 members the same bytes
+SMALL_BYTES = 1 << 18
+
+
+def small(n: int, nbytes: int) -> bool:
+    return n == 2 or (n - 1) * nbytes <= SMALL_BYTES
+
+
 def ring_order(nodes) -> list[int]:
     """Ranks in ring order: node by node, so a flat ring crosses each link once."""
     return [r for ranks in nodes for r in ranks]
@@ -347,9 +433,17 @@ class TcpGroup(Group):
     def shard(self, size):
         return self.ring.owned(size)
 
-    def allreduce_(self, step, buf):
-        self.ring.reduce_scatter_(step, buf)
-        self.ring.all_gather_(step, buf)
+    @property
+    def stats(self):
+        return self.ring.stats
+
+    def allreduce_(self, step, buf, wire=RAW, tail=0):
+        n = buf.size - tail
+        if small(self.ring.n, buf.nbytes):
+            self.ring.gather_sum_(step, buf[:n], buf[n:], wire)
+            return
+        self.ring.reduce_scatter_(step, buf[:n], buf[n:], wire)
+        self.ring.all_gather_(step, buf[:n], wire)
 
     def reduce_parts_(self, step, buf, parts):
         (lo, hi), (P, _) = parts
