@@ -33,6 +33,7 @@ class TrainConfig:
     split: str = "80/10/10"
     shard_memory: int | None = None
     data_shards: int = 0
+    max_image_pixels: int = 1 << 24
     # network
     layers: tuple[int, ...] = (784, 30, 10)
     activation: str = "sigmoid"
@@ -102,7 +103,7 @@ class TrainConfig:
         from .data.parquet import Options
         return Options(self.label_column, tuple(c.strip() for c in self.feature_columns
                                                 .split(",") if c.strip()),
-                       self.split_column, parse_split(self.split))
+                       self.split_column, parse_split(self.split), self.max_image_pixels)
 
     def network_spec(self) -> NetworkSpec:
         """The network this run trains (the one spec a Network is built from)."""
@@ -141,7 +142,7 @@ PLACEMENT_KEYS = frozenset({
     "data_dir", "workers", "address", "allreduce", "comm_ports", "comm_timeout",
     "check_replicas", "max_failures", "min_workers", "replace_timeout", "monitor_train",
     "metrics_out", "checkpoint_dir", "keep_last", "resume", "logdir", "overwrite",
-    "override", "bayes_error", "epochs"})
+    "override", "bayes_error", "epochs", "max_image_pixels"})
 
 
 def field_names() -> list[str]:
@@ -252,6 +253,7 @@ def _validate_optimisation(c: TrainConfig) -> None:
 def _validate_run(c: TrainConfig) -> None:
     parse_split(c.split)
     _int_at_least("data_shards", c.data_shards, 0)
+    _int_at_least("max_image_pixels", c.max_image_pixels, 1)
     if c.shard_memory is not None:
         _int_at_least("shard_memory", c.shard_memory, 1)
         _require(c.dataset.startswith("parquet:"), "shard_memory applies to a "

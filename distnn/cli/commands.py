@@ -182,7 +182,7 @@ def _preview(args, splits) -> int:
                          "training images")
     aug = Augmenter(args.augment, seed=args.seed, pixel_max=splits.pixel_max)
     idx = np.arange(args.count)
-    x = splits.train.head(args.count).x
+    x = splits.train.read(0, args.count).x          # in memory or read from Parquet
     if x.ndim != 3:
         raise ValueError(f"{splits.name} holds feature vectors, not images: nothing to preview")
     rows = [x.astype(np.float32) / splits.pixel_max]

@@ -38,6 +38,9 @@ HELP = {
                    "from each, each shard shuffled on its own (0 = --workers; the result "
                    "depends on it, not on the number of workers: pass the same value to "
                    "compare runs with different --workers)",
+    "max_image_pixels": "--dataset parquet:... with encoded images (PNG/JPEG): refuse an "
+                        "image with more pixels than this, from its header, before "
+                        "decoding it (a decompression bomb)",
     "augment": "on-the-fly augmentation, e.g. rotate=15,shift=2,scale=0.1,shear=10,"
                "elastic=34:4 (ALPHA:SIGMA), flip=0.5 (left-right mirror probability, for "
                "clothing, not digits), or none",

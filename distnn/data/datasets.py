@@ -150,6 +150,9 @@ def _arrays_from_idx(spec: IdxSpec | None, raw: dict[str, bytes], where: str
                             f"got {im.shape} and {lb.shape}")
         if len(im) != len(lb):
             raise DataError(f"{where}/{pre}-*: {len(im)} images but {len(lb)} labels")
+    if not len(arrays["train-labels-idx1-ubyte"]):
+        raise DataError(f"{where}/train-images-idx3-ubyte holds no images: there is "
+                        "nothing to train on")
     return arrays
 
 

@@ -52,6 +52,7 @@ class Options:
     features: tuple[str, ...] = ()       # () = every numeric column but label/split
     split_column: str | None = None
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    max_pixels: int = 1 << 24            # an encoded image larger than this is refused
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Layout:
     n_classes: int
     pixel_max: float
     version: str = ""          # the files' paths, sizes and modification times, hashed
+    max_pixels: int = 1 << 24  # the largest encoded image decoded (--max-image-pixels)
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,7 @@ def read_part(layout: Layout, p: Part, split_column=None, with_x: bool = True,
     y = _labels(table.column(layout.label), layout, p.file)
     x = None
     if with_x:
-        x = (_images(table.column(layout.columns[0]), layout, p.file)
+        x = (_images(table.column(layout.columns[0]), layout, f"{p.file}, row group {p.group}")
              if layout.kind == "image" else _features(table, layout, p.file))
     if keep is not None:
         x, y = (x[keep] if with_x else None), y[keep]
@@ -321,8 +323,8 @@ def _images(col, layout: Layout, where: str) -> np.ndarray:
     if layout.encoded:
         if not n:
             return np.zeros((0, *layout.shape), np.uint8)
-        return np.stack([_decode(v, where, layout.shape)
-                         for v in arr.field("bytes").to_pylist()])
+        return np.stack([_decode(v, f"{where}, row {i}", layout.shape, layout.max_pixels)
+                         for i, v in enumerate(arr.field("bytes").to_pylist())])
     if pa.types.is_fixed_size_binary(arr.type):       # raw pixels: one buffer, no levels
         return np.frombuffer(arr.buffers()[1], np.uint8, count=n * size,
                              offset=arr.offset * size).reshape(n, *layout.shape)
@@ -344,16 +346,33 @@ def _as_pixels(values: np.ndarray, layout: Layout, where: str) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def _decode(data: bytes, where: str, shape: tuple[int, ...] | None) -> np.ndarray:
-    """A greyscale uint8 (H, W) image from PNG/JPEG bytes (of ``shape`` if given)."""
+def _decode(data: bytes, where: str, shape: tuple[int, ...] | None,
+            max_pixels: int = 1 << 24) -> np.ndarray:
+    """A greyscale uint8 (H, W) image from PNG/JPEG bytes (of ``shape`` if given); an
+    image of more than ``max_pixels`` pixels (a decompression bomb: a few bytes that
+    decode to gigabytes) is refused from its header, before it is decoded."""
     try:
         from PIL import Image
     except ImportError:
         raise DataError(f"{where}: the images are encoded (PNG/JPEG bytes); decoding them "
                         "needs Pillow: pip install 'distnn[images]'") from None
+    too_big = (f"{where}: an image of more than --max-image-pixels {max_pixels} pixels "
+               "(a decompression bomb?); raise the limit if your images really are that "
+               "large")
+    import warnings
     try:
-        img = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
-    except (OSError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise DataError(f"{too_big} ({w}x{h})")
+            img = np.asarray(im.convert("L"))
+    except Image.DecompressionBombError:
+        raise DataError(too_big) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"{where}: an image cannot be decoded ({e})") from None
     if shape is not None and img.shape != shape:
         raise DataError(f"{where}: images of mixed sizes: {img.shape} and {shape}")

@@ -25,7 +25,8 @@ def open_parquet(uri: str, opts: Options):
     if opts.split_column is None and "split" in schema.names and \
             str(schema.field("split").type) in ("string", "large_string"):
         opts = replace(opts, split_column="split")   # as ``distnn data convert`` writes
-    layout = replace(_layout(uri, schema, handles, opts), version=hashlib.sha256(repr(
+    layout = replace(_layout(uri, schema, handles, opts), max_pixels=opts.max_pixels,
+                     version=hashlib.sha256(repr(
         [(f.path, f.size, f.mtime_ns) for f in infos]).encode()).hexdigest())
     for f, h in zip(files[1:], handles[1:]):
         for c in (opts.label, *layout.columns):
@@ -65,7 +66,7 @@ def _layout(uri, schema, handles, opts: Options) -> Layout:
         t = schema.field("image").type
         if pt.is_struct(t) and t.get_field_index("bytes") >= 0:
             first = handles[0].read_row_group(0, columns=["image"]).column("image")[0]
-            img = _decode(first["bytes"].as_py(), uri, None)
+            img = _decode(first["bytes"].as_py(), f"{uri}, row 0", None, opts.max_pixels)
             return Layout(uri, opts.label, "image", ("image",), img.shape, "uint8", True,
                           n_classes, full or 255.0)
         if pt.is_fixed_size_binary(t):    # raw uint8 pixels, as `data convert` writes

@@ -11,9 +11,13 @@ def history_of(run) -> tuple[list[dict], str]:
     directory (its latest checkpoint)."""
     p = Path(run)
     if p.is_file():
-        doc = json.loads(p.read_text())
-        if "history" not in doc:
+        try:
+            doc = json.loads(p.read_text())
+        except ValueError as e:
+            raise ValueError(f"{p} is not JSON ({e}); expected a --metrics-out file") from None
+        if not isinstance(doc, dict) or "history" not in doc:
             raise ValueError(f"{p} has no 'history' (expected a --metrics-out file)")
+        check_history(doc["history"], p)
         return doc["history"], p.stem
     from .checkpoint import load
     c = load(p)
@@ -52,6 +56,19 @@ def plot_lr_find(tried: dict, threshold: float, out) -> None:
 
 
 CURVES = ("batch_cost", "train_cost", "train_accuracy", "valid_cost", "valid_accuracy")
+
+
+def check_history(history, where) -> None:
+    """Refuse a 'history' that is not a list of per-epoch records of numbers."""
+    def number(v):
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    ok = isinstance(history, list) and all(
+        isinstance(h, dict) and isinstance(h.get("epoch"), int) and
+        all(number(h.get(k)) for k in CURVES) for h in history)
+    if not ok:
+        raise ValueError(f"{where}: 'history' must be a list of per-epoch records "
+                         "({\"epoch\": 0, \"train_cost\": ..., ...}), as --metrics-out "
+                         "writes them")
 
 
 def plot_history(history: list[dict], out, title: str = "") -> None:

@@ -182,7 +182,8 @@ def attach_outputs(driver: Driver, cfg: TrainConfig) -> None:
         resume(driver, cfg, resume_source(cfg))
     if cfg.logdir:
         from ..train.tensorboard import TensorBoard
-        driver.callbacks.append(TensorBoard(cfg.logdir, cfg, d.splits, d.augmenter))
+        driver.callbacks.append(TensorBoard(cfg.logdir, cfg, d.splits, d.augmenter,
+                                            d.normalizer))
     if cfg.checkpoint_dir:
         driver.callbacks.append(Checkpointing(cfg.checkpoint_dir, cfg, d.normalizer,
                                               cfg.keep_last, cfg.monitor, mode_of(cfg.monitor)))

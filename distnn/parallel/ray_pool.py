@@ -24,7 +24,7 @@ from ..train.data import TrainingData
 from ..train.engine import merge_states
 from . import comm
 from .pools import worker_splits
-from .worker import Worker
+from .worker import GuardedWorker, Refused
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,16 @@ def workers_to_start(cfg: TrainConfig) -> int:
         time.sleep(1.0)
 
 
+def answer(value, before_raising=None):
+    """A worker's answer, or the user's mistake it refused with, raised here as the one
+    line it would be in a single process (``before_raising``: release the others)."""
+    if isinstance(value, Refused):
+        if before_raising is not None:
+            before_raising()
+        raise value.error
+    return value
+
+
 class RayPool:
     """Up to ``cfg.workers`` Worker actors, ``world`` of them to begin with; ``size``:
     the length of the buffer they reduce (the gradient and the batch's cost)."""
@@ -224,7 +234,7 @@ class RayPool:
         self._refs = [ray.put(s) if isinstance(s, Split) else s for s in worker_splits(data)]
         self._args = (cfg, data.normalizer)
         self._actor = ray.remote(num_cpus=1, max_concurrency=4,
-                                 runtime_env={"env_vars": BLAS_ENV})(Worker)
+                                 runtime_env={"env_vars": BLAS_ENV})(GuardedWorker)
         self.workers = [self._spawn(r) for r in range(self.world)]
         self.group, self.faults = None, []   # faults: what died and what was done
         self._last_epoch = None              # seconds of the last epoch: its deadline
@@ -268,7 +278,7 @@ class RayPool:
                 f"({cpus:g} CPUs free in the cluster: a lost node and no spare capacity, "
                 "or nodes that cannot reach each other (firewalls: --comm-ports))",
                 missing)
-        return self.ray.get(refs)
+        return [answer(v) for v in self.ray.get(refs)]
 
     # -- state ------------------------------------------------------------------------
     def _collect(self, refs, limit: float) -> tuple[dict, list[int]]:
@@ -280,7 +290,7 @@ class RayPool:
             try:
                 if ref not in done:
                     raise TimeoutError
-                got[r] = self.ray.get(ref)
+                got[r] = answer(self.ray.get(ref))
             except (self.ray.exceptions.RayActorError, TimeoutError):
                 failed.append(r)
         return got, failed
@@ -369,7 +379,7 @@ class RayPool:
                 return results, failed + stalled
             rank = refs.index(done[0])
             try:
-                results[rank] = ray.get(done[0])
+                results[rank] = answer(ray.get(done[0]), self._abort)
                 continue
             except ray.exceptions.RayActorError:
                 failed.append(rank)

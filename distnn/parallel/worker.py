@@ -160,3 +160,48 @@ class Worker:
 
     def evaluate(self, which: str, params=None) -> tuple[float, int, int]:
         return self.engine.evaluate(which, params)
+
+
+#: what a user's mistake (bad data, a bad setting, an unreadable file) raises: reported to
+#: the driver as it is, not as a Ray traceback
+USER_ERRORS = (ValueError, KeyError, OSError)
+
+
+class Refused:
+    """A user's mistake met inside a worker, carried back to the driver as a value (so
+    that Ray neither prints nor wraps it); ``RayPool`` raises ``error`` there."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class GuardedWorker(Worker):
+    """The worker as a Ray actor: a user error in its construction or any call comes
+    back as a ``Refused`` value (a failed construction answers every call with it)."""
+
+    def __init__(self, *args):
+        self._refused = None
+        try:
+            super().__init__(*args)
+        except USER_ERRORS as e:
+            self._refused = Refused(e)
+
+
+def _guard(name):
+    method = getattr(Worker, name)
+
+    def guarded(self, *args, **kwargs):
+        if self._refused is not None:
+            return self._refused
+        try:
+            return method(self, *args, **kwargs)
+        except USER_ERRORS as e:
+            return Refused(e)
+    guarded.__name__, guarded.__doc__ = name, method.__doc__
+    return guarded
+
+
+for _name in ("info", "listen", "join", "get_state", "set_state", "run_epoch", "evaluate",
+              "set_place", "memory", "progress"):
+    setattr(GuardedWorker, _name, _guard(_name))
+

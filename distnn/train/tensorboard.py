@@ -48,28 +48,32 @@ def saturation(net, x) -> dict[str, float]:
 
 
 class TensorBoard(Callback):
-    def __init__(self, logdir: str, cfg, splits, augmenter, probe: int = 512):
+    """``splits``: the run's data (held in memory or read on demand: Parquet);
+    ``normalizer``: how the run turns examples into inputs, used for the probe batch."""
+
+    def __init__(self, logdir: str, cfg, splits, augmenter, normalizer, probe: int = 512):
         from ..io import store
         # a URI: written to its local stage, and the event file copied there after each
         # epoch (the whole file: TensorBoard reading the URI lags by up to one epoch)
         self.uri = logdir if store.is_uri(logdir) else None
         self.local = store.local(logdir)
         self.logdir, self.cfg, self.splits, self.aug = logdir, cfg, splits, augmenter
-        self.probe = probe
-        self.writer = None
+        self.normalizer, self.probe = normalizer, probe
+        self.writer = self._batch = None
 
     def _probe(self, trainer):
-        s = self.splits.train.head(min(self.probe, len(self.splits.train)))
-        n = len(s)
-        x = s.x.reshape(n, -1).astype(trainer.net.dtype) * trainer.net.dtype.type(
-            1.0 / self.splits.pixel_max)
-        return x, s.y[:n]
+        """The first training examples as the network sees them (normalised as the run
+        normalises), read once."""
+        if self._batch is None:
+            s = self.splits.train.read(0, min(self.probe, len(self.splits.train)))
+            self._batch = self.normalizer(s.x, trainer.net.dtype), s.y
+        return self._batch
 
     def on_train_begin(self, trainer):
         self.writer = RunWriter(self.local, trainer.epoch if trainer.history else None)
         self.writer.text("config", "```\n" + json.dumps(self.cfg.to_dict(), indent=2) + "\n```")
-        if self.aug is not None and self.aug.spec.active:
-            x = self.splits.train.head(8).x
+        x = self.splits.train.read(0, 8).x
+        if self.aug is not None and self.aug.spec.active and x.ndim == 3:
             rows = [x.astype(np.float32) / self.splits.pixel_max]
             rows += [self.aug(x, np.arange(8), e) for e in range(3)]
             img = np.clip(np.rint(np.concatenate(rows) * 255), 0, 255).astype(np.uint8)

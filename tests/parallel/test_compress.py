@@ -240,13 +240,13 @@ def test_bf16_members_agree_and_stay_within_bfloat16_of_the_sum(place, rng, tcp_
                for g in groups]
     try:
         results = []
-        for _ in range(2):                                    # deterministic: twice
+        for key in range(2):                                  # deterministic: twice
             r2 = np.random.default_rng(3)
             bufs = [np.append(r2.standard_normal(P), 0.1 + r).astype(np.float32)
                     for r in range(world)]
             exact = np.sum([b.astype(np.float64) for b in bufs], axis=0)
             before = [dict(g.stats) for g in groups]
-            run_threads([lambda w=w, b=b: w.reduce_parts_(0, b, None)
+            run_threads([lambda w=w, b=b: w.reduce_parts_(key, b, None)
                          for w, b in zip(wrapped, bufs)])
             for b in bufs:
                 np.testing.assert_array_equal(b, bufs[0])
@@ -275,3 +275,32 @@ def _local32(world):
 def _net32(name, nodes):
     members = make_groups(name, nodes, P + 1, np.float32, timeout=20)
     return members, lambda: [m.close() for m in members]
+
+
+def test_shm_reductions_that_skip_keys_never_overwrite_a_slower_members_sums(rng):
+    """A compressed step without a gather makes one reduction per step and its keys
+    step by 2 (0, 2, 4, ...): the two slot sets must still alternate call by call, or a
+    member racing into the next step writes where the other is still reading."""
+    import time
+    groups, close = _local32(2)
+    wrapped = [CompressedGroup(g, BF16Compressor(None, LAYOUT, np.float32, 0), 2)
+               for g in groups]
+    data = [[rng.standard_normal(P + 1).astype(np.float32) for _ in range(2)]
+            for _ in range(40)]
+    out = [[None] * 40 for _ in range(2)]
+
+    def member(r):
+        for k in range(40):
+            b = data[k][r].copy()
+            if r == 1 and k % 3 == 0:
+                time.sleep(0.002)            # the slow one
+            wrapped[r].reduce_parts_(2 * k, b, None)
+            out[r][k] = b
+    try:
+        run_threads([lambda r=r: member(r) for r in range(2)])
+    finally:
+        close()
+    for k in range(40):
+        np.testing.assert_array_equal(out[0][k], out[1][k])
+        a, b = data[k]
+        assert (np.abs(out[0][k] - (a + b)) <= 2 ** -8 * (np.abs(a) + np.abs(b))).all()

@@ -1,6 +1,6 @@
 """``shm``: all-reduce through a file in /dev/shm, for the workers of one node.
 
-The file is mapped by every worker and double-buffered by step parity; each worker
+The file is mapped by every worker and double-buffered (reductions alternate); each worker
 publishes its buffer then a per-worker step counter (single writer, so no atomics),
 waits for the others' counters, and sums all slots in rank order.  Cost: one copy in
 plus N reads, no serialisation.
@@ -114,7 +114,7 @@ class SharedMemoryCollective(Group):
         """Each member's head encoded at the start of its slot, its raw tail at the slot's
         end; every member decodes and sums all slots in rank order."""
         n = buf.size - tail
-        slots = self.slots[step % 2]
+        slots = self._slots()
         wdt = wire.dtype(buf.dtype)
         heads = slots.view(np.uint8)[:, :n * wdt.itemsize].view(wdt)
         tails = slots[:, slots.shape[1] - tail:]
@@ -134,7 +134,7 @@ class SharedMemoryCollective(Group):
     def reduce_parts_(self, step, buf, parts):
         if self.world == 1:
             return
-        slots = self.slots[step % 2, :, :buf.size]   # a smaller buf uses a slot's head
+        slots = self._slots()[:, :buf.size]       # a smaller buf uses a slot's head
         np.copyto(slots[self.rank], buf)
         self._publish_and_wait(step)
         for lo, hi in parts:                      # rank order on every worker
@@ -142,6 +142,15 @@ class SharedMemoryCollective(Group):
             np.add(slots[0, lo:hi], slots[1, lo:hi], out=out)   # world >= 2
             for j in range(2, self.world):
                 out += slots[j, lo:hi]
+
+    def _slots(self):
+        """This reduction's slots: the two sets alternate, call by call (every member
+        makes the same calls), so a member that races ahead into the next reduction
+        never writes where a slower one is still reading this one's sums; it can reach
+        the set after only through the next reduction's barrier, which the slower one
+        passes once it has read."""
+        self._calls = getattr(self, "_calls", -1) + 1
+        return self.slots[self._calls % 2]
 
     def all_gather_(self, step, vec, lo, hi):
         """Through shared row 0: write this worker's shard, wait, copy the rest.  The row
