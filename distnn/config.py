@@ -77,6 +77,7 @@ class TrainConfig:
     max_failures: int = 3
     min_workers: int | None = None
     replace_timeout: float = 120.0
+    replace_wait: float = 0.0
     monitor_train: bool = True
     metrics_out: str | None = None
     checkpoint_dir: str | None = None
@@ -140,7 +141,8 @@ MONITORS = ("valid_accuracy", "valid_cost", "train_accuracy", "train_cost")
 # learning rate to it); any other difference from the checkpoint needs --override KEY
 PLACEMENT_KEYS = frozenset({
     "data_dir", "workers", "address", "allreduce", "comm_ports", "comm_timeout",
-    "check_replicas", "max_failures", "min_workers", "replace_timeout", "monitor_train",
+    "check_replicas", "max_failures", "min_workers", "replace_timeout", "replace_wait",
+    "monitor_train",
     "metrics_out", "checkpoint_dir", "keep_last", "resume", "logdir", "overwrite",
     "override", "bayes_error", "epochs", "max_image_pixels"})
 
@@ -256,8 +258,21 @@ def _validate_run(c: TrainConfig) -> None:
     _int_at_least("max_image_pixels", c.max_image_pixels, 1)
     if c.shard_memory is not None:
         _int_at_least("shard_memory", c.shard_memory, 1)
-        _require(c.dataset.startswith("parquet:"), "shard_memory applies to a "
-                 "--dataset parquet:...; the built-in datasets are held whole")
+    parquet = c.dataset.startswith("parquet:")
+    for name, default in (("shard_memory", None), ("data_shards", 0),
+                          ("label_column", "label"), ("feature_columns", ""),
+                          ("split_column", None), ("split", "80/10/10")):
+        _require(parquet or getattr(c, name) == default, f"{name} applies to a --dataset "
+                 f"parquet:...; {c.dataset} has its own splits and columns and is held "
+                 "whole: leave it out")
+    features = [f.strip() for f in c.feature_columns.split(",") if f.strip()]
+    _require(len(set(features)) == len(features), f"feature_columns names a column twice: "
+             f"{c.feature_columns!r}")
+    _require(c.label_column not in features and c.split_column not in features,
+             f"feature_columns {c.feature_columns!r} holds the label or split column: "
+             "the network would be given the answer")
+    for name in ("metrics_out", "checkpoint_dir", "logdir", "data_dir"):
+        _require(getattr(c, name) != "", f"{name} is empty: give a path, or leave it out")
     _int_at_least("seed", c.seed, 0)
     _int_at_least("workers", c.workers, 1)
     # the backend name is checked against the registry of backends (parallel.comm)
@@ -268,14 +283,17 @@ def _validate_run(c: TrainConfig) -> None:
     _require(isinstance(c.compress, str) and c.compress.partition(":")[0] != "",
              f"compress must be NAME or NAME:ARG such as none or powersgd:4, got "
              f"{c.compress!r}")
-    if c.comm_ports is not None:
-        lo, _, hi = str(c.comm_ports).partition("-")
-        ok = lo.isdigit() and (hi == "" or hi.isdigit())
-        _require(ok and 1 <= int(lo) <= int(hi or lo) <= 65535,
-                 f"comm_ports must be a port or a range LO-HI within 1-65535, got "
-                 f"{c.comm_ports!r}")
+    parse_ports(c.comm_ports)
     _positive("comm_timeout", c.comm_timeout)
     _positive("replace_timeout", c.replace_timeout)
+    # shorter waits cannot work: connecting a group and a first step take longer
+    _require(c.comm_timeout >= 1, f"comm_timeout must be at least 1 second (a worker "
+             f"waits that long for its peers), got {c.comm_timeout!r}")
+    _require(c.replace_timeout >= 1, f"replace_timeout must be at least 1 second, got "
+             f"{c.replace_timeout!r}")
+    _require(_number(c.replace_wait) and 0 <= c.replace_wait <= c.replace_timeout,
+             f"replace_wait must be 0..replace_timeout ({c.replace_timeout:g}) seconds, got "
+             f"{c.replace_wait!r}")
     _require(c.lr_scaling in ("none", "linear"),
              f"lr_scaling must be none or linear, got {c.lr_scaling!r}")
     _int_at_least("check_replicas", c.check_replicas, 0)
@@ -294,8 +312,10 @@ def _validate_run(c: TrainConfig) -> None:
         _int_at_least("train_size", c.train_size, 1)
     _require(c.seed < 2 ** 63, f"seed must be below 2**63, got {c.seed}")
     _require(c.warmup >= 0, f"warmup must be >= 0 epochs, got {c.warmup!r}")
-    unknown = sorted(set(c.override) - _FIELDS)
+    unknown = sorted(set(c.override) - _FIELDS - {"data"})
     _require(not unknown, f"override names unknown setting(s) {unknown}")
+    _require(not c.override or c.resume is not None, "--override only applies to a "
+             "--resume: a fresh run takes every setting from its flags")
     parse_spec(c.augment)
 
 
@@ -336,6 +356,17 @@ def parse_split(text: str) -> tuple[float, float, float]:
              and vals[0] > 0, f"split must be three shares TRAIN/VALID/TEST like 80/10/10 "
              f"(train > 0), got {text!r}")
     return tuple(v / sum(vals) for v in vals)
+
+
+def parse_ports(text: str | None) -> tuple[int, int] | None:
+    """--comm-ports "LO-HI" (or "P") -> (LO, HI), inclusive; None: any port."""
+    if text is None:
+        return None
+    lo, _, hi = str(text).partition("-")
+    ok = lo.isdigit() and (hi == "" or hi.isdigit())
+    _require(ok and 1 <= int(lo) <= int(hi or lo) <= 65535,
+             f"comm_ports must be a port or a range LO-HI within 1-65535, got {text!r}")
+    return int(lo), int(hi or lo)
 
 
 def parse_layers(text: str) -> tuple[int, ...]:

@@ -138,6 +138,8 @@ def _add_data(sub) -> None:
     d.add_argument("--tabular", action="store_true",
                    help="convert: one numeric column per pixel (p0, p1, ...) instead of an "
                         "'image' column")
+    d.add_argument("--overwrite", action="store_true",
+                   help="convert: replace the Parquet files already at OUT")
     d.add_argument("--row-group", type=positive_int, default=4096,
                    help="convert: rows per Parquet row group (a worker reads whole ones)")
     d.add_argument("--data-dir", default=None, help="where the dataset's files are (idx: "
@@ -186,7 +188,8 @@ def _add_checkpoint_tools(sub) -> None:
                    help="of a --checkpoint-dir: the best checkpoint or the newest")
     e.add_argument("--dataset", default=None, help="default: the one it was trained on")
     e.add_argument("--data-dir", default=None)
-    e.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    e.add_argument("--split", choices=("train", "valid", "validation", "test"),
+                   default="test", help="valid and validation are the same split")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--last", action="store_true",
                    help="a run trained with --ema: the last parameters trained instead of "
@@ -202,6 +205,7 @@ def _add_checkpoint_tools(sub) -> None:
     x.add_argument("out")
     x.add_argument("--which", choices=("best", "latest"), default="best",
                    help="of a --checkpoint-dir: the best checkpoint or the newest")
+    x.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     x.add_argument("--format", choices=("npz", "onnx", "network2-json"), default=None,
                    help="default: from OUT's extension (.npz, .onnx, .json); onnx needs "
                         "pip install 'distnn[onnx]'")
@@ -211,6 +215,8 @@ def _add_checkpoint_tools(sub) -> None:
     m.add_argument("json_in", metavar="IN.json")
     m.add_argument("out", metavar="CKPT_DIR")
     m.add_argument("--dataset", default="mnist", help="the dataset it was trained on")
+    m.add_argument("--overwrite", action="store_true",
+                   help="CKPT_DIR holds checkpoints: delete them first")
     m.set_defaults(fn=tools.cmd_import)
     pl = sub.add_parser("plot", help="cost and accuracy curves as a PNG (needs matplotlib)")
     pl.add_argument("run", help="a --metrics-out JSON, a checkpoint, or a --checkpoint-dir")
@@ -225,6 +231,7 @@ def main(argv=None) -> int:
     from ..data.idx import DataError
     from ..io.checkpoint import CheckpointError
     from ..io.files import OutputError
+    from ..search.results import SearchFailed
     try:
         return args.fn(args)
     except KeyboardInterrupt:   # Ctrl-C in a command other than train (which says more)
@@ -237,6 +244,9 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stderr.close()
         return 0
+    except SearchFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except (ValueError, DataError, KeyError, ConnectionError, CheckpointError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

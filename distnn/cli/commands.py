@@ -11,15 +11,14 @@ from .flags import config_from_args, print_config
 
 
 def cmd_train(args) -> int:
-    from .. import fit
     from ..io.files import OutputError
-    from ..parallel.driver import Interrupted
+    from ..parallel.driver import Interrupted, train
     from ..train.records import DivergenceError
     cfg = config_from_args(args)
     if print_config(args, cfg):
         return 0
     try:
-        m = fit(cfg)
+        m = train(cfg, inputs={"--config": args.config})
     except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -51,8 +50,11 @@ def cmd_train(args) -> int:
         pen = m.get("test_penalty") or 0.0
         parts = f" (data cost {m['test_cost'] - pen:.4f} + L1/L2 penalty {pen:.4f})" \
             if pen else ""
+        which = f"epoch {m['best_epoch']}, the best, restored by --early-stop" \
+            if m.get("best_epoch") is not None else \
+            f"epoch {h[-1]['epoch']}, the last" if h else "no epoch"
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test cost "
-              f"{m['test_cost']:.4f}{parts}")
+              f"{m['test_cost']:.4f}{parts}  ({which})")
     if m.get("diagnosis"):
         from ..train.diagnosis import format_diagnosis
         print(format_diagnosis(m["diagnosis"]))
@@ -63,17 +65,46 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _pointers(d) -> dict:
+    from ..io.checkpoint import CheckpointError
+    from ..io.checkpoint_store import pointer_names
+    from ..io.files import OutputError
+    try:
+        return pointer_names(d)
+    except (CheckpointError, OSError, OutputError):
+        return {}
+
+
 def _print_checkpoints(cfg) -> None:
-    from ..io.checkpoint import CheckpointError, resolve
-    from ..io.store import local
     d = cfg.checkpoint_dir
-    try:       # the local copy of a URI's (its stage) says the same
-        latest, best = resolve(local(d))[0].name, resolve(local(d), "best")[0].name
-    except (CheckpointError, OSError):
+    names = _pointers(d)
+    if "latest" not in names:
         return
+    latest, best = names["latest"], names.get("best", names["latest"])
+    more = _output_flags(cfg)
     print(f"checkpoints in {d}: latest {latest}, best {best} by {cfg.monitor}; "
           f"evaluate with: distnn eval {shlex.quote(d)}; continue with: "
-          f"distnn train --resume {shlex.quote(d)} --epochs N")
+          f"distnn train --resume {shlex.quote(d)} --epochs N{more}")
+    if best != latest:     # what that eval will say, beside what was shown above
+        acc = _test_accuracy(f"{d.rstrip('/')}/{best}")
+        if acc is not None:
+            print(f"the best checkpoint ({best}), which `distnn eval {shlex.quote(d)}` "
+                  f"measures, has test accuracy {100 * acc:.2f}%")
+
+
+def _test_accuracy(path) -> float | None:
+    from ..data import load
+    from ..train.evaluate import evaluate_chunks, load_model
+    net, norm, cfg, _ = load_model(path)
+    test = load(cfg.dataset, cfg.data_dir, options=cfg.data_options()).test
+    return evaluate_chunks(net, norm, test.chunks())["accuracy"] if len(test) else None
+
+
+def _output_flags(cfg) -> str:
+    """The --logdir/--metrics-out of this run, for the resume command it prints: a
+    resumed run writes only where its own command line says."""
+    return "".join(f" --{flag} {shlex.quote(v)}" for flag, v in (
+        ("logdir", cfg.logdir), ("metrics-out", cfg.metrics_out)) if v)
 
 
 def _print_resume(cfg) -> None:
@@ -83,16 +114,14 @@ def _print_resume(cfg) -> None:
         print("no --checkpoint-dir was given, so there is nothing to resume from",
               file=sys.stderr)
         return
-    from ..io.checkpoint import CheckpointError, resolve
-    from ..io.store import local
-    try:
-        name = resolve(local(cfg.checkpoint_dir))[0].name
-        where = f"the last checkpoint is {cfg.checkpoint_dir.rstrip('/')}/{name}"
-    except (CheckpointError, OSError):
+    name = _pointers(cfg.checkpoint_dir).get("latest")
+    if name is None:
         print("no epoch was completed; start the run again", file=sys.stderr)
         return
-    print(f"{where}; resume with: distnn train --resume {shlex.quote(cfg.checkpoint_dir)}",
-          file=sys.stderr)
+    where = f"the last checkpoint is {cfg.checkpoint_dir.rstrip('/')}/{name}"
+    more = _output_flags(cfg)
+    print(f"{where}; resume with: distnn train --resume {shlex.quote(cfg.checkpoint_dir)}"
+          f"{more}", file=sys.stderr)
 
 
 def cmd_gradcheck(args) -> int:
@@ -163,7 +192,8 @@ def _convert(args, splits) -> int:
                          "mnist-parquet/ (or OUT.parquet, or s3://bucket/path)")
     if args.name.startswith("parquet:"):
         raise ValueError("the dataset is Parquet already")
-    files = write(args.out, splits, tabular=args.tabular, row_group=args.row_group)
+    files = write(args.out, splits, tabular=args.tabular, row_group=args.row_group,
+                  overwrite=args.overwrite)
     sizes = ", ".join(f"{p} {len(getattr(splits, p))}" for p in ("train", "valid", "test"))
     print(f"wrote {', '.join(files)} ({sizes} rows); train on it with: distnn train "
           f"--dataset parquet:{args.out}")

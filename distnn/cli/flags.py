@@ -105,6 +105,10 @@ HELP = {
     "replace_timeout": "seconds to wait for workers to be placed and to join (a replacement "
                        "after a fault, too) before the run stops with its last complete "
                        "epoch kept",
+    "replace_wait": "seconds to wait for CPUs to replace a lost worker when the cluster "
+                    "has none free (a lost node and no spare capacity) before going on "
+                    "with the workers left; they grow back at an epoch boundary when CPUs "
+                    "appear (0 = go on at once)",
     "min_workers": "start as soon as the cluster has this many CPUs (more workers join at "
                    "epoch boundaries, up to --workers), and go on with the workers left when "
                    "lost ones cannot be replaced while at least this many remain (same "
@@ -148,7 +152,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
         shown = ",".join(map(str, default)) if name == "layers" else default
-        help_ = f"{HELP[name]} (default: {shown})"
+        # a help text that says its own default (what None means) is not given another
+        help_ = HELP[name] if "default:" in HELP[name] else f"{HELP[name]} (default: {shown})"
         if name == "resume":
             p.add_argument(flag, dest=name, nargs="?", const="latest", default=None,
                            metavar="PATH", help=help_)
@@ -171,12 +176,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
             typ = str   # one number, or one per weight layer: parsed by config
         metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
                    "metrics_out": "FILE.json", "data_dir": "DIR", "checkpoint_dir": "DIR",
-                   "compress": "gradient compression: none (the exact all-reduce), bf16 (gradients travel "
-                "as bfloat16: half the bytes) or powersgd:R (PowerSGD, each weight matrix "
-                "as a rank-R product with error feedback: R=4 sends ~1/60 of the main job's "
-                "bytes); N workers give one process's result with the same setting, and "
-                "every replica applies the whole update (no parameter all-gather)",
-    "comm_ports": "LO-HI", "label_column": "NAME",
+                   "comm_ports": "LO-HI", "label_column": "NAME",
                    "feature_columns": "A,B,C", "split_column": "NAME", "split": "T/V/T",
                    "shard_memory": "MB", "data_shards": "S", "compress": "NAME[:ARG]",
                    "logdir": "DIR"}.get(name, name.upper())
@@ -234,8 +234,11 @@ def checkpoint_config(resume: str, checkpoint_dir: str | None) -> TrainConfig:
         return TrainConfig()      # validation says what is missing
     path, meta = read_meta(source)
     from ..io.store import Remote, is_uri
+    # where the run writes comes from this command line, never from the checkpoint: its
+    # --logdir and --metrics-out are the old command line's (give them again to go on)
+    elsewhere = dict(logdir=None, metrics_out=None)
     if is_uri(source):      # read from a local copy: save to the URI itself
         single = Remote(source).exists("meta.json")
         return saved_config(meta, checkpoint_dir=source.rstrip("/").rsplit("/", 1)[0]
-                            if single else source.rstrip("/"))
-    return saved_config(meta, checkpoint_dir=str(path.parent))
+                            if single else source.rstrip("/"), **elsewhere)
+    return saved_config(meta, checkpoint_dir=str(path.parent), **elsewhere)

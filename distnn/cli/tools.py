@@ -30,10 +30,14 @@ def cmd_search(args) -> int:
         grid, rand = spec.get("grid", []), spec.get("random", [])
     if not grid and not rand:
         raise ValueError("nothing to search: give --grid and/or --random (or a search recipe)")
-    trials = space.expand_grid(space.parse_grid(grid)) if grid else [{}]
+    grid_space = space.parse_grid(grid) if grid else {}
+    rand_space = space.parse_random(rand) if rand else {}
+    space.check_size(space.count(grid_space, args.samples if rand else None))
+    trials = space.expand_grid(grid_space) if grid else [{}]
     if rand:
-        draws = space.sample_random(space.parse_random(rand), args.samples, args.search_seed)
+        draws = space.sample_random(rand_space, args.samples, args.search_seed)
         trials = [{**t, **d} for t in trials for d in draws]
+    space.check_trials(cfg, trials)
     print(f"{len(trials)} trials, {cfg.workers} CPU each, selecting on {cfg.monitor}")
     res = tune.run_search(cfg, trials, args.out, name=args.name, asha=args.asha,
                           resume=args.resume_search, address=cfg.address)
@@ -88,22 +92,42 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+SPLIT_ARGS = {"train": "train", "valid": "valid", "validation": "valid", "test": "test"}
+
+
+def epoch_said(c) -> str:
+    """Which epoch a checkpoint holds, and what its directory's pointers call it."""
+    from ..io.checkpoint import roles
+    names = roles(c.path)
+    monitor = c.meta["config"].get("monitor", "valid_accuracy")
+    said = " and ".join("the latest" if r == "latest" else f"the best by {monitor}"
+                        for r in names)
+    return f"epoch {c.meta['epoch']}" + (f", {said}" if said else "")
+
+
 def cmd_eval(args) -> int:
     from ..data import load
     from ..train.evaluate import evaluate_chunks, load_model
     net, norm, cfg, c = load_model(args.checkpoint, average=not args.last, prefer=args.which)
+    which = SPLIT_ARGS[args.split]
+    if which == "valid" and cfg.merge_valid:
+        raise ValueError(f"{c.path} was trained on the validation split too (--merge-valid): "
+                         "its accuracy there is not a held-out measure; use --split test")
     splits = load(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir,
                   options=cfg.data_options())
-    split = getattr(splits, args.split)
+    split = getattr(splits, which)
     from ..io.checkpoint_store import shown
-    res = {"checkpoint": shown(args.checkpoint, c.path), "dataset": splits.name, "split": args.split,
+    res = {"checkpoint": shown(args.checkpoint, c.path), "epoch": c.meta["epoch"],
+           "which": epoch_said(c), "dataset": splits.name, "split": which,
            "parameters": "average" if cfg.ema and not args.last else "last",
            **evaluate_chunks(net, norm, split.chunks())}
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{res['checkpoint']}: {splits.name} {args.split} ({res['examples']} examples, "
-          f"{res['parameters']} parameters)")
+    params = "the parameter average (--ema)" if res["parameters"] == "average" else \
+        "the trained parameters" + (" (not their --ema average)" if cfg.ema else "")
+    print(f"{res['checkpoint']} ({res['which']}): {splits.name} {which} "
+          f"({res['examples']} examples, {params})")
     print(f"accuracy {100 * res['accuracy']:.2f}%  cost {res['cost']:.4f} (the data cost, "
           "without an L1/L2 penalty)")
     print("per-class accuracy: " + "  ".join(f"{k}:{100 * a:.1f}%"
@@ -132,8 +156,8 @@ def cmd_inspect(args) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     cfg = c.meta["config"]
-    print(f"{info['checkpoint']}  ({info['format']}, distnn {info['distnn_version']}, epoch "
-          f"{c.meta['epoch']})")
+    print(f"{info['checkpoint']}  ({info['format']}, distnn {info['distnn_version']}, "
+          f"{epoch_said(c)})")
     print(f"network    {cfg.get('layers')}  {cfg.get('activation')} hidden, "
           f"{cfg.get('output')} output, {cfg.get('cost')}  ({n_params:,} parameters, "
           f"{cfg.get('dtype')})")
@@ -168,6 +192,7 @@ def cmd_export(args) -> int:
         raise ValueError(f"cannot tell the format from {args.out!r}: name it .npz, .onnx or "
                          ".json (network2), or give --format")
     check_file_target(args.out, "OUT")
+    _refuse_existing(args.out, args.overwrite)
     net, norm, _, c = load_model(args.checkpoint, prefer=args.which)
     if fmt == "network2-json" and norm.mean is not None:
         raise ValueError("this model standardises its inputs, which network2.py cannot "
@@ -186,12 +211,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _refuse_existing(out, overwrite: bool) -> None:
+    from ..io.store import Remote, is_uri
+    if is_uri(out):
+        parent, name = str(out).rstrip("/").rsplit("/", 1)
+        there = Remote(parent).exists(name)
+    else:
+        there = Path(out).exists() or Path(out).is_symlink()
+    if there and not overwrite:
+        raise ValueError(f"{out} exists; choose another output, or pass --overwrite to "
+                         "replace it")
+
+
 def cmd_import(args) -> int:
     from ..config import TrainConfig
     from ..io import network2
     from ..train.checkpointing import save_model
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"CKPT_DIR {args.out} is a file; give a directory")
+    from ..io import checkpoint as ckpt
+    from ..io.files import claim
+    # a checkpoint directory of its own: one holding another run's checkpoints is
+    # refused (its latest would point at the import), or cleared with --overwrite
+    lock = claim(args.out, "CKPT_DIR", used=ckpt.used, clear=ckpt.clear, resume=False,
+                 overwrite=args.overwrite)
+    lock.release()
     net = network2.load(args.json_in)
     cfg = TrainConfig(dataset=args.dataset, layers=tuple(net.sizes), activation="sigmoid",
                       output="sigmoid", cost=net.config["cost"], dtype="float64")

@@ -128,7 +128,11 @@ class HalveOnPlateau(Schedule):
         return {"spec": self.spec, "halvings": self.halvings, "waited": self.waited}
 
     def load_state_dict(self, state):
-        self.halvings, self.waited = int(state["halvings"]), int(state["waited"])
+        h, w = state.get("halvings"), state.get("waited")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (h, w)):
+            raise ValueError(f"plateau schedule state needs integers halvings, waited >= 0, "
+                             f"got {state!r:.80}")
+        self.halvings, self.waited = h, w
 
 
 def parse(spec: str, lr0: float, warmup: float = 0.0) -> Schedule:

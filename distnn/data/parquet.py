@@ -40,8 +40,8 @@ from .idx import DataError
 PREFIX = "parquet:"
 SPLIT_NAMES = {"train": "train", "training": "train", "validation": "valid",
                "valid": "valid", "val": "valid", "dev": "valid", "test": "test"}
-_FILE_SPLIT = re.compile(r"(?:^|[^a-z])(training|train|validation|valid|val|dev|test)"
-                         r"(?:[^a-z]|$)")
+_FILE_SPLIT = re.compile(r"(?<![a-z])(training|train|validation|valid|val|dev|test)"
+                         r"(?![a-z])")
 _SPLIT_KEY = fold_key(0, 0x5B117)      # seed 0: splits do not move with --seed
 
 
@@ -69,6 +69,8 @@ class Layout:
     pixel_max: float
     version: str = ""          # the files' paths, sizes and modification times, hashed
     max_pixels: int = 1 << 24  # the largest encoded image decoded (--max-image-pixels)
+    root: str = ""             # the files' common directory (names are shown below it)
+    content: str = ""          # the files' names below root, sizes and row groups, hashed
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,26 @@ class ParquetSplit:
             if x:
                 out[s + a - lo:s + b - lo] = px[a:b]
         return Split(out, y)
+
+    def describe(self) -> dict:
+        """What this split is: its rows, the files they come from (below the dataset's
+        directory) and how they were chosen."""
+        files = list(dict.fromkeys(self.rel(p.file) for p in self.parts if p.count))
+        how = ("a split column" if any(p.names for p in self.parts) else
+               "--split fractions of the rows" if any(p.fraction for p in self.parts) else
+               "file names")
+        return {"rows": len(self), "files": files, "by": how}
+
+    def rel(self, path: str) -> str:
+        root = self.layout.root.rstrip("/")
+        return path[len(root) + 1:] if root and path.startswith(root + "/") else path
+
+    def fingerprint(self, h) -> None:
+        """Add what this split holds to the hash ``h``: the files' names, sizes and row
+        groups, and which rows of them are in the split (not the files' times or where
+        they are: a copy of the same files is the same data)."""
+        h.update(repr((self.layout.content, [(self.rel(p.file), p.group, p.count, p.names,
+                                              p.fraction) for p in self.parts])).encode())
 
     def normalizer(self, standardize: bool):
         """The input normaliser fitted on this split: for ``standardize``, one streaming

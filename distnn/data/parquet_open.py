@@ -25,7 +25,12 @@ def open_parquet(uri: str, opts: Options):
     if opts.split_column is None and "split" in schema.names and \
             str(schema.field("split").type) in ("string", "large_string"):
         opts = replace(opts, split_column="split")   # as ``distnn data convert`` writes
+    root = _root(files)
+    sizes = [(f[len(root):].lstrip("/"), i.size, [h.metadata.row_group(g).num_rows for g in
+                                                  range(h.num_row_groups)])
+             for f, i, h in zip(files, infos, handles)]
     layout = replace(_layout(uri, schema, handles, opts), max_pixels=opts.max_pixels,
+                     root=root, content=hashlib.sha256(repr(sizes).encode()).hexdigest(),
                      version=hashlib.sha256(repr(
         [(f.path, f.size, f.mtime_ns) for f in infos]).encode()).hexdigest())
     for f, h in zip(files[1:], handles[1:]):
@@ -60,8 +65,8 @@ def _layout(uri, schema, handles, opts: Options) -> Layout:
         raise DataError(f"--split-column {opts.split_column!r}: not a column of {uri} "
                         f"({names})")
     meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-    n_classes = int(meta.get("distnn.n_classes") or _max_label(handles, schema, opts.label) + 1)
-    full = float(meta["distnn.pixel_max"]) if "distnn.pixel_max" in meta else None
+    n_classes = _n_classes(meta, uri) or _max_label(handles, schema, opts.label) + 1
+    full = _pixel_max(meta, uri)
     if "image" in names and not opts.features:
         t = schema.field("image").type
         if pt.is_struct(t) and t.get_field_index("bytes") >= 0:
@@ -99,10 +104,43 @@ def _layout(uri, schema, handles, opts: Options) -> Layout:
                   False, n_classes, full or 1.0)
 
 
+def _n_classes(meta: dict, uri: str) -> int | None:
+    text = meta.get("distnn.n_classes")
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise DataError(f"{uri}: its schema metadata distnn.n_classes is {text!r}; expected "
+                        "a positive integer")
+    return int(text)
+
+
+def _pixel_max(meta: dict, uri: str) -> float | None:
+    """The schema's ``distnn.pixel_max`` (the value of full ink), checked as a flag is."""
+    if "distnn.pixel_max" not in meta:
+        return None
+    text = meta["distnn.pixel_max"]
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (v > 0 and v < float("inf")):
+        raise DataError(f"{uri}: its schema metadata distnn.pixel_max is {text!r}; expected "
+                        "a number > 0 (255 for 8-bit images)")
+    return v
+
+
 def _image_shape(meta, t, handle, uri) -> tuple[int, ...]:
     import pyarrow.types as pt
     if "distnn.shape" in meta:
-        return tuple(int(v) for v in meta["distnn.shape"].split(","))
+        text = meta["distnn.shape"]
+        try:
+            shape = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise DataError(f"{uri}: its schema metadata distnn.shape is {text!r}; expected "
+                            "positive sizes like 28,28")
+        return shape
     if pt.is_fixed_size_list(t):
         size = t.list_size
     elif pt.is_fixed_size_binary(t):
@@ -153,14 +191,18 @@ def _assign(uri, files, groups, opts: Options, layout) -> dict[str, tuple[Part, 
             for s in SPLITS:
                 out[s].append(Part(f, g, off, rows, vals.count(s), names=(s,)))
         return {s: tuple(p) for s, p in out.items()}
-    by_file = {f: _file_split(f[len(uri.rstrip('/')):] if f.startswith(uri) else f)
-               for f in files}
-    if any(s == "train" for s in by_file.values()):
+    by_file = _files_by_split(uri, files)
+    if any(s is not None for s in by_file.values()):
         unnamed = [f for f, s in by_file.items() if s is None]
         if unnamed:
             raise DataError(f"{uri}: files are named by split, but not {unnamed[:3]}; "
                             "rename them (train/validation/test in the name)")
         present = set(by_file.values())
+        if "train" not in present:      # never cut a training split from held-out files
+            raise DataError(f"{uri}: its files are named {sorted(present)} splits but none "
+                            "is a training file: name the training files train* (or use "
+                            "--split-column); distnn never trains on validation or test "
+                            "files")
         cut = _cuts(opts.fractions, [s for s in SPLITS if s == "train" or s not in present])
         for f, g, off, rows in groups:
             if by_file[f] != "train":
@@ -176,9 +218,27 @@ def _assign(uri, files, groups, opts: Options, layout) -> dict[str, tuple[Part, 
     return {s: tuple(p) for s, p in out.items()}
 
 
-def _file_split(path: str) -> str | None:
-    found = {SPLIT_NAMES[m] for m in _FILE_SPLIT.findall(path.lower())}
-    return found.pop() if len(found) == 1 else None
+def _root(files: list[str]) -> str:
+    """The files' common directory."""
+    import posixpath
+    return posixpath.commonpath(files) if len(files) > 1 else posixpath.dirname(files[0])
+
+
+def _files_by_split(uri: str, files: list[str]) -> dict[str, str | None]:
+    """The split each file's name gives (train/validation/test in its path below the
+    files' common directory, as Hugging Face lays datasets out), or None; a name that
+    gives two splits is an error, not a guess."""
+    import posixpath
+    root = _root(files)
+    out = {}
+    for f in files:
+        rel = f[len(root):].lstrip("/") if f.startswith(root) else posixpath.basename(f)
+        found = {SPLIT_NAMES[m] for m in _FILE_SPLIT.findall(rel.lower())}
+        if len(found) > 1:
+            raise DataError(f"{uri}: {rel} names more than one split ({sorted(found)}); "
+                            "rename it, or give a --split-column")
+        out[f] = found.pop() if found else None
+    return out
 
 
 def _cuts(fractions, splits) -> dict[str, tuple[float, float]]:

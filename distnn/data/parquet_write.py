@@ -36,14 +36,23 @@ def table(x: np.ndarray, y: np.ndarray, *, tabular: bool = False, split: str | N
     return pa.table(cols).replace_schema_metadata(meta)
 
 
-def write(out: str, splits, *, tabular: bool = False, row_group: int = 4096) -> list[str]:
+def write(out: str, splits, *, tabular: bool = False, row_group: int = 4096,
+          overwrite: bool = False) -> list[str]:
     """Write ``splits`` (train, valid, test) to ``out``: a directory receives
     ``train.parquet``, ``validation.parquet`` and ``test.parquet`` (splits by file
     name); a path ending in ``.parquet`` one file with a ``split`` column.  Returns the
-    files written.  Rows keep their order, in row groups of ``row_group`` rows."""
+    files written.  Rows keep their order, in row groups of ``row_group`` rows.  A file
+    that is there already is refused unless ``overwrite``."""
+    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
     fs, path = filesystem(out)
     one_file = path.endswith(".parquet")
+    targets = [path] if one_file else [f"{path}/{f}.parquet" for f in SPLIT_FILES.values()]
+    there = [t for t, i in zip(targets, fs.get_file_info(targets))
+             if i.type != pafs.FileType.NotFound]
+    if there and not overwrite:
+        raise ValueError(f"{out} already holds {', '.join(there)}; choose another output, "
+                         "or pass --overwrite to replace them")
     written, writer = [], None
     try:
         if not one_file:

@@ -19,6 +19,12 @@ second: ``meta.json sha256 HEX``, the hash its meta.json must have) is replaced
 atomically after that, so a crash at any moment leaves the previous checkpoint
 loadable; ``CKPT_DIR/best`` names the best one the same way.  ``latest`` may only name a directory inside
 ``CKPT_DIR``; symbolic links are refused everywhere.
+
+What the hashes protect against: torn, truncated and corrupted writes, a file replaced
+by another checkpoint's, edits made by mistake.  What they cannot: deliberate edits
+(anyone can recompute a sha256).  Every value read back is therefore validated as the
+same value given as a flag would be (``train.checkpointing``), and no path recorded in
+a checkpoint is ever written to.
 """
 from __future__ import annotations
 
@@ -203,17 +209,25 @@ def _pointer(root: Path, pointer: str = "latest") -> tuple[Path, str | None]:
     if latest.is_symlink():
         raise CheckpointError(f"{latest} is a symbolic link; refusing it")
     lines = latest.read_text(errors="replace").splitlines() or [""]
-    name, rest = lines[0].strip(), " ".join(lines[1:]).split()
-    if not NAME.match(name) or rest[:2] not in ([], ["meta.json", "sha256"]) or len(rest) == 2:
+    name = lines[0].strip()
+    if not NAME.match(name) or len(lines) > 2:
         raise CheckpointError(f"{latest} must name a checkpoint directory inside {root}, "
                               f"got {' '.join(lines)[:80]!r}")
     target = root / name
-    if target.is_symlink():
-        raise CheckpointError(f"{latest} names {name}, which is a symbolic link; refusing it")
+    if target.is_symlink() or (target / "meta.json").is_symlink():
+        raise CheckpointError(f"{latest} names {name}, which is (or holds) a symbolic "
+                              "link; refusing it")
     if not (target / "meta.json").is_file():
         raise CheckpointError(f"{latest} names {name}, which is not a complete "
                               "checkpoint directory")
-    return target, (rest[2] if len(rest) == 3 else None)
+    rest = lines[1].split() if len(lines) == 2 else []
+    # the hash line is what makes the pointer a check: exactly as distnn writes it
+    if len(rest) != 3 or rest[:2] != ["meta.json", "sha256"] or \
+            not re.fullmatch(r"[0-9a-f]{64}", rest[2]):
+        raise CheckpointError(f"{latest} must name a checkpoint and, on its second line, "
+                              f"the sha256 of its meta.json ('meta.json sha256 HEX'), got "
+                              f"{' '.join(lines)[:120]!r}; it was changed or damaged")
+    return target, rest[2]
 
 
 def resolve(path, prefer: str = "latest") -> tuple[Path, str | None]:
@@ -273,7 +287,10 @@ def check_meta(f: Path, meta) -> None:
         bad(f"'version' must be a positive integer, got {v!r}")
     if v > VERSION:
         bad(f"format version {v} is newer than this distnn reads ({VERSION}); upgrade distnn")
-    if v >= 2 and meta.get("meta_sha256") != meta_checksum(meta):
+    if v < 2:     # version 1 had no checksum of meta.json: nothing to verify it by
+        bad(f"format version {v} carries no checksum of meta.json, so it cannot be "
+            "verified; this distnn reads version 2 and later")
+    if meta.get("meta_sha256") != meta_checksum(meta):
         bad("the meta_sha256 checksum does not match: meta.json was edited or damaged "
             "after it was written")
     for key, typ in _META_TYPES.items():
@@ -287,8 +304,12 @@ def check_meta(f: Path, meta) -> None:
     be = meta.get("best_epoch")
     if be is not None and (not _is_int(be) or not 0 <= be <= e):
         bad(f"'best_epoch' must be null or an epoch 0..{e}, got {be!r}")
-    if not _is_int(meta["optimizer"].get("t")) or not isinstance(meta["optimizer"].get("name"), str):
-        bad("'optimizer' needs a string 'name' and an integer 't'")
+    t = meta["optimizer"].get("t")
+    if not _is_int(t) or t < 0 or not isinstance(meta["optimizer"].get("name"), str):
+        bad(f"'optimizer' needs a string 'name' and an integer 't' >= 0, got "
+            f"{meta['optimizer']!r:.80}")
+    if not isinstance(meta["schedule"].get("spec"), str):
+        bad(f"'schedule' needs a string 'spec', got {meta['schedule']!r:.80}")
 
 
 def load(path, prefer: str = "latest") -> Checkpoint:
@@ -344,6 +365,19 @@ def clear(root) -> None:
         shutil.rmtree(root / n)
     for p in POINTERS:
         (root / p).unlink(missing_ok=True)
+
+
+def roles(path) -> list[str]:
+    """The pointers of its directory that name checkpoint ``path`` ("latest", "best")."""
+    path = Path(path)
+    out = []
+    for p in POINTERS:
+        try:
+            if (path.parent / p).is_file() and _pointer(path.parent, p)[0].name == path.name:
+                out.append(p)
+        except CheckpointError:
+            continue
+    return out
 
 
 def pointed(root) -> set[str]:

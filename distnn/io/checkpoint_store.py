@@ -3,11 +3,12 @@ checks, clearing and pruning ``checkpoint`` does on a directory, done on a store
 ``store`` for how a run's checkpoints get there: the pointers last)."""
 from __future__ import annotations
 
+import atexit
 import shutil
 from pathlib import Path
 
 from .checkpoint import EPOCH_NAME, FILES, NAME, POINTERS, CheckpointError
-from .store import Remote, is_uri, stage
+from .store import Remote, is_uri, remove_stage, stage
 
 
 def fetch(uri: str, into: Path | None = None) -> tuple[Path, list[str]]:
@@ -19,9 +20,10 @@ def fetch(uri: str, into: Path | None = None) -> tuple[Path, list[str]]:
     remote = Remote(uri)
     single = remote.exists("meta.json")
     root_uri, name = uri.rstrip("/").rsplit("/", 1) if single else (uri, None)
-    if into is None:
+    if into is None:        # a scratch copy to read: gone when the command ends
         into = stage(root_uri + "#read")
         shutil.rmtree(into, ignore_errors=True)
+        atexit.register(remove_stage, root_uri + "#read")
     names = [name] if single else []
     got = []
     if not single:
@@ -84,3 +86,21 @@ def prune_remote(remote, keep_last: int, keep: set[str]) -> None:
     for n in (names[:-keep_last] if keep_last > 0 else []):
         if n not in keep:
             remote.delete(n)
+
+
+def pointer_names(where) -> dict[str, str]:
+    """{"latest": name, "best": name} of a checkpoint directory, local or at a URI (read
+    from its pointer files alone); pointers it lacks are left out."""
+    from .checkpoint import _pointer
+    if not is_uri(where):
+        root = Path(where)
+        return {p: _pointer(root, p)[0].name for p in POINTERS if (root / p).is_file()}
+    remote = Remote(where)
+    out = {}
+    for p in POINTERS:
+        if remote.exists(p):
+            name = (remote.read(p).decode(errors="replace").splitlines() or [""])[0].strip()
+            if NAME.match(name):
+                out[p] = name
+    return out
+

@@ -23,6 +23,11 @@ class DirectoryInUse(ValueError):
     """An output directory belongs to another run (running now, or finished)."""
 
 
+class OutputUnusable(ValueError):
+    """Before any work: an output cannot be written where it is asked for (a missing
+    bucket, refused credentials, no endpoint)."""
+
+
 def describe(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "no space left on the device"
@@ -49,12 +54,19 @@ def claim(root, flag: str, *, used, clear, resume: bool, overwrite: bool) -> Dir
     it when ``used(root)`` names another run's outputs (``clear(root)`` deletes them
     first when ``overwrite``)."""
     root = Path(root)
+    if root.is_symlink():
+        raise DirectoryInUse(f"{flag} {root} is a symbolic link; distnn does not write "
+                             f"through links: give the directory itself ({root.resolve()})")
     if root.exists() and not root.is_dir():
         raise DirectoryInUse(f"{flag} {root} is a file; give a directory")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        # never through a link: a lock file that is one would truncate what it points to
+        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DirectoryInUse(f"{flag} {root}: its {LOCK_NAME} is a symbolic link; "
+                                 "distnn does not write through links (remove it)") from None
         raise DirectoryInUse(f"{flag} {root}: cannot create it ({describe(e)})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,6 +90,40 @@ def claim(root, flag: str, *, used, clear, resume: bool, overwrite: bool) -> Dir
     return lock
 
 
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_targets(outputs: dict, inputs: dict, metrics: tuple[str, str] | None) -> None:
+    """Before any work, the one check that distnn writes only where the command line
+    says: ``outputs`` {flag: directory}, ``inputs`` {what: path} (a config file, the
+    data, the checkpoint being read), ``metrics`` (flag, file) or None.  The file may
+    not be, or be inside, an output directory or an input, and what is at it now must
+    be a regular file (not a link, a device or a directory).  URIs are checked by their
+    own probe."""
+    from .store import is_uri
+    if metrics is None or is_uri(metrics[1]):
+        return
+    flag, target = metrics[0], Path(metrics[1])
+    for other, d in outputs.items():
+        if d and not is_uri(d) and _inside(target, Path(d)):
+            raise ValueError(f"{flag} {target} is inside {other} {d}, which the run writes "
+                             "as a directory of its own; put the metrics file elsewhere")
+    for what, p in inputs.items():
+        if p and not is_uri(p) and Path(p).exists() and (
+                _inside(target, Path(p)) if Path(p).is_dir() else
+                target.resolve() == Path(p).resolve()):
+            raise ValueError(f"{flag} {target} would overwrite {what} {p}, which this run "
+                             "reads; give the metrics file a path of its own")
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        raise ValueError(f"{flag} {target} exists and is not a regular file (a link, a "
+                         "device or a directory); distnn writes only plain files")
+
+
 def check_file_target(path, flag: str) -> None:
     """Before training: ``path`` can be written as a file (its directory can be made, it
     is not a directory), so a run never learns that at its end.  A URI: its store is
@@ -87,7 +133,7 @@ def check_file_target(path, flag: str) -> None:
         parent, name = str(path).rstrip("/").rsplit("/", 1)
         if Remote(str(path)).files():
             raise ValueError(f"{flag} {path} is a directory; give a file name")
-        Remote(parent).exists(name)
+        Remote(parent).probe(flag)
         return
     p = Path(path)
     if p.is_dir():

@@ -38,6 +38,17 @@ def stage(uri: str) -> Path:
     return base / f"{hashlib.sha256(uri.encode()).hexdigest()[:12]}-{tail}"
 
 
+def keep_stage() -> bool:
+    """``DISTNN_KEEP_STAGE=1``: leave stages and downloaded copies when a command ends."""
+    return os.environ.get("DISTNN_KEEP_STAGE", "") not in ("", "0")
+
+
+def remove_stage(uri: str) -> None:
+    """Delete ``uri``'s local stage (its files are at the URI), unless they are kept."""
+    if not keep_stage():
+        shutil.rmtree(stage(uri), ignore_errors=True)
+
+
 def local(where) -> Path:
     """Where a run writes ``where``'s files on this machine."""
     if is_uri(where):
@@ -114,6 +125,21 @@ class Remote:
             tmp.unlink(missing_ok=True)
             raise self._err(f"download {rel}", e) from None
 
+    def probe(self, flag: str) -> None:
+        """Before any work: write and delete a small object here, so that a missing
+        bucket, refused credentials or an endpoint with nothing listening stop the run
+        now, saying which, rather than after its first epoch."""
+        import uuid
+        rel = f".distnn-probe-{uuid.uuid4().hex[:12]}"
+        try:
+            with self.fs.open_output_stream(f"{self.path}/{rel}") as f:
+                f.write(b"distnn checks that it can write here\n")
+            self.fs.delete_file(f"{self.path}/{rel}")
+        except OSError as e:
+            from .files import OutputUnusable
+            raise OutputUnusable(f"{flag} {self.uri}: cannot write there: {_why(e)}") \
+                from None
+
     def delete(self, rel: str) -> None:
         """Delete a file, or a directory with everything in it."""
         import pyarrow.fs as pafs
@@ -126,6 +152,27 @@ class Remote:
                 self.fs.delete_file(target)
         except OSError as e:
             raise self._err(f"delete {rel}", e) from None
+
+
+_REASONS = (
+    (("NO_SUCH_BUCKET", "NoSuchBucket", "bucket does not exist"),
+     "the bucket does not exist (create it, or check the name)"),
+    (("ACCESS_DENIED", "AccessDenied", "Access Denied", "INVALID_ACCESS_KEY", "InvalidAccessKey",
+      "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch", "403", "EXPIRED_TOKEN"),
+     "access denied (check the credentials: AWS_* variables, ~/.aws, the instance role)"),
+    (("NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused",
+      "Could not resolve", "Timeout", "timed out"),
+     "cannot connect to the store's endpoint (check AWS_ENDPOINT_URL or the network)"),
+)
+
+
+def _why(e: Exception) -> str:
+    """What an object store's error means, in words, with the store's own message."""
+    text = str(e)
+    for marks, reason in _REASONS:
+        if any(m in text for m in marks):
+            return f"{reason} [{text[:200]}]"
+    return text[:300]
 
 
 class Mirror:
@@ -184,6 +231,7 @@ def claim_uri(uri: str, flag: str, *, used, clear, resume: bool, overwrite: bool
     object store has no locks: two machines writing one URI are not stopped."""
     from .files import LOCK_NAME, DirectoryInUse, claim
     remote = Remote(uri)
+    remote.probe(flag)
     names = remote.files()
     what = None if resume else used(names)
     if what and overwrite:

@@ -16,6 +16,7 @@ import time
 
 from ..config import TrainConfig
 from ..core import regularizers, schedules
+from ..io.files import OutputError
 from ..core.network import Network
 from ..core.schedules import HalveOnPlateau
 from ..data.datasets import Split, Splits
@@ -185,22 +186,31 @@ def attach_outputs(driver: Driver, cfg: TrainConfig) -> None:
         driver.callbacks.append(TensorBoard(cfg.logdir, cfg, d.splits, d.augmenter,
                                             d.normalizer))
     if cfg.checkpoint_dir:
-        driver.callbacks.append(Checkpointing(cfg.checkpoint_dir, cfg, d.normalizer,
-                                              cfg.keep_last, cfg.monitor, mode_of(cfg.monitor)))
+        driver.callbacks.append(Checkpointing(
+            cfg.checkpoint_dir, cfg, d.normalizer, cfg.keep_last, cfg.monitor,
+            mode_of(cfg.monitor), {"fingerprint": d.fingerprint(), "splits": d.describe()}))
         driver.state_loader = epoch_state_loader(local(cfg.checkpoint_dir), driver.net)
 
 
-def claim_outputs(cfg: TrainConfig) -> list:
+CONFIG_HEADER = "# the settings of this run: distnn train --config config.toml trains it again\n"
+
+
+def claim_outputs(cfg: TrainConfig, inputs: dict | None = None) -> list:
     """Before any work: the checkpoint and log directories become this run's (locked;
-    another run's refused unless --resume or --overwrite; for a URI, its local stage is
-    locked and the URI checked), and the metrics file is checked to be writable.  A run
-    resuming from a URI downloads the checkpoint into the stage.  Returns the locks to
-    release at the end."""
+    another run's refused unless --resume continues the run they hold, or --overwrite;
+    for a URI, its local stage is locked and the URI checked), and the metrics file is
+    checked to be writable and to be no output directory's and no input's (``inputs``:
+    {what: path}, such as --config).  A run resuming from a URI downloads the checkpoint
+    into the stage.  Returns the locks to release at the end."""
     from ..io import checkpoint as ckpt
     from ..io import checkpoint_store as ckpt_store
     from ..io import store
     from ..io import tensorboard as tb
-    from ..io.files import check_file_target, claim, write_text_atomic
+    from ..io.files import check_file_target, check_targets, claim, write_text_atomic
+    check_targets({"--checkpoint-dir": cfg.checkpoint_dir, "--logdir": cfg.logdir},
+                  {**(inputs or {}), "--resume": _resumed(cfg) if cfg.resume else None,
+                   "the dataset": _dataset_path(cfg)},
+                  ("--metrics-out", cfg.metrics_out) if cfg.metrics_out else None)
     if cfg.metrics_out:
         check_file_target(cfg.metrics_out, "--metrics-out")
     locks = []
@@ -213,7 +223,9 @@ def claim_outputs(cfg: TrainConfig) -> list:
             if not d:
                 continue
             flag, used, clear, used_remote, clear_remote = kinds[d]
-            how = dict(resume=bool(cfg.resume), overwrite=cfg.overwrite)
+            # checkpoints already there are this run's only when it resumes from them
+            ours = bool(cfg.resume) and (d != cfg.checkpoint_dir or _resumes_from(cfg))
+            how = dict(resume=ours, overwrite=cfg.overwrite)
             if store.is_uri(d):
                 locks.append(store.claim_uri(d, flag, used=used_remote, clear=clear_remote,
                                              **how))
@@ -225,10 +237,14 @@ def claim_outputs(cfg: TrainConfig) -> list:
                 _fetch_resumed(cfg)
         for d in (cfg.checkpoint_dir, cfg.logdir):
             if d:        # the effective settings beside the run's outputs
-                write_text_atomic(store.local(d) / "config.toml",
-                                  "# the settings of this run: distnn train --config "
-                                  "config.toml trains it again\n" + cfg.replace(
-                                      resume=None, override=(), overwrite=False).to_toml())
+                own = store.local(d) / "config.toml"
+                if own.is_symlink() or (own.exists() and not own.read_text(
+                        errors="replace").startswith(CONFIG_HEADER)):
+                    raise ValueError(f"{d} holds a config.toml that distnn did not write; "
+                                     "it would be replaced by this run's settings: move it, "
+                                     "or give the run a directory of its own")
+                write_text_atomic(own, CONFIG_HEADER + cfg.replace(
+                    resume=None, override=(), overwrite=False).to_toml())
     except BaseException:
         release(locks)
         raise
@@ -238,6 +254,26 @@ def claim_outputs(cfg: TrainConfig) -> list:
 def _resumed(cfg: TrainConfig) -> str:
     """The checkpoint or checkpoint directory ``--resume`` names."""
     return cfg.checkpoint_dir if cfg.resume == "latest" else cfg.resume
+
+
+def _resumes_from(cfg: TrainConfig) -> bool:
+    """Whether --resume names --checkpoint-dir or a checkpoint inside it (so what is
+    there is this run's), rather than another run's directory."""
+    from pathlib import Path
+
+    from ..io import store
+    src, d = str(_resumed(cfg)).rstrip("/"), str(cfg.checkpoint_dir).rstrip("/")
+    if store.is_uri(src) or store.is_uri(d):
+        return src == d or src.startswith(d + "/")
+    s, r = Path(src).resolve(), Path(d).resolve()
+    return s == r or r in s.parents
+
+
+def _dataset_path(cfg: TrainConfig) -> str | None:
+    """The local path the data are read from (to keep outputs off it), if any."""
+    if cfg.dataset.startswith("parquet:"):
+        return cfg.dataset[len("parquet:"):]
+    return cfg.data_dir
 
 
 def resume_source(cfg: TrainConfig):
@@ -271,11 +307,11 @@ class Interrupted(RuntimeError):
     """The user stopped the run (Ctrl-C) in epoch ``epoch``."""
 
     def __init__(self, epoch: int, epochs: int):
-        super().__init__(f"stopped at epoch {epoch} of {epochs}")
+        super().__init__(f"stopped in epoch {epoch} of 0..{epochs - 1}")
 
 
 def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = True,
-          callbacks=()) -> dict:
+          callbacks=(), inputs: dict | None = None) -> dict:
     """Train as ``cfg`` says on ``cfg.workers`` workers (1: in this process, no Ray);
     return the metrics dict written by ``--metrics-out``, with the trained ``network``
     and its input ``normalizer``."""
@@ -284,18 +320,21 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     if cfg.data_shards == 0 and cfg.dataset.startswith("parquet:"):
         cfg = cfg.replace(data_shards=cfg.workers)   # recorded: a resume keeps the order
     splits = splits or load_splits(cfg)
+    if cfg.data_shards > len(splits.train):
+        raise ValueError(f"--data-shards {cfg.data_shards} is more than the training split's "
+                         f"{len(splits.train)} examples")
     if cfg.workers > 1:      # imported before the memory baseline (see _memory)
         importlib.import_module("ray")
     rss0 = memory()["rss"]
     data = prepare(cfg, splits)
     check_fits(cfg)
-    locks = claim_outputs(cfg)
+    locks = claim_outputs(cfg, inputs)
     run_cfg = cfg     # what the run computes with; ``cfg`` is what the user asked for
     if cfg.lr_scaling == "linear" and cfg.workers > 1:
         log.info("linear lr scaling: lr %g x %d workers = %g", cfg.lr, cfg.workers,
                  cfg.lr * cfg.workers)
         run_cfg = cfg.replace(lr=cfg.lr * cfg.workers)
-    started, driver = False, None
+    started, driver, kept = False, None, False
     t0 = time.perf_counter()
     try:
         if cfg.workers > 1:
@@ -309,7 +348,11 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
                  "(all-reduce: %s)", list(cfg.layers), cfg.dataset, len(data.train),
                  data.splits.source, cfg.workers, "s" if cfg.workers > 1 else "",
                  driver.backend)
+        log.info("splits: %s", splits_said(data.describe()))
         return _finish(driver, cfg, t0, rss0)
+    except OutputError:
+        kept = True       # a URI's stage may hold what could not be copied there
+        raise
     finally:
         with _no_interrupts():
             if driver is not None:
@@ -318,6 +361,30 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
                 from .ray_pool import stop_ray
                 stop_ray()
             release(locks)
+            _stages_done(cfg, kept)
+
+
+def splits_said(described: dict) -> str:
+    """"train 48000 rows (train.parquet), valid 6000 rows (...), test ..."."""
+    out = []
+    for k, d in described.items():
+        files = d.get("files")
+        where = f" of {', '.join(files[:3])}{', ...' if len(files) > 3 else ''}" \
+            f" by {d['by']}" if files else ""
+        out.append(f"{k} {d['rows']} rows{where}")
+    return "; ".join(out)
+
+
+def _stages_done(cfg: TrainConfig, kept: bool) -> None:
+    """The local stages of URI outputs go with the run (their files are at the URI),
+    unless a copy there failed (they are then the only copy) or DISTNN_KEEP_STAGE."""
+    from ..io import store
+    for d in (cfg.checkpoint_dir, cfg.logdir):
+        if d and store.is_uri(d):
+            if kept:
+                log.error("what could not be copied to %s is in %s", d, store.local(d))
+            else:
+                store.remove_stage(d)
 
 
 def check_fits(cfg: TrainConfig) -> None:

@@ -28,7 +28,8 @@ from .worker import GuardedWorker, Refused
 
 log = logging.getLogger(__name__)
 
-STALL_SECONDS = 5.0   # after an abort, how long the other workers get to return
+STALL_SECONDS = 1.5   # after an abort, how long the other workers get to return
+FREED_SECONDS = 1.0   # how long the CPUs of killed workers get to show as free again
 POLL_SECONDS = 0.5    # how often the driver asks for an epoch's progress
 BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -100,11 +101,13 @@ def _token_mode() -> None:
         Config.initialize("")      # Ray caches the mode: re-read it (as ray.init does)
 
 
-def start_ray(address: str | None, workers: int, may_wait: bool = False) -> bool:
+def start_ray(address: str | None, workers: int, may_wait: bool = False,
+              worker_output: bool = True) -> bool:
     """Join ``address`` (auto or HOST:PORT) or start a local Ray bound to 127.0.0.1.
     Returns True if this call started Ray (and so should shut it down).  Too few CPUs
     is an error at once, unless ``may_wait`` and the cluster was joined (it may still
-    be starting: see ``workers_to_start``)."""
+    be starting: see ``workers_to_start``).  ``worker_output``: show what Ray's worker
+    processes print (a search's lanes say nothing worth it: their trials are recorded)."""
     import ray
     if ray.is_initialized():
         started = False
@@ -113,10 +116,11 @@ def start_ray(address: str | None, workers: int, may_wait: bool = False) -> bool
             check_address(address)
         local = address.rpartition(":")[0] in ("127.0.0.1", "localhost")
         with _loopback() if local else contextlib.nullcontext():
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING,
+                     log_to_driver=worker_output)
         started = False
     else:
-        _start_local()
+        _start_local(worker_output)
         started = True
     cpus = ray.cluster_resources().get("CPU", 0)
     if workers > cpus and (started or not may_wait):
@@ -152,7 +156,7 @@ def _loopback():
             os.environ[name] = saved[1]
 
 
-def _start_local() -> None:
+def _start_local(worker_output: bool = True) -> None:
     """A local Ray whose every process listens on 127.0.0.1 only, ignores the terminal's
     Ctrl-C (the driver shuts it down in order), and is stopped by a watchdog if the
     driver is killed.  SIGINT is blocked while Ray's processes are spawned: they inherit
@@ -166,7 +170,8 @@ def _start_local() -> None:
     try:
         with _loopback():
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+                     _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+                     log_to_driver=worker_output)
         _reaper = reaper.watch(os.getpid())
     except BaseException:
         ray.shutdown()
@@ -255,6 +260,7 @@ class RayPool:
         self._where = [i["ip"] for i in infos]
         nodes = comm.plan([i["node"] for i in infos])
         backend = comm.choose(self.cfg.allreduce, self.world, nodes)
+        comm.check_ports(backend, nodes, comm.options(self.cfg)["ports"])
         self.backend = backend.name
         self.group = backend(self.world, self.size, self.cfg.network_spec().dtype, nodes,
                              comm.options(self.cfg))
@@ -443,17 +449,38 @@ class RayPool:
         return ", ".join(f"{r} (node {self._at(r)})" for r in ranks)
 
     def _replace(self, dead, epoch=None):
-        """New workers for ``dead``; those that cannot be placed within
-        --replace-timeout are dropped and training goes on with the rest (the global
-        batch stays the same, so the updates are those of the fixed-size run)."""
+        """New workers for ``dead``, when the cluster has CPUs for them now (or within
+        --replace-wait); those that cannot be placed within --replace-timeout are
+        dropped.  Without the CPUs (a lost node and no spare capacity) training goes on
+        at once with the rest: the global batch stays the same, so the updates are
+        those of the fixed-size run, and workers are added back at an epoch boundary
+        when CPUs appear (``_grow``)."""
         for r in dead:
             self.ray.kill(self.workers[r], no_restart=True)
-            self.workers[r] = self._spawn(r)
-        try:
-            self._wire()
-        except Unplaced as e:
-            self._shrink(e.ranks, epoch, str(e))
+        if not self._cpus_for(len(dead)):
+            self._shrink(dead, epoch, f"no free CPU in the cluster for {len(dead)} "
+                                      f"replacement worker(s) (a lost node and no spare "
+                                      f"capacity; waited --replace-wait "
+                                      f"{self.cfg.replace_wait:g} s)", killed=True)
+        else:
+            for r in dead:
+                self.workers[r] = self._spawn(r)
+            try:
+                self._wire()
+            except Unplaced as e:
+                self._shrink(e.ranks, epoch, str(e))
         self.set_state(self.state)
+
+    def _cpus_for(self, n: int) -> bool:
+        """Whether the cluster shows ``n`` free CPUs within FREED_SECONDS (killed
+        workers' CPUs come back) plus --replace-wait (capacity that may come)."""
+        deadline = time.monotonic() + FREED_SECONDS + self.cfg.replace_wait
+        while True:
+            if self.ray.available_resources().get("CPU", 0) >= n:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
     # -- elastic membership -------------------------------------------------------------
     def _renumber(self, workers) -> None:
@@ -461,10 +488,10 @@ class RayPool:
         self._get([w.set_place.remote(r, self.world) for r, w in enumerate(workers)],
                   "take their new ranks")
 
-    def _shrink(self, lost, epoch, why: str) -> None:
+    def _shrink(self, lost, epoch, why: str, killed: bool = False) -> None:
         """Go on without ``lost`` (ranks), unless fewer than --min-workers would remain."""
         keep = [w for r, w in enumerate(self.workers) if r not in lost]
-        for r in lost:
+        for r in lost if not killed else ():
             self.ray.kill(self.workers[r], no_restart=True)
         least = self.cfg.min_workers or 1
         if len(keep) < least:

@@ -10,6 +10,11 @@ from ..train.callbacks import Callback
 from .space import SEARCHABLE, apply
 
 
+class SearchFailed(RuntimeError):
+    """No trial of a search finished with a model (each one is recorded with its
+    error in the results table)."""
+
+
 def trial_dir(out_dir: Path, index: int) -> Path:
     return Path(out_dir) / "trials" / f"{index:04d}"
 
@@ -141,7 +146,7 @@ def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
                 and base.monitor in r.metrics:
             rows.append(_row(overrides, r.metrics, None))
     if not rows:
-        raise RuntimeError("no trial reported a result; see the Tune logs in "
+        raise SearchFailed("no trial reported a result; see the Tune logs in "
                            f"{out_dir / 'tune'}")
     import pandas as pd
     # ties on the monitored metric go to the lower validation cost
@@ -155,8 +160,9 @@ def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
     usable = df[df["trial_dir"].notna()]
     if usable.empty:
         first = df["error"].dropna()
-        raise RuntimeError(f"no trial finished with a model ({len(df)} failed); the first "
-                           f"error: {first.iloc[0] if len(first) else 'stopped early'}")
+        raise SearchFailed(f"no trial finished with a model ({len(df)} failed); the first "
+                           f"error: {first.iloc[0] if len(first) else 'stopped early'}; the "
+                           f"table of them is {out_dir / 'results.csv'}")
     best = usable.iloc[0]
     overrides = {k: best[k] for k in df.columns if k in SEARCHABLE}
     overrides = {k: (v.item() if hasattr(v, "item") else v) for k, v in overrides.items()}

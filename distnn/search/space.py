@@ -10,7 +10,13 @@ import numpy as np
 
 from ..config import TrainConfig, field_names
 
-SEARCHABLE = set(field_names()) | {"hidden"}
+#: where and how each trial runs, and where it writes, is the search's to decide (every
+#: trial writes under --out): none of these is a dimension to search over
+NOT_SEARCHABLE = {"data_dir", "workers", "address", "allreduce", "comm_ports",
+                  "comm_timeout", "check_replicas", "max_failures", "min_workers",
+                  "replace_timeout", "replace_wait", "metrics_out", "checkpoint_dir", "keep_last", "resume",
+                  "logdir", "overwrite", "override", "max_image_pixels"}
+SEARCHABLE = (set(field_names()) - NOT_SEARCHABLE) | {"hidden"}
 
 
 def _value(text: str):
@@ -30,14 +36,52 @@ def parse_grid(items) -> dict[str, list]:
         if not sep or not vals:
             raise ValueError(f"grid item {item!r} must look like KEY=V1,V2,...")
         _check_key(key)
+        if key in out:
+            raise ValueError(f"--grid names {key} twice ({item!r}); give all its values "
+                             f"once: {key}=V1,V2,...")
         out[key] = [_value(v) for v in vals.split(",")]
     return out
 
 
 def _check_key(key):
+    if key in NOT_SEARCHABLE:
+        raise ValueError(f"cannot search over {key!r}: it says where or how a trial runs or "
+                         "writes, which the search decides; give it as a flag for all trials")
     if key not in SEARCHABLE:
         raise ValueError(f"cannot search over {key!r}; use hidden or a train setting such as "
                          "lr, l2, batch_size, keep_prob")
+
+
+#: the most trials one search expands to: a larger space is refused before it is drawn
+MAX_TRIALS = 100_000
+
+
+def count(grid: dict[str, list], samples: int | None) -> int:
+    """How many trials a grid (times ``samples`` random draws, if any) makes."""
+    n = math.prod(len(v) for v in grid.values()) if grid else 1
+    return n * (samples if samples is not None else 1)
+
+
+def check_size(n: int) -> None:
+    if n > MAX_TRIALS:
+        raise ValueError(f"this search has {n:,} trials, more than the {MAX_TRIALS:,} one "
+                         "search runs; narrow the grid, lower --samples, or split it into "
+                         "several searches (--out each)")
+
+
+def check_trials(base: TrainConfig, trials: list[dict]) -> None:
+    """Refuse a search none of whose trials has valid settings (each would only be
+    recorded as an error): say the first one's error."""
+    first = None
+    for t in trials:
+        try:
+            apply(base, t)
+            return
+        except ValueError as e:
+            first = first or (t, e)
+    if first:
+        raise ValueError(f"every one of the {len(trials)} trials has invalid settings; the "
+                         f"first, {first[0]}: {first[1]}")
 
 
 def expand_grid(grid: dict[str, list]) -> list[dict]:
@@ -55,7 +99,12 @@ def parse_random(items) -> dict[str, tuple]:
         if not sep or kind not in ("uniform", "loguniform", "randint", "choice"):
             raise ValueError(f"random item {item!r} must be KEY=uniform:A:B, loguniform:A:B, "
                              "randint:A:B or choice:V1,V2,...")
+        if key in out:
+            raise ValueError(f"--random names {key} twice ({item!r})")
         if kind == "choice":
+            if not args.strip():
+                raise ValueError(f"random item {item!r}: choice needs values, "
+                                 "choice:V1,V2,...")
             out[key] = (kind, [_value(v) for v in args.split(",")])
             continue
         try:

@@ -116,7 +116,7 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     out_dir, mirror = local_out(out, resume)
     todo = pending(trials, out_dir, resume)
     splits = splits or load_splits(base)
-    started = start_ray(address, base.workers) if todo else False
+    started = start_ray(address, base.workers, worker_output=False) if todo else False
     watch = Progress(out_dir, len(trials), base.monitor, mirror=mirror)
     try:
         watch.start()

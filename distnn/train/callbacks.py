@@ -160,7 +160,7 @@ class ProgressLogger(Callback):
 
     def _desc(self, trainer) -> str:
         epochs = getattr(getattr(trainer, "cfg", None), "epochs", None)
-        desc = f"epoch {trainer.epoch}" + (f"/{epochs - 1}" if epochs else "")
+        desc = f"epoch {trainer.epoch}" + (f" of 0..{epochs - 1}" if epochs else "")  # as logged
         if epochs and self._seconds:
             left = (epochs - trainer.epoch) * sum(self._seconds) / len(self._seconds)
             desc += f" (run: ~{_duration(left)} left)"

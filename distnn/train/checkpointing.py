@@ -22,6 +22,9 @@ from .callbacks import Callback, better
 log = logging.getLogger(__name__)
 
 ARCH_KEYS = ("layers", "activation", "output", "cost", "batchnorm", "dtype")
+#: --override of any of these changes the data on purpose ("data": the same settings)
+DATA_KEYS = {"data", "dataset", "train_size", "merge_valid", "split", "split_column",
+             "feature_columns", "label_column"}
 #: the prefix of a compressor's rows in optimizer.parquet ("compress.q.dense0.weight")
 COMPRESS = "compress"
 
@@ -51,14 +54,15 @@ def checkpoint_to_state(c: ckpt.Checkpoint, net) -> dict:
     """The inverse of ``state_to_checkpoint``: a ``trainer.restore()`` state."""
     params = np.empty_like(net.params)
     for key, sl in net.slices.items():
-        params[sl] = c.tensors[key].reshape(-1)
-    buffers = {k: c.tensors[k] for k in net.named_buffers()}
+        params[sl] = _tensor(c, c.tensors, key, net.named_params()[key].shape)
+    buffers = {k: _tensor(c, c.tensors, k, v.shape) for k, v in net.named_buffers().items()}
     slot_names = sorted({k.split(".", 1)[0] for k in c.optimizer} - {COMPRESS})
     slots = {}
     for name in slot_names:
         flat = np.empty_like(net.params)
         for key, sl in net.slices.items():
-            flat[sl] = c.optimizer[f"{name}.{key}"].reshape(-1)
+            flat[sl] = _tensor(c, c.optimizer, f"{name}.{key}",
+                               net.named_params()[key].shape)
         slots[name] = flat
     state = {"params": params, "buffers": buffers,
              "optimizer": {**c.meta["optimizer"], "slots": slots},
@@ -71,6 +75,18 @@ def checkpoint_to_state(c: ckpt.Checkpoint, net) -> dict:
                 comm.setdefault(part, {})[key] = a
         state["comm"] = comm
     return state
+
+
+def _tensor(c: ckpt.Checkpoint, table: dict, key: str, shape) -> np.ndarray:
+    """``table[key]`` as a flat array, if it is there with ``shape`` and finite."""
+    a = table.get(key)
+    if a is None or tuple(a.shape) != tuple(shape):
+        raise ckpt.CheckpointError(f"{c.path}: tensor {key} is "
+                                   f"{'missing' if a is None else f'of shape {a.shape}'}; "
+                                   f"the network needs {tuple(shape)}")
+    if not np.isfinite(a).all():
+        raise ckpt.CheckpointError(f"{c.path}: tensor {key} holds NaN or infinity")
+    return a.reshape(-1)
 
 
 def saved_config(meta: dict, **changes) -> TrainConfig:
@@ -107,6 +123,27 @@ def check_config(c: ckpt.Checkpoint, cfg: TrainConfig) -> dict[str, list]:
     return {k: [a, b] for k, (a, b) in changes.items()}
 
 
+def check_data(c: ckpt.Checkpoint, data, cfg) -> None:
+    """Refuse to resume on other data than the checkpoint was trained on (files changed
+    since, another --data-dir or dataset) unless ``--override data``."""
+    saved = c.meta.get("data")
+    if not isinstance(saved, dict) or set(cfg.override) & DATA_KEYS:
+        return          # (checkpoints from before data was recorded are not checked)
+    if saved.get("fingerprint") != data.fingerprint():
+        then, now = _rows(saved.get("splits") or {}), _rows(data.describe())
+        what = f"the same rows ({now}) with other contents" if then == now else \
+            f"{now}, where it was trained on {then}"
+        raise ckpt.CheckpointError(
+            f"--resume {c.path}: the data are not what this run was trained on: {what}. "
+            "Resume with the same data (--dataset, --data-dir), or pass --override data to "
+            "go on with these")
+
+
+def _rows(splits: dict) -> str:
+    return ", ".join(f"{k} {v.get('rows')} rows" for k, v in splits.items()
+                     if isinstance(v, dict))
+
+
 def check_architecture(c: ckpt.Checkpoint, cfg) -> None:
     have = {k: c.meta["config"].get(k) for k in ARCH_KEYS}
     want = {k: (list(v) if isinstance(v, tuple) else v)
@@ -126,13 +163,15 @@ class Checkpointing(Callback):
     schedule and early-stopping decisions are included), keep the last ``keep_last``
     and the best by ``monitor``."""
 
-    def __init__(self, root, cfg, normalizer, keep_last=3, monitor=None, mode=None):
+    def __init__(self, root, cfg, normalizer, keep_last=3, monitor=None, mode=None,
+                 data: dict | None = None):
         from ..io import store
         # a URI: written to its local stage, then mirrored there after each epoch
         self.uri = root if store.is_uri(root) else None
         self.root, self.cfg, self.normalizer = store.local(root), cfg, normalizer
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
         self.best = None
+        self.data = data          # {"fingerprint", "splits"}: what the run trains on
 
     def on_train_begin(self, trainer):
         """After a resume: the best checkpoint so far is kept from pruning as before."""
@@ -157,7 +196,7 @@ class Checkpointing(Callback):
                 "overrides": trainer.overrides,
                 "randomness": {"seed": self.cfg.seed, "generator": "counter-based, keyed "
                                "by (seed, epoch, example index); no stateful RNG"},
-                **scalars}
+                **({"data": self.data} if self.data else {}), **scalars}
         name = f"epoch-{epoch:04d}"
         self._track(logs, name)
         best = self.best is not None and self.best[1] == name
@@ -178,6 +217,7 @@ def resume(trainer, cfg, source) -> ckpt.Checkpoint:
     optimizer's hyperparameters are this run's, and the change is recorded)."""
     c = ckpt.load(source)
     changes = check_config(c, cfg)
+    check_data(c, trainer.data, cfg)
     state = checkpoint_to_state(c, trainer.net)
     fresh = optim.build(trainer.cfg).state_dict()
     state["optimizer"].update({k: v for k, v in fresh.items() if k not in ("name", "t", "slots")})

@@ -25,6 +25,25 @@ class TrainingData:
     normalizer: Normalizer    # fitted on ``train``
     augmenter: Augmenter
 
+    def parts(self) -> dict:
+        """{"train"/"valid"/"test": (the split, as trained on / measured)}."""
+        return {"train": self.train, "valid": self.splits.valid, "test": self.splits.test}
+
+    def describe(self) -> dict:
+        """Each split's rows (and, for files read on demand, which files and how they
+        were chosen): printed at the start of a run and kept in its checkpoints."""
+        return {k: s.describe() for k, s in self.parts().items()}
+
+    def fingerprint(self) -> str:
+        """A hash of what each split holds, kept in the checkpoints: a resumed run on
+        other data (files changed since, another --data-dir) is refused."""
+        import hashlib
+        h = hashlib.blake2b(digest_size=16)
+        for k, s in self.parts().items():
+            h.update(k.encode())
+            s.fingerprint(h)
+        return h.hexdigest()
+
 
 def prepare(cfg: TrainConfig, splits: Splits) -> TrainingData:
     check_data(cfg, splits)

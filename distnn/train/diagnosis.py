@@ -25,10 +25,14 @@ def diagnose(train_error: float, valid_error: float, bayes_error: float = 0.0,
 
 
 def format_diagnosis(d: dict) -> str:
+    """One line; a validation error below the training error is no measurable variance
+    (not a negative one), a training error below the Bayes error no avoidable bias."""
+    def gap(name, value):
+        return f"{name} {100 * value:.2f} points" if value > 0 else f"no measurable {name}"
     return (f"diagnosis: training error {100 * d['train_error']:.2f}%, validation error "
             f"{100 * d['valid_error']:.2f}%, Bayes error {100 * d['bayes_error']:.2f}% -> "
-            f"{d['verdict']} (avoidable bias {100 * d['avoidable_bias']:.2f} points, variance "
-            f"{100 * d['variance']:.2f} points): {d['remedies']}")
+            f"{d['verdict']} ({gap('avoidable bias', d['avoidable_bias'])}, "
+            f"{gap('variance', d['variance'])}): {d['remedies']}")
 
 
 def from_history(history: list[dict], best_epoch=None, bayes_error: float = 0.0):

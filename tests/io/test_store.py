@@ -4,12 +4,10 @@ pyarrow; the pointer-last commit; a killed two-worker run resumed from s3:// els
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -22,48 +20,6 @@ from distnn import cli  # noqa: E402
 from distnn.io import checkpoint as ckpt  # noqa: E402
 from distnn.io import store  # noqa: E402
 from tests.runs import train_args  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def s3_env():
-    """An S3 server on a free loopback port for the session; the environment that
-    points pyarrow (and distnn) at it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("the moto S3 server did not start")
-            time.sleep(0.2)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    yield env
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-
-
-@pytest.fixture
-def bucket(s3_env, monkeypatch, tmp_path):
-    """A new bucket, the environment set for it, and a private stage directory."""
-    for k, v in s3_env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("DISTNN_STAGE", str(tmp_path / "stage"))
-    name = "b" + uuid.uuid4().hex[:12]
-    fs = pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key="testing",
-                           secret_key="testing", region="us-east-1",
-                           allow_bucket_creation=True)
-    fs.create_dir(name)
-    return name, fs
 
 
 def _files(fs, prefix):
@@ -186,8 +142,8 @@ def test_killed_two_worker_run_resumes_from_s3_on_another_machine_bit_for_bit(
         proc.wait()
         killed_at = ckpt.load(f"s3://{b}/part").meta["epoch"]
         assert killed_at < 5
-        subprocess.run([*cmd, "train", "--resume", f"s3://{b}/part"], env=env(tmp_path / "c"),
-                       check=True, timeout=300)
+        subprocess.run([*cmd, "train", "--resume", f"s3://{b}/part", "--logdir",
+                        f"s3://{b}/part-logs"], env=env(tmp_path / "c"), check=True, timeout=300)
     finally:
         from tests.parallel.test_cluster import _kill_session
         _kill_session(temp)

@@ -96,8 +96,8 @@ def test_shared_memory_is_made_on_the_workers_node_not_the_drivers(data, one_pro
 
 def test_a_lost_host_with_no_spare_capacity_stops_with_the_resume_command(data, tmp_path):
     """Two hosts of one CPU, the second killed during epoch 1, --min-workers 2: its
-    worker cannot be replaced, so the run stops within a bounded time (no hang),
-    keeping the last complete epoch, and says how to resume."""
+    worker cannot be replaced (no CPU free), so the run stops in seconds (no wait for
+    --replace-timeout), keeping the last complete epoch, and says how to resume."""
     import threading
     import time
     out = tmp_path / "ck"
@@ -118,15 +118,17 @@ def test_a_lost_host_with_no_spare_capacity_stops_with_the_resume_command(data, 
         t.join()
     err = r.stderr
     assert r.returncode == 4, (r.stdout + err)[-3000:]
-    assert "did not" in err and "--replace-timeout 5 s" in err
+    assert "no free CPU in the cluster for 1 replacement" in err and "--min-workers 2" in err
     assert err.rstrip().endswith(f"resume with: distnn train --resume {out}")
     assert ckpt.load(out).meta["epoch"] >= 0 and took < 240
 
 
 def test_a_lost_host_is_dropped_and_rejoins_when_restarted(tmp_path):
-    """Two hosts of one CPU: host 1 is killed after epoch 0, the run goes on with one
-    worker (same global batch); host 1's node is restarted and the run grows back to
-    two workers at an epoch boundary.  The parameters are the one-process ones."""
+    """Two hosts of one CPU: host 1 is killed after epoch 0 and, with no CPU free for a
+    replacement, the run goes on with one worker (same global batch) within 10 s of the
+    kill, whatever --replace-timeout (default 120 s); host 1's node is restarted and the
+    run grows back to two workers at an epoch boundary.  The parameters are the
+    one-process ones."""
     import json
     import threading
     import time
@@ -135,7 +137,8 @@ def test_a_lost_host_is_dropped_and_rejoins_when_restarted(tmp_path):
     data = tiny.write_blobs(tmp_path / "big", 12000, 200)
     out, m = tmp_path / "ck", tmp_path / "m.json"
     common = [*_args(data, out, 2), "--epochs", "30", "--batch-size", "6",
-              "--replace-timeout", "5", "--comm-timeout", "5", "--metrics-out", str(m)]
+              "--comm-timeout", "5", "--metrics-out", str(m)]
+    killed = []
     ref = subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *_args(
         data, tmp_path / "one", 1), "--epochs", "30", "--batch-size", "6"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -151,6 +154,7 @@ def test_a_lost_host_is_dropped_and_rejoins_when_restarted(tmp_path):
             while workers() != 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             c.kill_node(1)
+            killed.append(time.time())
             while workers() != 1 and time.monotonic() < deadline:
                 time.sleep(0.2)
             c.restart_node(1, wait=False)
@@ -164,6 +168,8 @@ def test_a_lost_host_is_dropped_and_rejoins_when_restarted(tmp_path):
     actions = [f["action"] for f in faults]
     assert "could not be replaced; continuing on 1 workers" in actions
     assert "grew to 2 workers" in actions
+    going_on = next(f["time"] for f in faults if f["action"].startswith("could not"))
+    assert going_on - killed[0] <= 10.0, faults      # from the kill to training again
     counts = [h["workers"] for h in json.loads(m.read_text())["history"]]
     assert counts[0] == 2 and 1 in counts and counts[-1] == 2
     _assert_same(_params(out), _params(tmp_path / "one"))

@@ -115,7 +115,7 @@ def test_progress_logger_draws_on_a_terminal_and_logs_each_epoch(caplog):
         cb = ProgressLogger(stream=out, min_interval=0.0)
         cb.on_train_begin(t)
         cb.on_progress(50, 100, t)
-        assert "epoch 3/9" in out.getvalue() and "50%" in out.getvalue()
+        assert "epoch 3 of 0..9" in out.getvalue() and "50%" in out.getvalue()
         assert "ex/s" in out.getvalue()                 # the rate, with the ETA
         cb.on_epoch_end(3, {"batch_cost": 0.25, "valid_accuracy": 0.9, "lr": 0.1,
                             "examples_per_second": 1234.0}, t)

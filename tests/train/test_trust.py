@@ -146,8 +146,15 @@ def test_a_used_logdir_is_refused_and_a_resume_appends_to_it(blob_dir, tmp_path,
                      "--logdir", str(logs)]) == 2
     assert "TensorBoard event file" in capsys.readouterr().err
     time.sleep(1.1)   # event files are named by the second; TensorBoard reads them in order
-    # resumed from epoch 0: the logged epoch 1 is replayed, and shown once
-    assert cli.main(["-q", "train", "--resume", str(c / "epoch-0000"), "--epochs", "3"]) == 0
+    # a resume writes only where its own command line says: not into the logdir the
+    # checkpoint recorded
+    before = sorted(p.name for p in logs.iterdir())
+    assert cli.main(["-q", "train", "--resume", str(c), "--epochs", "2"]) == 0
+    assert sorted(p.name for p in logs.iterdir()) == before
+    time.sleep(1.1)
+    # resumed from epoch 0 into it: the logged epoch 1 is replayed, and shown once
+    assert cli.main(["-q", "train", "--resume", str(c / "epoch-0000"), "--epochs", "3",
+                     "--logdir", str(logs)]) == 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(logs))     # the run as TensorBoard shows it
     acc.Reload()

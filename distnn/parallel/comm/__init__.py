@@ -16,6 +16,7 @@ ring      any nodes    a ring of Ray actor calls (slow: the object store carries
 """
 from __future__ import annotations
 
+from ...config import parse_ports
 from .base import Backend, CollectiveAborted, Group, LocalBackend
 from .hier import HierarchicalBackend
 from .ring import RingBackend, RingCollective
@@ -65,13 +66,21 @@ def choose(requested: str, world: int, nodes) -> type[Backend]:
 
 def options(cfg) -> dict:
     """Backend options from the run's config: the port range, the collective timeout."""
-    ports = None
-    if cfg.comm_ports:
-        lo, _, hi = cfg.comm_ports.partition("-")
-        ports = (int(lo), int(hi or lo))
-    return {"ports": ports, "timeout": float(cfg.comm_timeout)}
+    return {"ports": parse_ports(cfg.comm_ports), "timeout": float(cfg.comm_timeout)}
+
+
+def check_ports(backend: type[Backend], nodes, ports) -> None:
+    """Refuse a --comm-ports range with fewer ports than a node has workers listening
+    (every tcp and hier member listens on one), before the workers try."""
+    if ports is None or backend.name not in ("tcp", "hier"):
+        return
+    have, need = ports[1] - ports[0] + 1, max(len(n) for n in nodes)
+    if need > have:
+        raise ValueError(f"--comm-ports {ports[0]}-{ports[1]} has {have} port(s), but a node "
+                         f"runs {need} workers of the {backend.name} all-reduce, each "
+                         f"listening on one; give a range of at least {need}")
 
 
 __all__ = ["BACKENDS", "CHOICES", "Backend", "CollectiveAborted", "Group", "RingCollective",
            "SharedMemoryBackend", "SharedMemoryCollective", "SharedMemoryFile", "check",
-           "choose", "options", "plan"]
+           "check_ports", "choose", "options", "plan"]

@@ -92,6 +92,7 @@ class SharedMemoryCollective(Group):
     def __init__(self, rank: int, path: str, world: int, size: int, dtype: str,
                  timeout: float = 300.0, owner: SharedMemoryFile | None = None):
         self.rank, self.world, self.timeout, self.owner = rank, world, timeout, owner
+        self._unlinked = False
         header = 8 * (world + 1)
         dtype = np.dtype(dtype)
         self.flags = np.memmap(path, np.int64, "r+", 0, (world + 1,))
@@ -170,6 +171,12 @@ class SharedMemoryCollective(Group):
             self._wait(step)
         finally:
             self.stats["wait_seconds"] += time.perf_counter() - t0
+        if self.owner is not None and not self._unlinked:
+            # every member has mapped the file by now (each is in this collective): its
+            # name can go, and the memory goes with the last mapping, however the
+            # workers end (SIGKILL included): nothing is ever left in /dev/shm
+            self.owner.close()
+            self._unlinked = True
 
     def _wait(self, step):
         deadline, spins = None, 0

@@ -54,7 +54,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-UNREACHABLE_SECONDS = 6
+UNREACHABLE_SECONDS = 4
 
 
 def _tune(sock: socket.socket) -> None:
@@ -66,7 +66,7 @@ def _tune(sock: socket.socket) -> None:
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3),
+    for name, value in (("TCP_KEEPIDLE", 1), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3),
                         ("TCP_USER_TIMEOUT", UNREACHABLE_SECONDS * 1000)):
         if hasattr(socket, name):   # Linux; elsewhere the collective timeout alone
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
