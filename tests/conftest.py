@@ -5,9 +5,33 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+#: datasets the tests read from the user's cache on purpose (fetched once, kept)
+CACHED_DATASETS = ("mnist", "fashion-mnist", "digits")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_data_cache(tmp_path_factory):
+    """Every test writes into a temporary DISTNN_DATA (the standardisation statistics,
+    a test's own datasets), never into the user's ~/.cache/distnn; the built-in
+    datasets are read from (and fetched once into) the user's cache through links."""
+    real = Path(os.environ.get("DISTNN_DATA") or Path.home() / ".cache" / "distnn").expanduser()
+    tmp = tmp_path_factory.mktemp("distnn-data")
+    for name in CACHED_DATASETS:
+        (real / name).mkdir(parents=True, exist_ok=True)
+        (tmp / name).symlink_to(real / name, target_is_directory=True)
+    saved = os.environ.get("DISTNN_DATA")
+    os.environ["DISTNN_DATA"] = str(tmp)
+    yield tmp
+    if saved is None:
+        os.environ.pop("DISTNN_DATA", None)
+    else:
+        os.environ["DISTNN_DATA"] = saved
 
 
 @pytest.fixture

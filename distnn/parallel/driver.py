@@ -344,10 +344,13 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
         driver = Driver(run_cfg, data, [ProgressLogger(bar=None if progress else False),
                                         *callbacks], world)
         attach_outputs(driver, cfg)
-        log.info("training %s on %s (%d examples, source: %s) with %d worker%s "
-                 "(all-reduce: %s)", list(cfg.layers), cfg.dataset, len(data.train),
-                 data.splits.source, cfg.workers, "s" if cfg.workers > 1 else "",
-                 driver.backend)
+        threads = sorted({w.get("blas_threads") for w in driver.pool.memory()},
+                         key=str)
+        log.info("training %s on %s (%d examples, source: %s) with %d worker%s x %s "
+                 "BLAS thread(s) (all-reduce: %s%s)", list(cfg.layers), cfg.dataset,
+                 len(data.train), data.splits.source, cfg.workers,
+                 "s" if cfg.workers > 1 else "", "/".join(map(str, threads)),
+                 driver.backend, "" if cfg.compress == "none" else f", {cfg.compress}")
         log.info("splits: %s", splits_said(data.describe()))
         return _finish(driver, cfg, t0, rss0)
     except OutputError:
@@ -462,6 +465,7 @@ def _metrics(driver: Driver, cfg: TrainConfig, t0: float, error, rss0: int = 0) 
                                                        len(driver.data.train))
     metrics["diagnosis"] = from_history(driver.history, driver.best_epoch, cfg.bayes_error)
     metrics["memory"] = _memory(driver, rss0)
+    metrics["blas_threads"] = [w.get("blas_threads") for w in driver.pool.memory()]
     if cfg.metrics_out:
         try:
             write_json(cfg.metrics_out, metrics)

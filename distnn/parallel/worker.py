@@ -37,6 +37,22 @@ def memory() -> dict:
         return {"rss": peak, "peak": peak}
 
 
+def blas_threads() -> int | None:
+    """How many threads this process's BLAS (NumPy's bundled OpenBLAS) runs a product
+    on, or None where that cannot be asked."""
+    import ctypes
+    import glob
+
+    import numpy as np
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in glob.glob(os.path.join(libs, "libscipy_openblas*.so*")):
+        try:
+            return int(ctypes.CDLL(path).scipy_openblas_get_num_threads64_())
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 class Worker:
     """Rank ``rank`` of ``world``; ``in_process``: the one-worker run (normalise the
     data once, build augmented batches in a background thread)."""
@@ -89,8 +105,8 @@ class Worker:
 
     def memory(self) -> dict:
         """This process's resident memory now and at its peak, and when it started
-        hosting the worker (bytes)."""
-        return {**memory(), "start": self._rss0}
+        hosting the worker (bytes), and its BLAS threads."""
+        return {**memory(), "start": self._rss0, "blas_threads": blas_threads()}
 
     def set_place(self, rank: int, world: int) -> None:
         """A new rank among a new number of workers (elastic membership); the worker

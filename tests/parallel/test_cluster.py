@@ -104,6 +104,9 @@ def test_ray_job_submit_with_token_auth(idx_dir):
             time.sleep(3)
         assert job.returncode == 0, out[-3000:]
         assert "succeeded" in out and "test accuracy" in out and "2 workers" in out
+        # the job's workers compute as a local run's do: one BLAS thread each on their
+        # CPU (scripts/bench_jobs.py measures the speed side by side)
+        assert "2 workers x 1 BLAS thread(s)" in out, out[-3000:]
         _join_by_address(env, temp, gcs, dash, idx_dir)
     finally:
         _kill_session(temp)
