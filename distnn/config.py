@@ -13,7 +13,8 @@ from dataclasses import dataclass, fields
 from .core import activations, costs, init, optim, regularizers, schedules
 from .core.network import NetworkSpec
 from .data.augment import parse_spec
-from .data.datasets import DATASETS, known
+from .data.datasets import check_known
+from .data.parquet import PREFIX
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,11 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def resumed(self) -> str | None:
+        """What ``--resume`` reads: a checkpoint or checkpoint directory."""
+        return resume_target(self.resume, self.checkpoint_dir)
 
     def data_options(self):
         """How a Parquet dataset's columns and splits are read (``data.parquet``)."""
@@ -207,8 +213,7 @@ def check_types(c: TrainConfig) -> None:
 
 def validate(c: TrainConfig) -> None:
     """Raise ValueError naming the first bad value and what was expected."""
-    _require(known(c.dataset), f"unknown dataset {c.dataset!r}; expected one of "
-             f"{[k for k in DATASETS if k != 'parquet']} or parquet:PATH_OR_URI")
+    check_known(c.dataset)
     _validate_network(c)
     _validate_optimisation(c)
     _validate_run(c)
@@ -258,7 +263,7 @@ def _validate_run(c: TrainConfig) -> None:
     _int_at_least("max_image_pixels", c.max_image_pixels, 1)
     if c.shard_memory is not None:
         _int_at_least("shard_memory", c.shard_memory, 1)
-    parquet = c.dataset.startswith("parquet:")
+    parquet = c.dataset.startswith(PREFIX)
     for name, default in (("shard_memory", None), ("data_shards", 0),
                           ("label_column", "label"), ("feature_columns", ""),
                           ("split_column", None), ("split", "80/10/10")):
@@ -356,6 +361,11 @@ def parse_split(text: str) -> tuple[float, float, float]:
              and vals[0] > 0, f"split must be three shares TRAIN/VALID/TEST like 80/10/10 "
              f"(train > 0), got {text!r}")
     return tuple(v / sum(vals) for v in vals)
+
+
+def resume_target(resume: str | None, checkpoint_dir: str | None) -> str | None:
+    """``--resume PATH`` reads PATH; ``--resume`` alone, --checkpoint-dir's latest."""
+    return checkpoint_dir if resume == "latest" else resume
 
 
 def parse_ports(text: str | None) -> tuple[int, int] | None:

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distnn.config import TrainConfig  # noqa: E402
 from distnn.data.augment import Augmenter  # noqa: E402
-from distnn.data.datasets import Split  # noqa: E402
+from distnn.data.splits import Split  # noqa: E402
 
 
 def ours(images, batch=128) -> float:

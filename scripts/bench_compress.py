@@ -40,6 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
 import simcluster  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from distnn.io.layout import epoch_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ["--dataset", "mnist", "--layers", "784,800,10", "--activation", "relu", "--init",
         "he", "--optimizer", "momentum", "--lr", "0.05"]
@@ -274,7 +277,7 @@ def _time_to(ckpt: Path, metrics: Path, target: float) -> tuple[float | None, in
     spent = 0.0
     for e in h:
         spent += e["train_seconds"]
-        r = subprocess.run([*TRAIN[:-1], "eval", str(ckpt / f"epoch-{e['epoch']:04d}"),
+        r = subprocess.run([*TRAIN[:-1], "eval", str(ckpt / epoch_name(e["epoch"])),
                             "--json"], cwd=ROOT, capture_output=True, text=True, check=True)
         if json.loads(r.stdout)["accuracy"] >= target:
             return spent, e["epoch"]

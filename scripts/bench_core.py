@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distnn.config import TrainConfig  # noqa: E402
-from distnn.data.datasets import Split  # noqa: E402
+from distnn.data.splits import Split  # noqa: E402
 
 ROWS = [((784, 30, 10), 10), ((784, 100, 10), 10), ((784, 100, 10), 128),
         ((784, 800, 10), 128), ((784, 800, 10), 10)]

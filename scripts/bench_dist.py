@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distnn.config import TrainConfig  # noqa: E402
-from distnn.data.datasets import Split, Splits  # noqa: E402
+from distnn.data.splits import Split, Splits  # noqa: E402
 
 SIZES = (784, 800, 10)
 
@@ -113,7 +113,7 @@ def ddp_rate(batch, n, world=2):
 def _solo_worker(batch, n, epochs, start, q):
     """The one-process training step (Engine.step in a group of one, float data ready)
     on ``batch``."""
-    from distnn.data.datasets import Split
+    from distnn.data.splits import Split
     rng = np.random.default_rng(0)
     x = rng.random((n, 784), dtype=np.float32)
     y = rng.integers(0, 10, n)
@@ -153,7 +153,7 @@ def hardware_ceiling(batch, n, epochs, rounds=3):
 
 def worker_rss_growth(data, epochs=30):
     """RSS of each worker after each epoch (MiB)."""
-    from distnn.parallel.driver import Driver
+    from distnn.parallel.driver import trainer_for
     from distnn.train.callbacks import Callback
     from distnn.train.data import prepare
 
@@ -167,7 +167,7 @@ def worker_rss_growth(data, epochs=30):
 
     probe = RSS()
     c = cfg(2, 256, epochs).replace(layers=(784, 100, 10))
-    t = Driver(c, prepare(c, data), callbacks=[probe])
+    t = trainer_for(c, prepare(c, data), callbacks=[probe])
     try:
         t.fit(epochs)
     finally:
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
                    help="interleaved repeats of the 1-vs-2 comparisons (medians reported)")
     p.add_argument("--write", metavar="BENCHMARKS.md")
     args = p.parse_args(argv)
-    from distnn.parallel.ray_pool import start_ray, stop_ray
+    from distnn.parallel.session import start_ray, stop_ray
     data = splits(args.examples)
     ceiling = hardware_ceiling(256, args.examples, args.epochs, args.rounds)
     print("ceiling", ceiling, flush=True)

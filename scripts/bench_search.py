@@ -34,7 +34,7 @@ from distnn.data import load  # noqa: E402
 
 
 def parallel(base, trials, splits) -> dict:
-    from distnn.parallel.ray_pool import start_ray, stop_ray
+    from distnn.parallel.session import start_ray, stop_ray
     t0 = time.perf_counter()
     start_ray(None, 1)
     startup = time.perf_counter() - t0

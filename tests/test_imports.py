@@ -76,3 +76,46 @@ def test_ray_is_imported_only_inside_functions_of_parallel_and_search():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] == "ray" for n in names), f
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """distnn module -> the distnn modules it imports anywhere in its text (module level
+    or inside functions: a function-level import hides a circle, it does not remove it)."""
+    def name(p: Path) -> str:
+        parts = list(p.relative_to(ROOT.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    mods = {name(p): p for p in ROOT.rglob("*.py")}
+    graph = {}
+    for m, p in mods.items():
+        pkg = m.split(".") if p.name == "__init__.py" else m.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(pkg[:len(pkg) - node.level + 1] + ([node.module] if
+                                node.module else [])) if node.level else (node.module or "")
+                for a in node.names:
+                    full = f"{base}.{a.name}"
+                    deps.add(full if full in mods else base)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[m] = {d for d in deps if d in mods and d != m}
+    return graph
+
+
+def test_no_import_circles():
+    graph = _module_graph()
+    assert len(graph) > 60 and "distnn.parallel.ray_pool" in graph["distnn.parallel.pools"]
+    state: dict[str, int] = {}        # 1 on the current path, 2 done
+
+    def visit(m, path):
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                cycle = path[path.index(d):] + [d]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])

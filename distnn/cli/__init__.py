@@ -97,21 +97,18 @@ def _add_gradcheck(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g.add_argument("--layers", type=parse_layers, default=(20, 15, 10),
                    help="layer sizes of the network checked, input first")
-    g.add_argument("--activation", default="sigmoid", help="hidden activation")
-    g.add_argument("--output", default="softmax", help="output activation")
-    g.add_argument("--cost", default="log-likelihood", help="cost function")
-    g.add_argument("--init", default="fan-in", help="weight initialisation")
-    g.add_argument("--init-scale", type=float, default=0.05,
-                   help="half-width a of --init uniform's U(-a, a)")
-    g.add_argument("--keep-prob", type=float, default=1.0,
-                   help="dropout keep probability of the hidden layers (a fixed mask)")
-    g.add_argument("--keep-prob-input", type=float, default=1.0,
-                   help="dropout keep probability of the inputs")
-    g.add_argument("--batchnorm", action="store_true", help="batch norm in the hidden layers")
-    g.add_argument("--l1", type=lambda t: parse_strength(t, "l1"), default=0.0,
-                   help="L1 λ: one value or one per weight layer")
-    g.add_argument("--l2", type=lambda t: parse_strength(t, "l2"), default=0.0,
-                   help="L2 λ: one value or one per weight layer")
+    # the network's settings: train's flags, with their defaults and help
+    from ..config import TrainConfig
+    from .flags import HELP
+    defaults = TrainConfig()
+    for name in ("activation", "output", "cost", "init", "init_scale", "keep_prob",
+                 "keep_prob_input", "l1", "l2"):
+        typ = {"init_scale": float, "keep_prob": float, "keep_prob_input": float,
+               "l1": lambda t, n=name: parse_strength(t, n),
+               "l2": lambda t, n=name: parse_strength(t, n)}.get(name, str)
+        g.add_argument("--" + name.replace("_", "-"), type=typ,
+                       default=getattr(defaults, name), help=HELP[name])
+    g.add_argument("--batchnorm", action="store_true", help=HELP["batchnorm"])
     g.add_argument("--batch-size", type=positive_int, default=8,
                    help="examples in the random batch the cost is measured on")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")

@@ -12,7 +12,8 @@ from .flags import config_from_args, print_config
 
 def cmd_train(args) -> int:
     from ..io.files import OutputError
-    from ..parallel.driver import Interrupted, train
+    from ..parallel.driver import train
+    from ..train.trainer import Interrupted
     from ..train.records import DivergenceError
     cfg = config_from_args(args)
     if print_config(args, cfg):
@@ -125,12 +126,15 @@ def _print_resume(cfg) -> None:
 
 
 def cmd_gradcheck(args) -> int:
+    from ..config import TrainConfig
     from ..core.gradcheck import check_network
-    from ..core.network import Network, NetworkSpec
+    from ..core.network import Network
     sizes = args.layers
-    net = Network.from_spec(NetworkSpec(
-        sizes, args.activation, args.output, args.cost, args.init, args.init_scale,
-        args.keep_prob, args.keep_prob_input, args.batchnorm, args.seed, dtype="float64"))
+    cfg = TrainConfig(layers=sizes, dtype="float64", batch_size=args.batch_size,
+                      **{k: getattr(args, k) for k in (
+                          "activation", "output", "cost", "init", "init_scale", "keep_prob",
+                          "keep_prob_input", "batchnorm", "seed", "l1", "l2")})
+    net = Network.from_spec(cfg.network_spec())
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal((args.batch_size, sizes[0]))
     y = rng.integers(0, sizes[-1], args.batch_size)
@@ -149,11 +153,7 @@ def cmd_gradcheck(args) -> int:
 
 def cmd_data(args) -> int:
     from ..data import load
-    from ..data.datasets import known
-    if not known(args.name):
-        raise ValueError(f"unknown dataset {args.name!r}; expected mnist, fashion-mnist, "
-                         "digits, idx or parquet:PATH_OR_URI")
-    splits = load(args.name, args.data_dir)
+    splits = load(args.name, args.data_dir)      # an unknown name: one line, listing them
     if args.action == "convert":
         return _convert(args, splits)
     if args.action == "fetch":
@@ -190,7 +190,8 @@ def _convert(args, splits) -> int:
     if args.out is None:
         raise ValueError("data convert needs an output: distnn data convert mnist "
                          "mnist-parquet/ (or OUT.parquet, or s3://bucket/path)")
-    if args.name.startswith("parquet:"):
+    from ..data.parquet import PREFIX
+    if args.name.startswith(PREFIX):
         raise ValueError("the dataset is Parquet already")
     files = write(args.out, splits, tabular=args.tabular, row_group=args.row_group,
                   overwrite=args.overwrite)
@@ -205,7 +206,7 @@ def _preview(args, splits) -> int:
     from ..io.png import grid, write_png
     if args.out is None:
         raise ValueError("data preview needs an output file: distnn data preview mnist out.png")
-    from ..io.files import check_file_target
+    from ..io.store import check_file_target
     check_file_target(args.out, "OUT")
     if args.count > len(splits.train):
         raise ValueError(f"--count {args.count} is more than the {len(splits.train)} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import tomllib
 
-from ..config import TrainConfig, field_names, from_mapping
+from ..config import TrainConfig, field_names, from_mapping, resume_target
 
 # flag help; the default shown comes from TrainConfig so the two cannot disagree
 HELP = {
@@ -133,8 +133,9 @@ HELP = {
     "logdir": "write TensorBoard logs here (e.g. runs/NAME); open them with "
               "tensorboard --logdir DIR",
 }
-BOOL_FLAGS = {"merge_valid", "standardize", "batchnorm", "sync_batchnorm", "monitor_train",
-              "overwrite"}
+#: how a flag's text becomes a value, by the field's annotation in TrainConfig (text
+#: that config parses itself, such as layers "784,30,10" or l2 "5,1", stays text)
+FLAG_TYPES = {"int": int, "int | None": int, "float": float, "float | None": float}
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -163,17 +164,12 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                            type=lambda t: [k.strip().replace("-", "_") for k in t.split(",")],
                            help=f"{HELP[name]} (default: none)")
             continue
-        if name in BOOL_FLAGS:
+        kind = TrainConfig.__dataclass_fields__[name].type
+        if kind == "bool":
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                            default=None, help=help_)
             continue
-        typ = {int: int, float: float}.get(type(default), str)
-        if name in ("train_size", "min_workers", "shard_memory"):
-            typ = int
-        if name == "max_norm":
-            typ = float
-        if name in ("l1", "l2"):
-            typ = str   # one number, or one per weight layer: parsed by config
+        typ = FLAG_TYPES.get(kind, str)
         metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
                    "metrics_out": "FILE.json", "data_dir": "DIR", "checkpoint_dir": "DIR",
                    "comm_ports": "LO-HI", "label_column": "NAME",
@@ -229,7 +225,7 @@ def checkpoint_config(resume: str, checkpoint_dir: str | None) -> TrainConfig:
     resumed checkpoint's directory) unless --checkpoint-dir says otherwise."""
     from ..io.checkpoint import read_meta
     from ..train.checkpointing import saved_config
-    source = checkpoint_dir if resume == "latest" else resume
+    source = resume_target(resume, checkpoint_dir)
     if source is None:
         return TrainConfig()      # validation says what is missing
     path, meta = read_meta(source)

@@ -6,9 +6,8 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
-from ..io.files import check_file_target
+from ..io.store import check_file_target
 from .flags import config_from_args, print_config
 
 
@@ -143,9 +142,9 @@ def cmd_inspect(args) -> int:
     from ..io.checkpoint import load
     c = load(args.checkpoint)
     shapes = {k: list(v.shape) for k, v in c.tensors.items()}
-    n_params = sum(int(np.prod(v.shape)) for k, v in c.tensors.items()
-                   if k.startswith(("dense", "bn")) and k.endswith(("weight", "bias", "gamma",
-                                                                    "beta")))
+    from ..core.network import parameter_count
+    n_params = parameter_count(c.meta["config"].get("layers", ()),
+                               bool(c.meta["config"].get("batchnorm")))
     from ..io.checkpoint_store import shown
     info = {"checkpoint": shown(args.checkpoint, c.path), "format": f"{c.meta['format']} v{c.meta['version']}",
             "distnn_version": c.meta.get("distnn_version"), "epoch": c.meta["epoch"],

@@ -52,6 +52,21 @@ class NetworkSpec:
     def replace(self, **changes) -> "NetworkSpec":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def n_params(self) -> int:
+        """The network's parameters: every weight, a bias per Dense layer's unit (none
+        before a batch norm), batch norm's gamma and beta."""
+        return parameter_count(self.sizes, self.batchnorm)
+
+
+def parameter_count(sizes, batchnorm: bool = False) -> int:
+    """The parameters of a network of layer ``sizes`` (``Network`` allocates these)."""
+    n = 0
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        hidden = i < len(sizes) - 2
+        n += a * b + (2 * b if batchnorm and hidden else b)   # bias, or gamma and beta
+    return n
+
 
 class Network:
     """Fully-connected network.
@@ -205,9 +220,6 @@ class Network:
         """{"dense0.weight": (n_in, n_out) view, "dense0.bias": (n_out,), ...}."""
         return dict(self._views)
 
-    def named_grads(self) -> dict[str, np.ndarray]:
-        return dict(self._gviews)
-
     def layout(self) -> list[tuple[str, slice, tuple[int, ...]]]:
         """[(key, slice of ``params``, shape)] of every parameter, in their order in the
         flat vector (weights first)."""
@@ -230,9 +242,10 @@ class Network:
             x = layer.forward(x, train=train)
         return x  # z of the output layer (the last Dense output buffer)
 
-    def _loss_and_grad_sum(self, x, y, *, epoch=0, indices=None, scale=1.0):
-        """Forward + backward without input checks.  Returns the summed cost; writes
-        ``scale`` times the summed gradient into ``self.grads``."""
+    def loss_and_grad_sum_(self, x, y, *, epoch=0, indices=None, scale=1.0):
+        """Forward + backward without input checks (the trainer's hot path; checked
+        batches from ``check_batch``).  Returns the summed cost; writes ``scale`` times
+        the summed gradient into ``self.grads``."""
         with activations.quiet():
             z = self._forward(x, True, epoch, indices)
             last = self.layers[-1]
@@ -286,7 +299,7 @@ class Network:
         grad : (P,) array aligned with ``self.params``
         """
         x, y = self.check_batch(x, y)
-        loss = self._loss_and_grad_sum(x, y, epoch=epoch, indices=indices,
+        loss = self.loss_and_grad_sum_(x, y, epoch=epoch, indices=indices,
                                        scale=1.0 / x.shape[0])
         return loss / x.shape[0], self.grads.copy()
 

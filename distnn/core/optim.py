@@ -282,13 +282,17 @@ class Adam(Optimizer):
         params -= tmp
 
 
-def build(hparams) -> Optimizer:
-    """The optimizer ``hparams.optimizer`` with the hyperparameters its class declares,
-    read from ``hparams`` by their one spelling (``hparams.lr``, ``hparams.momentum``, ...),
-    keeping the parameter average when ``hparams.ema`` > 0.  ``hparams`` is a
-    ``TrainConfig`` or any object with those attributes."""
+def hyperparameters(hparams) -> dict:
+    """The hyperparameters the class of optimizer ``hparams.optimizer`` declares, read
+    from ``hparams`` by their one spelling (``hparams.lr``, ``hparams.momentum``, ...);
+    ``hparams`` is a ``TrainConfig`` or any object with those attributes."""
     name = hparams.optimizer
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
-    cls = OPTIMIZERS[name]
-    return cls(**{h: getattr(hparams, h) for h in cls.hyper}).average(hparams.ema)
+    return {h: getattr(hparams, h) for h in OPTIMIZERS[name].hyper}
+
+
+def build(hparams) -> Optimizer:
+    """The optimizer ``hparams.optimizer`` with its ``hyperparameters(hparams)``, keeping
+    the parameter average when ``hparams.ema`` > 0."""
+    return OPTIMIZERS[hparams.optimizer](**hyperparameters(hparams)).average(hparams.ema)

@@ -1,7 +1,8 @@
 """Datasets, splits, normalisation and augmentation (numpy + stdlib; from distnn only
 the counter-based random numbers in ``distnn.core.random``)."""
 from .augment import Augmenter
-from .datasets import DATASETS, Split, Splits, load
+from .datasets import DATASETS, load
+from .splits import Split, Splits
 from .idx import DataError
 from .splits import Normalizer, train_valid_test_split
 

@@ -17,73 +17,20 @@ import gzip
 import logging
 import os
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import idx, safe_pickle, sources
 from .idx import DataError
+from .parquet import PREFIX
+from .splits import Split, Splits
 
 log = logging.getLogger(__name__)
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-@dataclass(frozen=True)
-class Split:
-    x: np.ndarray  # (N, H, W) uint8
-    y: np.ndarray  # (N,) int64
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.x.shape
-
-    def read(self, lo: int, hi: int) -> "Split":
-        """Examples lo..hi-1 (as ``ParquetSplit.read``, for a split held in memory)."""
-        return Split(self.x[lo:hi], self.y[lo:hi])
-
-    def head(self, n: int) -> "Split":
-        return self.read(0, n)
-
-    def describe(self) -> dict:
-        return {"rows": len(self)}
-
-    def fingerprint(self, h) -> None:
-        """Add the examples themselves to the hash ``h``."""
-        for a in (self.x, self.y):
-            a = np.ascontiguousarray(a)
-            h.update(repr((a.dtype.str, a.shape)).encode())
-            h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
-
-    def chunks(self):
-        yield self
-
-
-@dataclass(frozen=True)
-class Splits:
-    name: str
-    train: Split
-    valid: Split
-    test: Split
-    n_classes: int
-    source: str = ""
-    pixel_max: float = 255            # the value that means "full ink" (16 for digits)
-
-    def merged(self) -> "Splits":
-        """The validation split appended to the training split (and left empty): the
-        data for a final model once the settings have been chosen on validation."""
-        if not isinstance(self.train, Split):     # read on demand: join the row lists
-            return replace(self, train=self.train.concat(self.valid),
-                           valid=self.valid.head(0))
-        empty = Split(self.valid.x[:0], self.valid.y[:0])
-        train = Split(np.concatenate([self.train.x, self.valid.x]),
-                      np.concatenate([self.train.y, self.valid.y]))
-        return replace(self, train=train, valid=empty)
 
 
 @dataclass(frozen=True)
@@ -339,7 +286,7 @@ def load_custom_idx(data_dir) -> Splits:
 def _parquet(name, data_dir, mirrors, options) -> Splits:
     from .parquet import Options
     from .parquet_open import open_parquet
-    return open_parquet(name[len("parquet:"):], options or Options())
+    return open_parquet(name[len(PREFIX):], options or Options())
 
 
 #: how each kind of dataset is loaded: (name, data_dir, mirrors, options) -> Splits;
@@ -359,12 +306,19 @@ def _digits(data_dir) -> Splits:
 
 
 def _kind(name: str) -> str:
-    return "parquet" if name.startswith("parquet:") else name
+    return "parquet" if name.startswith(PREFIX) else name
 
 
 def known(name: str) -> bool:
     """A dataset name ``load`` accepts (``parquet:`` needs a location after it)."""
-    return name != "parquet" and _kind(name) in DATASETS and name != "parquet:"
+    return name != "parquet" and _kind(name) in DATASETS and name != PREFIX
+
+
+def check_known(name: str) -> None:
+    """Refuse a dataset name ``load`` does not accept, listing those it does."""
+    if not known(name):
+        raise ValueError(f"unknown dataset {name!r}; expected one of "
+                         f"{[k for k in DATASETS if k != 'parquet']} or {PREFIX}PATH_OR_URI")
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, *,
@@ -379,7 +333,5 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *,
     mnist.pkl.gz); the test set is the official one.  ``mirrors`` overrides the
     download URLs (used by the tests with a local server).
     """
-    if not known(name):
-        raise ValueError(f"unknown dataset {name!r}; expected one of "
-                         f"{[k for k in DATASETS if k != 'parquet']} or parquet:PATH_OR_URI")
+    check_known(name)
     return DATASETS[_kind(name)](name, data_dir, mirrors, options)

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import sources
 from .idx import DataError
-from .splits import train_valid_test_split
+from .splits import Split, Splits, train_valid_test_split
 
 CSV = "digits.csv"
 CSV_SHA = "6ebb3d2fee246a4e99363262ddf8a00a3c41bee6014c373ed9d9216ba7f651b8"  # decompressed
@@ -75,7 +75,6 @@ def _raw_csv(data_dir) -> tuple[bytes, str]:
 
 
 def load_digits(data_dir=None):
-    from .datasets import Split, Splits
     raw, where = _raw_csv(data_dir)
     if data_dir is not None or not where.startswith(str(sources.cache_root())):
         sources.atomic_write(sources.cache_root() / "digits" / CSV, raw)

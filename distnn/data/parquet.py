@@ -27,22 +27,20 @@ one pass over the training split, a row group at a time (``chunks``).
 """
 from __future__ import annotations
 
-import fnmatch
 import io
-import re
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..core.random import fold_key, keyed_uniform
 from .idx import DataError
+from .parquet_files import open_file, release_freed
+from .splits import Split
 
 PREFIX = "parquet:"
 SPLIT_NAMES = {"train": "train", "training": "train", "validation": "valid",
                "valid": "valid", "val": "valid", "dev": "valid", "test": "test"}
-_FILE_SPLIT = re.compile(r"(?<![a-z])(training|train|validation|valid|val|dev|test)"
-                         r"(?![a-z])")
-_SPLIT_KEY = fold_key(0, 0x5B117)      # seed 0: splits do not move with --seed
+SPLIT_KEY = fold_key(0, 0x5B117)      # seed 0: splits do not move with --seed
 
 
 @dataclass(frozen=True)
@@ -131,7 +129,6 @@ class ParquetSplit:
         """Examples lo..hi-1 (uint8 (N, H, W) images or float32 (N, D) features, int64
         labels), reading only the row groups that hold them (``x=False``: only their
         labels, as a Split whose x is None)."""
-        from .datasets import Split
         starts = self._ends - [p.count for p in self.parts]
         hi = min(hi, len(self))
         n = max(hi - lo, 0)
@@ -193,12 +190,11 @@ class ParquetSplit:
     def _file(self, path: str):
         """``path`` opened once for this split's reads (its footer read once)."""
         if path not in self._files:
-            self._files[path] = _open(self.layout.uri, path)
+            self._files[path] = open_file(self.layout.uri, path)
         return self._files[path]
 
     def chunks(self):
         """The split a row group at a time (``Split`` each): one streaming pass."""
-        from .datasets import Split
         for p in self.parts:
             if p.count:
                 x, y = read_part(self.layout, p, self.split_column,
@@ -206,75 +202,6 @@ class ParquetSplit:
                 yield Split(x, y)
                 del x, y
                 release_freed()
-
-
-def _trim():
-    """glibc's malloc_trim, or None where malloc is not glibc's."""
-    import ctypes
-    import ctypes.util
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_TRIM = _trim()
-
-
-def release_freed() -> None:
-    """Give the memory of freed row groups back to the system: glibc keeps freed
-    buffers of a few MB in its heap once its mmap threshold has grown past them, and a
-    shard streamed through it would otherwise grow the process by its reads, not its
-    cache (measured: 250 MB instead of 90 for a 16 MB cache)."""
-    if _TRIM is not None:
-        _TRIM(0)
-
-
-# -- opening files ----------------------------------------------------------------------
-def filesystem(uri: str):
-    """(pyarrow filesystem, path) for a local path or any URI pyarrow knows."""
-    import pyarrow.fs as pafs
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", uri) and not uri.startswith("file://"):
-        try:
-            return pafs.FileSystem.from_uri(uri)
-        except Exception as e:   # pyarrow raises several types for a bad URI or store
-            raise DataError(f"{uri}: cannot open this location ({e})") from None
-    import os
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
-
-
-def file_infos(uri: str) -> list:
-    """The Parquet files ``uri`` names (a file, a directory, or a glob), sorted, as
-    pyarrow FileInfos (path, size, modification time)."""
-    import pyarrow.fs as pafs
-    fs, path = filesystem(uri)
-    glob = any(c in path for c in "*?[")
-    base = re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0] if glob else path
-    try:
-        info = fs.get_file_info(base)
-        if info.type == pafs.FileType.File and not glob:
-            return [info]
-        if info.type != pafs.FileType.Directory:
-            raise DataError(f"--dataset parquet:{uri}: no such file or directory")
-        found = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    except OSError as e:
-        raise DataError(f"--dataset parquet:{uri}: cannot list it ({e})") from None
-    files = sorted((f for f in found if f.type == pafs.FileType.File
-                    and (fnmatch.fnmatch(f.path, path) if glob
-                         else f.path.endswith(".parquet"))), key=lambda f: f.path)
-    if not files:
-        raise DataError(f"--dataset parquet:{uri}: no .parquet files there")
-    return files
-
-
-def _open(layout_uri: str, path: str):
-    import pyarrow.parquet as pq
-    fs, _ = filesystem(layout_uri)
-    try:
-        return pq.ParquetFile(fs.open_input_file(path))
-    except OSError as e:
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
 
 
 # -- reading one row group --------------------------------------------------------------
@@ -285,7 +212,7 @@ def read_part(layout: Layout, p: Part, split_column=None, with_x: bool = True,
     already open."""
     cols = [layout.label, *(layout.columns if with_x else ())] + \
         ([split_column] if p.names else [])
-    table = (handle or _open(layout.uri, p.file)).read_row_group(p.group, columns=cols)
+    table = (handle or open_file(layout.uri, p.file)).read_row_group(p.group, columns=cols)
     keep = _selected(p, table.column(split_column) if p.names else None)
     y = _labels(table.column(layout.label), layout, p.file)
     x = None
@@ -304,14 +231,14 @@ def _selected(p: Part, split_values) -> np.ndarray | None:
                          split_values.to_pylist()])
         keep = np.isin(vals, p.names)
     if p.fraction is not None:
-        u = keyed_uniform(_SPLIT_KEY, np.arange(p.offset, p.offset + p.rows), 1,
+        u = keyed_uniform(SPLIT_KEY, np.arange(p.offset, p.offset + p.rows), 1,
                           np.float64)[:, 0]
         f = (u >= p.fraction[0]) & (u < p.fraction[1])
         keep = f if keep is None else keep & f
     return keep
 
 
-def _numpy(col) -> np.ndarray:
+def numeric_column(col) -> np.ndarray:
     """A numeric column without nulls as NumPy, read from its buffer (pyarrow's
     ``to_numpy`` imports pandas, ~60 MB more in every worker)."""
     import pyarrow as pa
@@ -328,7 +255,7 @@ def _labels(col, layout: Layout, where: str) -> np.ndarray:
     if col.null_count:
         raise DataError(f"{where}: label column {layout.label!r} has {col.null_count} "
                         "missing values")
-    y = _numpy(col).astype(np.int64)
+    y = numeric_column(col).astype(np.int64)
     if len(y) and (y.min() < 0 or y.max() >= layout.n_classes):
         raise DataError(f"{where}: labels go from {y.min()} to {y.max()}, expected "
                         f"0..{layout.n_classes - 1}")
@@ -345,14 +272,14 @@ def _images(col, layout: Layout, where: str) -> np.ndarray:
     if layout.encoded:
         if not n:
             return np.zeros((0, *layout.shape), np.uint8)
-        return np.stack([_decode(v, f"{where}, row {i}", layout.shape, layout.max_pixels)
+        return np.stack([decode_image(v, f"{where}, row {i}", layout.shape, layout.max_pixels)
                          for i, v in enumerate(arr.field("bytes").to_pylist())])
     if pa.types.is_fixed_size_binary(arr.type):       # raw pixels: one buffer, no levels
         return np.frombuffer(arr.buffers()[1], np.uint8, count=n * size,
                              offset=arr.offset * size).reshape(n, *layout.shape)
-    values = _numpy(arr.flatten())
+    values = numeric_column(arr.flatten())
     if values.size != n * size:
-        lengths = set(arr.value_lengths().to_numpy().tolist())
+        lengths = set(arr.value_lengths().tonumeric_column().tolist())
         raise DataError(f"{where}: images of mixed sizes ({sorted(lengths)[:5]} values); "
                         f"expected {size} each ({'x'.join(map(str, layout.shape))})")
     return _as_pixels(values, layout, where).reshape(n, *layout.shape)
@@ -368,7 +295,7 @@ def _as_pixels(values: np.ndarray, layout: Layout, where: str) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def _decode(data: bytes, where: str, shape: tuple[int, ...] | None,
+def decode_image(data: bytes, where: str, shape: tuple[int, ...] | None,
             max_pixels: int = 1 << 24) -> np.ndarray:
     """A greyscale uint8 (H, W) image from PNG/JPEG bytes (of ``shape`` if given); an
     image of more than ``max_pixels`` pixels (a decompression bomb: a few bytes that
@@ -408,7 +335,7 @@ def _features(table, layout: Layout, where: str) -> np.ndarray:
         if col.null_count:
             raise DataError(f"{where}: feature column {name!r} has {col.null_count} missing "
                             "values; fill or drop them first")
-        x[:, j] = _numpy(col)
+        x[:, j] = numeric_column(col)
     if not np.isfinite(x).all():
         raise DataError(f"{where}: a feature column holds NaN or infinity")
     return x

@@ -3,24 +3,28 @@ of an example, the class count, and which rows make up each split (see ``parquet
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import replace
 
 import numpy as np
 
 from .idx import DataError
-from .parquet import (_FILE_SPLIT, _SPLIT_KEY, SPLIT_NAMES, Layout, Options, ParquetSplit,
-                      Part, _decode, _numpy, _open, file_infos)
+from .splits import Splits
+from .parquet import (SPLIT_KEY, SPLIT_NAMES, Layout, Options, ParquetSplit, Part,
+                      decode_image, numeric_column)
+from .parquet_files import file_infos, open_file
 from ..core.random import keyed_uniform
 
 SPLITS = ("train", "valid", "test")
+#: a split named in a file's path: a word of its own (not part of another)
+FILE_SPLIT = re.compile(r"(?<![a-z])(training|train|validation|valid|val|dev|test)(?![a-z])")
 
 
 def open_parquet(uri: str, opts: Options):
     """``Splits`` of lazily read ``ParquetSplit``s for the dataset at ``uri``."""
-    from .datasets import Splits
     infos = file_infos(uri)
     files = [f.path for f in infos]
-    handles = [_open(uri, f) for f in files]
+    handles = [open_file(uri, f) for f in files]
     schema = handles[0].schema_arrow
     if opts.split_column is None and "split" in schema.names and \
             str(schema.field("split").type) in ("string", "large_string"):
@@ -71,7 +75,7 @@ def _layout(uri, schema, handles, opts: Options) -> Layout:
         t = schema.field("image").type
         if pt.is_struct(t) and t.get_field_index("bytes") >= 0:
             first = handles[0].read_row_group(0, columns=["image"]).column("image")[0]
-            img = _decode(first["bytes"].as_py(), f"{uri}, row 0", None, opts.max_pixels)
+            img = decode_image(first["bytes"].as_py(), f"{uri}, row 0", None, opts.max_pixels)
             return Layout(uri, opts.label, "image", ("image",), img.shape, "uint8", True,
                           n_classes, full or 255.0)
         if pt.is_fixed_size_binary(t):    # raw uint8 pixels, as `data convert` writes
@@ -168,7 +172,7 @@ def _max_label(handles, schema, label) -> int:
                     raise DataError(f"label column {label!r} has negative labels ({st.min})")
                 top = max(top, int(st.max))
             else:
-                y = _numpy(h.read_row_group(g, columns=[label]).column(label))
+                y = numeric_column(h.read_row_group(g, columns=[label]).column(label))
                 top = max(top, int(y.max(initial=-1)))
     if top < 0:
         raise DataError(f"label column {label!r} holds no labels")
@@ -180,7 +184,7 @@ def _assign(uri, files, groups, opts: Options, layout) -> dict[str, tuple[Part, 
     out = {s: [] for s in SPLITS}
     if opts.split_column:
         for f, g, off, rows in groups:
-            col = _open(uri, f).read_row_group(g, columns=[opts.split_column]).column(
+            col = open_file(uri, f).read_row_group(g, columns=[opts.split_column]).column(
                 opts.split_column).to_pylist()
             vals = [SPLIT_NAMES.get(str(v).lower()) for v in col]
             bad = {v for v, s in zip(col, vals) if s is None}
@@ -233,7 +237,7 @@ def _files_by_split(uri: str, files: list[str]) -> dict[str, str | None]:
     out = {}
     for f in files:
         rel = f[len(root):].lstrip("/") if f.startswith(root) else posixpath.basename(f)
-        found = {SPLIT_NAMES[m] for m in _FILE_SPLIT.findall(rel.lower())}
+        found = {SPLIT_NAMES[m] for m in FILE_SPLIT.findall(rel.lower())}
         if len(found) > 1:
             raise DataError(f"{uri}: {rel} names more than one split ({sorted(found)}); "
                             "rename it, or give a --split-column")
@@ -253,6 +257,6 @@ def _cuts(fractions, splits) -> dict[str, tuple[float, float]]:
 
 
 def _fraction_part(f, g, off, rows, lohi) -> Part:
-    u = keyed_uniform(_SPLIT_KEY, np.arange(off, off + rows), 1, np.float64)[:, 0]
+    u = keyed_uniform(SPLIT_KEY, np.arange(off, off + rows), 1, np.float64)[:, 0]
     count = int(((u >= lohi[0]) & (u < lohi[1])).sum())
     return Part(f, g, off, rows, count, fraction=lohi)

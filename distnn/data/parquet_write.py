@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .parquet import filesystem
+from .parquet_files import filesystem
 
 SPLIT_FILES = {"train": "train", "valid": "validation", "test": "test"}
 

@@ -1,4 +1,5 @@
-"""Splitting and input normalisation.
+"""A dataset's splits held in memory (``Split``, ``Splits``), splitting, and input
+normalisation.
 
 Normalisation is fitted on the training split only and stored with the model:
 
@@ -7,7 +8,7 @@ Normalisation is fitted on the training split only and stored with the model:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -103,3 +104,58 @@ class Normalizer:
         if self.mean is None:
             return out
         return {**out, "input.mean": self.mean, "input.std": self.std}
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # (N, H, W) uint8
+    y: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.x.shape
+
+    def read(self, lo: int, hi: int) -> "Split":
+        """Examples lo..hi-1 (as ``ParquetSplit.read``, for a split held in memory)."""
+        return Split(self.x[lo:hi], self.y[lo:hi])
+
+    def head(self, n: int) -> "Split":
+        return self.read(0, n)
+
+    def describe(self) -> dict:
+        return {"rows": len(self)}
+
+    def fingerprint(self, h) -> None:
+        """Add the examples themselves to the hash ``h``."""
+        for a in (self.x, self.y):
+            a = np.ascontiguousarray(a)
+            h.update(repr((a.dtype.str, a.shape)).encode())
+            h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+
+    def chunks(self):
+        yield self
+
+
+@dataclass(frozen=True)
+class Splits:
+    name: str
+    train: Split
+    valid: Split
+    test: Split
+    n_classes: int
+    source: str = ""
+    pixel_max: float = 255            # the value that means "full ink" (16 for digits)
+
+    def merged(self) -> "Splits":
+        """The validation split appended to the training split (and left empty): the
+        data for a final model once the settings have been chosen on validation."""
+        if not isinstance(self.train, Split):     # read on demand: join the row lists
+            return replace(self, train=self.train.concat(self.valid),
+                           valid=self.valid.head(0))
+        empty = Split(self.valid.x[:0], self.valid.y[:0])
+        train = Split(np.concatenate([self.train.x, self.valid.x]),
+                      np.concatenate([self.train.y, self.valid.y]))
+        return replace(self, train=train, valid=empty)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -39,18 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import OutputError, describe
-from .store import is_uri
+from .checkpoint_store import fetch
+from .files import OutputError, describe, is_uri
+from .layout import (EPOCH_NAME, FILES, FORMAT, NAME, POINTERS, VERSION, CheckpointError,
+                     parse_pointer)
 
-FORMAT = "distnn-checkpoint"
-VERSION = 2        # 2: meta_sha256, and the hash of meta.json in ``latest``
-FILES = ("tensors.parquet", "optimizer.parquet")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-EPOCH_NAME = re.compile(r"epoch-\d{4,}\Z")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, from a newer format, or does not fit."""
 
 
 @dataclass
@@ -117,7 +109,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-POINTERS = ("latest", "best")
 
 
 def _write_pointer(root: Path, name: str, meta_hash: str, pointer: str = "latest") -> None:
@@ -203,31 +194,23 @@ def _json_default(o):
     raise TypeError(f"cannot write {type(o).__name__} to meta.json")
 
 
-def _pointer(root: Path, pointer: str = "latest") -> tuple[Path, str | None]:
+def _pointer(root: Path, pointer: str = "latest") -> tuple[Path, str]:
     """The checkpoint ``root/POINTER`` names, and the sha256 its meta.json must have."""
     latest = root / pointer
     if latest.is_symlink():
         raise CheckpointError(f"{latest} is a symbolic link; refusing it")
-    lines = latest.read_text(errors="replace").splitlines() or [""]
-    name = lines[0].strip()
-    if not NAME.match(name) or len(lines) > 2:
-        raise CheckpointError(f"{latest} must name a checkpoint directory inside {root}, "
-                              f"got {' '.join(lines)[:80]!r}")
+    text = latest.read_text(errors="replace")
+    name = (text.splitlines() or [""])[0].strip()
     target = root / name
-    if target.is_symlink() or (target / "meta.json").is_symlink():
-        raise CheckpointError(f"{latest} names {name}, which is (or holds) a symbolic "
-                              "link; refusing it")
-    if not (target / "meta.json").is_file():
-        raise CheckpointError(f"{latest} names {name}, which is not a complete "
-                              "checkpoint directory")
-    rest = lines[1].split() if len(lines) == 2 else []
-    # the hash line is what makes the pointer a check: exactly as distnn writes it
-    if len(rest) != 3 or rest[:2] != ["meta.json", "sha256"] or \
-            not re.fullmatch(r"[0-9a-f]{64}", rest[2]):
-        raise CheckpointError(f"{latest} must name a checkpoint and, on its second line, "
-                              f"the sha256 of its meta.json ('meta.json sha256 HEX'), got "
-                              f"{' '.join(lines)[:120]!r}; it was changed or damaged")
-    return target, rest[2]
+    if NAME.match(name) and len(text.splitlines()) <= 2:
+        if target.is_symlink() or (target / "meta.json").is_symlink():
+            raise CheckpointError(f"{latest} names {name}, which is (or holds) a symbolic "
+                                  "link; refusing it")
+        if not (target / "meta.json").is_file():
+            raise CheckpointError(f"{latest} names {name}, which is not a complete "
+                                  "checkpoint directory")
+    name, sha = parse_pointer(text, latest)
+    return root / name, sha
 
 
 def resolve(path, prefer: str = "latest") -> tuple[Path, str | None]:
@@ -236,7 +219,6 @@ def resolve(path, prefer: str = "latest") -> tuple[Path, str | None]:
     pointer vouches for (None for a directory given directly).  A URI (``s3://...``) is
     downloaded first (``fetch``), and the local copy returned."""
     if is_uri(path):
-        from .checkpoint_store import fetch
         path = fetch(path)[0]
     p = Path(path)
     if p.is_symlink() or (p / "meta.json").is_symlink():

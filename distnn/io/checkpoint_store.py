@@ -7,7 +7,7 @@ import atexit
 import shutil
 from pathlib import Path
 
-from .checkpoint import EPOCH_NAME, FILES, NAME, POINTERS, CheckpointError
+from .layout import EPOCH_NAME, FILES, POINTERS, CheckpointError, parse_pointer
 from .store import Remote, is_uri, remove_stage, stage
 
 
@@ -54,10 +54,7 @@ def shown(given, path: Path) -> str:
 
 
 def _pointer_name(path: Path) -> str:
-    name = (path.read_text(errors="replace").splitlines() or [""])[0].strip()
-    if not NAME.match(name):
-        raise CheckpointError(f"{path}: names {name[:80]!r}, not a checkpoint directory")
-    return name
+    return parse_pointer(path.read_text(errors="replace"), path)[0]
 
 
 def used_names(names: list[str]) -> str | None:
@@ -91,16 +88,10 @@ def prune_remote(remote, keep_last: int, keep: set[str]) -> None:
 def pointer_names(where) -> dict[str, str]:
     """{"latest": name, "best": name} of a checkpoint directory, local or at a URI (read
     from its pointer files alone); pointers it lacks are left out."""
-    from .checkpoint import _pointer
     if not is_uri(where):
         root = Path(where)
-        return {p: _pointer(root, p)[0].name for p in POINTERS if (root / p).is_file()}
+        return {p: _pointer_name(root / p) for p in POINTERS if (root / p).is_file()}
     remote = Remote(where)
-    out = {}
-    for p in POINTERS:
-        if remote.exists(p):
-            name = (remote.read(p).decode(errors="replace").splitlines() or [""])[0].strip()
-            if NAME.match(name):
-                out[p] = name
-    return out
+    return {p: parse_pointer(remote.read(p).decode(errors="replace"), f"{where}/{p}")[0]
+            for p in POINTERS if remote.exists(p)}
 

@@ -7,11 +7,20 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
 
 LOCK_NAME = ".distnn.lock"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(where) -> bool:
+    """True for ``scheme://...`` other than ``file://`` (a local path): a location on
+    an object store or another filesystem pyarrow opens (``io.store``)."""
+    return isinstance(where, str) and bool(_SCHEME.match(where)) \
+        and not where.startswith("file://")
 
 
 class OutputError(RuntimeError):
@@ -105,7 +114,6 @@ def check_targets(outputs: dict, inputs: dict, metrics: tuple[str, str] | None) 
     not be, or be inside, an output directory or an input, and what is at it now must
     be a regular file (not a link, a device or a directory).  URIs are checked by their
     own probe."""
-    from .store import is_uri
     if metrics is None or is_uri(metrics[1]):
         return
     flag, target = metrics[0], Path(metrics[1])
@@ -125,16 +133,9 @@ def check_targets(outputs: dict, inputs: dict, metrics: tuple[str, str] | None) 
 
 
 def check_file_target(path, flag: str) -> None:
-    """Before training: ``path`` can be written as a file (its directory can be made, it
-    is not a directory), so a run never learns that at its end.  A URI: its store is
-    reached (credentials, endpoint, bucket), and it is not a directory there."""
-    from .store import Remote, is_uri
-    if is_uri(path):
-        parent, name = str(path).rstrip("/").rsplit("/", 1)
-        if Remote(str(path)).files():
-            raise ValueError(f"{flag} {path} is a directory; give a file name")
-        Remote(parent).probe(flag)
-        return
+    """Before training: local ``path`` can be written as a file (its directory can be
+    made, it is not a directory), so a run never learns that at its end (a URI:
+    ``store.check_file_target``)."""
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{flag} {p} is a directory; give a file name")
@@ -148,13 +149,9 @@ def check_file_target(path, flag: str) -> None:
 
 
 def write_text_atomic(path, text: str) -> None:
-    """Write ``path`` through a temporary file renamed into place: the old content stays
-    whole if the write fails; the temporary file never stays behind.  A URI is written
-    with one put (atomic on object stores)."""
-    from .store import is_uri, write_bytes
-    if is_uri(path):
-        write_bytes(str(path), text.encode())
-        return
+    """Write local ``path`` through a temporary file renamed into place: the old content
+    stays whole if the write fails; the temporary file never stays behind (anywhere:
+    ``store.write_text``)."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:

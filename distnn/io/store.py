@@ -19,15 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .files import OutputError
-
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_uri(where) -> bool:
-    """True for ``scheme://...`` other than ``file://`` (a local path)."""
-    return isinstance(where, str) and bool(_SCHEME.match(where)) \
-        and not where.startswith("file://")
+from . import files
+from .files import LOCK_NAME, DirectoryInUse, OutputError, OutputUnusable, claim, is_uri
 
 
 def stage(uri: str) -> Path:
@@ -136,7 +129,6 @@ class Remote:
                 f.write(b"distnn checks that it can write here\n")
             self.fs.delete_file(f"{self.path}/{rel}")
         except OSError as e:
-            from .files import OutputUnusable
             raise OutputUnusable(f"{flag} {self.uri}: cannot write there: {_why(e)}") \
                 from None
 
@@ -229,7 +221,6 @@ def claim_uri(uri: str, flag: str, *, used, clear, resume: bool, overwrite: bool
     holds another run's outputs (``clear(remote, names)`` deletes them first when
     ``overwrite``), unless the run resumes; then lock and empty its local stage.  An
     object store has no locks: two machines writing one URI are not stopped."""
-    from .files import LOCK_NAME, DirectoryInUse, claim
     remote = Remote(uri)
     remote.probe(flag)
     names = remote.files()
@@ -253,3 +244,23 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write one file at a URI (an object store's put is atomic)."""
     parent, name = uri.rstrip("/").rsplit("/", 1)
     Remote(parent).write(name, data)
+
+
+def write_text(path, text: str) -> None:
+    """``files.write_text_atomic`` for a local path; one put for a URI."""
+    if is_uri(path):
+        write_bytes(str(path), text.encode())
+    else:
+        files.write_text_atomic(path, text)
+
+
+def check_file_target(path, flag: str) -> None:
+    """``files.check_file_target`` anywhere: for a URI, its store is reached
+    (credentials, endpoint, bucket: a probe write), and it is not a directory there."""
+    if not is_uri(path):
+        files.check_file_target(path, flag)
+        return
+    parent, name = str(path).rstrip("/").rsplit("/", 1)
+    if Remote(str(path)).files():
+        raise ValueError(f"{flag} {path} is a directory; give a file name")
+    Remote(parent).probe(flag)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 from ..config import TrainConfig
-from ..data.datasets import Split
 from ..train.data import TrainingData
 from ..train.engine import merge_states
 from .worker import Worker
@@ -18,7 +17,7 @@ class LocalPool:
     backend = "local"
 
     def __init__(self, cfg: TrainConfig, data: TrainingData):
-        self.worker = Worker(0, 1, cfg, data.normalizer, *worker_splits(data),
+        self.worker = Worker(0, 1, cfg, data.normalizer, *data.worker_splits(),
                              in_process=True)
         self.worker.join("local", {"world": 1, "nodes": [[0]]})
         self.faults: list = []   # a worker in this process cannot die alone
@@ -45,13 +44,6 @@ class LocalPool:
 
     def close(self) -> None:
         pass
-
-
-def worker_splits(data: TrainingData) -> tuple:
-    """What the workers are given: the training and validation splits, and the test
-    split when it is read on demand (else the driver measures it: ``Driver.evaluate``)."""
-    test = data.splits.test
-    return data.train, data.splits.valid, None if isinstance(test, Split) else test
 
 
 def open_pool(cfg: TrainConfig, data: TrainingData, size: int, world: int | None = None):

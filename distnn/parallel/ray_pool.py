@@ -1,29 +1,25 @@
-"""N workers as Ray actors: placing them, wiring their communication group, and
-surviving their failures.
+"""N workers as Ray actors: placing them, wiring their communication group, running
+their epochs, and replacing or dropping them when they fail; what to do about a fault
+is the policies' to decide (``policies``), this is how it is done.
 
 Fault tolerance: the pool keeps the replicated state (parameters, batch-norm buffers,
-optimizer and schedule state) as of the start of the current epoch.  If a worker dies,
-the others are aborted, the dead one is replaced, every worker is reset to that state,
-and the epoch is replayed.  Every step depends only on (seed, epoch, state), so the
-replay computes exactly what the lost attempt would have: a failure costs time, never a
-result.  After ``max_failures`` failed attempts of one epoch in a row it gives up with a
-message; the parameters of the last complete epoch are kept.
+optimizer and schedule state, a compressor's) as of the start of the current epoch.  If
+a worker dies, the others are aborted, the dead one is replaced (or, without CPUs for
+it, dropped), every worker is reset to that state, and the epoch is replayed.  Every
+step depends only on (seed, epoch, state), so the replay computes exactly what the lost
+attempt would have: a failure costs time, never a result.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
-import socket
 import time
 
 from ..config import TrainConfig
-from ..data.datasets import Split
+from ..data.splits import Split
 from ..train.data import TrainingData
 from ..train.engine import merge_states
-from . import comm
-from .pools import worker_splits
+from ..train.pool import WorkerFailure
+from . import comm, policies
 from .worker import GuardedWorker, Refused
 
 log = logging.getLogger(__name__)
@@ -34,186 +30,12 @@ POLL_SECONDS = 0.5    # how often the driver asks for an epoch's progress
 BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-class WorkerFailure(RuntimeError):
-    """A worker died and the epoch could not be completed after the allowed retries."""
-
-
 class Unplaced(WorkerFailure):
     """Workers (``ranks``) that could not be placed, or did not join, in time."""
 
     def __init__(self, msg: str, ranks: list[int]):
         super().__init__(msg)
         self.ranks = ranks
-
-
-def check_address(address: str) -> None:
-    """Fail fast, with the address and what to do in the message, if HOST:PORT does not
-    answer as a Ray cluster's GCS, or refuses this machine's token (Ray's token
-    authentication) -- instead of Ray's 20 s of retries and a bare "Failed to connect"."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--address must be 'auto' or HOST:PORT, got {address!r}")
-    try:
-        with socket.create_connection((host, int(port)), timeout=5):
-            pass
-    except OSError as e:
-        raise ConnectionError(f"cannot reach a Ray cluster at {address} ({e}); start one "
-                              "with 'ray start --head' or check the address") from None
-    _check_token(address)
-
-
-TOKEN_HINT = ("on the head run `ray get-auth-token`, then here `export RAY_AUTH_MODE=token "
-              "RAY_AUTH_TOKEN=<that token>` (or copy the head's ~/.ray/auth_token to this "
-              "machine's ~/.ray/auth_token)")
-
-
-def _check_token(address: str) -> None:
-    """Ask the GCS for its cluster ID with this machine's token, if it has one."""
-    import grpc
-    from ray._raylet import AuthenticationTokenLoader
-    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
-    loader = AuthenticationTokenLoader.instance()
-    token = loader.get_raw_token(ignore_auth_mode=True) \
-        if loader.has_token(ignore_auth_mode=True) else None
-    with grpc.insecure_channel(address) as channel:
-        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
-        try:
-            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=10,
-                              metadata=[("authorization", f"Bearer {token}")] if token else None)
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.UNAUTHENTICATED:
-                raise ConnectionError(
-                    f"{address} does not answer as a Ray cluster ({e.code().name}: "
-                    f"{e.details()}); --address takes the head's GCS port (6379 unless "
-                    "`ray start --head --port` said otherwise), not the dashboard's") from None
-            what = "rejected this machine's token" if token else "requires a token (token " \
-                "authentication, Ray's default), and this machine has none"
-            raise ConnectionError(f"the Ray cluster at {address} {what}: {TOKEN_HINT}") from None
-    if token:
-        _token_mode()              # ray.init then sends it
-
-
-def _token_mode() -> None:
-    """RAY_AUTH_MODE=token for this process and those it starts, unless set otherwise."""
-    if os.environ.get("RAY_AUTH_MODE") is None:
-        from ray._raylet import Config
-        os.environ["RAY_AUTH_MODE"] = "token"
-        Config.initialize("")      # Ray caches the mode: re-read it (as ray.init does)
-
-
-def start_ray(address: str | None, workers: int, may_wait: bool = False,
-              worker_output: bool = True) -> bool:
-    """Join ``address`` (auto or HOST:PORT) or start a local Ray bound to 127.0.0.1.
-    Returns True if this call started Ray (and so should shut it down).  Too few CPUs
-    is an error at once, unless ``may_wait`` and the cluster was joined (it may still
-    be starting: see ``workers_to_start``).  ``worker_output``: show what Ray's worker
-    processes print (a search's lanes say nothing worth it: their trials are recorded)."""
-    import ray
-    if ray.is_initialized():
-        started = False
-    elif address:
-        if address != "auto":
-            check_address(address)
-        local = address.rpartition(":")[0] in ("127.0.0.1", "localhost")
-        with _loopback() if local else contextlib.nullcontext():
-            ray.init(address=address, logging_level=logging.WARNING,
-                     log_to_driver=worker_output)
-        started = False
-    else:
-        _start_local(worker_output)
-        started = True
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if workers > cpus and (started or not may_wait):
-        if started:
-            stop_ray()
-        raise ValueError(f"--workers {workers} needs {workers} CPUs but the Ray cluster has "
-                         f"{cpus:g}; use --workers {int(cpus)} or add nodes")
-    return started
-
-
-_reaper = None
-
-
-@contextlib.contextmanager
-def _loopback():
-    """Ray as on a machine whose only interface is loopback, for the duration: it
-    otherwise resolves 127.0.0.1 to the host's own address, binds its servers to all
-    interfaces, and cannot join a head that listens on 127.0.0.1.  (The switch is Ray's
-    "clusters disabled" setting, on by default on macOS; it is set in the environment
-    the processes Ray starts inherit, too.)"""
-    from ray._private import ray_constants
-    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
-    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(name)
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    os.environ[name] = "0"
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
-        if saved[1] is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved[1]
-
-
-def _start_local(worker_output: bool = True) -> None:
-    """A local Ray whose every process listens on 127.0.0.1 only, ignores the terminal's
-    Ctrl-C (the driver shuts it down in order), and is stopped by a watchdog if the
-    driver is killed.  SIGINT is blocked while Ray's processes are spawned: they inherit
-    the blocked mask across ``exec``, and a Ctrl-C pressed meanwhile reaches the driver
-    once it is unblocked."""
-    import ray
-    from . import reaper
-    global _reaper
-    _token_mode()      # Ray's default, said explicitly (Ray warns when it is implied)
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        with _loopback():
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
-                     log_to_driver=worker_output)
-        _reaper = reaper.watch(os.getpid())
-    except BaseException:
-        ray.shutdown()
-        raise
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)   # a Ctrl-C pressed meanwhile
-
-
-def stop_ray() -> None:
-    """Shut down the Ray that ``start_ray`` started, and its watchdog."""
-    import ray
-    global _reaper
-    ray.shutdown()
-    if _reaper is not None:
-        _reaper.terminate()
-        _reaper.wait()
-        _reaper = None
-
-
-def workers_to_start(cfg: TrainConfig) -> int:
-    """How many workers to start with on a joined cluster: all of --workers once it has
-    that many CPUs or, with --min-workers K, as soon as it has K (more join later, at
-    epoch boundaries).  A cluster still starting (an autoscaler adding nodes) is waited
-    for up to --replace-timeout, with a line every 10 s saying what is there."""
-    import ray
-    least = cfg.min_workers or cfg.workers
-    deadline, said = time.monotonic() + cfg.replace_timeout, 0.0
-    while True:
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        if cpus >= least:
-            return min(cpus, cfg.workers)
-        now = time.monotonic()
-        if now > deadline:
-            raise ValueError(f"--workers {cfg.workers} needs {least} CPUs to start but the "
-                             f"Ray cluster has {cpus} after {cfg.replace_timeout:g} s "
-                             f"(--replace-timeout); use --workers {max(cpus, 1)}, "
-                             "--min-workers K to start with fewer, or add nodes")
-        if now - said >= 10:
-            log.info("waiting for CPUs: the cluster has %d, %d needed to start (%d wanted)",
-                     cpus, least, cfg.workers)
-            said = now
-        time.sleep(1.0)
 
 
 def answer(value, before_raising=None):
@@ -230,13 +52,18 @@ class RayPool:
     """Up to ``cfg.workers`` Worker actors, ``world`` of them to begin with; ``size``:
     the length of the buffer they reduce (the gradient and the batch's cost)."""
 
-    def __init__(self, cfg: TrainConfig, data: TrainingData, size: int, world: int):
+    def __init__(self, cfg: TrainConfig, data: TrainingData, size: int, world: int,
+                 failure: policies.FailurePolicy | None = None,
+                 scaling: policies.ScalingPolicy | None = None):
         import ray
         self.ray, self.cfg, self.world = ray, cfg, world
         self.size = size
+        defaults = policies.from_config(cfg)
+        self.failure, self.scaling = failure or defaults[0], scaling or defaults[1]
         # whole splits go to the object store once (workers get zero-copy views); a
         # split read on demand travels as its small description
-        self._refs = [ray.put(s) if isinstance(s, Split) else s for s in worker_splits(data)]
+        self._refs = [ray.put(s) if isinstance(s, Split) else s
+                      for s in data.worker_splits()]
         self._args = (cfg, data.normalizer)
         self._actor = ray.remote(num_cpus=1, max_concurrency=4,
                                  runtime_env={"env_vars": BLAS_ENV})(GuardedWorker)
@@ -418,11 +245,8 @@ class RayPool:
     def _recover(self, dead, epoch, failures):
         """Replace ``dead`` (none: every worker is alive but the group broke), reset
         every worker to the start of the epoch, and let it be replayed."""
-        if failures > self.cfg.max_failures:
-            raise WorkerFailure(
-                f"epoch {epoch} failed {failures} times in a row (workers {dead} died or "
-                f"stalled, or the all-reduce broke); giving up. The parameters of the last "
-                f"complete epoch ({epoch - 1}) are kept.")
+        if self.failure.decide(epoch, failures) == policies.GIVE_UP:
+            raise WorkerFailure(self.failure.why(epoch, failures, dead))
         if not dead:
             log.warning("the all-reduce of epoch %d was given up (a peer unreachable for "
                         "a while); rewiring and replaying the epoch (attempt %d)", epoch,
@@ -461,7 +285,7 @@ class RayPool:
             self._shrink(dead, epoch, f"no free CPU in the cluster for {len(dead)} "
                                       f"replacement worker(s) (a lost node and no spare "
                                       f"capacity; waited --replace-wait "
-                                      f"{self.cfg.replace_wait:g} s)", killed=True)
+                                      f"{self.scaling.wait_for_cpus():g} s)", killed=True)
         else:
             for r in dead:
                 self.workers[r] = self._spawn(r)
@@ -474,7 +298,7 @@ class RayPool:
     def _cpus_for(self, n: int) -> bool:
         """Whether the cluster shows ``n`` free CPUs within FREED_SECONDS (killed
         workers' CPUs come back) plus --replace-wait (capacity that may come)."""
-        deadline = time.monotonic() + FREED_SECONDS + self.cfg.replace_wait
+        deadline = time.monotonic() + FREED_SECONDS + self.scaling.wait_for_cpus()
         while True:
             if self.ray.available_resources().get("CPU", 0) >= n:
                 return True
@@ -493,10 +317,9 @@ class RayPool:
         keep = [w for r, w in enumerate(self.workers) if r not in lost]
         for r in lost if not killed else ():
             self.ray.kill(self.workers[r], no_restart=True)
-        least = self.cfg.min_workers or 1
-        if len(keep) < least:
+        if not self.scaling.may_go_on_with(len(keep)):
             raise WorkerFailure(f"{why}; {len(keep)} worker(s) left, fewer than --min-workers "
-                                f"{least}: stopping")
+                                f"{self.scaling.min_workers}: stopping")
         log.warning("%s; continuing on %d worker(s) from the start of the epoch, with the "
                     "same global batch (more will join at an epoch boundary when CPUs "
                     "appear)", why, len(keep))
@@ -506,11 +329,10 @@ class RayPool:
 
     def _grow(self, epoch) -> None:
         """At an epoch boundary, add workers up to --workers where CPUs are free."""
-        want = self.cfg.workers - self.world
-        free = int(self.ray.available_resources().get("CPU", 0))
-        if want <= 0 or free <= 0:
+        n = self.scaling.to_add(self.world, int(self.ray.available_resources().get("CPU", 0)))
+        if n <= 0:
             return
-        n, old = min(want, free), self.world
+        old = self.world
         self.world += n
         new = [self._spawn(old + i) for i in range(n)]
         self._renumber(self.workers + new)

@@ -14,27 +14,14 @@ import os
 
 from ..config import TrainConfig
 from ..data.augment import Augmenter
-from ..data.datasets import Split
+from ..data.splits import Split
 from ..data.splits import Normalizer
 from ..train.batches import Batches, owned_range
 from ..train.engine import Engine
+from ..train.records import memory
 from ..train.stream import StreamedBatches
 from .comm import BACKENDS
 from .comm import compress
-
-
-def memory() -> dict:
-    """{"rss": bytes resident now, "peak": the most resident so far} (Linux /proc; the
-    peak from getrusage elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            kb = {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in f)
-                  if k in ("VmRSS", "VmHWM")}
-        return {"rss": kb["VmRSS"] * 1024, "peak": kb["VmHWM"] * 1024}
-    except (OSError, KeyError, ValueError):
-        import resource
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return {"rss": peak, "peak": peak}
 
 
 def blas_threads() -> int | None:
@@ -60,9 +47,11 @@ class Worker:
     def __init__(self, rank: int, world: int, cfg: TrainConfig, normalizer: Normalizer,
                  train, valid, test=None, in_process: bool = False):
         self.splits = (train, valid, test)     # each a Split, a ParquetSplit, or None
+        # how batches are made; the one worker of a run in this process holds the split
+        # normalised once (``cache``), Ray workers share one copy of the raw images
         self._how = (normalizer, Augmenter(cfg.augment, seed=cfg.seed,
                                            pixel_max=normalizer.pixel_max),
-                     cfg.network_spec().dtype, in_process)
+                     cfg.network_spec().dtype, {"cache": in_process})
         self._budget = cfg.shard_memory and cfg.shard_memory * 2 ** 20
         self._shards = max(cfg.data_shards, 1)
         self._reads_own = any(s is not None and not isinstance(s, Split)
@@ -83,14 +72,14 @@ class Worker:
         """Batches of the training, validation and test splits for this place: whole
         splits held in memory, or this rank's shard of a split read on demand (of the
         training split: its --data-shards, which fix the epoch order)."""
-        norm, aug, dtype, cache = self._how
+        norm, aug, dtype, how = self._how
         out = []
         for split, a, share, shards in zip(self.splits, (aug, None, None),
                                            (1, 8, 8), (self._shards, 1, 1)):
             if split is None or not len(split):
                 out.append(None)
             elif isinstance(split, Split):
-                out.append(Batches(split, norm, a, dtype, cache=cache))
+                out.append(Batches(split, norm, a, dtype, **how))
             else:
                 n = len(split)
                 lo, hi = owned_range(n, shards, rank, world)
@@ -99,8 +88,8 @@ class Worker:
                     out.append(StreamedBatches.of(split, lo, hi, norm, a, dtype,
                                                   self._budget // share, shards))
                 else:
-                    out.append(Batches(split.read(lo, hi), norm, a, dtype, cache=cache,
-                                       offset=lo, total=n, shards=shards))
+                    out.append(Batches(split.read(lo, hi), norm, a, dtype, offset=lo,
+                                       total=n, shards=shards, **how))
         return tuple(out)
 
     def memory(self) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..config import TrainConfig
-from ..data.datasets import Splits
+from ..data.splits import Splits
 
 
 def decreasing(costs: list[float]) -> bool:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..train.callbacks import Callback
+from ..train.callbacks import Callback, mode_of
 from .space import SEARCHABLE, apply
 
 
@@ -95,7 +95,7 @@ def progress(out_dir: Path, monitor: str):
     failed = sum("error" in r["final"] for r in finished.values())
     scored = [({**started, **finished}[i]) for i in {**started, **finished}]
     scored = [r for r in scored if monitor in r["final"] and "error" not in r["final"]]
-    pick = max if mode(monitor) == "max" else min
+    pick = max if mode_of(monitor) == "max" else min
     best = pick(scored, key=lambda r: r["final"][monitor], default=None)
     return (len(finished), len(set(started) - set(finished)), failed,
             (best["final"][monitor], best["index"], best["overrides"]) if best else None)
@@ -125,10 +125,6 @@ def _row(overrides: dict, metrics: dict, trial_dir) -> dict:
             "error": metrics.get("error"), "trial_dir": trial_dir}
 
 
-def mode(metric: str) -> str:
-    return "max" if metric.endswith("accuracy") else "min"
-
-
 def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
     from ..train.evaluate import evaluate_chunks, load_model
     rows, done = [], set()
@@ -153,7 +149,7 @@ def summarise(base: TrainConfig, splits, out_dir: Path, grid=()) -> dict:
     df = pd.DataFrame(rows)
     keys = [base.monitor] + (["valid_cost"] if base.monitor != "valid_cost"
                              and "valid_cost" in df and df["valid_cost"].notna().any() else [])
-    df = df.sort_values(keys, ascending=[mode(base.monitor) == "min", True][:len(keys)],
+    df = df.sort_values(keys, ascending=[mode_of(base.monitor) == "min", True][:len(keys)],
                         kind="stable")
     df.to_csv(out_dir / "results.csv", index=False)
     df.to_parquet(out_dir / "results.parquet", index=False)

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 from ..config import TrainConfig
 from ..train.data import load_splits
-from .results import TrialRecorder, mode, pending, record_error, summarise, trial_dir
+from ..train.batches import steps_per_epoch
+from ..train.callbacks import mode_of
+from .results import TrialRecorder, pending, record_error, summarise, trial_dir
 from .space import apply
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _lane(config, base: TrainConfig, splits_ref, out_dir: str, queue):
         finals.append(_run_one(*item, base, splits, Path(out_dir)))
     key = base.monitor
     scored = [f for f in finals if key in f and "error" not in f]
-    pick = max if mode(key) == "max" else min
+    pick = max if mode_of(key) == "max" else min
     tune.report({"configurations": len(finals),
                  **(pick(scored, key=lambda f: f[key]) if scored else {})})
 
@@ -88,8 +89,8 @@ def cost(cfg: TrainConfig, n_train: int) -> float:
     """A relative estimate of a configuration's training time, used to hand out the
     longest trials first: steps x (a fixed per-step overhead, worth ~20k weights in
     NumPy calls, + the weights)."""
-    weights = sum(a * b for a, b in zip(cfg.layers[:-1], cfg.layers[1:]))
-    return cfg.epochs * math.ceil(n_train / cfg.batch_size) * (20_000 + weights)
+    return cfg.epochs * steps_per_epoch(n_train, cfg.batch_size) * \
+        (20_000 + cfg.network_spec().n_params)
 
 
 def _cost_of(base: TrainConfig, overrides: dict, n_train: int) -> float:
@@ -112,7 +113,7 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     left, so no slot idles while another still has a backlog and Tune's per-trial
     overhead is paid once per lane.  With it, each configuration is its own Tune trial
     and reports every epoch for the scheduler to act on."""
-    from ..parallel.ray_pool import start_ray, stop_ray
+    from ..parallel.session import start_ray, stop_ray
     out_dir, mirror = local_out(out, resume)
     todo = pending(trials, out_dir, resume)
     splits = splits or load_splits(base)
@@ -205,8 +206,7 @@ def _fit(base, todo, splits, out_dir, name, asha, resume):
     tuner = make(base, todo, splits, common, run_config, f"{storage}/{name}", resume)
     # Tune's own console output goes (its box counts lanes, not configurations): distnn
     # reports the search's progress itself (``Progress``)
-    with mock.patch.dict(os.environ, TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
-                         RAY_AIR_NEW_OUTPUT="0"):
+    with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", RAY_AIR_NEW_OUTPUT="0"):
         grid = tuner.fit()
     errors = [r.error for r in grid if r.error]
     if errors:
@@ -214,6 +214,21 @@ def _fit(base, todo, splits, out_dir, name, asha, resume):
                     "configurations that finished, and --resume-search runs the rest",
                     len(errors), errors[0])
     return grid
+
+
+@contextmanager
+def _environment(**values):
+    """The process's environment with ``values`` set, for the duration."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _asha_tuner(base, todo, splits, common, run_config, path, resume):
@@ -226,7 +241,7 @@ def _asha_tuner(base, todo, splits, common, run_config, path, resume):
     sched = tune.schedulers.ASHAScheduler(grace_period=max(1, base.epochs // 8))
     return tune.Tuner(
         trainable, param_space={"trial": tune.grid_search(todo)},
-        tune_config=tune.TuneConfig(metric=base.monitor, mode=mode(base.monitor),
+        tune_config=tune.TuneConfig(metric=base.monitor, mode=mode_of(base.monitor),
                                     scheduler=sched, reuse_actors=True),
         run_config=run_config)
 

@@ -10,8 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.augment import Augmenter
-from ..data.datasets import Split
+from ..data.splits import Split
 from ..data.splits import Normalizer
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Global mini-batches of an epoch of ``n`` examples (the last may be short)."""
+    return -(-n // batch_size)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

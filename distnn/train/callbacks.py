@@ -12,6 +12,11 @@ import time
 log = logging.getLogger(__name__)
 
 
+def mode_of(metric: str) -> str:
+    """"max" for an accuracy, "min" for a cost: which way a monitored metric improves."""
+    return "max" if metric.endswith("accuracy") else "min"
+
+
 class Callback:
     def on_train_begin(self, trainer) -> None:
         pass

@@ -17,6 +17,7 @@ from ..config import PLACEMENT_KEYS, TrainConfig, field_names, from_mapping
 from ..core import optim
 from ..io import checkpoint as ckpt
 from ..io import checkpoint_store as ckpt_store
+from ..io.layout import epoch_name
 from .callbacks import Callback, better
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class Checkpointing(Callback):
         """After a resume: the best checkpoint so far is kept from pruning as before."""
         names = set(ckpt.epochs_in(self.root))
         for logs in trainer.history:
-            self._track(logs, f"epoch-{logs['epoch']:04d}", names)
+            self._track(logs, epoch_name(logs["epoch"]), names)
 
     def _track(self, logs, name, names=None):
         v = logs.get(self.monitor) if self.monitor else None
@@ -197,7 +198,7 @@ class Checkpointing(Callback):
                 "randomness": {"seed": self.cfg.seed, "generator": "counter-based, keyed "
                                "by (seed, epoch, example index); no stateful RNG"},
                 **({"data": self.data} if self.data else {}), **scalars}
-        name = f"epoch-{epoch:04d}"
+        name = epoch_name(epoch)
         self._track(logs, name)
         best = self.best is not None and self.best[1] == name
         ckpt.save(self.root, name, tensors, slots, meta,
@@ -219,8 +220,8 @@ def resume(trainer, cfg, source) -> ckpt.Checkpoint:
     changes = check_config(c, cfg)
     check_data(c, trainer.data, cfg)
     state = checkpoint_to_state(c, trainer.net)
-    fresh = optim.build(trainer.cfg).state_dict()
-    state["optimizer"].update({k: v for k, v in fresh.items() if k not in ("name", "t", "slots")})
+    # the optimizer's hyperparameters are this run's (the checkpoint's, or overridden)
+    state["optimizer"].update(optim.hyperparameters(trainer.cfg))
     if c.meta["config"].get("compress", "none") != cfg.compress:
         state.pop("comm", None)   # --override compress: the new compressor starts afresh
     trainer.restore(state)
@@ -240,7 +241,7 @@ def epoch_state_loader(root, net):
     """A function epoch -> restore-state, reading ``root/epoch-NNNN`` (for early stopping
     after a resume, whose best epoch may be older than the resume point)."""
     def load(epoch):
-        return checkpoint_to_state(ckpt.load(Path(root) / f"epoch-{epoch:04d}"), net)
+        return checkpoint_to_state(ckpt.load(Path(root) / epoch_name(epoch)), net)
     return load
 
 

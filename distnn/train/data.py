@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.augment import Augmenter
-from ..data.datasets import Split, Splits
+from ..data.splits import Split, Splits
 from ..data.splits import Normalizer
 
 
@@ -28,6 +28,12 @@ class TrainingData:
     def parts(self) -> dict:
         """{"train"/"valid"/"test": (the split, as trained on / measured)}."""
         return {"train": self.train, "valid": self.splits.valid, "test": self.splits.test}
+
+    def worker_splits(self) -> tuple:
+        """What the workers are given: the training and validation splits, and the test
+        split when it is read on demand (else the trainer measures it)."""
+        test = self.splits.test
+        return self.train, self.splits.valid, None if isinstance(test, Split) else test
 
     def describe(self) -> dict:
         """Each split's rows (and, for files read on demand, which files and how they

@@ -19,10 +19,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..config import TrainConfig
-from ..core import optim, regularizers, schedules
-from ..core.network import Network
-from .batches import Batches, prefetch
+from ..core import regularizers
+from .batches import Batches, prefetch, steps_per_epoch
 from .evaluate import measure
+from .model import build_model
+from .records import load_state
 
 
 def digest(a: np.ndarray) -> str:
@@ -47,10 +48,10 @@ class Engine:
                  rank: int = 0, world: int = 1, background: bool = False,
                  test: Batches | None = None):
         self.cfg, self.rank, self.world, self.background = cfg, rank, world, background
-        self.net = net = Network.from_spec(cfg.network_spec())
-        self.optimizer = optim.build(cfg)
-        self.schedule = schedules.parse(cfg.schedule, cfg.lr, cfg.warmup)
-        self.penalty = regularizers.Penalty(net, cfg.l1, cfg.l2)
+        model = build_model(cfg)
+        self.net = net = model.net
+        self.optimizer, self.schedule, self.penalty = model.optimizer, model.schedule, \
+            model.penalty
         self.train, self.valid, self.test = train, valid, test
         self.n_train = train.total
         # the gradient and, after it, the batch's summed cost: one buffer to reduce
@@ -62,7 +63,9 @@ class Engine:
         self.scale_after = False
         self.clock = Clock()
         self.step_seconds = None   # the last epoch's mean step: sets the step deadline
-        if cfg.sync_batchnorm and cfg.workers > 1:   # also while fewer remain
+        # by the workers the run may have (cfg.workers), not those it has now (world):
+        # a replica made while fewer run takes part once more join (elastic growth)
+        if cfg.sync_batchnorm and cfg.workers > 1:
             net.sync_batchnorm(self._allreduce)
         #: collectives one step makes: the synchronised batch-norm all-reduces, the
         #: gradient reduction and the all-gather of the updated shards
@@ -113,9 +116,7 @@ class Engine:
         return state
 
     def set_state(self, state: dict) -> None:
-        self.net.params[...] = state["params"]
-        for k, v in self.net.named_buffers().items():
-            v[...] = state["buffers"][k]
+        load_state(self.net, state, average=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self._shard_optimizer_state()
@@ -165,7 +166,7 @@ class Engine:
         self._key = key
         t0 = time.perf_counter()
         if x is not None:
-            buf[-1] = net._loss_and_grad_sum(x, y, epoch=epoch, indices=idx,
+            buf[-1] = net.loss_and_grad_sum_(x, y, epoch=epoch, indices=idx,
                                              scale=self.grad_scale(b))
         else:
             buf[:] = 0.0
@@ -206,7 +207,7 @@ class Engine:
         sched, opt, cfg = self.schedule, self.optimizer, self.cfg
         sched.load_state_dict(schedule_state)
         n = self.n_train
-        steps = math.ceil(n / cfg.batch_size)
+        steps = steps_per_epoch(n, cfg.batch_size)
         every = max(1, steps // 200)
         warm = sched.warmup > 0 and epoch < sched.warmup
         opt.lr = sched(epoch)

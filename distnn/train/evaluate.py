@@ -8,7 +8,7 @@ from ..core.network import Network
 from ..data.splits import Normalizer
 from ..io import checkpoint as ckpt
 from .checkpointing import checkpoint_to_state, saved_config
-from .records import model_params
+from .records import load_state
 
 
 def load_model(path, average: bool = True, prefer: str = "best"
@@ -22,10 +22,7 @@ def load_model(path, average: bool = True, prefer: str = "best"
     c = ckpt.load(path, prefer)
     cfg = saved_config(c.meta, checkpoint_dir=None, logdir=None, metrics_out=None)
     net = Network.from_spec(cfg.network_spec())
-    state = checkpoint_to_state(c, net)
-    net.params[...] = model_params(state) if average else state["params"]
-    for k, v in net.named_buffers().items():
-        v[...] = state["buffers"][k]
+    load_state(net, checkpoint_to_state(c, net), average)
     if "input.pixel_max" in c.tensors:
         pixel_max = float(c.tensors["input.pixel_max"][0])
     else:           # checkpoints from before it was recorded
@@ -57,16 +54,10 @@ def cost_and_accuracy(net: Network, penalty, parts, n_train: int) -> tuple[float
     return loss / n + penalty.value(net.params, n_train), correct / n
 
 
-def evaluate_split(net: Network, norm: Normalizer, x, y) -> dict:
-    """Accuracy, mean cost, per-class accuracy and the confusion matrix
-    (rows: true class, columns: predicted)."""
-    from ..data.datasets import Split
-    return evaluate_chunks(net, norm, [Split(x, y)])
-
-
 def evaluate_chunks(net: Network, norm: Normalizer, chunks) -> dict:
-    """``evaluate_split`` of a split given a chunk (a ``Split``) at a time: a Parquet
-    split's row groups, never all in memory."""
+    """Accuracy, mean cost, per-class accuracy and the confusion matrix (rows: true
+    class, columns: predicted) of a split given a chunk (a ``Split``) at a time: a
+    Parquet split's row groups, never all in memory."""
     k = net.n_classes
     conf = np.zeros((k, k), np.int64)
     loss, n = 0.0, 0

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..io.files import write_text_atomic
+from ..io.store import write_text
 
 
 class DivergenceError(RuntimeError):
@@ -83,6 +83,28 @@ def model_params(state: dict) -> np.ndarray:
     return avg if avg is not None else state["params"]
 
 
+def load_state(net, state: dict, average: bool = True) -> None:
+    """Put a state's parameters (its ``--ema`` average, if it has one and ``average``)
+    and batch-norm buffers into ``net``."""
+    net.params[...] = model_params(state) if average else state["params"]
+    for k, v in net.named_buffers().items():
+        v[...] = state["buffers"][k]
+
+
+def memory() -> dict:
+    """{"rss": bytes resident now, "peak": the most resident so far} of this process
+    (Linux /proc; the peak from getrusage elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            kb = {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in f)
+                  if k in ("VmRSS", "VmHWM")}
+        return {"rss": kb["VmRSS"] * 1024, "peak": kb["VmHWM"] * 1024}
+    except (OSError, KeyError, ValueError):
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {"rss": peak, "peak": peak}
+
+
 def write_json(path, obj) -> None:
     """Write ``obj`` to ``path`` atomically (``io.files.OutputError`` if it cannot be)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
+    write_text(path, json.dumps(obj, indent=2, default=float) + "\n")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.datasets import Split
-from ..data.parquet import release_freed
+from ..data.splits import Split
+from ..data.parquet_files import release_freed
 from .batches import Batches, interleave, shard_bounds
 
 

@@ -227,4 +227,4 @@ def test_png_decode_needs_pillow_says_how_to_get_it(tmp_path, monkeypatch):
         return real(name, *a, **k)
     monkeypatch.setattr(builtins, "__import__", no_pil)
     with pytest.raises(DataError, match=r"pip install 'distnn\[images\]'"):
-        parquet._decode(io.BytesIO(b"x").getvalue(), "f.parquet", None)
+        parquet.decode_image(io.BytesIO(b"x").getvalue(), "f.parquet", None)

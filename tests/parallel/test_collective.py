@@ -130,7 +130,7 @@ def test_n_workers_reduce_to_the_one_process_gradient(opts, rng):
 
         def work(r):
             s = slice(r * 12 // world, (r + 1) * 12 // world)
-            nets[r]._loss_and_grad_sum(x[s], y[s], epoch=2, indices=idx[s], scale=1 / 12)
+            nets[r].loss_and_grad_sum_(x[s], y[s], epoch=2, indices=idx[s], scale=1 / 12)
             coll[r].allreduce_(0, nets[r].grads)
             return nets[r].grads.copy()
         got = run_threads([lambda r=r: work(r) for r in range(world)])
@@ -174,7 +174,7 @@ def test_synchronised_batchnorm_reduces_to_the_one_process_gradient(world, backe
             if sync:
                 nets[r].sync_batchnorm(allreduce)
             s = slice(r * 12 // world, (r + 1) * 12 // world)
-            nets[r]._loss_and_grad_sum(x[s], y[s], indices=np.arange(12)[s], scale=1 / 12)
+            nets[r].loss_and_grad_sum_(x[s], y[s], indices=np.arange(12)[s], scale=1 / 12)
             allreduce(nets[r].grads)
             return nets[r].grads.copy(), keys[r]
         try:
@@ -209,7 +209,7 @@ def test_a_worker_without_rows_still_takes_part_in_batchnorm_syncs(rng):
             keys[r] += 1
         nets[r].sync_batchnorm(allreduce)
         if r < 2:   # a batch of 2 over 3 workers: rank 2 has nothing
-            nets[r]._loss_and_grad_sum(x[r:r + 1], y[r:r + 1], scale=0.5)
+            nets[r].loss_and_grad_sum_(x[r:r + 1], y[r:r + 1], scale=0.5)
         else:
             nets[r].grads[:] = 0
             nets[r].sync_idle()

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from distnn.config import TrainConfig
-from distnn.data.datasets import Split, Splits
-from distnn.parallel.driver import Driver, train
-from distnn.parallel.ray_pool import WorkerFailure, check_address, start_ray
+from distnn.data.splits import Split, Splits
+from distnn.parallel.driver import train, trainer_for
+from distnn.parallel.session import check_address, start_ray
+from distnn.train.pool import WorkerFailure
 from distnn.train.callbacks import Callback
 from distnn.train.data import prepare
 
@@ -204,7 +205,7 @@ def test_worker_killed_between_epochs_is_replaced(ray_session, splits):
     """A death outside run_epoch (evaluation, state fetch) heals without losing state."""
     c = cfg(epochs=2)
     clean = train(c, splits)["network"].params
-    t = Driver(c, prepare(c, splits))
+    t = trainer_for(c, prepare(c, splits))
     try:
         t.fit(1)
         before = t.evaluate("valid")

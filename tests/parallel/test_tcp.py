@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from distnn.parallel.comm import BACKENDS, CollectiveAborted
-from distnn.parallel.comm import tcp
+from distnn.parallel.comm import links, tcp
 from tests.runs import run_threads
 
 
@@ -110,9 +110,9 @@ def test_a_peer_without_the_runs_secret_is_refused():
     wrong = {**spec, "secret": "00" * 32}
     listener, address = cls.listen(0, spec, "127.0.0.1")
     with pytest.raises(CollectiveAborted, match="did not connect in time|prove"):
-        run_threads([lambda: tcp.accept_member(listener, bytes.fromhex(spec["secret"]), 1,
+        run_threads([lambda: links.accept_member(listener, bytes.fromhex(spec["secret"]), 1,
                                         tcp.time.monotonic() + 2),
-              lambda: tcp.connect_member(address, bytes.fromhex(wrong["secret"]), 1,
+              lambda: links.connect_member(address, bytes.fromhex(wrong["secret"]), 1,
                                          tcp.time.monotonic() + 2)])
     listener.close()
 
@@ -132,8 +132,8 @@ def test_a_port_range_is_honoured():
     s.bind(("127.0.0.1", 0))
     free = s.getsockname()[1]
     s.close()
-    listener = tcp.open_listener("127.0.0.1", (free, free))
+    listener = links.open_listener("127.0.0.1", (free, free))
     assert listener.getsockname()[1] == free
     with pytest.raises(RuntimeError, match=f"no free port in --comm-ports {free}-{free}"):
-        tcp.open_listener("127.0.0.1", (free, free))
+        links.open_listener("127.0.0.1", (free, free))
     listener.close()

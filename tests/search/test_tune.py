@@ -108,7 +108,7 @@ def test_ties_go_to_the_lower_validation_cost(tmp_path):
         (d / "result.json").write_text(json.dumps(
             {"index": i, "overrides": {"lr": 0.1 * (i + 1)},
              "final": {"valid_accuracy": 0.9, "valid_cost": cost, "epoch": 0}}))
-    from distnn.data.datasets import Split
+    from distnn.data.splits import Split
     empty = Split(np.zeros((0, 4), np.uint8), np.zeros(0, np.int64))
     res = results.summarise(cfg, SimpleNamespace(test=empty), tmp_path)
     assert res["best"] == {"lr": 0.2} and list(res["table"]["valid_cost"]) == [0.2, 0.5, 0.9]
@@ -150,7 +150,7 @@ def test_search_records_a_diverging_trial_and_resumes_what_is_missing(tmp_path, 
 def test_a_trial_saves_the_normaliser_of_the_examples_it_trained_on(tmp_path, opts):
     """--standardize with --train-size or --merge-valid: the saved model's mean and std
     are those of the examples the trial trained on, not of the whole training split."""
-    from distnn.data.datasets import Split, Splits
+    from distnn.data.splits import Split, Splits
     from distnn.train.evaluate import load_model
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (300, 4, 4), dtype=np.uint8)

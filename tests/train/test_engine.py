@@ -5,7 +5,7 @@ import pytest
 
 import distnn
 from distnn.config import TrainConfig
-from distnn.data.datasets import Split, Splits
+from distnn.data.splits import Split, Splits
 from distnn.parallel.driver import train
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from .base import Group, node_of
 from .shm import SharedMemoryCollective, SharedMemoryFile
-from .tcp import TcpBackend, TcpRing, open_listener, small
+from .links import open_listener
+from .tcp import TcpBackend, TcpRing, small
 from .wire import RAW
 
 

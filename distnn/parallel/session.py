@@ -1,0 +1,185 @@
+"""The Ray session of a run: joining a cluster (its address and token checked first, so
+a mistake is one line, not Ray's retries) or starting a local Ray bound to 127.0.0.1 with
+a watchdog, stopping it, and waiting for a cluster that is still starting."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+
+from ..config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def check_address(address: str) -> None:
+    """Fail fast, with the address and what to do in the message, if HOST:PORT does not
+    answer as a Ray cluster's GCS, or refuses this machine's token (Ray's token
+    authentication) -- instead of Ray's 20 s of retries and a bare "Failed to connect"."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--address must be 'auto' or HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"cannot reach a Ray cluster at {address} ({e}); start one "
+                              "with 'ray start --head' or check the address") from None
+    _check_token(address)
+
+
+TOKEN_HINT = ("on the head run `ray get-auth-token`, then here `export RAY_AUTH_MODE=token "
+              "RAY_AUTH_TOKEN=<that token>` (or copy the head's ~/.ray/auth_token to this "
+              "machine's ~/.ray/auth_token)")
+
+
+def _check_token(address: str) -> None:
+    """Ask the GCS for its cluster ID with this machine's token, if it has one."""
+    import grpc
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    loader = AuthenticationTokenLoader.instance()
+    token = loader.get_raw_token(ignore_auth_mode=True) \
+        if loader.has_token(ignore_auth_mode=True) else None
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=10,
+                              metadata=[("authorization", f"Bearer {token}")] if token else None)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise ConnectionError(
+                    f"{address} does not answer as a Ray cluster ({e.code().name}: "
+                    f"{e.details()}); --address takes the head's GCS port (6379 unless "
+                    "`ray start --head --port` said otherwise), not the dashboard's") from None
+            what = "rejected this machine's token" if token else "requires a token (token " \
+                "authentication, Ray's default), and this machine has none"
+            raise ConnectionError(f"the Ray cluster at {address} {what}: {TOKEN_HINT}") from None
+    if token:
+        _token_mode()              # ray.init then sends it
+
+
+def _token_mode() -> None:
+    """RAY_AUTH_MODE=token for this process and those it starts, unless set otherwise."""
+    if os.environ.get("RAY_AUTH_MODE") is None:
+        from ray._raylet import Config
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")      # Ray caches the mode: re-read it (as ray.init does)
+
+
+def start_ray(address: str | None, workers: int, may_wait: bool = False,
+              worker_output: bool = True) -> bool:
+    """Join ``address`` (auto or HOST:PORT) or start a local Ray bound to 127.0.0.1.
+    Returns True if this call started Ray (and so should shut it down).  Too few CPUs
+    is an error at once, unless ``may_wait`` and the cluster was joined (it may still
+    be starting: see ``workers_to_start``).  ``worker_output``: show what Ray's worker
+    processes print (a search's lanes say nothing worth it: their trials are recorded)."""
+    import ray
+    if ray.is_initialized():
+        started = False
+    elif address:
+        if address != "auto":
+            check_address(address)
+        local = address.rpartition(":")[0] in ("127.0.0.1", "localhost")
+        with _loopback() if local else contextlib.nullcontext():
+            ray.init(address=address, logging_level=logging.WARNING,
+                     log_to_driver=worker_output)
+        started = False
+    else:
+        _start_local(worker_output)
+        started = True
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if workers > cpus and (started or not may_wait):
+        if started:
+            stop_ray()
+        raise ValueError(f"--workers {workers} needs {workers} CPUs but the Ray cluster has "
+                         f"{cpus:g}; use --workers {int(cpus)} or add nodes")
+    return started
+
+
+_reaper = None
+
+
+@contextlib.contextmanager
+def _loopback():
+    """Ray as on a machine whose only interface is loopback, for the duration: it
+    otherwise resolves 127.0.0.1 to the host's own address, binds its servers to all
+    interfaces, and cannot join a head that listens on 127.0.0.1.  (The switch is Ray's
+    "clusters disabled" setting, on by default on macOS; it is set in the environment
+    the processes Ray starts inherit, too.)"""
+    from ray._private import ray_constants
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(name)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[name] = "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved[1]
+
+
+def _start_local(worker_output: bool = True) -> None:
+    """A local Ray whose every process listens on 127.0.0.1 only, ignores the terminal's
+    Ctrl-C (the driver shuts it down in order), and is stopped by a watchdog if the
+    driver is killed.  SIGINT is blocked while Ray's processes are spawned: they inherit
+    the blocked mask across ``exec``, and a Ctrl-C pressed meanwhile reaches the driver
+    once it is unblocked."""
+    import ray
+    from . import reaper
+    global _reaper
+    _token_mode()      # Ray's default, said explicitly (Ray warns when it is implied)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with _loopback():
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                     _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+                     log_to_driver=worker_output)
+        _reaper = reaper.watch(os.getpid())
+    except BaseException:
+        ray.shutdown()
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)   # a Ctrl-C pressed meanwhile
+
+
+def stop_ray() -> None:
+    """Shut down the Ray that ``start_ray`` started, and its watchdog."""
+    import ray
+    global _reaper
+    ray.shutdown()
+    if _reaper is not None:
+        _reaper.terminate()
+        _reaper.wait()
+        _reaper = None
+
+
+def workers_to_start(cfg: TrainConfig) -> int:
+    """How many workers to start with on a joined cluster: all of --workers once it has
+    that many CPUs or, with --min-workers K, as soon as it has K (more join later, at
+    epoch boundaries).  A cluster still starting (an autoscaler adding nodes) is waited
+    for up to --replace-timeout, with a line every 10 s saying what is there."""
+    import ray
+    least = cfg.min_workers or cfg.workers
+    deadline, said = time.monotonic() + cfg.replace_timeout, 0.0
+    while True:
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus >= least:
+            return min(cpus, cfg.workers)
+        now = time.monotonic()
+        if now > deadline:
+            raise ValueError(f"--workers {cfg.workers} needs {least} CPUs to start but the "
+                             f"Ray cluster has {cpus} after {cfg.replace_timeout:g} s "
+                             f"(--replace-timeout); use --workers {max(cpus, 1)}, "
+                             "--min-workers K to start with fewer, or add nodes")
+        if now - said >= 10:
+            log.info("waiting for CPUs: the cluster has %d, %d needed to start (%d wanted)",
+                     cpus, least, cfg.workers)
+            said = now
+        time.sleep(1.0)

@@ -1,0 +1,133 @@
+"""A run's outputs, decided and claimed before any work: its checkpoint and log
+directories (locked, another run's refused), the metrics file (checked against every
+other output and input), the local stages of URI outputs and the checkpoint a resume
+reads; what is left of them when the run ends."""
+from __future__ import annotations
+
+import logging
+
+from ..config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+CONFIG_HEADER = "# the settings of this run: distnn train --config config.toml trains it again\n"
+
+
+def claim_outputs(cfg: TrainConfig, inputs: dict | None = None) -> list:
+    """Before any work: the checkpoint and log directories become this run's (locked;
+    another run's refused unless --resume continues the run they hold, or --overwrite;
+    for a URI, its local stage is locked and the URI checked), and the metrics file is
+    checked to be writable and to be no output directory's and no input's (``inputs``:
+    {what: path}, such as --config).  A run resuming from a URI downloads the checkpoint
+    into the stage.  Returns the locks to release at the end."""
+    from ..io import checkpoint as ckpt
+    from ..io import checkpoint_store as ckpt_store
+    from ..io import store
+    from ..io import tensorboard as tb
+    from ..io.files import check_targets, claim, write_text_atomic
+    from ..io.store import check_file_target
+    check_targets({"--checkpoint-dir": cfg.checkpoint_dir, "--logdir": cfg.logdir},
+                  {**(inputs or {}), "--resume": cfg.resumed if cfg.resume else None,
+                   "the dataset": _dataset_path(cfg)},
+                  ("--metrics-out", cfg.metrics_out) if cfg.metrics_out else None)
+    if cfg.metrics_out:
+        check_file_target(cfg.metrics_out, "--metrics-out")
+    locks = []
+    kinds = {cfg.checkpoint_dir: ("--checkpoint-dir", ckpt.used, ckpt.clear, ckpt_store.used_names,
+                                  ckpt_store.clear_remote),
+             cfg.logdir: ("--logdir", tb.used_events, tb.clear_events, tb.used_event_names,
+                          tb.clear_remote_events)}
+    try:
+        for d in (cfg.checkpoint_dir, cfg.logdir):
+            if not d:
+                continue
+            flag, used, clear, used_remote, clear_remote = kinds[d]
+            # checkpoints already there are this run's only when it resumes from them
+            ours = bool(cfg.resume) and (d != cfg.checkpoint_dir or _resumes_from(cfg))
+            how = dict(resume=ours, overwrite=cfg.overwrite)
+            if store.is_uri(d):
+                locks.append(store.claim_uri(d, flag, used=used_remote, clear=clear_remote,
+                                             **how))
+            else:
+                locks.append(claim(d, flag, used=used, clear=clear, **how))
+        if cfg.checkpoint_dir:
+            ckpt.clean_leftovers(store.local(cfg.checkpoint_dir))
+            if cfg.resume and store.is_uri(cfg.checkpoint_dir):
+                _fetch_resumed(cfg)
+        for d in (cfg.checkpoint_dir, cfg.logdir):
+            if d:        # the effective settings beside the run's outputs
+                own = store.local(d) / "config.toml"
+                if own.is_symlink() or (own.exists() and not own.read_text(
+                        errors="replace").startswith(CONFIG_HEADER)):
+                    raise ValueError(f"{d} holds a config.toml that distnn did not write; "
+                                     "it would be replaced by this run's settings: move it, "
+                                     "or give the run a directory of its own")
+                write_text_atomic(own, CONFIG_HEADER + cfg.replace(
+                    resume=None, override=(), overwrite=False).to_toml())
+    except BaseException:
+        release(locks)
+        raise
+    return locks
+
+
+def _resumes_from(cfg: TrainConfig) -> bool:
+    """Whether --resume names --checkpoint-dir or a checkpoint inside it (so what is
+    there is this run's), rather than another run's directory."""
+    from pathlib import Path
+
+    from ..io import store
+    src, d = str(cfg.resumed).rstrip("/"), str(cfg.checkpoint_dir).rstrip("/")
+    if store.is_uri(src) or store.is_uri(d):
+        return src == d or src.startswith(d + "/")
+    s, r = Path(src).resolve(), Path(d).resolve()
+    return s == r or r in s.parents
+
+
+def _dataset_path(cfg: TrainConfig) -> str | None:
+    """The local path the data are read from (to keep outputs off it), if any."""
+    from ..data.parquet import PREFIX
+    if cfg.dataset.startswith(PREFIX):
+        return cfg.dataset[len(PREFIX):]
+    return cfg.data_dir
+
+
+def resume_source(cfg: TrainConfig):
+    """What ``--resume`` loads: a path or URI, or for a checkpoint inside a URI
+    --checkpoint-dir, its copy in the stage (``_fetch_resumed``)."""
+    from ..io import store
+    src, d = cfg.resumed, cfg.checkpoint_dir
+    if d and store.is_uri(d) and store.is_uri(src) and \
+            (src.rstrip("/") + "/").startswith(d.rstrip("/") + "/"):
+        return store.local(d) / src.rstrip("/")[len(d.rstrip("/")):].lstrip("/")
+    return src
+
+
+def _fetch_resumed(cfg: TrainConfig) -> None:
+    """Download the checkpoint a run resumes into its URI checkpoint directory's stage,
+    known to the mirror as already there."""
+    from ..io import checkpoint_store as ckpt_store
+    from ..io import store
+    if isinstance(resume_source(cfg), str):
+        return     # resuming from elsewhere: read from there
+    _, files = ckpt_store.fetch(cfg.resumed, into=store.local(cfg.checkpoint_dir))
+    store.mirror(cfg.checkpoint_dir).know(files)
+
+
+def release(locks) -> None:
+    for lock in locks:
+        lock.release()
+
+
+def stages_done(cfg: TrainConfig, kept: bool) -> None:
+    """The local stages of URI outputs go with the run (their files are at the URI),
+    unless a copy there failed (they are then the only copy) or DISTNN_KEEP_STAGE."""
+    from ..io import store
+    for d in (cfg.checkpoint_dir, cfg.logdir):
+        if d and store.is_uri(d):
+            if kept:
+                log.error("what could not be copied to %s is in %s", d, store.local(d))
+            else:
+                store.remove_stage(d)
+
+
