@@ -295,4 +295,5 @@ def hyperparameters(hparams) -> dict:
 def build(hparams) -> Optimizer:
     """The optimizer ``hparams.optimizer`` with its ``hyperparameters(hparams)``, keeping
     the parameter average when ``hparams.ema`` > 0."""
-    return OPTIMIZERS[hparams.optimizer](**hyperparameters(hparams)).average(hparams.ema)
+    hyper = hyperparameters(hparams)       # (an unknown name is refused there)
+    return OPTIMIZERS[hparams.optimizer](**hyper).average(hparams.ema)

@@ -279,7 +279,7 @@ def _images(col, layout: Layout, where: str) -> np.ndarray:
                              offset=arr.offset * size).reshape(n, *layout.shape)
     values = numeric_column(arr.flatten())
     if values.size != n * size:
-        lengths = set(arr.value_lengths().tonumeric_column().tolist())
+        lengths = set(arr.value_lengths().to_numpy().tolist())
         raise DataError(f"{where}: images of mixed sizes ({sorted(lengths)[:5]} values); "
                         f"expected {size} each ({'x'.join(map(str, layout.shape))})")
     return _as_pixels(values, layout, where).reshape(n, *layout.shape)

@@ -121,10 +121,10 @@ def check_targets(outputs: dict, inputs: dict, metrics: tuple[str, str] | None) 
         if d and not is_uri(d) and _inside(target, Path(d)):
             raise ValueError(f"{flag} {target} is inside {other} {d}, which the run writes "
                              "as a directory of its own; put the metrics file elsewhere")
-    for what, p in inputs.items():
-        if p and not is_uri(p) and Path(p).exists() and (
-                _inside(target, Path(p)) if Path(p).is_dir() else
-                target.resolve() == Path(p).resolve()):
+    for what, p in inputs.items():       # an input, or a file in an input directory
+        if p and not is_uri(p) and Path(p).exists() and (target.exists() or not Path(
+                p).is_dir()) and (_inside(target, Path(p)) if Path(p).is_dir() else
+                                  target.resolve() == Path(p).resolve()):
             raise ValueError(f"{flag} {target} would overwrite {what} {p}, which this run "
                              "reads; give the metrics file a path of its own")
     if target.is_symlink() or (target.exists() and not target.is_file()):

@@ -25,7 +25,7 @@ from .worker import GuardedWorker, Refused
 log = logging.getLogger(__name__)
 
 STALL_SECONDS = 1.5   # after an abort, how long the other workers get to return
-FREED_SECONDS = 1.0   # how long the CPUs of killed workers get to show as free again
+FREED_SECONDS = 3.0   # how long the CPUs of killed workers get to show as free again
 POLL_SECONDS = 0.5    # how often the driver asks for an epoch's progress
 BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -281,7 +281,7 @@ class RayPool:
         when CPUs appear (``_grow``)."""
         for r in dead:
             self.ray.kill(self.workers[r], no_restart=True)
-        if not self._cpus_for(len(dead)):
+        if self._nodes_lost(dead) and not self._cpus_for(len(dead)):
             self._shrink(dead, epoch, f"no free CPU in the cluster for {len(dead)} "
                                       f"replacement worker(s) (a lost node and no spare "
                                       f"capacity; waited --replace-wait "
@@ -294,6 +294,17 @@ class RayPool:
             except Unplaced as e:
                 self._shrink(e.ranks, epoch, str(e))
         self.set_state(self.state)
+
+    def _nodes_lost(self, dead) -> bool:
+        """Whether ``dead`` may have gone with their nodes: each was alone on a node
+        that is not the driver's (a worker killed or stopped on a node that still runs
+        others gets its CPU back: its replacement is waited for), and someone is left
+        to go on with."""
+        alive = {self._at(r) for r in range(self.world) if r not in dead}
+        if not alive:
+            return False
+        here = self.ray.util.get_node_ip_address()
+        return all(self._at(r) not in alive | {here} for r in dead)
 
     def _cpus_for(self, n: int) -> bool:
         """Whether the cluster shows ``n`` free CPUs within FREED_SECONDS (killed

@@ -197,12 +197,12 @@ FLAG_VALUES = st.sampled_from(["0", "1", "-1", "2", "0.5", "1e300", "inf", "nan"
 @given(st.dictionaries(st.sampled_from(sorted(set(field_names()) - _SKIP)), FLAG_VALUES,
                        max_size=3))
 def test_any_train_flags_give_a_run_or_one_line(blob_dir, tmp_path, capsys, flags):
-    from distnn.cli.flags import BOOL_FLAGS
+    bools = {f for f, d in TrainConfig.__dataclass_fields__.items() if d.type == "bool"}
     argv = ["-q", "train", "--dataset", "idx", "--data-dir", str(blob_dir), "--layers",
             "64,8,4", "--epochs", "1", "--train-size", "200"]
     for k, v in flags.items():
         flag = "--" + k.replace("_", "-")
-        argv += [flag if v in ("1", "x") else "--no-" + flag[2:]] if k in BOOL_FLAGS \
+        argv += [flag if v in ("1", "x") else "--no-" + flag[2:]] if k in bools \
             else [f"{flag}={v}"]
     capsys.readouterr()
     try:

@@ -54,6 +54,20 @@ def _shm_files(pids):
             and f.split("-")[1] in {str(p) for p in pids}]
 
 
+def _mapped_shm(pids):
+    """The group files the workers have mapped: unlinked from /dev/shm once every member
+    mapped its file, so only the mappings show them (as deleted)."""
+    out = set()
+    for p in pids:
+        try:
+            maps = open(f"/proc/{p}/maps").read()
+        except OSError:
+            continue
+        out.update(line.split()[-2] for line in maps.splitlines()
+                   if "/dev/shm/distnn-" in line and line.endswith("(deleted)"))
+    return out
+
+
 def _listening(pids):
     """(address, process) of every listening TCP socket of ``pids``."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
@@ -83,7 +97,7 @@ def test_loopback_only_and_ctrl_c_stops_with_the_resume_command(blob_dir, tmp_pa
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     last = ckpt.load(ck).meta["epoch"]
-    assert err.rstrip().endswith(f"of 5000; the last checkpoint is {ck}/epoch-{last:04d}; "
+    assert err.rstrip().endswith(f"of 0..4999; the last checkpoint is {ck}/epoch-{last:04d}; "
                                  f"resume with: distnn train --resume {ck}"), err[-500:]
     assert _wait_gone(pids, 5) == ([], [])
 
@@ -93,7 +107,8 @@ def test_a_killed_drivers_ray_processes_and_shm_file_go_with_it(blob_dir, tmp_pa
     proc = _start(blob_dir, ck)
     _wait_for_checkpoint(proc, ck)
     pids = descendants(proc.pid)
-    assert _shm_files(pids)                      # the group file of this run's workers
+    # the group file of this run's workers: mapped, and already gone from /dev/shm
+    assert _mapped_shm(pids) and not _shm_files(pids)
     proc.send_signal(signal.SIGKILL)             # the driver alone
     proc.communicate()
     t0 = time.monotonic()

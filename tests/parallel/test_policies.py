@@ -48,7 +48,7 @@ class _Pool:
     _recover, _replace, _shrink, _cpus_for, _fault = (RayPool._recover, RayPool._replace,
                                                      RayPool._shrink, RayPool._cpus_for,
                                                      RayPool._fault)
-    _at, _named = RayPool._at, RayPool._named
+    _at, _named, _nodes_lost = RayPool._at, RayPool._named, RayPool._nodes_lost
 
     def __init__(self, failure, scaling, free_cpus):
         import types
@@ -57,7 +57,8 @@ class _Pool:
         self.actions = []
         self.ray = types.SimpleNamespace(
             kill=lambda w, no_restart: self.actions.append(("kill", w)),
-            available_resources=lambda: {"CPU": free_cpus})
+            available_resources=lambda: {"CPU": free_cpus},
+            util=types.SimpleNamespace(get_node_ip_address=lambda: "a"))
 
     def _spawn(self, rank):
         self.actions.append(("spawn", rank))
@@ -74,6 +75,7 @@ class _Pool:
 
 
 def test_a_pool_replaces_when_cpus_are_free_and_drops_when_none_are(monkeypatch):
+    """Worker 1, alone on node "b" (the driver is on "a"), is lost."""
     from distnn.parallel import ray_pool
     monkeypatch.setattr(ray_pool, "FREED_SECONDS", 0.0)
     p = _Pool(FailurePolicy(3), ScalingPolicy(2), free_cpus=1)
@@ -90,3 +92,9 @@ def test_a_pool_replaces_when_cpus_are_free_and_drops_when_none_are(monkeypatch)
     p = _Pool(FailurePolicy(0), ScalingPolicy(2), free_cpus=1)     # another policy
     with pytest.raises(RuntimeError, match="epoch 2 failed 1 times"):
         p._recover([1], epoch=2, failures=1)
+    # a worker stopped on the driver's own node: its CPU comes back, so it is replaced
+    # however long that takes (--replace-timeout), not dropped
+    p = _Pool(FailurePolicy(3), ScalingPolicy(2), free_cpus=0)
+    p._where = ["a", "a"]
+    p._recover([1], epoch=2, failures=1)
+    assert ("spawn", 1) in p.actions and p.world == 2
