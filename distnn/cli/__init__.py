@@ -24,9 +24,9 @@ def positive_int(text: str) -> int:
 
 
 def _search_args(p):
-    p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+    p.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
                    help="grid values, e.g. hidden=10,25,50 lr=0.05,0.1 l2=0.0001,0.001")
-    p.add_argument("--random", nargs="+", default=[], metavar="KEY=DIST",
+    p.add_argument("--random", nargs="+", action="extend", default=[], metavar="KEY=DIST",
                    help="random specs: lr=loguniform:1e-3:1 hidden=choice:30,100 "
                         "keep_prob=uniform:0.5:1 batch_size=randint:8:64")
     p.add_argument("--samples", type=positive_int, default=20, help="random trials to draw")
@@ -37,6 +37,13 @@ def _search_args(p):
     p.add_argument("--name", default="search", help="search name (resume uses it)")
     p.add_argument("--resume-search", action="store_true",
                    help="continue an interrupted search in --out")
+
+
+class Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default in its help, but not an unset one ("(default: None)")."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
@@ -94,8 +101,8 @@ def _add_gradcheck(sub) -> None:
     g = sub.add_parser("gradcheck", help="compare backprop with central differences",
                        description="Check every parameter's gradient of a network against "
                        "central differences in float64, on a random batch.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g.add_argument("--layers", type=parse_layers, default=(20, 15, 10),
+                       formatter_class=Defaults)
+    g.add_argument("--layers", type=parse_layers, default="20,15,10",
                    help="layer sizes of the network checked, input first")
     # the network's settings: train's flags, with their defaults and help
     from ..config import TrainConfig
@@ -122,7 +129,7 @@ def _add_data(sub) -> None:
     """``distnn data``."""
     from . import commands
     d = sub.add_parser("data", help="fetch, describe, preview or convert a dataset",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=Defaults)
     d.add_argument("action", choices=("fetch", "info", "preview", "convert"),
                    help="fetch: download/cache it; info: sizes, classes, pixel statistics; "
                         "preview: a PNG of augmented training images; convert: write it as "

@@ -153,8 +153,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
         shown = ",".join(map(str, default)) if name == "layers" else default
-        # a help text that says its own default (what None means) is not given another
-        help_ = HELP[name] if "default:" in HELP[name] else f"{HELP[name]} (default: {shown})"
+        # a help text that says its own default (what None means) is not given another;
+        # an unset default (None: "not given") is not shown
+        help_ = (HELP[name] if "default:" in HELP[name] or default is None
+                 else f"{HELP[name]} (default: {shown})")
         if name == "resume":
             p.add_argument(flag, dest=name, nargs="?", const="latest", default=None,
                            metavar="PATH", help=help_)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import pickle
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,8 @@ def idx_from_pickle(data: bytes, where: str) -> dict[str, bytes]:
         obj = safe_pickle.loads(gzip.decompress(data))
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{where}: truncated or corrupt gzip data ({e})") from None
+    except pickle.UnpicklingError as e:   # a refused class, or not a pickle at all
+        raise DataError(f"{where}: {e}") from None
     try:
         (xtr, ytr), (xva, yva), (xte, yte) = obj
     except (TypeError, ValueError):
