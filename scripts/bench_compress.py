@@ -6,6 +6,7 @@
     python scripts/bench_compress.py accuracy [--seeds 0,1,2] [--networks main,deep]
     python scripts/bench_compress.py peer [--hosts 2] [--rates 1gbit] [--ranks 1,2,4,8]
     python scripts/bench_compress.py time-to-accuracy [--target 0.98]
+    python scripts/bench_compress.py projection
     (each: [--write docs/BENCHMARKS.md])
 
 ``throughput``: for every link rate and number of hosts (one distnn worker each, on
@@ -19,11 +20,14 @@ run with no network).  Examples/s is the median over epochs 1..; where the time 
 step goes is each rank's own record (``history[].ranks``), averaged over ranks.
 ``accuracy``: test accuracy after 10 epochs, 2 workers on this node, per compressor and
 seed, for the main job and a deep network (784-1000-500-250-10).  ``peer``: PyTorch DDP
-(gloo) with its bf16 and PowerSGD comm hooks on the same simulated hosts, network,
-batches and rank (PyTorch is a benchmark peer only: ``pip install torch==2.13.0``).
+(gloo) with its fp16 and PowerSGD comm hooks on the same simulated hosts, network,
+batches and rank (its bf16 hook refuses anything but CUDA and NCCL; PyTorch is a
+benchmark peer only: ``pip install torch==2.13.0``).
 ``time-to-accuracy``: wall seconds of training until the test accuracy (measured off the
 clock, from each epoch's checkpoint) first reaches the target, 2 hosts at 1 Gbit/s vs
-one process.  Needs root (network namespaces) for all but ``accuracy``.
+one process.  ``projection``: on paper, from constants measured here, hosts of 32 cores
+at 10 and 25 Gbit/s.  Needs root (network namespaces) for ``throughput``, ``peer`` and
+``time-to-accuracy``.
 """
 from __future__ import annotations
 
@@ -209,8 +213,8 @@ def ddp_rank(args) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(784, 800), torch.nn.ReLU(),
                                 torch.nn.Linear(800, 10))
     ddp = torch.nn.parallel.DistributedDataParallel(model)
-    if args.hook == "bf16":
-        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    if args.hook == "fp16":    # (its bf16 hook needs CUDA and NCCL; this is the same bytes)
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
     elif args.hook.startswith("powersgd:"):
         state = powerSGD_hook.PowerSGDState(
             process_group=None, matrix_approximation_rank=int(args.hook.split(":")[1]),
@@ -237,12 +241,18 @@ def ddp_rank(args) -> None:
     dist.destroy_process_group()
 
 
-def peer(args) -> list[dict]:
+#: distnn's compressor beside each of DDP's comm hooks
+SAME = {"none": "none", "fp16": "bf16"}
+
+
+def peer(args, tmp: Path) -> list[dict]:
+    """DDP with each comm hook, and right after it distnn with the same compression
+    (bf16 for fp16: the same bytes), on the same simulated hosts."""
     rows = []
     for rate in args.rates.split(","):
         for hosts in (int(h) for h in args.hosts.split(",")):
-            with simcluster.SimCluster(hosts, 0, None if rate == "none" else rate) as c:
-                for hook in ["none", "bf16", *(f"powersgd:{r}" for r in args.ranks.split(","))]:
+            with simcluster.SimCluster(hosts, 1, None if rate == "none" else rate) as c:
+                for hook in ["none", "fp16", *(f"powersgd:{r}" for r in args.ranks.split(","))]:
                     env = {**c.env(), **ONE_THREAD, "MASTER_ADDR": c.ips[0],
                            "MASTER_PORT": "29511", "GLOO_SOCKET_IFNAME": "eth0"}
                     procs = [subprocess.Popen(
@@ -257,16 +267,25 @@ def peer(args) -> list[dict]:
                     if any(p.returncode for p in procs):
                         raise RuntimeError(f"DDP {hook} on {hosts} hosts failed")
                     got = json.loads(next(ln for ln in outs[0].splitlines() if ln.startswith("{")))
-                    row = {"rate": rate, "hosts": hosts, "hook": hook, **got}
+                    out = tmp / "peer.json"
+                    r = c.run(0, [*TRAIN, *MAIN, *_common(args), "--workers", str(hosts),
+                                  "--address", c.address, "--compress", SAME.get(hook, hook),
+                                  "--metrics-out", str(out)], cwd=ROOT, timeout=3600)
+                    if r.returncode:
+                        raise RuntimeError(r.stderr[-3000:])
+                    row = {"rate": rate, "hosts": hosts, "hook": hook, **got,
+                           "distnn": _rate(out)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     return rows
 
 
 def peer_table(rows) -> str:
-    return _bench.table(["link", "hosts", "DDP comm hook", "PyTorch DDP ex/s"],
-                        [[r["rate"], f"{r['hosts']} x 1", r["hook"], f"{r['ex_per_s']:,.0f}"]
-                         for r in rows])
+    return _bench.table(["link", "hosts", "DDP comm hook", "PyTorch DDP ex/s",
+                         "distnn --compress", "distnn ex/s", "distnn / DDP"],
+                        [[r["rate"], f"{r['hosts']} x 1", r["hook"], f"{r['ex_per_s']:,.0f}",
+                          SAME.get(r["hook"], r["hook"]), f"{r['distnn']:,.0f}",
+                          f"**{r['distnn'] / r['ex_per_s']:.2f}x**"] for r in rows])
 
 
 # -- time to accuracy ---------------------------------------------------------------------
@@ -316,10 +335,53 @@ def tta_table(rows, target) -> str:
          for r in rows])
 
 
+# -- on paper ---------------------------------------------------------------------------
+P_MAIN = 636_010                      # the main job's parameters
+
+
+def projection(args) -> str:
+    """Examples/s of N hosts of 32 cores, one worker each with 32 BLAS threads, a batch
+    of 256 a host, from the constants measured on this machine: a step's compute from
+    its FLOPs (6 per weight per example) at the sgemm rate ``--gflops`` per core and the
+    efficiency the core reaches at this shape; compression and the whole update as
+    measured for one worker (NumPy's element-wise passes use one core whatever the
+    host); the exact path's sharded update 1/N of its measured cost; a ring's time as
+    its bytes at the link's rate plus ``--latency-us`` a hop; one host: compute and the
+    whole update."""
+    B, cores = 256, 32
+    compute = 6 * P_MAIN * B / (cores * args.efficiency * args.gflops * 1e9)
+    small = args.powersgd_rank * (784 + 800 + 800 + 10) + 811      # P and Q, numbers
+    rows = []
+    for rate_name in ("1gbit", "10gbit", "25gbit"):
+        rate = RATES[rate_name] / 8
+        for n in (2, 4, 8, 16, 32, 64):
+            hop = args.latency_us * 1e-6
+            ring = lambda nbytes, k=n: 2 * (k - 1) / k * nbytes / rate + 2 * (k - 1) * hop
+            exact = compute + args.update_ms * 1e-3 / n + ring(4 * (P_MAIN + 1))
+            comp = compute + (args.compress_ms + args.update_ms) * 1e-3 + 2 * ring(4 * small / 2)
+            one = B / (compute * 1.0 + args.update_ms * 1e-3)
+            rows.append([rate_name, n, f"{n * B / exact:,.0f}", f"{n * B / comp:,.0f}",
+                         f"{n * B / exact / one:.1f}x", f"{n * B / comp / one:.1f}x",
+                         f"{1e3 * exact:.2f} / {1e3 * comp:.2f}"])
+    return _bench.table(["link", "hosts", "exact ex/s", f"powersgd:{args.powersgd_rank} ex/s",
+                         "exact vs one host", "compressed vs one host",
+                         "ms per step exact / compressed"], rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", choices=["throughput", "accuracy", "peer", "time-to-accuracy",
-                                    "ddp-rank"])
+                                    "projection", "ddp-rank"])
+    p.add_argument("--gflops", type=float, default=94.9, help="projection: sgemm per core")
+    p.add_argument("--efficiency", type=float, default=0.71,
+                   help="projection: the share of it a step reaches at this shape")
+    p.add_argument("--compress-ms", type=float, default=1.8,
+                   help="projection: PowerSGD's local work a step, measured")
+    p.add_argument("--update-ms", type=float, default=0.6,
+                   help="projection: the whole update a step, measured")
+    p.add_argument("--latency-us", type=float, default=50.0,
+                   help="projection: a ring hop's latency on a real network")
+    p.add_argument("--powersgd-rank", type=int, default=4, help="projection: PowerSGD's rank")
     p.add_argument("--hosts", default="2,4")
     p.add_argument("--rates", default="1gbit,10gbit")
     p.add_argument("--compress", default=None)
@@ -340,10 +402,18 @@ def main(argv=None) -> int:
     if args.mode == "ddp-rank":
         ddp_rank(args)
         return 0
+    if args.mode == "projection":
+        _bench.report("bench_compress_projection", "Gradient compression: on paper",
+                      "hosts of 32 cores, one worker each, 256 examples a host a step; "
+                      f"sgemm {args.gflops:g} GFLOP/s a core at {args.efficiency:.0%}, "
+                      f"compression {args.compress_ms:g} ms and the whole update "
+                      f"{args.update_ms:g} ms a step (measured here, one core), "
+                      f"{args.latency_us:g} us a ring hop", [projection(args)], args.write)
+        return 0
     if args.compress is None:
         args.compress = {"time-to-accuracy": "powersgd:4,none"}.get(
             args.mode, "none,bf16,powersgd:1,powersgd:2,powersgd:4,powersgd:8")
-    why = simcluster.available() if args.mode != "accuracy" else None
+    why = simcluster.available() if args.mode not in ("accuracy", "projection") else None
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
@@ -362,10 +432,11 @@ def main(argv=None) -> int:
                 "10 epochs, batch 128, 2 workers (shm), momentum 0.05; main = "
                 "784-800-10, deep = 784-1000-500-250-10, ReLU, He init")
         elif args.mode == "peer":
-            rows = peer(args)
+            rows = peer(args, tmp)
             lines, what = [peer_table(rows)], (
-                f"PyTorch DDP (gloo, one thread per rank), [784,800,10]@{args.batch_size}, "
-                f"{args.train_size} images, median over epochs 1..")
+                f"PyTorch DDP (gloo, one thread per rank) and distnn side by side, "
+                f"[784,800,10]@{args.batch_size}, {args.train_size} MNIST images, "
+                f"{args.epochs} epochs, median examples/s over epochs 1..")
         else:
             rows = time_to_accuracy(args, tmp)
             lines, what = [tta_table(rows, args.target)], (
