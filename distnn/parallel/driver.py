@@ -54,7 +54,8 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     try:
         if cfg.workers > 1:
             from .session import start_ray, workers_to_start
-            started = start_ray(cfg.address, cfg.workers, may_wait=True)
+            started = start_ray(cfg.address, cfg.workers, may_wait=True,
+                                threads=cfg.threads or 1)
         world = workers_to_start(cfg) if cfg.workers > 1 else 1
         pool = open_pool(run_cfg, data, cfg.network_spec().n_params + 1, world)
         trainer = Trainer(run_cfg, data, pool,

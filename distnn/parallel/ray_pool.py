@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 STALL_SECONDS = 1.5   # after an abort, how long the other workers get to return
 FREED_SECONDS = 3.0   # how long the CPUs of killed workers get to show as free again
 POLL_SECONDS = 0.5    # how often the driver asks for an epoch's progress
-BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class Unplaced(WorkerFailure):
@@ -65,8 +65,10 @@ class RayPool:
         self._refs = [ray.put(s) if isinstance(s, Split) else s
                       for s in data.worker_splits()]
         self._args = (cfg, data.normalizer)
-        self._actor = ray.remote(num_cpus=1, max_concurrency=4,
-                                 runtime_env={"env_vars": BLAS_ENV})(GuardedWorker)
+        # a worker takes one CPU per BLAS thread (--threads), and its BLAS no more
+        self.threads = cfg.threads or 1
+        self._actor = ray.remote(num_cpus=self.threads, max_concurrency=4, runtime_env={
+            "env_vars": dict.fromkeys(BLAS_VARS, str(self.threads))})(GuardedWorker)
         self.workers = [self._spawn(r) for r in range(self.world)]
         self.group, self.faults = None, []   # faults: what died and what was done
         self._last_epoch = None              # seconds of the last epoch: its deadline
@@ -307,11 +309,11 @@ class RayPool:
         return all(self._at(r) not in alive | {here} for r in dead)
 
     def _cpus_for(self, n: int) -> bool:
-        """Whether the cluster shows ``n`` free CPUs within FREED_SECONDS (killed
-        workers' CPUs come back) plus --replace-wait (capacity that may come)."""
+        """Whether the cluster shows free CPUs for ``n`` workers within FREED_SECONDS
+        (killed workers' CPUs come back) plus --replace-wait (capacity that may come)."""
         deadline = time.monotonic() + FREED_SECONDS + self.scaling.wait_for_cpus()
         while True:
-            if self.ray.available_resources().get("CPU", 0) >= n:
+            if self.ray.available_resources().get("CPU", 0) >= n * self.threads:
                 return True
             if time.monotonic() > deadline:
                 return False
@@ -340,7 +342,8 @@ class RayPool:
 
     def _grow(self, epoch) -> None:
         """At an epoch boundary, add workers up to --workers where CPUs are free."""
-        n = self.scaling.to_add(self.world, int(self.ray.available_resources().get("CPU", 0)))
+        n = self.scaling.to_add(self.world, int(self.ray.available_resources().get(
+            "CPU", 0)) // self.threads)
         if n <= 0:
             return
         old = self.world

@@ -71,12 +71,13 @@ def _token_mode() -> None:
 
 
 def start_ray(address: str | None, workers: int, may_wait: bool = False,
-              worker_output: bool = True) -> bool:
+              worker_output: bool = True, threads: int = 1) -> bool:
     """Join ``address`` (auto or HOST:PORT) or start a local Ray bound to 127.0.0.1.
     Returns True if this call started Ray (and so should shut it down).  Too few CPUs
     is an error at once, unless ``may_wait`` and the cluster was joined (it may still
     be starting: see ``workers_to_start``).  ``worker_output``: show what Ray's worker
-    processes print (a search's lanes say nothing worth it: their trials are recorded)."""
+    processes print (a search's lanes say nothing worth it: their trials are recorded).
+    Each worker takes ``threads`` CPUs."""
     import ray
     if ray.is_initialized():
         started = False
@@ -92,11 +93,13 @@ def start_ray(address: str | None, workers: int, may_wait: bool = False,
         _start_local(worker_output)
         started = True
     cpus = ray.cluster_resources().get("CPU", 0)
-    if workers > cpus and (started or not may_wait):
+    if workers * threads > cpus and (started or not may_wait):
         if started:
             stop_ray()
-        raise ValueError(f"--workers {workers} needs {workers} CPUs but the Ray cluster has "
-                         f"{cpus:g}; use --workers {int(cpus)} or add nodes")
+        per = f" x --threads {threads}" if threads > 1 else ""
+        raise ValueError(f"--workers {workers}{per} needs {workers * threads} CPUs but the "
+                         f"Ray cluster has {cpus:g}; use --workers "
+                         f"{max(int(cpus) // threads, 1)}{per} or add nodes")
     return started
 
 
@@ -166,20 +169,20 @@ def workers_to_start(cfg: TrainConfig) -> int:
     epoch boundaries).  A cluster still starting (an autoscaler adding nodes) is waited
     for up to --replace-timeout, with a line every 10 s saying what is there."""
     import ray
-    least = cfg.min_workers or cfg.workers
+    least, threads = cfg.min_workers or cfg.workers, cfg.threads or 1
     deadline, said = time.monotonic() + cfg.replace_timeout, 0.0
     while True:
         cpus = int(ray.cluster_resources().get("CPU", 0))
-        if cpus >= least:
-            return min(cpus, cfg.workers)
+        if cpus // threads >= least:
+            return min(cpus // threads, cfg.workers)
         now = time.monotonic()
         if now > deadline:
-            raise ValueError(f"--workers {cfg.workers} needs {least} CPUs to start but the "
-                             f"Ray cluster has {cpus} after {cfg.replace_timeout:g} s "
-                             f"(--replace-timeout); use --workers {max(cpus, 1)}, "
+            raise ValueError(f"--workers {cfg.workers} needs {least * threads} CPUs to start "
+                             f"but the Ray cluster has {cpus} after {cfg.replace_timeout:g} s "
+                             f"(--replace-timeout); use --workers {max(cpus // threads, 1)}, "
                              "--min-workers K to start with fewer, or add nodes")
         if now - said >= 10:
             log.info("waiting for CPUs: the cluster has %d, %d needed to start (%d wanted)",
-                     cpus, least, cfg.workers)
+                     cpus, least * threads, cfg.workers * threads)
             said = now
         time.sleep(1.0)

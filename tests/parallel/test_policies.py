@@ -49,6 +49,7 @@ class _Pool:
                                                      RayPool._shrink, RayPool._cpus_for,
                                                      RayPool._fault)
     _at, _named, _nodes_lost = RayPool._at, RayPool._named, RayPool._nodes_lost
+    threads = 1                  # CPUs a worker takes (--threads)
 
     def __init__(self, failure, scaling, free_cpus):
         import types
@@ -98,3 +99,8 @@ def test_a_pool_replaces_when_cpus_are_free_and_drops_when_none_are(monkeypatch)
     p._where = ["a", "a"]
     p._recover([1], epoch=2, failures=1)
     assert ("spawn", 1) in p.actions and p.world == 2
+    # a worker of --threads 2 takes two CPUs: one free CPU is not room for it
+    p = _Pool(FailurePolicy(3), ScalingPolicy(2), free_cpus=1)
+    p.threads = 2
+    p._recover([1], epoch=2, failures=1)
+    assert not any(a[0] == "spawn" for a in p.actions) and p.world == 1
