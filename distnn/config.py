@@ -68,11 +68,13 @@ class TrainConfig:
     # run
     seed: int = 0
     workers: int = 1
+    threads: int | None = None
     address: str | None = None
     allreduce: str = "auto"
     compress: str = "none"
     comm_ports: str | None = None
     comm_timeout: float = 60.0
+    bucket_mb: float = 0.0
     lr_scaling: str = "none"
     check_replicas: int = 0
     max_failures: int = 3
@@ -146,7 +148,7 @@ MONITORS = ("valid_accuracy", "valid_cost", "train_accuracy", "train_cost")
 # run may change them freely (``workers`` too, unless --lr-scaling linear ties the
 # learning rate to it); any other difference from the checkpoint needs --override KEY
 PLACEMENT_KEYS = frozenset({
-    "data_dir", "workers", "address", "allreduce", "comm_ports", "comm_timeout",
+    "data_dir", "workers", "threads", "address", "allreduce", "comm_ports", "comm_timeout", "bucket_mb",
     "check_replicas", "max_failures", "min_workers", "replace_timeout", "replace_wait",
     "monitor_train",
     "metrics_out", "checkpoint_dir", "keep_last", "resume", "logdir", "overwrite",
@@ -280,6 +282,8 @@ def _validate_run(c: TrainConfig) -> None:
         _require(getattr(c, name) != "", f"{name} is empty: give a path, or leave it out")
     _int_at_least("seed", c.seed, 0)
     _int_at_least("workers", c.workers, 1)
+    if c.threads is not None:
+        _int_at_least("threads", c.threads, 1)
     # the backend name is checked against the registry of backends (parallel.comm)
     # by the driver, before any work: the backends live above this module
     _require(isinstance(c.allreduce, str) and c.allreduce,
@@ -290,6 +294,9 @@ def _validate_run(c: TrainConfig) -> None:
              f"{c.compress!r}")
     parse_ports(c.comm_ports)
     _positive("comm_timeout", c.comm_timeout)
+    _require(isinstance(c.bucket_mb, (int, float)) and not isinstance(c.bucket_mb, bool)
+             and 0 <= c.bucket_mb < float("inf"), f"bucket_mb must be a number of megabytes "
+             f">= 0 (0: no overlap), got {c.bucket_mb!r}")
     _positive("replace_timeout", c.replace_timeout)
     # shorter waits cannot work: connecting a group and a first step take longer
     _require(c.comm_timeout >= 1, f"comm_timeout must be at least 1 second (a worker "

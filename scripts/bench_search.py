@@ -47,7 +47,7 @@ def parallel(base, trials, splits) -> dict:
 def sequential(base, trials, splits) -> dict:
     from distnn.parallel.driver import train
     t0 = time.perf_counter()
-    fit = 0.0
+    fit, best = 0.0, float("-inf")
     with tempfile.TemporaryDirectory() as out:
         for i, t in enumerate(trials):
             cfg = space.apply(base, t)
@@ -56,7 +56,7 @@ def sequential(base, trials, splits) -> dict:
             m = train(cfg, splits, progress=False, callbacks=[recorder])
             fit += time.perf_counter() - f0
             final = recorder.finish(m)
-            best = max(best, final["valid_accuracy"]) if i else final["valid_accuracy"]
+            best = max(best, final["valid_accuracy"])
     return {"wall": time.perf_counter() - t0, "train": fit, "best": best}
 
 

@@ -83,6 +83,12 @@ HELP = {
     "seed": "seed for initial weights, shuffling, dropout and augmentation",
     "workers": "number of data-parallel workers: 1 trains in this process, N >= 2 on Ray "
                "(--batch-size stays the global batch, split in N contiguous slices)",
+    "threads": "BLAS threads of each worker (each Ray worker takes that many CPUs; default: 1 for a Ray worker, NumPy's own choice for --workers 1, all cores)",
+    "bucket_mb": "overlap the all-reduce with backprop: all-reduce the gradient in buckets "
+                 "of about MB megabytes (whole layers, from the last back) as soon as "
+                 "backprop has finished them, every worker then updating everything (tcp, "
+                 "and hier with one worker a node; 0: off, the default: on 2 shared cores it "
+                 "measured slower, docs/BENCHMARKS.md)",
     "address": "Ray cluster to join: auto or HOST:PORT (default: start a local Ray on "
                "127.0.0.1 and stop it at the end)",
     "allreduce": "all-reduce backend: auto (shm on one node; on several, hier when each "
@@ -176,7 +182,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    "metrics_out": "FILE.json", "data_dir": "DIR", "checkpoint_dir": "DIR",
                    "comm_ports": "LO-HI", "label_column": "NAME",
                    "feature_columns": "A,B,C", "split_column": "NAME", "split": "T/V/T",
-                   "shard_memory": "MB", "data_shards": "S", "compress": "NAME[:ARG]",
+                   "shard_memory": "MB", "bucket_mb": "MB", "data_shards": "S", "compress": "NAME[:ARG]",
                    "logdir": "DIR"}.get(name, name.upper())
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_, metavar=metavar)
 

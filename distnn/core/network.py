@@ -242,10 +242,11 @@ class Network:
             x = layer.forward(x, train=train)
         return x  # z of the output layer (the last Dense output buffer)
 
-    def loss_and_grad_sum_(self, x, y, *, epoch=0, indices=None, scale=1.0):
+    def loss_and_grad_sum_(self, x, y, *, epoch=0, indices=None, scale=1.0, after=None):
         """Forward + backward without input checks (the trainer's hot path; checked
         batches from ``check_batch``).  Returns the summed cost; writes ``scale`` times
-        the summed gradient into ``self.grads``."""
+        the summed gradient into ``self.grads``.  ``after(layer)``, if given, is called
+        as soon as backprop has finished each layer (its gradient is final)."""
         with activations.quiet():
             z = self._forward(x, True, epoch, indices)
             last = self.layers[-1]
@@ -259,6 +260,8 @@ class Network:
             d = delta
             for layer in reversed(self.layers):
                 d = layer.backward(d)
+                if after is not None:
+                    after(layer)
                 if d is None:
                     break
         return loss

@@ -70,6 +70,7 @@ class Engine:
         #: collectives one step makes: the synchronised batch-norm all-reduces, the
         #: gradient reduction and the all-gather of the updated shards
         self.calls_per_step = 2 + net.syncs_per_step
+        self.overlap, self._uses_overlap = None, False    # see join
 
     # -- the group ----------------------------------------------------------------------
     def join(self, group) -> None:
@@ -79,13 +80,29 @@ class Engine:
         self.group = group
         # a compressor with state sees the mean gradient and scales what it returns
         self.scale_after = self.prescaled and not group.takes_scaled
+        self._overlap_with(group)
         P = self.net.params.size
-        lo, hi = self.shard = group.shard(P)
+        # overlapped, every replica has the whole reduced gradient: it updates everything
+        lo, hi = self.shard = (0, P) if self._uses_overlap else group.shard(P)
         # per-step constants: this replica's views, penalty and reduced ranges
         self._mine = self.net.params[lo:hi], self.net.grads[lo:hi]
         self._penalty = self.penalty if (lo, hi) == (0, P) else self.penalty.shard(lo, hi)
         self._parts = [(lo, hi), (P, P + 1)]
         self._shard_optimizer_state()
+
+    def _overlap_with(self, group) -> None:
+        """All-reduce the gradient in buckets while backprop runs (``train.overlap``)
+        where the group crosses links, --bucket-mb asks for it and there is more than
+        one bucket of weights."""
+        from .overlap import Overlap
+        want = group.overlaps and self.cfg.bucket_mb > 0 and not self.net.syncs_per_step \
+            and len(self.net.dense) > 1
+        if want and self.overlap is None:
+            self.overlap = Overlap(self.net, self.buf, self.cfg.bucket_mb * 2 ** 20)
+        if self.overlap is not None and (not want or self.overlap.n_buckets <= 2):
+            self.overlap.close()     # (two buckets: the weights at once, then the rest)
+            self.overlap = None
+        self._uses_overlap = want and self.overlap is not None
 
     def _allreduce(self, a: np.ndarray) -> None:
         c0 = time.perf_counter()
@@ -165,19 +182,23 @@ class Engine:
             self.clock
         self._key = key
         t0 = time.perf_counter()
-        if x is not None:
-            buf[-1] = net.loss_and_grad_sum_(x, y, epoch=epoch, indices=idx,
-                                             scale=self.grad_scale(b))
+        if self._uses_overlap:
+            self._overlapped(x, y, idx, b, epoch, key)
+            t1 = t0 + self._backprop_seconds
         else:
-            buf[:] = 0.0
-            if calls > 2:
-                net.sync_idle()
-        self._key = key + calls - 2
-        t1 = time.perf_counter()
-        if self.scale_after:
-            group.reduce_parts_(self._key, buf, self._parts, scale=-self.optimizer.lr)
-        else:
-            group.reduce_parts_(self._key, buf, self._parts)
+            if x is not None:
+                buf[-1] = net.loss_and_grad_sum_(x, y, epoch=epoch, indices=idx,
+                                                 scale=self.grad_scale(b))
+            else:
+                buf[:] = 0.0
+                if calls > 2:
+                    net.sync_idle()
+            self._key = key + calls - 2
+            t1 = time.perf_counter()
+            if self.scale_after:
+                group.reduce_parts_(self._key, buf, self._parts, scale=-self.optimizer.lr)
+            else:
+                group.reduce_parts_(self._key, buf, self._parts)
         t2 = time.perf_counter()
         clock.compute += t1 - t0
         clock.comm += t2 - t1
@@ -185,12 +206,31 @@ class Engine:
         if math.isfinite(loss):
             self.apply_update()
             t3 = time.perf_counter()
-            group.all_gather_(self._key + 1, net.params, *self.shard)
+            if not self._uses_overlap:     # (overlapped: nothing to gather)
+                group.all_gather_(self._key + 1, net.params, *self.shard)
             t4 = time.perf_counter()
             self.finish_step()
             clock.update += (t3 - t2) + (time.perf_counter() - t4)
             clock.comm += t4 - t3
         return loss
+
+    def _overlapped(self, x, y, idx, b: int, epoch: int, key: int) -> None:
+        """Forward and backward with the gradient's buckets reduced as backprop
+        finishes them; returns once the whole reduction is done (what ``reduce_parts_``
+        would have made, bit for bit).  ``_backprop_seconds``: the compute part."""
+        ov, t0 = self.overlap, time.perf_counter()
+        self._key = key + self.calls_per_step - 2
+        ov.start(self.group, self._key, self.cfg.comm_timeout)
+        if x is not None:
+            self.buf[-1] = self.net.loss_and_grad_sum_(x, y, epoch=epoch, indices=idx,
+                                                       scale=self.grad_scale(b),
+                                                       after=ov.layer_done)
+            self._backprop_seconds = time.perf_counter() - t0
+            ov.finish()
+        else:
+            self.buf[:] = 0.0
+            self._backprop_seconds = time.perf_counter() - t0
+            ov.all_at_once()
 
     # -- one epoch -----------------------------------------------------------------------
     def _slices(self, order: np.ndarray):

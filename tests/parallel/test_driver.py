@@ -151,13 +151,17 @@ class KillWorker(Callback):
         self.killed.append(pid)     # only once it was really killed
 
 
-@pytest.mark.parametrize("backend,compress", [("shm", "none"), ("ring", "none"),
-                                              ("tcp", "none"), ("tcp", "powersgd:2")])
-def test_killed_worker_costs_time_not_the_result(ray_session, splits, backend, compress):
+@pytest.mark.parametrize("backend,compress,extra", [
+    ("shm", "none", {}), ("ring", "none", {}), ("tcp", "none", {}),
+    ("tcp", "powersgd:2", {}),
+    # the all-reduce overlapped with backprop, a bucket per layer: the kill lands in it
+    ("tcp", "none", dict(layers=(64, 32, 16, 4), bucket_mb=1e-6))])
+def test_killed_worker_costs_time_not_the_result(ray_session, splits, backend, compress,
+                                                 extra):
     # batches of 2: an epoch takes long enough for the kill to land inside epoch 1; a
     # compressed run's replay starts from the errors and Q of the epoch's start
     c = cfg(allreduce=backend, check_replicas=10, epochs=3, keep_prob=0.9, batch_size=2,
-            lr=0.02, compress=compress)
+            lr=0.02, compress=compress, **extra)
     clean = train(c, splits)["network"].params
     killer = KillWorker()
     faulted = train(c, splits, callbacks=[killer])
@@ -195,6 +199,36 @@ def test_a_global_batch_that_does_not_divide_reproduces_one_process(ray_session,
     one = train(cfg(batch_size=21, dtype="float64", workers=1), splits, progress=False)
     np.testing.assert_allclose(two["network"].params, one["network"].params, rtol=1e-9,
                                atol=1e-12)
+
+
+def test_the_all_reduce_overlapped_with_backprop_gives_the_same_bits(ray_session, splits):
+    """--bucket-mb: tcp all-reduces each layer's gradient as soon as backprop has it
+    and every worker applies the whole update; with 2 workers the parameters are those
+    of the same run reduced at once (sharded update, all-gather) bit for bit, and of one
+    process up to rounding."""
+    c = cfg(allreduce="tcp", layers=(64, 48, 32, 16, 4), batch_size=21, epochs=2,
+            optimizer="adam", lr=0.01, l2=1.0, ema=0.5, keep_prob=0.9, dtype="float64")
+    at_once = train(c.replace(bucket_mb=0.0), splits)["network"].params
+    for cap in (1e-6, 0.01):          # a bucket per layer; a few layers a bucket
+        overlapped = train(c.replace(bucket_mb=cap), splits)["network"].params
+        np.testing.assert_array_equal(overlapped, at_once)
+    one = train_one(c.replace(workers=1), splits)["network"].params
+    np.testing.assert_allclose(at_once, one, rtol=1e-9, atol=1e-12)
+
+
+def test_threads_are_each_workers_blas_threads_and_cpus(ray_session, splits):
+    """--threads K: K BLAS threads in each worker (in this process or a Ray actor), K
+    CPUs taken by each Ray worker, the same result; the metrics say how many."""
+    one = train(cfg(workers=1, threads=1), splits, progress=False)
+    two = train(cfg(threads=1), splits)
+    assert one["blas_threads"] == [1] and two["blas_threads"] == [1, 1]
+    np.testing.assert_allclose(two["network"].params, one["network"].params,
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"needs 4 CPUs to start but the Ray cluster has 2 "
+                                         r"after 1 s \(--replace-timeout\); use --workers 1"):
+        train(cfg(threads=2, replace_timeout=1.0), splits)
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
+        cfg(threads=0)
 
 
 def test_start_ray_joins_a_running_session(ray_session):

@@ -49,6 +49,9 @@ class Group:
     #: -lr.  A group for which it is False (a compressor with error feedback) is given
     #: the mean gradient and ``reduce_parts_(..., scale=s)``: the result times s.
     takes_scaled = True
+    #: reducing the gradient span by span while backprop still computes the rest
+    #: (``reduce_span_``) can hide communication: the group crosses links
+    overlaps = False
 
     @property
     def stats(self) -> dict:
@@ -65,6 +68,13 @@ class Group:
         """Sum ``buf[lo:hi]`` over the group for each (lo, hi) in ``parts`` (at least;
         other entries may be left as they are or summed too)."""
         self.allreduce_(step, buf)
+
+    def reduce_span_(self, step: int, buf: np.ndarray, lo: int, hi: int,
+                     tail: bool) -> None:
+        """Where ``overlaps``: ``buf[lo:hi]`` (and with ``tail``, the cost ``buf[hi]``,
+        hi being the gradient's end) summed over the group on every member, collective
+        ``step`` of several (one per span) that together reduce the whole gradient."""
+        self.allreduce_(step, buf[lo:hi + tail], tail=int(tail))
 
     def all_gather_(self, step: int, vec: np.ndarray, lo: int, hi: int) -> None:
         """Give every member every other member's ``vec[shard]`` (nothing to do when

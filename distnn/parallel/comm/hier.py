@@ -19,7 +19,7 @@ from __future__ import annotations
 from .base import Group, node_of
 from .shm import SharedMemoryCollective, SharedMemoryFile
 from .links import open_listener
-from .tcp import TcpBackend, TcpRing, small
+from .tcp import TcpBackend, TcpRing, ring_allreduce_
 from .wire import RAW
 
 
@@ -31,6 +31,9 @@ class HierarchicalGroup(Group):
 
     def __init__(self, local: SharedMemoryCollective, ring: TcpRing):
         self.local, self.ring = local, ring
+        # one worker per node: the ring is everything, and goes span by span as tcp's
+        # does (with more, the node's shared-memory sums would need a key per span)
+        self.overlaps = local.world == 1
 
     @property
     def stats(self):
@@ -51,11 +54,7 @@ class HierarchicalGroup(Group):
         n = buf.size - tail
         a, b = self._local_shard(n)
         self.local.reduce_parts_(2 * step, buf, [(a, b), (n, buf.size)])
-        if small(self.ring.n, (b - a + tail) * buf.itemsize):
-            self.ring.gather_sum_(step, buf[a:b], buf[n:], wire)
-        else:
-            self.ring.reduce_scatter_(step, buf[a:b], buf[n:], wire)
-            self.ring.all_gather_(step, buf[a:b], wire)
+        ring_allreduce_(self.ring, step, buf[a:b], buf[n:], wire)
         self.local.all_gather_(2 * step + 1, buf[:n], a, b)
 
     def reduce_parts_(self, step, buf, parts):
@@ -63,6 +62,11 @@ class HierarchicalGroup(Group):
         a, b = self._local_shard(P)
         self.local.reduce_parts_(2 * step, buf, [(a, b), (P, end)])
         self.ring.reduce_scatter_(step, buf[a:b], buf[P:end])
+
+    def reduce_span_(self, step, buf, lo, hi, tail):
+        if not self.overlaps:
+            raise NotImplementedError("hier reduces spans with one worker per node only")
+        ring_allreduce_(self.ring, step, buf[lo:hi], buf[hi:hi + tail], pipelined=True)
 
     def all_gather_(self, step, vec, lo, hi):
         a, b = self._local_shard(vec.size)

@@ -310,6 +310,20 @@ def small(n: int, nbytes: int) -> bool:
     return n == 2 or (n - 1) * nbytes <= SMALL_BYTES
 
 
+def ring_allreduce_(ring: TcpRing, step: int, v, tail, wire=RAW,
+                    pipelined: bool = False) -> None:
+    """``v`` and ``tail`` summed over ``ring`` on every member: whole buffers passed
+    round it when small (``small``), else a reduce-scatter and an all-gather, whose
+    pieces' sums overlap their transfer (``pipelined``: so whatever the members, unless
+    the buffer is too small for bytes to matter)."""
+    nbytes = v.nbytes + tail.nbytes
+    if nbytes <= SMALL_BYTES if pipelined else small(ring.n, nbytes):
+        ring.gather_sum_(step, v, tail, wire)
+    else:
+        ring.reduce_scatter_(step, v, tail, wire)
+        ring.all_gather_(step, v, wire)
+
+
 def ring_order(nodes) -> list[int]:
     """Ranks in ring order: node by node, so a flat ring crosses each link once."""
     return [r for ranks in nodes for r in ranks]
@@ -318,9 +332,14 @@ def ring_order(nodes) -> list[int]:
 class TcpGroup(Group):
     """A flat ring over every worker, ordered by node; the update is sharded: each
     worker updates the chunk it owns after the reduce-scatter (1/N of the parameters)
-    and keeps the optimizer state of that chunk only."""
+    and keeps the optimizer state of that chunk only.  Overlapped with backprop, each
+    span of the gradient is all-reduced on its own (``reduce_span_``)."""
 
     name = "tcp"
+    overlaps = True
+
+    def reduce_span_(self, step, buf, lo, hi, tail):
+        ring_allreduce_(self.ring, step, buf[lo:hi], buf[hi:hi + tail], pipelined=True)
 
     def __init__(self, ring: TcpRing):
         self.ring = ring
@@ -334,11 +353,7 @@ class TcpGroup(Group):
 
     def allreduce_(self, step, buf, wire=RAW, tail=0):
         n = buf.size - tail
-        if small(self.ring.n, buf.nbytes):
-            self.ring.gather_sum_(step, buf[:n], buf[n:], wire)
-            return
-        self.ring.reduce_scatter_(step, buf[:n], buf[n:], wire)
-        self.ring.all_gather_(step, buf[:n], wire)
+        ring_allreduce_(self.ring, step, buf[:n], buf[n:], wire)
 
     def reduce_parts_(self, step, buf, parts):
         (lo, hi), (P, _) = parts

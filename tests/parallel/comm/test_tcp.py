@@ -137,3 +137,44 @@ def test_a_port_range_is_honoured():
     with pytest.raises(RuntimeError, match=f"no free port in --comm-ports {free}-{free}"):
         links.open_listener("127.0.0.1", (free, free))
     listener.close()
+
+
+@pytest.mark.parametrize("name,nodes", [("tcp", [[0], [1]]), ("tcp", [[0], [1], [2]]),
+                                        ("tcp", [[0, 1], [2, 3]]), ("hier", [[0], [1], [2]])])
+def test_a_gradient_reduced_span_by_span_is_the_whole_sum_on_every_member(name, nodes, rng,
+                                                                         monkeypatch):
+    """reduce_span_ over spans that tile the gradient, in the order backprop finishes
+    them (last first) and at odd places: every member ends with the same bits, the sum
+    of the whole reduction at once (bit for bit with two members, whose sums are the
+    same two numbers; to rounding with more), the cost riding with the last span."""
+    monkeypatch.setattr(tcp, "PIECE", 4096)
+    P = 20011
+    groups = make_groups(name, nodes, P + 1)
+    assert all(g.overlaps for g in groups)
+    try:
+        for step, cuts in enumerate([[0, 7, 9000, 9001, 15000, P], [0, P], [0, 1, P]]):
+            bufs = [rng.standard_normal(P + 1).astype(np.float32) for _ in groups]
+            whole = [b.copy() for b in bufs]
+            run_threads([lambda g=g, b=b: g.allreduce_(2 * step, b) for g, b in zip(groups, whole)])
+            spans = list(zip(cuts[:-1], cuts[1:]))[::-1]
+
+            def by_spans(g, b):
+                for lo, hi in spans:
+                    g.reduce_span_(2 * step + 1, b, lo, hi, tail=hi == P)
+            run_threads([lambda g=g, b=b: by_spans(g, b) for g, b in zip(groups, bufs)])
+            for b in bufs:
+                np.testing.assert_array_equal(b, bufs[0])
+            if len(groups) == 2:
+                np.testing.assert_array_equal(bufs[0], whole[0])
+            else:
+                np.testing.assert_allclose(bufs[0], whole[0], rtol=1e-5, atol=1e-5)
+    finally:
+        [g.close() for g in groups]
+
+
+def test_hier_with_several_workers_a_node_does_not_overlap():
+    groups = make_groups("hier", [[0, 1], [2, 3]], 101)
+    try:
+        assert not any(g.overlaps for g in groups)
+    finally:
+        [g.close() for g in groups]
