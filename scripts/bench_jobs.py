@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,17 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--write", metavar="BENCHMARKS.md")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from tests.parallel.test_cluster import _free_port, _kill_session
+    from tests.parallel.test_cluster import _kill_session, token_head
     bindir = Path(sys.executable).parent
-    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")
-    token = Path(temp) / "token"
-    token.write_text(os.urandom(16).hex())
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bindir}:{os.environ['PATH']}",
-           "RAY_TMPDIR": temp, "RAY_AUTH_TOKEN_PATH": str(token)}
-    gcs, dash = _free_port(), _free_port()
-    agents = [f"--{flag}={_free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "metrics-export-port")]
+    temp, env, gcs, dash, agents = token_head(bindir)
     rows = []
     try:
         subprocess.run([str(bindir / "ray"), "start", "--head", f"--port={gcs}",

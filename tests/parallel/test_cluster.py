@@ -35,6 +35,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def token_head(bindir: Path):
+    """What a token-auth Ray head of its own needs: (its temp directory, the environment
+    for the ray CLI, the GCS and dashboard ports, the agents' port flags)."""
+    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")   # short: Ray's socket paths are limited
+    token = Path(temp) / "token"           # this head's own, not the machine's ~/.ray one
+    token.write_text(os.urandom(16).hex())
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bindir}:{os.environ['PATH']}",
+           "RAY_TMPDIR": temp, "RAY_AUTH_TOKEN_PATH": str(token)}
+    # free ports for every agent too, so another Ray on this machine cannot clash with it
+    agents = [f"--{flag}={_free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port")]
+    return temp, env, _free_port(), _free_port(), agents
+
+
 def _kill_session(marker: str):
     """Stop every process whose command line or environment mentions ``marker`` (our
     --temp-dir / RAY_TMPDIR), and their descendants (Ray's agents rename themselves
@@ -77,16 +92,7 @@ def test_ray_job_submit_with_token_auth(idx_dir):
     ray_cli = bindir / "ray"
     if not ray_cli.exists():
         pytest.skip("the ray CLI is not installed next to this Python")
-    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")   # short: Ray's socket paths are limited
-    token = Path(temp) / "token"           # this head's own, not the machine's ~/.ray one
-    token.write_text(os.urandom(16).hex())
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bindir}:{os.environ['PATH']}",
-           "RAY_TMPDIR": temp, "RAY_AUTH_TOKEN_PATH": str(token)}
-    gcs, dash = _free_port(), _free_port()
-    # free ports for every agent too, so another Ray on this machine cannot clash with it
-    agents = [f"--{flag}={_free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "metrics-export-port")]
+    temp, env, gcs, dash, agents = token_head(bindir)
     try:
         subprocess.run([str(ray_cli), "start", "--head", f"--port={gcs}", "--num-cpus=2",
                         f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
