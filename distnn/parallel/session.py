@@ -97,9 +97,11 @@ def start_ray(address: str | None, workers: int, may_wait: bool = False,
         if started:
             stop_ray()
         per = f" x --threads {threads}" if threads > 1 else ""
+        fit = int(cpus) // threads          # workers of --threads that fit, if any
+        use = (f"--workers {fit}" + (f" --threads {threads}" if threads > 1 else "")
+               if fit else f"--workers 1 --threads {max(int(cpus), 1)}")
         raise ValueError(f"--workers {workers}{per} needs {workers * threads} CPUs but the "
-                         f"Ray cluster has {cpus:g}; use --workers "
-                         f"{max(int(cpus) // threads, 1)}{per} or add nodes")
+                         f"Ray cluster has {cpus:g}; use {use} or add nodes")
     return started
 
 
