@@ -103,3 +103,13 @@ def test_min_workers_must_not_exceed_workers(digits_dir, capsys):
     rc = cli.main(["train", "--dataset", "idx", "--data-dir", str(digits_dir),
                    "--layers", "64,10,10", "--workers", "2", "--min-workers", "3"])
     assert rc == 2 and "min_workers 3 must not exceed workers 2" in capsys.readouterr().err
+
+
+def test_python_dash_m_distnn_is_the_command():
+    import subprocess
+    import sys
+    from distnn import __version__
+    for module in ("distnn", "distnn.cli"):
+        r = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and __version__ in r.stdout + r.stderr, (module, r.stderr)
