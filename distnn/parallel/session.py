@@ -96,13 +96,23 @@ def start_ray(address: str | None, workers: int, may_wait: bool = False,
     if workers * threads > cpus and (started or not may_wait):
         if started:
             stop_ray()
-        per = f" x --threads {threads}" if threads > 1 else ""
-        fit = int(cpus) // threads          # workers of --threads that fit, if any
-        use = (f"--workers {fit}" + (f" --threads {threads}" if threads > 1 else "")
-               if fit else f"--workers 1 --threads {max(int(cpus), 1)}")
-        raise ValueError(f"--workers {workers}{per} needs {workers * threads} CPUs but the "
-                         f"Ray cluster has {cpus:g}; use {use} or add nodes")
+        raise ValueError(f"{_asked(workers, threads)} needs {workers * threads} CPUs but the "
+                         f"Ray cluster has {cpus:g}; use {_fitting(cpus, threads)} or add "
+                         "nodes")
     return started
+
+
+def _asked(workers: int, threads: int) -> str:
+    return f"--workers {workers}" + (f" x --threads {threads}" if threads > 1 else "")
+
+
+def _fitting(cpus: float, threads: int) -> str:
+    """The flags of what fits in ``cpus`` CPUs: as many workers of --threads as fit, or
+    one worker of as many threads as there are CPUs."""
+    fit = int(cpus) // threads
+    if not fit:
+        return f"--workers 1 --threads {max(int(cpus), 1)}"
+    return f"--workers {fit}" + (f" --threads {threads}" if threads > 1 else "")
 
 
 _reaper = None
@@ -179,10 +189,11 @@ def workers_to_start(cfg: TrainConfig) -> int:
             return min(cpus // threads, cfg.workers)
         now = time.monotonic()
         if now > deadline:
-            raise ValueError(f"--workers {cfg.workers} needs {least * threads} CPUs to start "
-                             f"but the Ray cluster has {cpus} after {cfg.replace_timeout:g} s "
-                             f"(--replace-timeout); use --workers {max(cpus // threads, 1)}, "
-                             "--min-workers K to start with fewer, or add nodes")
+            raise ValueError(f"{_asked(cfg.workers, threads)} needs {least * threads} CPUs "
+                             f"to start but the Ray cluster has {cpus} after "
+                             f"{cfg.replace_timeout:g} s (--replace-timeout); use "
+                             f"{_fitting(cpus, threads)}, --min-workers K to start with fewer, "
+                             "or add nodes")
         if now - said >= 10:
             log.info("waiting for CPUs: the cluster has %d, %d needed to start (%d wanted)",
                      cpus, least * threads, cfg.workers * threads)

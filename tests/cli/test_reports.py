@@ -75,9 +75,10 @@ def test_repeated_grid_flags_add_up(tmp_path, capsys):
     # (shared memory, the one-node default, listens on no port: a range matters to tcp)
     (["--workers", "2", "--allreduce", "tcp", "--comm-ports", "29500-29500"],
      ["--comm-ports 29500-29500 has 1 port(s)"]),
-    # threads take CPUs: more than any machine has
-    (["--workers", "2", "--threads", "4096"],
-     ["--workers 2 x --threads 4096 needs 8192 CPUs but the Ray cluster has",
+    # threads take CPUs: more than any machine has (a Ray this process already joined,
+    # as in the whole suite, is waited for up to --replace-timeout: it may be starting)
+    (["--workers", "2", "--threads", "4096", "--replace-timeout", "1"],
+     ["--workers 2 x --threads 4096 needs 8192 CPUs", "the Ray cluster has",
       "; use --workers 1 --threads "]),
 ])
 def test_values_that_cannot_work_are_refused_before_training(blob_dir, tmp_path, capsys,
