@@ -110,15 +110,15 @@ def ddp_rate(batch, n, world=2):
     return rate
 
 
-def _solo_worker(batch, n, epochs, start, q):
+def _solo_worker(config, n, epochs, start, q):
     """The one-process training step (Engine.step in a group of one, float data ready)
-    on ``batch``."""
+    of ``config`` (its batch size)."""
     from distnn.data.splits import Split
     rng = np.random.default_rng(0)
     x = rng.random((n, 784), dtype=np.float32)
     y = rng.integers(0, 10, n)
-    engine = _bench.one_worker(cfg(1, batch, epochs),
-                               Split(np.zeros((n, 28, 28), np.uint8), y))
+    batch = config.batch_size
+    engine = _bench.one_worker(config, Split(np.zeros((n, 28, 28), np.uint8), y))
     start.wait()
     rates, key = [], 0
     for _ in range(epochs):
@@ -130,11 +130,12 @@ def _solo_worker(batch, n, epochs, start, q):
     q.put(_bench.median(rates[1:]))
 
 
-def hardware_ceiling(batch, n, epochs, rounds=3):
+def hardware_ceiling(batch, n, epochs, rounds=3, make=cfg):
     """Examples/s of one process alone at ``batch`` and of two independent processes at
     ``batch / 2`` running at once (no communication at all): the most 2 workers could
     reach on these cores, whatever the all-reduce.  Interleaved ``rounds`` times (this
-    machine is shared and noisy); returns the per-round (one, two) pairs."""
+    machine is shared and noisy); returns the per-round (one, two) pairs.
+    ``make(workers, batch, epochs)`` is the training config (default: this file's)."""
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     pairs = []
@@ -142,7 +143,8 @@ def hardware_ceiling(batch, n, epochs, rounds=3):
         out = []
         for procs, b in ((1, batch), (2, batch // 2)):
             q, start = ctx.Queue(), ctx.Barrier(procs)
-            ps = [ctx.Process(target=_solo_worker, args=(b, n, epochs, start, q))
+            ps = [ctx.Process(target=_solo_worker,
+                              args=(make(1, b, epochs), n, epochs, start, q))
                   for _ in range(procs)]
             [p.start() for p in ps]
             out.append(sum(q.get(timeout=600) for _ in ps))
