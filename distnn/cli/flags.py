@@ -74,7 +74,7 @@ HELP = {
     "epochs": "maximum number of epochs",
     "schedule": "learning-rate schedule: constant, step:K:G, exponential:G, inverse-time:D, "
                 "plateau:N[:F] (halve after N epochs without improvement, stop after a fall "
-                "by F)",
+                "by F), cosine:E[:F] (half a cosine down to F times --lr over E epochs)",
     "warmup": "linear learning-rate warm-up over this many epochs",
     "early_stop": "stop after N epochs without improvement of --monitor and restore the "
                   "best parameters (0 = off)",

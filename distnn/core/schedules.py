@@ -12,6 +12,11 @@ spec                   η(t)                            notes
                                                        after N epochs without
                                                        improvement, stop once η has
                                                        fallen by F (default 1024)
+``cosine:E[:F]``       η0 · (F + (1 − F) ·             half a cosine from η0 down to
+                       (1 + cos(π min(e, E) / E)) / 2)  F·η0 (default 0) over E
+                                                       epochs, e = floor(t)
+                                                       (Loshchilov & Hutter 2017,
+                                                       without restarts)
 =====================  ==============================  ============================
 
 ``warmup`` (in epochs) multiplies any of them by min(1, t / warmup): the linear
@@ -135,14 +140,34 @@ class HalveOnPlateau(Schedule):
         self.halvings, self.waited = h, w
 
 
+class Cosine(Schedule):
+    """Half a cosine from η0 to ``floor`` · η0 over ``epochs`` epochs, then flat: a fixed
+    budget of epochs (``--epochs E --schedule cosine:E``) ends at a small rate without
+    choosing a decay factor."""
+
+    def __init__(self, lr0, epochs: float, floor: float = 0.0, warmup=0.0):
+        super().__init__(lr0, warmup)
+        if not (epochs >= 1 and float(epochs).is_integer()):
+            raise ValueError(f"cosine schedule needs a whole number of epochs >= 1, got "
+                             f"{epochs!r}")
+        if not 0 <= floor <= 1:
+            raise ValueError(f"cosine schedule floor must be in [0, 1], got {floor!r}")
+        self.epochs, self.floor = int(epochs), float(floor)
+        self.spec = f"cosine:{self.epochs}:{self.floor:g}"
+
+    def base(self, epoch):
+        c = (1.0 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs)) / 2.0
+        return self.lr0 * (self.floor + (1.0 - self.floor) * c)
+
+
 def parse(spec: str, lr0: float, warmup: float = 0.0) -> Schedule:
     """Build a schedule from a spec string such as ``"step:10:0.5"``."""
     name, *args = str(spec).split(":")
     arity = {"constant": (0, 0), "step": (2, 2), "exponential": (1, 1),
-             "inverse-time": (1, 1), "plateau": (1, 2)}
+             "inverse-time": (1, 1), "plateau": (1, 2), "cosine": (1, 2)}
     if name not in arity:
         raise ValueError(f"unknown schedule {spec!r}; expected constant, step:K:G, "
-                         "exponential:G, inverse-time:D or plateau:N[:F]")
+                         "exponential:G, inverse-time:D, plateau:N[:F] or cosine:E[:F]")
     lo, hi = arity[name]
     try:
         nums = [float(a) for a in args]
@@ -160,4 +185,6 @@ def parse(spec: str, lr0: float, warmup: float = 0.0) -> Schedule:
         return Exponential(lr0, nums[0], warmup)
     if name == "inverse-time":
         return InverseTime(lr0, nums[0], warmup)
+    if name == "cosine":
+        return Cosine(lr0, *nums, warmup=warmup)
     return HalveOnPlateau(lr0, int(nums[0]), *nums[1:], warmup=warmup)

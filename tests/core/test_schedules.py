@@ -13,6 +13,19 @@ def test_each_schedule_follows_its_formula():
     assert i(4) == pytest.approx(1.0 / 3.0)
 
 
+def test_cosine_falls_as_half_a_cosine_to_its_floor_then_stays():
+    import math
+    c = schedules.parse("cosine:10", 0.2)
+    assert c(0) == 0.2 and c(9.99) == pytest.approx(0.1 * (1 + math.cos(math.pi * 9 / 10)))
+    assert c(5) == pytest.approx(0.1) and c(10) == 0.0 and c(50) == 0.0
+    assert [c(e) for e in range(11)] == sorted((c(e) for e in range(11)), reverse=True)
+    f = schedules.parse("cosine:4:0.1", 1.0)
+    assert f(2) == pytest.approx(0.1 + 0.9 * 0.5) and f(4) == pytest.approx(0.1) == f(9)
+    assert f.spec == "cosine:4:0.1" and schedules.parse(f.spec, 1.0)(3) == f(3)
+    w = schedules.parse("cosine:10", 1.0, warmup=2.0)     # warm-up, then the cosine
+    assert w(1.0) == pytest.approx(0.5 * c(1) / 0.2) and w(3) == pytest.approx(c(3) / 0.2)
+
+
 def test_warmup_is_linear_then_hands_over():
     s = schedules.parse("step:10:0.1", 1.0, warmup=2.0)
     assert s(0.5) == pytest.approx(0.25)
@@ -42,9 +55,13 @@ def test_plateau_default_factor_is_1024():
     assert s.finished and s(0) == pytest.approx(1 / 1024)
 
 
-@pytest.mark.parametrize("spec,match", [("cosine", "unknown schedule"), ("step:10", "takes 2-2"),
+@pytest.mark.parametrize("spec,match", [("onecycle", "unknown schedule"),
+                                        ("step:10", "takes 2-2"),
                                         ("step:0:0.5", "interval"), ("exponential:x", "non-numeric"),
-                                        ("exponential:1.5", "factor")])
+                                        ("exponential:1.5", "factor"), ("cosine", "takes 1-2"),
+                                        ("cosine:0", "whole number"),
+                                        ("cosine:2.5", "whole number"),
+                                        ("cosine:10:1.5", "floor")])
 def test_bad_specs(spec, match):
     with pytest.raises(ValueError, match=match):
         schedules.parse(spec, 0.1)
