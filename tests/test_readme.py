@@ -50,14 +50,25 @@ def test_every_documented_command_parses():
     """Each ``distnn`` command in the README and docs/RESULTS.md is accepted as written
     (flags that exist, values of the right type, no placeholders like ``--seed S``)."""
     from distnn.cli import build_parser
+    from distnn.io.files import check_targets
     commands = _doc_commands("README.md") + _doc_commands("docs/RESULTS.md")
     assert len(commands) > 30
     for words in commands:
         try:
-            build_parser().parse_args(words)
+            args = build_parser().parse_args(words)
         except SystemExit as e:
             if e.code:       # --help exits 0
                 raise AssertionError(f"distnn {' '.join(words)}") from None
+            continue
+        if args.command == "train" and getattr(args, "metrics_out", None):
+            # and its outputs pass the check made before training (where a metrics file
+            # inside the checkpoint directory is refused)
+            try:
+                check_targets({"--checkpoint-dir": args.checkpoint_dir,
+                               "--logdir": args.logdir}, {},
+                              ("--metrics-out", args.metrics_out))
+            except ValueError as e:
+                raise AssertionError(f"distnn {' '.join(words)}: {e}") from None
 
 
 def test_the_cheap_readme_commands_run_as_written(tmp_path):
