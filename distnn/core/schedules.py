@@ -41,7 +41,15 @@ class Schedule:
         return self.lr0
 
     def __call__(self, t: float) -> float:
-        lr = self.base(int(math.floor(t)))
+        return self._warmed(self.base(int(math.floor(t))), t)
+
+    def during(self, epoch: int, done: float) -> float:
+        """η for a step of ``epoch`` once the fraction ``done`` (0, 1] of it is done: the
+        epoch's own base rate, warmed up to t = epoch + done (so the last step of a
+        warm-up epoch does not take the next epoch's rate)."""
+        return self._warmed(self.base(epoch), epoch + done)
+
+    def _warmed(self, lr: float, t: float) -> float:
         if self.warmup > 0 and t < self.warmup:
             lr *= max(t, 0.0) / self.warmup
         return lr

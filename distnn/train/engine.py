@@ -260,7 +260,7 @@ class Engine:
                            threaded=self.background)
         for k, ((b, idx), x, y) in enumerate(clock.timed(batches)):
             if warm:
-                opt.lr = sched(epoch + (k + 1) / steps)
+                opt.lr = sched.during(epoch, (k + 1) / steps)
             loss = self.step(x, y, idx, b, epoch, (epoch * steps + k) * calls)
             if not math.isfinite(loss):
                 return {"diverged": True, "step": k, "lr": opt.lr, "loss": loss,

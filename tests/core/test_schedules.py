@@ -33,6 +33,16 @@ def test_warmup_is_linear_then_hands_over():
     assert s(2.0) == 1.0 and s(12) == pytest.approx(0.1)
 
 
+def test_a_warm_up_epochs_steps_take_that_epochs_rate():
+    # the trainer's last step of warm-up epoch 0 is done at t = 1.0: epoch 0's rate, fully
+    # warmed, not epoch 1's (0.5 here)
+    s = schedules.parse("exponential:0.5", 1.0, warmup=1.0)
+    assert s.during(0, 1.0) == 1.0 and s.during(0, 0.25) == pytest.approx(0.25)
+    assert s.during(1, 0.5) == s(1.5) == 0.5
+    w = schedules.parse("step:2:0.1", 1.0, warmup=4.0)
+    assert w.during(1, 1.0) == pytest.approx(0.5) and w.during(2, 0.5) == pytest.approx(0.0625)
+
+
 def test_plateau_halves_after_patience_and_finishes_at_factor():
     s = schedules.parse("plateau:2:8", 1.0)
     seen = []

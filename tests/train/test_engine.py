@@ -97,6 +97,14 @@ def test_plateau_schedule_halves_and_stops(splits):
     assert set(lrs) <= {0.05, 0.025, 0.0125} and lrs == sorted(lrs, reverse=True)
 
 
+def test_warm_up_epochs_end_at_their_own_rate(splits):
+    # each epoch's recorded rate is the one its last step took: epoch 0 warmed up to
+    # the full 0.2, then epoch 1 and on at 0.2 x 0.5^epoch
+    m = train(cfg(epochs=3, lr=0.2, warmup=1, schedule="exponential:0.5"), splits,
+              progress=False)
+    assert [e["lr"] for e in m["history"]] == [0.2, 0.1, 0.05]
+
+
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_epoch(splits):
     from distnn.train.records import DivergenceError
     with pytest.raises(DivergenceError, match=r"cost became (nan|inf) at epoch \d+, step \d+"
