@@ -1,5 +1,5 @@
 """Where a step of the deep network goes, against the sgemm peak measured in the same run
-(issue 30, item 1): Cireşan et al.'s 784-2500-2000-1500-1000-500-10 (12.1M weights).
+(issue 30, item 1): Cireşan et al.'s 784-2500-2000-1500-1000-500-10 (12.0M weights).
 
     python scripts/bench_deep.py [--batches 64,128,256] [--steps 10] [--epochs 3] [--two-workers]
                                 [--write docs/BENCHMARKS.md]
@@ -108,18 +108,14 @@ def one_worker(batch, steps, augment, epochs):
 
 
 def two_workers(batch, steps, epochs, rounds):
-    """(1 worker ex/s, 2 workers ex/s, ceiling pairs): 2 Ray workers on this node
-    against one process, and the two-process ceiling (bench_dist.hardware_ceiling),
-    for the deep net at global ``batch``."""
+    """(1 worker ex/s, 2 workers ex/s, ceiling pairs, {part: [ms per step of each
+    rank]}): 2 Ray workers on this node against one process, and the two-process
+    ceiling (bench_dist.hardware_ceiling), for the deep net at global ``batch``."""
     import bench_dist
-    from distnn.data.splits import Splits
     from distnn.parallel.driver import train
     from distnn.parallel.session import start_ray, stop_ray
     n = batch * steps
-    rng = np.random.default_rng(0)
-    x = rng.integers(1, 256, (n, 28, 28), dtype=np.uint8)
-    e = Split(x[:0], np.zeros(0, np.int64))
-    data = Splits("synthetic", Split(x, rng.integers(0, 10, n)), e, e, 10, "generated")
+    data = bench_dist.splits(n)
     ceiling = bench_dist.hardware_ceiling(batch, n, epochs, rounds,
                                           make=lambda w, b, k: cfg(b, workers=w, epochs=k))
     start_ray(None, 2)
