@@ -83,7 +83,10 @@ def _print_checkpoints(cfg) -> None:
         return
     latest, best = names["latest"], names.get("best", names["latest"])
     more = _output_flags(cfg)
-    print(f"checkpoints in {d}: latest {latest}, best {best} by {cfg.monitor}; "
+    # no best pointer where nothing measured cfg.monitor (--merge-valid: no validation)
+    which = f"best {best} by {cfg.monitor}" if "best" in names else \
+        f"no best by {cfg.monitor} (nothing measured it), so eval takes the latest"
+    print(f"checkpoints in {d}: latest {latest}, {which}; "
           f"evaluate with: distnn eval {shlex.quote(d)}; continue with: "
           f"distnn train --resume {shlex.quote(d)} --epochs N{more}")
     if best != latest:     # what that eval will say, beside what was shown above

@@ -64,6 +64,19 @@ def test_a_run_writes_its_config_announces_its_checkpoints_and_eval_takes_the_be
     assert "finished 8 epochs (2 in this run)" in capsys.readouterr().out
 
 
+def test_a_run_with_no_validation_says_eval_takes_the_latest(blob_dir, tmp_path, capsys):
+    # --merge-valid leaves nothing to measure the monitor on: no best pointer, and the
+    # closing line must not name one "by valid_accuracy"
+    c = tmp_path / "c"
+    assert cli.main([*train_args(blob_dir, c, epochs=2, extra=("--merge-valid",))]) == 0
+    out = capsys.readouterr().out
+    latest = ckpt.load(c)
+    assert (f"checkpoints in {c}: latest {latest.path.name}, no best by valid_accuracy "
+            "(nothing measured it), so eval takes the latest") in out
+    assert cli.main(["eval", str(c), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(latest.path)
+
+
 def test_papercuts(blob_dir, tmp_path, capsys):
     c = tmp_path / "c"
     assert cli.main([*train_args(blob_dir, c, epochs=2), "-q"]) == 0   # -q after the command
