@@ -1,0 +1,68 @@
+"""scripts/reproduce.py's table: rows come from ROOT/runs.jsonl, which lives only on the
+machine that ran them (results/ is not in git), so an experiment with no run there keeps
+the row docs/RESULTS.md already has instead of turning back into "not run yet"."""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import reproduce  # noqa: E402
+
+
+def _run(name, seed, acc, wall=600.0):
+    workers = reproduce.EXPERIMENTS[name][3]
+    return {"name": name, "seed": seed, "test_accuracy": acc, "test_cost": 0.1,
+            "wall_seconds": wall, "workers": workers,
+            "command": f"distnn train --seed {seed} --checkpoint-dir /abs/results/{name}-s{seed}"}
+
+
+def _rows(text):
+    return reproduce._rows_in(text)
+
+
+def test_a_table_built_elsewhere_keeps_its_rows_and_takes_the_new_runs(tmp_path):
+    names = list(reproduce.EXPERIMENTS)
+    a, b = names[0], names[1]
+    label_a, label_b = reproduce.EXPERIMENTS[a][0], reproduce.EXPERIMENTS[b][0]
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n\nprose before\n")
+    first = tmp_path / "machine1"
+    first.mkdir()
+    (first / "runs.jsonl").write_text(json.dumps(_run(a, 0, 0.98)) + "\n")
+    reproduce.table(first, out)
+    row_a = _rows(out.read_text())[label_a]
+    assert "98.00%" in row_a and "`distnn train --seed 0 --checkpoint-dir results/" in row_a
+    assert "not run yet" in _rows(out.read_text())[label_b]
+
+    # another machine (a fresh clone) runs only b, two seeds: a's row stays as it was
+    second = tmp_path / "machine2"
+    second.mkdir()
+    (second / "runs.jsonl").write_text(
+        "".join(json.dumps(_run(b, s, acc)) + "\n" for s, acc in ((0, 0.97), (1, 0.99))))
+    reproduce.table(second, out)
+    text = out.read_text()
+    rows = _rows(text)
+    assert rows[label_a] == row_a
+    assert "98.00% ± 1.41 (2 seeds)" in rows[label_b]
+    assert text.startswith("# Results\n\nprose before\n")
+    assert text.count(reproduce.MARKERS[0]) == 1 and text.count(reproduce.MARKERS[1]) == 1
+    # every experiment has exactly one row, in the order of EXPERIMENTS
+    labels = [line.split(" | ", 1)[0][2:] for line in text.splitlines()
+              if line.startswith("| ") and not line.startswith("| experiment ")]
+    assert labels == [e[0] for e in reproduce.EXPERIMENTS.values()]
+
+
+def test_a_rerun_seed_replaces_the_earlier_one_and_no_log_changes_nothing(tmp_path):
+    name = next(iter(reproduce.EXPERIMENTS))
+    label = reproduce.EXPERIMENTS[name][0]
+    out = tmp_path / "RESULTS.md"
+    (tmp_path / "runs.jsonl").write_text(json.dumps(_run(name, 0, 0.90)) + "\n"
+                                         + json.dumps(_run(name, 0, 0.95)) + "\n")
+    reproduce.table(tmp_path, out)
+    assert "95.00%" in _rows(out.read_text())[label]
+    before = out.read_text()
+    empty = tmp_path / "fresh"
+    empty.mkdir()                      # a fresh clone: no runs.jsonl at all
+    reproduce.table(empty, out)
+    assert out.read_text() == before
