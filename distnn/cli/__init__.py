@@ -186,8 +186,9 @@ def _add_checkpoint_tools(sub) -> None:
     from . import tools
     e = sub.add_parser("eval", help="accuracy, cost, per-class accuracy and confusion matrix "
                        "of a checkpoint")
-    e.add_argument("checkpoint", help="a checkpoint, or a --checkpoint-dir (its best "
-                   "checkpoint by --monitor; see --which)")
+    e.add_argument("checkpoint", nargs="+", help="a checkpoint, or a --checkpoint-dir (its "
+                   "best checkpoint by --monitor; see --which); several: a committee, "
+                   "judged by their outputs averaged (each member's own accuracy too)")
     e.add_argument("--which", choices=("best", "latest"), default="best",
                    help="of a --checkpoint-dir: the best checkpoint or the newest")
     e.add_argument("--dataset", default=None, help="default: the one it was trained on")

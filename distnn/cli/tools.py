@@ -106,17 +106,29 @@ def epoch_said(c) -> str:
 
 def cmd_eval(args) -> int:
     from ..data import load
-    from ..train.evaluate import evaluate_chunks, load_model
-    net, norm, cfg, c = load_model(args.checkpoint, average=not args.last, prefer=args.which)
+    from ..io.checkpoint_store import shown
+    from ..train.evaluate import evaluate_chunks, evaluate_committee, load_model
+    models = [load_model(path, average=not args.last, prefer=args.which)
+              for path in args.checkpoint]
+    net, norm, cfg, c = models[0]
     which = SPLIT_ARGS[args.split]
-    if which == "valid" and cfg.merge_valid:
-        raise ValueError(f"{c.path} was trained on the validation split too (--merge-valid): "
-                         "its accuracy there is not a held-out measure; use --split test")
+    for path, (_, _, cfg_i, c_i) in zip(args.checkpoint, models):
+        if which == "valid" and cfg_i.merge_valid:
+            raise ValueError(f"{c_i.path} was trained on the validation split too "
+                             "(--merge-valid): its accuracy there is not a held-out "
+                             "measure; use --split test")
+        if not args.dataset and (cfg_i.dataset, cfg_i.data_dir) != (cfg.dataset, cfg.data_dir):
+            raise ValueError(f"{shown(path, c_i.path)} was trained on {cfg_i.dataset}, "
+                             f"{shown(args.checkpoint[0], c.path)} on {cfg.dataset}: a "
+                             "committee is judged on one dataset; name it with --dataset")
     splits = load(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir,
                   options=cfg.data_options())
     split = getattr(splits, which)
-    from ..io.checkpoint_store import shown
-    res = {"checkpoint": shown(args.checkpoint, c.path), "epoch": c.meta["epoch"],
+    if len(models) > 1:
+        return _print_committee(args, models, splits.name, which,
+                                evaluate_committee([(m[0], m[1]) for m in models],
+                                                   split.chunks()))
+    res = {"checkpoint": shown(args.checkpoint[0], c.path), "epoch": c.meta["epoch"],
            "which": epoch_said(c), "dataset": splits.name, "split": which,
            "parameters": "average" if cfg.ema and not args.last else "last",
            **evaluate_chunks(net, norm, split.chunks())}
@@ -129,12 +141,37 @@ def cmd_eval(args) -> int:
           f"({res['examples']} examples, {params})")
     print(f"accuracy {100 * res['accuracy']:.2f}%  cost {res['cost']:.4f} (the data cost, "
           "without an L1/L2 penalty)")
+    _print_confusion(res)
+    return 0
+
+
+def _print_confusion(res) -> None:
     print("per-class accuracy: " + "  ".join(f"{k}:{100 * a:.1f}%"
                                              for k, a in enumerate(res["per_class_accuracy"])))
     print("confusion matrix (rows: true class, columns: predicted class):")
     print("  true\\pred " + " ".join(f"{k:>5}" for k in range(len(res["confusion"]))))
     for k, row in enumerate(res["confusion"]):
         print(f"  {k:>9} " + " ".join(f"{v:>5}" for v in row))
+
+
+def _print_committee(args, models, dataset, which, res) -> int:
+    from ..io.checkpoint_store import shown
+    members = [{"checkpoint": shown(path, m[3].path), "epoch": m[3].meta["epoch"],
+                "parameters": "average" if m[2].ema and not args.last else "last",
+                "accuracy": acc}
+               for path, m, acc in zip(args.checkpoint, models, res.pop("member_accuracy"))]
+    res = {"committee": members, "dataset": dataset, "split": which, **res}
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"a committee of {len(members)} networks, their outputs averaged: {dataset} "
+          f"{which} ({res['examples']} examples)")
+    for m in members:
+        print(f"  {m['checkpoint']} (epoch {m['epoch']}, {m['parameters']} parameters): "
+              f"alone {100 * m['accuracy']:.2f}%")
+    print(f"accuracy {100 * res['accuracy']:.2f}%  cost {res['cost']:.4f} (-log of the "
+          "averaged probability of the true class)")
+    _print_confusion(res)
     return 0
 
 

@@ -54,6 +54,13 @@ def cost_and_accuracy(net: Network, penalty, parts, n_train: int) -> tuple[float
     return loss / n + penalty.value(net.params, n_train), correct / n
 
 
+def _summary(conf: np.ndarray, loss: float, n: int) -> dict:
+    per_class = conf.diagonal() / np.maximum(conf.sum(axis=1), 1)
+    return {"examples": int(n), "accuracy": float(conf.diagonal().sum() / max(n, 1)),
+            "cost": float(loss / max(n, 1)), "per_class_accuracy": per_class.tolist(),
+            "confusion": conf.tolist()}
+
+
 def evaluate_chunks(net: Network, norm: Normalizer, chunks) -> dict:
     """Accuracy, mean cost, per-class accuracy and the confusion matrix (rows: true
     class, columns: predicted) of a split given a chunk (a ``Split``) at a time: a
@@ -66,7 +73,33 @@ def evaluate_chunks(net: Network, norm: Normalizer, chunks) -> dict:
         part, _ = net.evaluate(xs, c.y)
         np.add.at(conf, (np.asarray(c.y), net.predict(xs)), 1)
         loss, n = loss + part, n + len(c.y)
-    per_class = conf.diagonal() / np.maximum(conf.sum(axis=1), 1)
-    return {"examples": int(n), "accuracy": float(conf.diagonal().sum() / max(n, 1)),
-            "cost": float(loss / max(n, 1)), "per_class_accuracy": per_class.tolist(),
-            "confusion": conf.tolist()}
+    return _summary(conf, loss, n)
+
+
+def evaluate_committee(members, chunks) -> dict:
+    """A committee of networks (Cireşan et al. 2010's), each a ``(net, norm)``: the
+    class is the argmax of their outputs averaged, each output first scaled to sum to
+    1 (a softmax output already does), and the cost is the mean -log of that average's
+    true class. Also each member's own accuracy (``members``), from the same pass."""
+    sizes = {(net.sizes[0], net.n_classes) for net, _ in members}
+    if len(sizes) != 1:
+        raise ValueError(f"a committee's networks must share their inputs and classes; "
+                         f"these have (inputs, classes) {sorted(sizes)}")
+    k = members[0][0].n_classes
+    conf = np.zeros((k, k), np.int64)
+    right = np.zeros(len(members), np.int64)
+    loss, n = 0.0, 0
+    for c in chunks:
+        y = np.asarray(c.y)
+        avg = np.zeros((len(y), k))
+        for i, (net, norm) in enumerate(members):
+            a = net.predict_proba(norm(c.x, net.dtype)).astype(np.float64)
+            a /= np.maximum(a.sum(axis=1, keepdims=True), 1e-300)
+            right[i] += int((a.argmax(axis=1) == y).sum())
+            avg += a
+        avg /= len(members)
+        np.add.at(conf, (y, avg.argmax(axis=1)), 1)
+        loss -= float(np.log(np.maximum(avg[np.arange(len(y)), y], 1e-300)).sum())
+        n += len(y)
+    return {**_summary(conf, loss, n),
+            "member_accuracy": [float(r / max(n, 1)) for r in right]}
