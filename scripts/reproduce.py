@@ -3,9 +3,18 @@ each result back from its checkpoint with `distnn eval`, and write docs/RESULTS.
 
     python scripts/reproduce.py run NAME [NAME ...] [--seeds 3] [--first-seed 0] [--root results]
     python scripts/reproduce.py table [--root results] [--out docs/RESULTS.md]
+    python scripts/reproduce.py curve NAME [--seed 0] [--every 10] [--root results]
 
 `run` appends one JSON line per finished run to ROOT/runs.jsonl (so rows can be run in
 parallel processes and over several sessions); `table` builds the Markdown table.
+
+`curve` answers "test accuracy against wall time" for a run that has no validation split
+to watch (--merge-valid): it trains NAME with seed SEED into ROOT/NAME-curve-sSEED,
+keeping every epoch's checkpoint (~31 MB each for deep-elastic), then reads every
+EVERY-th epoch's checkpoint and the last back with `distnn eval` and writes
+ROOT/NAME-curve-sSEED.test.json. Nothing in training looks at the test split: the curve
+is read afterwards, so the run is the same run as `run`'s (same command, same seed).
+A directory from a finished training run is evaluated without training it again.
 """
 from __future__ import annotations
 
@@ -146,6 +155,13 @@ EXPERIMENTS = {
 }
 
 
+def _eval(path: Path, *flags: str) -> dict:
+    """`distnn eval PATH --json` (a checkpoint or a checkpoint directory), as a dict."""
+    ev = subprocess.run([sys.executable, "-m", "distnn.cli", "eval", str(path), "--json",
+                         *flags], check=True, capture_output=True, text=True)
+    return json.loads(ev.stdout)
+
+
 def run(name: str, seed: int, root: Path) -> dict:
     label, published, args, workers = EXPERIMENTS[name]
     ckpt = root / f"{name}-s{seed}"
@@ -155,17 +171,58 @@ def run(name: str, seed: int, root: Path) -> dict:
     subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *shlex.split(cmd)[1:]],
                    check=True)
     wall = time.time() - t0
-    ev = subprocess.run([sys.executable, "-m", "distnn.cli", "eval", str(ckpt), "--json"],
-                        check=True, capture_output=True, text=True)
-    res = json.loads(ev.stdout)
+    res = _eval(ckpt)
     row = {"name": name, "seed": seed, "test_accuracy": res["accuracy"],
            "test_cost": res["cost"], "wall_seconds": wall, "workers": workers,
            "command": cmd}
     if "--ema" in args:   # the ablation comes with the run: the last parameters too
-        ev = subprocess.run([sys.executable, "-m", "distnn.cli", "eval", str(ckpt), "--json",
-                             "--last"], check=True, capture_output=True, text=True)
-        row["test_accuracy_last"] = json.loads(ev.stdout)["accuracy"]
+        row["test_accuracy_last"] = _eval(ckpt, "--last")["accuracy"]
     return row
+
+
+#: `curve` keeps every epoch's checkpoint: runs up to this many epochs
+CURVE_KEEP = 1000
+
+
+def curve(name: str, seed: int, root: Path, every: int) -> list:
+    """Train NAME (unless ROOT/NAME-curve-sSEED holds a finished run) keeping every
+    checkpoint, then the test accuracy of every EVERY-th epoch and the last, against
+    the training time up to it (the run's own per-epoch train_seconds, summed)."""
+    _, _, args, workers = EXPERIMENTS[name]
+    ckpt = root / f"{name}-curve-s{seed}"
+    metrics = Path(f"{ckpt}.metrics.json")
+    if not metrics.exists():
+        if ckpt.exists():
+            raise SystemExit(f"{ckpt} holds a run that did not finish ({metrics} is missing): "
+                             f"continue it with distnn train --resume {ckpt} --metrics-out "
+                             f"{metrics}, or delete it and run this again")
+        cmd = (f"distnn train {args} --seed {seed} --workers {workers} --checkpoint-dir "
+               f"{ckpt} --metrics-out {metrics} --keep-last {CURVE_KEEP}")
+        print(cmd, flush=True)
+        subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *shlex.split(cmd)[1:]],
+                       check=True)
+    m = json.loads(metrics.read_text())
+    hist = m["history"]
+    kept = {int(d.name.split("-")[1]): d for d in ckpt.glob("epoch-*") if d.is_dir()}
+    last = hist[-1]["epoch"]
+    want = [e["epoch"] for e in hist if e["epoch"] % every == 0 or e["epoch"] == last]
+    missing = [e for e in want if e not in kept]
+    if missing:
+        raise SystemExit(f"{ckpt} has no checkpoint of epoch(s) {missing[:5]}: it was not "
+                         f"trained by `curve` (which keeps every epoch)")
+    train_s, points = 0.0, []
+    for e in hist:
+        train_s += e["train_seconds"]
+        if e["epoch"] in want:
+            res = _eval(kept[e["epoch"]])
+            points.append({"epoch": e["epoch"], "train_minutes": round(train_s / 60, 2),
+                           "test_accuracy": res["accuracy"], "test_cost": res["cost"]})
+            print(f"epoch {e['epoch']:4d}  {train_s / 60:6.1f} min  "
+                  f"test {100 * res['accuracy']:.2f}%", flush=True)
+    out = {"name": name, "seed": seed, "wall_seconds": m["wall_seconds"],
+           "final_test_accuracy": m.get("test_accuracy"), "points": points}
+    Path(f"{ckpt}.test.json").write_text(json.dumps(out, indent=1) + "\n")
+    return points
 
 
 MARKERS = ("<!-- results -->", "<!-- /results -->")
@@ -228,11 +285,22 @@ def main(argv=None) -> int:
     t = sub.add_parser("table")
     t.add_argument("--root", default="results")
     t.add_argument("--out", default="docs/RESULTS.md")
+    c = sub.add_parser("curve", help="test accuracy against training time of one run")
+    c.add_argument("name", choices=sorted(EXPERIMENTS))
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--every", type=int, default=10, help="evaluate every N-th epoch (and "
+                   "the last)")
+    c.add_argument("--root", default="results")
     a = p.parse_args(argv)
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
     if a.cmd == "table":
         table(root, Path(a.out))
+        return 0
+    if a.cmd == "curve":
+        if a.every < 1:
+            p.error("--every must be at least 1")
+        curve(a.name, a.seed, root, a.every)
         return 0
     for name in a.names:
         for seed in range(a.first_seed, a.first_seed + a.seeds):

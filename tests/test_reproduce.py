@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import reproduce  # noqa: E402
@@ -66,3 +68,31 @@ def test_a_rerun_seed_replaces_the_earlier_one_and_no_log_changes_nothing(tmp_pa
     empty.mkdir()                      # a fresh clone: no runs.jsonl at all
     reproduce.table(empty, out)
     assert out.read_text() == before
+
+
+def test_curve_reads_every_nth_epoch_and_the_last_back_from_one_run(tmp_path, monkeypatch):
+    """`curve` trains once, keeping every checkpoint; its last point is the run's own test
+    figure, its training times add up, and a second call evaluates without training."""
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny", (
+        "tiny", "-", "--dataset digits --layers 64,16,10 --epochs 4 --batch-size 32 "
+        "--merge-valid --no-monitor-train", 1))
+    points = reproduce.curve("tiny", 0, tmp_path, every=3)
+    assert [p["epoch"] for p in points] == [0, 3]
+    out = json.loads((tmp_path / "tiny-curve-s0.test.json").read_text())
+    assert out["points"] == points
+    assert points[-1]["test_accuracy"] == out["final_test_accuracy"]
+    hist = json.loads((tmp_path / "tiny-curve-s0.metrics.json").read_text())["history"]
+    assert points[-1]["train_minutes"] == round(sum(e["train_seconds"] for e in hist) / 60, 2)
+    assert sorted(d.name for d in (tmp_path / "tiny-curve-s0").glob("epoch-*")) == \
+        [f"epoch-{e:04d}" for e in range(4)]
+    # evaluated again from the same checkpoints (no second run), every epoch this time
+    again = reproduce.curve("tiny", 0, tmp_path, every=1)
+    assert [p["epoch"] for p in again] == [0, 1, 2, 3]
+    assert again[3] == points[1] and again[0] == points[0]
+
+
+def test_curve_refuses_a_run_that_did_not_finish(tmp_path, monkeypatch):
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny", ("tiny", "-", "--dataset digits", 1))
+    (tmp_path / "tiny-curve-s0").mkdir()
+    with pytest.raises(SystemExit, match="did not finish.*--resume"):
+        reproduce.curve("tiny", 0, tmp_path, every=1)
