@@ -162,14 +162,22 @@ def _eval(path: Path, *flags: str) -> dict:
     return json.loads(ev.stdout)
 
 
-def run(name: str, seed: int, root: Path) -> dict:
-    label, published, args, workers = EXPERIMENTS[name]
-    ckpt = root / f"{name}-s{seed}"
+def _train(name: str, seed: int, ckpt: Path, keep_last: int) -> str:
+    """Run experiment NAME's `distnn train` into ``ckpt`` (metrics beside it); the
+    command as typed."""
+    _, _, args, workers = EXPERIMENTS[name]
     cmd = (f"distnn train {args} --seed {seed} --workers {workers} --checkpoint-dir {ckpt} "
-           f"--metrics-out {ckpt}.metrics.json --keep-last 1")
-    t0 = time.time()
+           f"--metrics-out {ckpt}.metrics.json --keep-last {keep_last}")
     subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *shlex.split(cmd)[1:]],
                    check=True)
+    return cmd
+
+
+def run(name: str, seed: int, root: Path) -> dict:
+    _, _, args, workers = EXPERIMENTS[name]
+    ckpt = root / f"{name}-s{seed}"
+    t0 = time.time()
+    cmd = _train(name, seed, ckpt, keep_last=1)
     wall = time.time() - t0
     res = _eval(ckpt)
     row = {"name": name, "seed": seed, "test_accuracy": res["accuracy"],
@@ -188,7 +196,6 @@ def curve(name: str, seed: int, root: Path, every: int) -> list:
     """Train NAME (unless ROOT/NAME-curve-sSEED holds a finished run) keeping every
     checkpoint, then the test accuracy of every EVERY-th epoch and the last, against
     the training time up to it (the run's own per-epoch train_seconds, summed)."""
-    _, _, args, workers = EXPERIMENTS[name]
     ckpt = root / f"{name}-curve-s{seed}"
     metrics = Path(f"{ckpt}.metrics.json")
     if not metrics.exists():
@@ -196,11 +203,7 @@ def curve(name: str, seed: int, root: Path, every: int) -> list:
             raise SystemExit(f"{ckpt} holds a run that did not finish ({metrics} is missing): "
                              f"continue it with distnn train --resume {ckpt} --metrics-out "
                              f"{metrics}, or delete it and run this again")
-        cmd = (f"distnn train {args} --seed {seed} --workers {workers} --checkpoint-dir "
-               f"{ckpt} --metrics-out {metrics} --keep-last {CURVE_KEEP}")
-        print(cmd, flush=True)
-        subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *shlex.split(cmd)[1:]],
-                       check=True)
+        _train(name, seed, ckpt, keep_last=CURVE_KEEP)
     m = json.loads(metrics.read_text())
     hist = m["history"]
     kept = {int(d.name.split("-")[1]): d for d in ckpt.glob("epoch-*") if d.is_dir()}

@@ -130,7 +130,7 @@ def cmd_eval(args) -> int:
                                                    split.chunks()))
     res = {"checkpoint": shown(args.checkpoint[0], c.path), "epoch": c.meta["epoch"],
            "which": epoch_said(c), "dataset": splits.name, "split": which,
-           "parameters": "average" if cfg.ema and not args.last else "last",
+           "parameters": _parameters(cfg, args),
            **evaluate_chunks(net, norm, split.chunks())}
     if args.json:
         print(json.dumps(res))
@@ -145,6 +145,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _parameters(cfg, args) -> str:
+    """Which parameters ``eval`` measures of a run: its --ema average or the last."""
+    return "average" if cfg.ema and not args.last else "last"
+
+
 def _print_confusion(res) -> None:
     print("per-class accuracy: " + "  ".join(f"{k}:{100 * a:.1f}%"
                                              for k, a in enumerate(res["per_class_accuracy"])))
@@ -157,7 +162,7 @@ def _print_confusion(res) -> None:
 def _print_committee(args, models, dataset, which, res) -> int:
     from ..io.checkpoint_store import shown
     members = [{"checkpoint": shown(path, m[3].path), "epoch": m[3].meta["epoch"],
-                "parameters": "average" if m[2].ema and not args.last else "last",
+                "parameters": _parameters(m[2], args),
                 "accuracy": acc}
                for path, m, acc in zip(args.checkpoint, models, res.pop("member_accuracy"))]
     res = {"committee": members, "dataset": dataset, "split": which, **res}
