@@ -180,21 +180,37 @@ class Network:
     def rebind_grads(self, buf: np.ndarray) -> None:
         """Make ``buf[:P]`` the gradient vector (e.g. inside a larger all-reduce buffer
         that also carries the loss), so no copy is needed before communicating."""
+        self.grads = self._check_buffer("gradient", buf)
+        self._bind_layers()
+
+    def rebind_params(self, buf: np.ndarray, copy: bool = True) -> None:
+        """Make ``buf[:P]`` the parameter vector (``copy``: holding the parameters'
+        values now; else as it is), e.g. memory the replicas of a node share."""
+        new = self._check_buffer("parameter", buf)
+        if copy and new is not self.params:
+            np.copyto(new, self.params)
+        self.params = new
+        self._bind_layers()
+
+    def _check_buffer(self, what: str, buf: np.ndarray) -> np.ndarray:
         if buf.dtype != self.dtype or buf.size < self.params.size:
-            raise ValueError(f"gradient buffer must be {self.dtype} with >= {self.params.size} "
+            raise ValueError(f"{what} buffer must be {self.dtype} with >= {self.params.size} "
                              f"entries, got {buf.dtype} {buf.size}")
-        self.grads = buf[:self.params.size]
+        return buf if buf.size == self.params.size else buf[:self.params.size]
+
+    def _bind_layers(self) -> None:
+        """Every layer's views into ``params`` and ``grads`` (after either moved)."""
         per_layer: dict = {}
         for key, sl in self.slices.items():
             layer_name, pname = key.split(".", 1)
-            g = self.grads[sl].reshape(self._views[key].shape)
-            self._gviews[key] = g
-            per_layer.setdefault(layer_name, {})[pname] = g
+            shape = self._views[key].shape
+            self._views[key] = p = self.params[sl].reshape(shape)
+            self._gviews[key] = g = self.grads[sl].reshape(shape)
+            pv, gv = per_layer.setdefault(layer_name, ({}, {}))
+            pv[pname], gv[pname] = p, g
         for layer in self.layers:
             if layer.name in per_layer:
-                params = {k.split(".", 1)[1]: v for k, v in self._views.items()
-                          if k.split(".", 1)[0] == layer.name}
-                layer.bind(params, per_layer[layer.name])
+                layer.bind(*per_layer[layer.name])
 
     def sync_batchnorm(self, allreduce) -> None:
         """Batch statistics over the data-parallel global batch: ``allreduce(a)`` must

@@ -55,8 +55,10 @@ class Engine:
         self.train, self.valid, self.test = train, valid, test
         self.n_train = train.total
         # the gradient and, after it, the batch's summed cost: one buffer to reduce
-        self.buf = np.zeros(net.params.size + 1, net.dtype)
+        # (this process's own; a group may offer one in its memory instead: see join)
+        self.buf = self._own_buf = np.zeros(net.params.size + 1, net.dtype)
         net.rebind_grads(self.buf)
+        self._own_params = net.params
         self._scratch = np.empty(net.n_decay, net.dtype)
         self.group, self.shard, self._key = None, (0, net.params.size), 0   # see join
         self.prescaled = self.optimizer.prescalable   # the update takes -lr g (see step)
@@ -82,6 +84,13 @@ class Engine:
         self.scale_after = self.prescaled and not group.takes_scaled
         self._overlap_with(group)
         P = self.net.params.size
+        # in the group's memory where it offers it (shm): the gradient its reduction
+        # reads, and the parameters every member updates a shard of (max-norm rescales
+        # whole rows on every member: not with parameters shared)
+        alone = self._uses_overlap or self.net.syncs_per_step
+        self._gradient_in(None if alone else group.gradient_buffer(P + 1))
+        self._params_in(None if alone or self.cfg.max_norm is not None
+                        else group.parameter_buffer(P))
         # overlapped, every replica has the whole reduced gradient: it updates everything
         lo, hi = self.shard = (0, P) if self._uses_overlap else group.shard(P)
         # per-step constants: this replica's views, penalty and reduced ranges
@@ -89,6 +98,22 @@ class Engine:
         self._penalty = self.penalty if (lo, hi) == (0, P) else self.penalty.shard(lo, hi)
         self._parts = [(lo, hi), (P, P + 1)]
         self._shard_optimizer_state()
+
+    def _gradient_in(self, buf: np.ndarray | None) -> None:
+        """Backprop writes the gradient (and the cost after it) into ``buf``: the group's
+        own memory where it offers it (shm: the reduction then copies nothing in; the
+        step makes no other collective through it), else this process's buffer."""
+        buf = self._own_buf if buf is None else buf
+        if buf is not self.buf:
+            self.buf = buf
+            self.net.rebind_grads(buf)
+
+    def _params_in(self, buf: np.ndarray | None) -> None:
+        """The parameters, holding their values, in ``buf`` (memory the replicas of a
+        node share, each updating its shard there), or None: this process's own."""
+        buf = self._own_params if buf is None else buf
+        if buf is not self.net.params:
+            self.net.rebind_params(buf)
 
     def _overlap_with(self, group) -> None:
         """All-reduce the gradient in buckets while backprop runs (``train.overlap``)
@@ -98,7 +123,7 @@ class Engine:
         want = group.overlaps and self.cfg.bucket_mb > 0 and not self.net.syncs_per_step \
             and len(self.net.dense) > 1
         if want and self.overlap is None:
-            self.overlap = Overlap(self.net, self.buf, self.cfg.bucket_mb * 2 ** 20)
+            self.overlap = Overlap(self.net, self._own_buf, self.cfg.bucket_mb * 2 ** 20)
         if self.overlap is not None and (not want or self.overlap.n_buckets <= 2):
             self.overlap.close()     # (two buckets: the weights at once, then the rest)
             self.overlap = None
@@ -294,13 +319,13 @@ class Engine:
         if params is None:
             yield
             return
+        # (rebound, not overwritten: the parameters may be memory other replicas share)
         own = self.net.params
-        held = own.copy()
-        own[...] = params
+        self.net.rebind_params(np.array(params, own.dtype, copy=True), copy=False)
         try:
             yield
         finally:
-            own[...] = held
+            self.net.rebind_params(own, copy=False)
 
     def evaluate(self, which: str, params: np.ndarray | None = None) -> tuple[float, int, int]:
         """(summed cost, correct, count) on this replica's part of the "train", "valid"

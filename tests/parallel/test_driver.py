@@ -254,10 +254,14 @@ def test_worker_killed_between_epochs_is_replaced(ray_session, splits):
 
 
 @pytest.mark.parametrize("opts", [dict(l2=1.0), dict(optimizer="adam", lr=0.01, l1=0.5,
-                                                       max_norm=1.5, ema=0.9)])
+                                                       max_norm=1.5, ema=0.9),
+                                  dict(optimizer="nesterov", l2=2.0, ema=0.8)])
 def test_sharded_update_gives_the_replicated_update_bit_for_bit(ray_session, splits, opts):
     """shm shards the update, ring applies it whole on every replica; with 2 workers
-    both sum the same two numbers per element, so the parameters must be identical."""
+    both sum the same two numbers per element, so the parameters must be identical.
+    (shm: the gradient built in the group's file and, but with max-norm, the parameters
+    held there, shared by the workers; --ema evaluates the average without touching
+    them.)"""
     shm = train(cfg(allreduce="shm", **opts), splits)["network"].params
     ring = train(cfg(allreduce="ring", **opts), splits)["network"].params
     tcp = train(cfg(allreduce="tcp", **opts), splits)["network"].params

@@ -21,6 +21,10 @@ once the driver has every member's address, ``join``.
 ``reduce_parts_(step, buf, parts)``  parts = [(lo, hi) = shard(P), (P, len(buf))]: the sum
                             of buf[lo:hi] and of the tail buf[P:] (the batch's cost).
 ``all_gather_(step, vec, lo, hi)``   every member's vec[its shard] into every vec.
+``gradient_buffer(size)``   where the group offers one (shm), a buffer in its own memory
+                            to compute the gradient in: its reduction copies nothing in.
+``parameter_buffer(size)``  where the group offers one (shm), memory every member shares
+                            to hold the parameters in: the all-gather copies nothing.
 
 ``step`` numbers a group's calls in the same increasing order on every member.  A member
 blocked in a collective raises ``CollectiveAborted`` when the group is aborted (a peer
@@ -75,6 +79,20 @@ class Group:
         hi being the gradient's end) summed over the group on every member, collective
         ``step`` of several (one per span) that together reduce the whole gradient."""
         self.allreduce_(step, buf[lo:hi + tail], tail=int(tail))
+
+    def gradient_buffer(self, size: int) -> np.ndarray | None:
+        """A buffer of ``size`` numbers in the group's own memory to compute the gradient
+        in, which ``reduce_parts_`` then reduces without copying it in; the caller passes
+        it, shard first, to every ``reduce_parts_`` and makes no other reduction.  None
+        (the default): the group has none, reduce a buffer of your own."""
+        return None
+
+    def parameter_buffer(self, size: int) -> np.ndarray | None:
+        """Memory every member shares (shm: one node's), to hold the parameters in: each
+        member updates its shard there and ``all_gather_`` of it only waits for the
+        others.  Every member takes it or none does; a member writes there only its
+        shard, and what every member writes alike.  None (the default): none shared."""
+        return None
 
     def all_gather_(self, step: int, vec: np.ndarray, lo: int, hi: int) -> None:
         """Give every member every other member's ``vec[shard]`` (nothing to do when

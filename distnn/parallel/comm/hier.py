@@ -63,6 +63,11 @@ class HierarchicalGroup(Group):
         self.local.reduce_parts_(2 * step, buf, [(a, b), (P, end)])
         self.ring.reduce_scatter_(step, buf[a:b], buf[P:end])
 
+    def gradient_buffer(self, size):
+        """The node's shared-memory slot (its reduction copies nothing in); the ring
+        then reduces the node's shard of it where it lies."""
+        return None if self.overlaps else self.local.gradient_buffer(size)
+
     def reduce_span_(self, step, buf, lo, hi, tail):
         if not self.overlaps:
             raise NotImplementedError("hier reduces spans with one worker per node only")

@@ -10,6 +10,13 @@ the gradient, 1/N of it), the worker updates that shard of the parameters, and
 ``all_gather_`` publishes it through a shared row of the file and copies the other
 shards back: each worker then reads and writes O(P) per step instead of O(N P), and
 keeps the optimizer state of its shard only.
+
+In place: ``gradient_buffer`` hands a member its own slot of the file to compute its
+gradient in, so that ``reduce_parts_`` of that buffer copies nothing in and sums its
+shard where it lies (the other members read that slot only in their own shards); and
+``parameter_buffer`` hands every member the same row for the parameters, which each then
+updates a shard of where they lie: ``all_gather_`` of it is a barrier, and copies
+nothing.
 """
 from __future__ import annotations
 
@@ -100,6 +107,8 @@ class SharedMemoryCollective(Group):
         self.row = np.memmap(path, dtype, "r+", header + 2 * world * size * dtype.itemsize,
                              (size,))
         self.counters = self.flags[:world]
+        self._inplace = None      # the buffer ``gradient_buffer`` handed out, if any
+        self._shared = None       # the row ``parameter_buffer`` handed out, if any
 
     def shard(self, size):
         b = aligned_bounds(size, self.world)
@@ -132,9 +141,34 @@ class SharedMemoryCollective(Group):
             for j in range(1, self.world):
                 buf[n:] += tails[j]
 
+    def gradient_buffer(self, size):
+        """This member's slot of the file (``size`` numbers, zeroed), for the caller to
+        build its gradient in, to hand to every ``reduce_parts_`` with the shard first
+        and to make no other reduction with while it holds it (None for a group of one,
+        where nothing is reduced)."""
+        if self.world == 1:
+            return None
+        if size > self.slots.shape[2]:
+            raise ValueError(f"a {size}-number buffer does not fit the group's slots")
+        self._inplace = np.asarray(self.slots[0, self.rank, :size])   # (not a memmap)
+        self._inplace[:] = 0
+        return self._inplace
+
+    def parameter_buffer(self, size):
+        """The all-gather's row (``size`` numbers), the same memory for every member, to
+        hold the parameters in: a member updates its shard there and ``all_gather_`` of
+        it only waits for the others (None for a group of one).  Every member must take
+        it, and write there nothing but its shard (and what all write alike)."""
+        if self.world == 1:
+            return None
+        self._shared = np.asarray(self.row[:size])
+        return self._shared
+
     def reduce_parts_(self, step, buf, parts):
         if self.world == 1:
             return
+        if buf is self._inplace:
+            return self._reduce_in_place(step, buf, parts)
         slots = self._slots()[:, :buf.size]       # a smaller buf uses a slot's head
         np.copyto(slots[self.rank], buf)
         self._publish_and_wait(step)
@@ -144,12 +178,42 @@ class SharedMemoryCollective(Group):
             for j in range(2, self.world):
                 out += slots[j, lo:hi]
 
+    def _reduce_in_place(self, step, buf, parts):
+        """``buf`` is this member's slot of set 0: its shard ``parts[0]`` is summed where
+        it lies, which no other member reads (each reads only its own shard of the
+        others' slots); the other parts (the cost), which every member reads, go to the
+        member's slot of set 1 first and are summed from there.  The slot is written
+        again only in the next step, after the gather, which no member passes before
+        it has read its sums."""
+        (lo, hi), rest = parts[0], parts[1:]
+        if (lo, hi) != self.shard(rest[0][0] if rest else buf.size):
+            raise ValueError(f"an in-place reduction sums this member's shard first, "
+                             f"not {lo, hi}")
+        n = buf.size
+        stage = self.slots[1, :, :n]
+        for a, b in rest:
+            np.copyto(stage[self.rank, a:b], buf[a:b])
+        self._publish_and_wait(step)
+        slots = self.slots[0, :, :n]
+        own = [slots[j, lo:hi] for j in range(self.world)]
+        if self.rank >= 2:       # the sum of the first two would overwrite this one's
+            own[self.rank] = own[self.rank].copy()
+        for terms, (a, b) in [(own, (lo, hi))] + [
+                ([stage[j, a:b] for j in range(self.world)], (a, b)) for a, b in rest]:
+            out = buf[a:b]                            # rank order on every worker
+            np.add(terms[0], terms[1], out=out)       # world >= 2
+            for t in terms[2:]:
+                out += t
+
     def _slots(self):
         """This reduction's slots: the two sets alternate, call by call (every member
         makes the same calls), so a member that races ahead into the next reduction
         never writes where a slower one is still reading this one's sums; it can reach
         the set after only through the next reduction's barrier, which the slower one
         passes once it has read."""
+        if self._inplace is not None:
+            raise RuntimeError("a reduction through the slots while the gradient is "
+                               "held in one; this is a bug, please report it")
         self._calls = getattr(self, "_calls", -1) + 1
         return self.slots[self._calls % 2]
 
@@ -157,6 +221,12 @@ class SharedMemoryCollective(Group):
         """Through shared row 0: write this worker's shard, wait, copy the rest.  The row
         is single-buffered: a worker writes it again only after the next step's
         ``reduce_parts_``, which no worker passes before every worker has copied."""
+        if self._shared is not None:
+            if vec is not self._shared:
+                raise RuntimeError("an all-gather through the row that holds the "
+                                   "parameters; this is a bug, please report it")
+            self._publish_and_wait(step)   # every shard is in place once all are here
+            return
         row = self.row[:vec.size]
         np.copyto(row[lo:hi], vec[lo:hi])
         self._publish_and_wait(step)

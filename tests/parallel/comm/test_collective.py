@@ -67,6 +67,97 @@ def test_shm_sharded_step_equals_allreduce_then_full_update(rng):
         group.close()
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_shm_in_place_gradient_reduces_as_a_copied_one(world, rng):
+    """A gradient built in the member's own slot (``gradient_buffer``) and reduced
+    there: over steps whose slots are rewritten each time, each member's shard and the
+    cost are the sums a copied buffer gets, bit for bit, and the gathered parameters
+    match; members racing into the next step never disturb a slower one's sums."""
+    size = 1001
+    group = SharedMemoryFile(world, size + 1, np.float32)
+    members = [SharedMemoryCollective(r, group.path, world, size + 1,
+                                      np.dtype(np.float32).str, timeout=10)
+               for r in range(world)]
+    try:
+        shards = [m.shard(size) for m in members]
+        held = [m.gradient_buffer(size + 1) for m in members]
+        assert all(not h.any() and h.size == size + 1 for h in held)
+        params = [np.ones(size, np.float32) for _ in range(world)]
+        expect = np.ones(size, np.float32)
+        for step in range(5):
+            bufs = [rng.standard_normal(size + 1).astype(np.float32) for _ in range(world)]
+            total = bufs[0] + bufs[1]
+            for b in bufs[2:]:
+                total += b
+            expect -= 0.1 * total[:size]
+
+            def work(r):
+                lo, hi = shards[r]
+                if r == step % world:      # a slow member: the others race ahead
+                    threading.Event().wait(0.05)
+                held[r][:] = bufs[r]       # "backprop" writes into the slot
+                members[r].reduce_parts_(2 * step, held[r], [(lo, hi), (size, size + 1)])
+                assert held[r][size] == total[size]
+                np.testing.assert_array_equal(held[r][lo:hi], total[lo:hi])
+                params[r][lo:hi] -= 0.1 * held[r][lo:hi]
+                members[r].all_gather_(2 * step + 1, params[r], lo, hi)
+            run_threads([lambda r=r: work(r) for r in range(world)])
+            for p in params:
+                np.testing.assert_array_equal(p, expect)
+        with pytest.raises(ValueError, match="shard first"):
+            members[0].reduce_parts_(99, held[0], [(0, size + 1)])
+        with pytest.raises(RuntimeError, match="bug"):
+            members[0].allreduce_(99, np.ones(size + 1, np.float32))
+    finally:
+        for m in members:
+            m.close()
+        group.close()
+
+
+def test_shm_shared_parameters_are_updated_shard_by_shard(rng):
+    """Parameters held in the group's row: each member updates its shard where it lies
+    and the all-gather only waits, after which every member sees every shard; a gather
+    of any other vector while the row is held is refused as a bug."""
+    world, size = 3, 1001
+    group = SharedMemoryFile(world, size + 1, np.float32)
+    members = [SharedMemoryCollective(r, group.path, world, size + 1,
+                                      np.dtype(np.float32).str, timeout=10)
+               for r in range(world)]
+    try:
+        shared = [m.parameter_buffer(size) for m in members]
+        shared[0][:] = 1.0
+        assert all((s == 1.0).all() and s.size == size for s in shared)   # one memory
+        expect = np.ones(size, np.float32)
+        for step in range(3):
+            deltas = rng.standard_normal(size).astype(np.float32)
+            expect += deltas
+            seen = [None] * world
+
+            def work(r):
+                lo, hi = members[r].shard(size)
+                shared[r][lo:hi] += deltas[lo:hi]
+                members[r].all_gather_(2 * step, shared[r], lo, hi)
+                seen[r] = shared[r].copy()
+                members[r].all_gather_(2 * step + 1, shared[r], lo, hi)   # all have read
+            run_threads([lambda r=r: work(r) for r in range(world)])
+            for v in seen:
+                np.testing.assert_array_equal(v, expect)
+        with pytest.raises(RuntimeError, match="bug"):
+            members[0].all_gather_(999, np.ones(size, np.float32), 0, 10)
+    finally:
+        for m in members:
+            m.close()
+        group.close()
+
+
+def test_a_group_of_one_offers_no_gradient_buffer():
+    group = SharedMemoryFile(1, 11, np.float32)
+    member = SharedMemoryCollective(0, group.path, 1, 11, np.dtype(np.float32).str)
+    assert member.gradient_buffer(11) is None
+    member.close()
+    group.close()
+
+
 def test_shm_abort_releases_a_waiting_worker(shm3):
     """An abort reaching any member (the driver calls every live worker's) releases the
     others: the flag is in the node's file."""
