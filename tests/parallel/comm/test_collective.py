@@ -1,5 +1,6 @@
 """All-reduce backends and the distributed gradient contract, without Ray (threads)."""
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,20 @@ import distnn
 from distnn.parallel.comm import (CollectiveAborted, RingCollective, SharedMemoryFile,
                                   SharedMemoryCollective)
 from tests.runs import run_threads
+
+
+@contextmanager
+def shm_members(world, size, dtype=np.float32):
+    """The ``world`` members of a fresh group file of ``size``-number slots."""
+    group = SharedMemoryFile(world, size, dtype)
+    members = [SharedMemoryCollective(r, group.path, world, size, np.dtype(dtype).str,
+                                      timeout=10) for r in range(world)]
+    try:
+        yield members
+    finally:
+        for m in members:
+            m.close()
+        group.close()
 
 
 @pytest.fixture
@@ -74,11 +89,7 @@ def test_shm_in_place_gradient_reduces_as_a_copied_one(world, rng):
     cost are the sums a copied buffer gets, bit for bit, and the gathered parameters
     match; members racing into the next step never disturb a slower one's sums."""
     size = 1001
-    group = SharedMemoryFile(world, size + 1, np.float32)
-    members = [SharedMemoryCollective(r, group.path, world, size + 1,
-                                      np.dtype(np.float32).str, timeout=10)
-               for r in range(world)]
-    try:
+    with shm_members(world, size + 1) as members:
         shards = [m.shard(size) for m in members]
         held = [m.gradient_buffer(size + 1) for m in members]
         assert all(not h.any() and h.size == size + 1 for h in held)
@@ -108,10 +119,6 @@ def test_shm_in_place_gradient_reduces_as_a_copied_one(world, rng):
             members[0].reduce_parts_(99, held[0], [(0, size + 1)])
         with pytest.raises(RuntimeError, match="bug"):
             members[0].allreduce_(99, np.ones(size + 1, np.float32))
-    finally:
-        for m in members:
-            m.close()
-        group.close()
 
 
 def test_shm_shared_parameters_are_updated_shard_by_shard(rng):
@@ -119,11 +126,7 @@ def test_shm_shared_parameters_are_updated_shard_by_shard(rng):
     and the all-gather only waits, after which every member sees every shard; a gather
     of any other vector while the row is held is refused as a bug."""
     world, size = 3, 1001
-    group = SharedMemoryFile(world, size + 1, np.float32)
-    members = [SharedMemoryCollective(r, group.path, world, size + 1,
-                                      np.dtype(np.float32).str, timeout=10)
-               for r in range(world)]
-    try:
+    with shm_members(world, size + 1) as members:
         shared = [m.parameter_buffer(size) for m in members]
         shared[0][:] = 1.0
         assert all((s == 1.0).all() and s.size == size for s in shared)   # one memory
@@ -144,10 +147,6 @@ def test_shm_shared_parameters_are_updated_shard_by_shard(rng):
                 np.testing.assert_array_equal(v, expect)
         with pytest.raises(RuntimeError, match="bug"):
             members[0].all_gather_(999, np.ones(size, np.float32), 0, 10)
-    finally:
-        for m in members:
-            m.close()
-        group.close()
 
 
 def test_a_group_of_one_offers_no_gradient_buffer():
