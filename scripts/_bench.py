@@ -34,8 +34,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    from distnn.core import blas
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"NumPy {np.__version__}")
+            f"NumPy {np.__version__}, {blas.kernels() or 'an unknown BLAS'} kernels")
 
 
 def table(header, rows) -> str:

@@ -87,12 +87,15 @@ def trainer_for(cfg: TrainConfig, data, callbacks=(), world: int | None = None) 
 
 def _say_what(cfg: TrainConfig, data, pool) -> None:
     """The run's first log lines: what trains on what, where, and the splits."""
-    threads = sorted({w.get("blas_threads") for w in pool.memory()}, key=str)
+    workers = pool.memory()
+    threads = sorted({w.get("blas_threads") for w in workers}, key=str)
     log.info("training %s on %s (%d examples, source: %s) with %d worker%s x %s "
              "BLAS thread(s) (all-reduce: %s%s)", list(cfg.layers), cfg.dataset,
              len(data.train), data.splits.source, cfg.workers,
              "s" if cfg.workers > 1 else "", "/".join(map(str, threads)),
              pool.backend, "" if cfg.compress == "none" else f", {cfg.compress}")
+    log.info("BLAS kernels: %s", " / ".join(sorted({
+        w.get("blas") or "unknown (not NumPy's bundled OpenBLAS)" for w in workers})))
     log.info("splits: %s", splits_said(data.describe()))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from ..config import TrainConfig
+from ..core import blas
 from ..data.augment import Augmenter
 from ..data.splits import Split
 from ..data.splits import Normalizer
@@ -24,41 +25,6 @@ from .comm import BACKENDS
 from .comm import compress
 
 
-def _openblas():
-    """NumPy's bundled OpenBLAS (ctypes), or None where it is not found (another BLAS)."""
-    import ctypes
-    import glob
-
-    import numpy as np
-    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in glob.glob(os.path.join(libs, "libscipy_openblas*.so*")):
-        try:
-            lib = ctypes.CDLL(path)
-            lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_
-            return lib
-        except (OSError, AttributeError):
-            continue
-    return None
-
-
-def blas_threads() -> int | None:
-    """How many threads this process's BLAS (NumPy's bundled OpenBLAS) runs a product
-    on, or None where that cannot be asked."""
-    lib = _openblas()
-    return None if lib is None else int(lib.scipy_openblas_get_num_threads64_())
-
-
-def set_blas_threads(n: int) -> None:
-    """This process's BLAS runs its products on ``n`` threads (``--threads``)."""
-    import ctypes
-    lib = _openblas()
-    if lib is None:
-        raise ValueError("--threads sets the threads of NumPy's bundled OpenBLAS, which "
-                         "this NumPy does not use; set OMP_NUM_THREADS (or your BLAS's "
-                         "own variable) instead and leave --threads out")
-    lib.scipy_openblas_set_num_threads64_(ctypes.c_int(n))
-
-
 class Worker:
     """Rank ``rank`` of ``world``; ``in_process``: the one-worker run (normalise the
     data once, build augmented batches in a background thread)."""
@@ -66,7 +32,7 @@ class Worker:
     def __init__(self, rank: int, world: int, cfg: TrainConfig, normalizer: Normalizer,
                  train, valid, test=None, in_process: bool = False):
         if cfg.threads:
-            set_blas_threads(cfg.threads)
+            blas.set_threads(cfg.threads)
         self.splits = (train, valid, test)     # each a Split, a ParquetSplit, or None
         # how batches are made; the one worker of a run in this process holds the split
         # normalised once (``cache``), Ray workers share one copy of the raw images
@@ -115,8 +81,9 @@ class Worker:
 
     def memory(self) -> dict:
         """This process's resident memory now and at its peak, and when it started
-        hosting the worker (bytes), and its BLAS threads."""
-        return {**memory(), "start": self._rss0, "blas_threads": blas_threads()}
+        hosting the worker (bytes), and its BLAS: threads and kernels."""
+        return {**memory(), "start": self._rss0, "blas_threads": blas.threads(),
+                "blas": blas.kernels()}
 
     def set_place(self, rank: int, world: int) -> None:
         """A new rank among a new number of workers (elastic membership); the worker

@@ -40,7 +40,7 @@ class Pool(Protocol):
         ...
 
     def memory(self) -> list[dict]:
-        """Each worker's resident memory (bytes) and BLAS threads."""
+        """Each worker's resident memory (bytes) and BLAS: threads, kernels."""
 
     def close(self) -> None:
         ...

@@ -237,6 +237,7 @@ def _metrics(trainer: Trainer, cfg: TrainConfig, t0: float, error, rss0: int = 0
     workers = trainer.pool.memory()
     metrics["memory"] = _memory(workers, rss0)
     metrics["blas_threads"] = [w.get("blas_threads") for w in workers]
+    metrics["blas"] = [w.get("blas") for w in workers]
     if cfg.metrics_out:
         try:
             write_json(cfg.metrics_out, metrics)

@@ -1,4 +1,5 @@
 """End to end on Ray: N workers reproduce one, a killed worker costs no result."""
+import logging
 import os
 import signal
 import threading
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from distnn.config import TrainConfig
+from distnn.core import blas
 from distnn.data.splits import Split, Splits
 from distnn.parallel.driver import train, trainer_for
 from distnn.parallel.session import check_address, start_ray
@@ -216,12 +218,16 @@ def test_the_all_reduce_overlapped_with_backprop_gives_the_same_bits(ray_session
     np.testing.assert_allclose(at_once, one, rtol=1e-9, atol=1e-12)
 
 
-def test_threads_are_each_workers_blas_threads_and_cpus(ray_session, splits):
+def test_threads_are_each_workers_blas_threads_and_cpus(ray_session, splits, caplog):
     """--threads K: K BLAS threads in each worker (in this process or a Ray actor), K
-    CPUs taken by each Ray worker, the same result; the metrics say how many."""
+    CPUs taken by each Ray worker, the same result; the metrics say how many, and the
+    metrics and the log which kernels."""
     one = train(cfg(workers=1, threads=1), splits, progress=False)
-    two = train(cfg(threads=1), splits)
+    with caplog.at_level(logging.INFO, logger="distnn.parallel.driver"):
+        two = train(cfg(threads=1), splits)
+    assert f"BLAS kernels: {blas.kernels()}\n" in caplog.text + "\n"
     assert one["blas_threads"] == [1] and two["blas_threads"] == [1, 1]
+    assert one["blas"] == two["blas"][:1] == [blas.kernels()] and len(two["blas"]) == 2
     np.testing.assert_allclose(two["network"].params, one["network"].params,
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"needs 4 CPUs to start but the Ray cluster has 2 "

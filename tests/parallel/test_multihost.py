@@ -91,6 +91,7 @@ def test_shared_memory_is_made_on_the_workers_node_not_the_drivers(data, one_pro
     with _cluster(2, [0, 2]) as c:
         log = _train_on(c, data, tmp_path / "shm", 2)
         assert "2 workers x 1 BLAS thread(s) (all-reduce: shm)" in log
+        assert "BLAS kernels: OpenBLAS " in log      # the kernels the host's workers run
         _assert_same(_params(tmp_path / "shm"), one_process)
 
 
