@@ -288,8 +288,11 @@ def test_a_stopped_worker_is_replaced_instead_of_hanging(ray_session, splits):
         def on_epoch_end(self, epoch, logs, trainer):
             if epoch == 0:
                 pid = trainer.worker_pids()[1]
-                threading.Timer(0.05, lambda: (os.kill(pid, signal.SIGSTOP),
-                                               stopped.append(pid))).start()
+                # early in epoch 1, which starts as this returns: on a fast CPU the whole
+                # epoch can take less than 50 ms, and a later stop lands in epoch 2
+                delay = min(0.05, logs["train_seconds"] / 10)
+                threading.Timer(delay, lambda: (os.kill(pid, signal.SIGSTOP),
+                                                stopped.append(pid))).start()
     t0 = time.monotonic()
     try:
         out = train(c, splits, callbacks=[Stop()])
@@ -344,9 +347,11 @@ def test_shrinks_when_a_worker_cannot_be_replaced_and_grows_back(ray_session, sp
     assert (1, "could not be replaced; continuing on 1 workers") in actions
     assert (2, "grew to 2 workers") in actions
     assert [h["workers"] for h in out["history"]] == [2, 1, 2, 2]
-    # (PowerSGD's power step and orthonormalisation amplify rounding a little)
+    # (PowerSGD's power step and orthonormalisation amplify rounding: 3e-9 with
+    # OpenBLAS's Haswell kernels on an AMD EPYC, parameters of ~0.1; a lost error
+    # residual at a membership change would move them by ~1e-3)
     np.testing.assert_allclose(out["network"].params, clean["network"].params, rtol=1e-9,
-                               atol=1e-12 if compress == "none" else 1e-9)
+                               atol=1e-12 if compress == "none" else 1e-7)
     assert [h["valid_accuracy"] for h in out["history"]] == \
         pytest.approx([h["valid_accuracy"] for h in clean["history"]])
 
