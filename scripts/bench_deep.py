@@ -73,13 +73,13 @@ def gemm_seconds(net, batch, reps) -> float:
     rng = np.random.default_rng(1)
     acts = [rng.random((batch, n), dtype=np.float32) for n in DEEP]
     outs = [np.empty((batch, n), np.float32) for n in DEEP]
-    dW = [np.empty_like(d.W) for d in net.dense]
+    dW = [np.empty_like(d.W) for d in net.weight_layers]
 
     def step():
-        for i, d in enumerate(net.dense):
+        for i, d in enumerate(net.weight_layers):
             np.matmul(acts[i], d.W, out=outs[i + 1])
-        for i in reversed(range(len(net.dense))):
-            d = net.dense[i]
+        for i in reversed(range(len(net.weight_layers))):
+            d = net.weight_layers[i]
             np.matmul(acts[i].T, acts[i + 1], out=dW[i])
             if i:
                 np.matmul(acts[i + 1], d.W.T, out=outs[i])

@@ -7,21 +7,66 @@ the bound gradient views and returns the gradient with respect to the layer inpu
 
 Buffers are reused between calls of the same batch size, so the arrays a layer
 returns are only valid until its next forward/backward call.
+
+A layer declares what it is, so that the rest of distnn asks it instead of assuming a
+dense stack: its parameters and which of them decay (``param_specs``), which are weight
+matrices and how each reads as (fan-in, units) (``matrices``, ``as_matrix``: for
+initialisation, max-norm, PowerSGD), its non-trained ``buffers``, and the shape it
+makes of an input's (``out_shape``).  Layers plug in through the registry ``LAYERS``
+(kind -> class); a network is built from entries ``(kind, name, arguments)``
+(``NetworkSpec.entries``).  Adding a layer type is one class here with
+``@register``, its gradient check, and where it has no ONNX operator yet, an entry in
+``io/export.py``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import activations
+from . import activations, init as initializers
 from .random import fold_key, keyed_bits
+
+#: kind -> layer class (see the module's docstring)
+LAYERS: dict[str, type["Layer"]] = {}
+
+
+def register(cls):
+    LAYERS[cls.kind] = cls
+    return cls
+
+
+def build(kind: str, name: str, args: dict) -> "Layer":
+    """The layer of registered ``kind`` named ``name`` with ``args``."""
+    if kind not in LAYERS:
+        raise ValueError(f"unknown layer kind {kind!r}; known: {sorted(LAYERS)}")
+    return LAYERS[kind](name, **args)
 
 
 class Layer:
+    kind = ""
     name = ""
+    #: the parameters that are weight matrices (see ``as_matrix``)
+    matrices: tuple[str, ...] = ()
 
     def param_specs(self) -> list[tuple[str, tuple[int, ...], bool]]:
         """[(param name, shape, regularised?)] for this layer's parameters."""
         return []
+
+    def as_matrix(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Parameter ``name`` (one of ``matrices``) as a (fan-in, units) view: a
+        unit's incoming weights are a column."""
+        return value
+
+    def init_(self, params: dict, how: str, rng: np.random.Generator, scale: float) -> None:
+        """Draw this layer's initial ``params`` ({name: view}) in place."""
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Non-trained state (e.g. batch-norm running statistics)."""
+        return {}
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape (without the batch axis) of the output for an input of
+        ``in_shape``; a ValueError naming the layer where the input does not fit."""
+        return in_shape
 
     def bind(self, params: dict, grads: dict) -> None:
         """Receive views into the network's flat parameter/gradient vectors."""
@@ -40,6 +85,7 @@ class Layer:
         return buf
 
 
+@register
 class Dense(Layer):
     """Affine map  y = x @ W + b,  x (N, n_in), W (n_in, n_out), b (n_out,).
 
@@ -57,6 +103,8 @@ class Dense(Layer):
     """
 
     SPARSE_COLUMNS = 0.85   # use the non-zero columns only below this fraction
+    kind = "dense"
+    matrices = ("weight",)
 
     def __init__(self, name: str, n_in: int, n_out: int, *, bias: bool = True,
                  need_input_grad: bool = True):
@@ -69,6 +117,15 @@ class Dense(Layer):
         if self.has_bias:
             specs.append(("bias", (self.n_out,), False))
         return specs
+
+    def init_(self, params, how, rng, scale):
+        initializers.init_dense(how, params["weight"], params.get("bias"), rng, scale)
+
+    def out_shape(self, in_shape):
+        if int(np.prod(in_shape)) != self.n_in:
+            raise ValueError(f"layer {self.name} takes {self.n_in} inputs, got an input of "
+                             f"shape {in_shape}")
+        return (self.n_out,)
 
     def bind(self, params, grads):
         self.W, self.gW = params["weight"], grads["weight"]
@@ -104,11 +161,16 @@ class Dense(Layer):
         return dx
 
 
+@register
 class Act(Layer):
-    """An elementwise activation applied in place; keeps a = f(z) for backward."""
+    """An elementwise activation applied in place; keeps a = f(z) for backward
+    (``fn``: an ``activations.Activation`` or its name)."""
 
-    def __init__(self, name: str, fn: activations.Activation):
-        self.name, self.fn = name, fn
+    kind = "act"
+
+    def __init__(self, name: str, fn):
+        self.name = name
+        self.fn = activations.get(fn) if isinstance(fn, str) else fn
 
     def forward(self, x, *, train):
         self.a = self.fn.forward_(x)
@@ -119,6 +181,7 @@ class Act(Layer):
         return self.fn.backward_(dout, self.a, scratch)
 
 
+@register
 class Dropout(Layer):
     """Inverted dropout: train  y = x ⊙ m / p  with m_ij ~ Bernoulli(p = keep_prob);
     eval  y = x.  Backward:  dx = dy ⊙ m / p.
@@ -127,6 +190,8 @@ class Dropout(Layer):
     counter-based hash in ``core.random``; set ``context = (epoch, indices)`` before
     a training forward pass.
     """
+
+    kind = "dropout"
 
     def __init__(self, name: str, keep_prob: float, seed: int, stream: int):
         if not 0.0 < keep_prob <= 1.0:
@@ -166,6 +231,7 @@ class Dropout(Layer):
         return dout
 
 
+@register
 class BatchNorm(Layer):
     """Batch normalisation (Ioffe & Szegedy 2015) over the batch axis.
 
@@ -184,6 +250,8 @@ class BatchNorm(Layer):
     ~2n numbers per layer and step; ``sync_idle`` makes the same calls with zeros for
     a replica that has no rows in a batch.
     """
+
+    kind = "batchnorm"
 
     def __init__(self, name: str, n: int, *, momentum: float = 0.9, eps: float = 1e-5):
         if not 0.0 <= momentum < 1.0:
@@ -207,6 +275,18 @@ class BatchNorm(Layer):
 
     def buffers(self) -> dict[str, np.ndarray]:
         return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def init_(self, params, how, rng, scale):
+        params["gamma"][...] = 1.0
+        params["beta"][...] = 0.0
+        self.running_mean[...] = 0.0
+        self.running_var[...] = 1.0
+
+    def out_shape(self, in_shape):
+        if in_shape[-1] != self.n:
+            raise ValueError(f"layer {self.name} normalises {self.n} features, got an "
+                             f"input of shape {in_shape}")
+        return in_shape
 
     def _batch_stats(self, x, centred):
         """(mean, biased variance, batch count), over the global batch when synced;

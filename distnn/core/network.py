@@ -5,10 +5,15 @@ Layer stack for ``sizes = [n0, n1, ..., nL]``::
     [Dropout(keep_prob_input)] -> Dense0 -> [BatchNorm0] -> f -> [Dropout(keep_prob)]
     -> ... -> Dense(L-1) -> output activation -> cost
 
+The network is a list of layers built from entries ``(kind, name, arguments)``
+(``NetworkSpec.entries``) through the layer registry ``core.layers.LAYERS``; what the
+rest of distnn needs to know of a layer it asks the layer (``weight_layers``,
+``matrices``, ``decayed``), never its type.
+
 All parameters live in ``net.params`` (one contiguous array) and all gradients in
 ``net.grads``; ``named_params()`` gives views keyed ``"dense0.weight"`` etc.  The
-regularised parameters (Dense weights) come first, so ``params[:net.n_decay]`` is
-exactly the part that L1/L2 act on.
+regularised parameters (the layers' weights) come first, so ``params[:net.n_decay]``
+is exactly the part that L1/L2 act on.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import activations, costs, init as initializers
-from .layers import Act, BatchNorm, Dense, Dropout, Layer
+from .layers import BatchNorm, Dropout, Layer, build as build_layer
 
 DTYPES = ("float32", "float64")
 
@@ -56,16 +61,52 @@ class NetworkSpec:
     def n_params(self) -> int:
         """The network's parameters: every weight, a bias per Dense layer's unit (none
         before a batch norm), batch norm's gamma and beta."""
-        return parameter_count(self.sizes, self.batchnorm)
+        return _count(self.entries())
+
+    def entries(self) -> list[tuple[str, str, dict]]:
+        """The network as layer entries (kind, name, arguments), in order::
+
+            [dropout drop_in] dense0 [batchnorm bn0] act0 [dropout drop0] ... dense(L-1)
+
+        (the output activation and the cost are the network's own)."""
+        return layer_entries(self.sizes, self.activation, self.batchnorm, self.keep_prob,
+                             self.keep_prob_input, self.seed, self.bn_momentum)
+
+
+def layer_entries(sizes, activation: str = "sigmoid", batchnorm: bool = False,
+                  keep_prob: float = 1.0, keep_prob_input: float = 1.0, seed: int = 0,
+                  bn_momentum: float = 0.9) -> list[tuple[str, str, dict]]:
+    """The entries of a fully-connected network of layer ``sizes`` (see
+    ``NetworkSpec.entries``)."""
+    out = []
+    if keep_prob_input != 1.0:
+        out.append(("dropout", "drop_in", {"keep_prob": keep_prob_input, "seed": seed,
+                                           "stream": 1000}))
+    n = len(sizes) - 1
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        bn = batchnorm and i < n - 1
+        # nothing before the first Dense layer has parameters: skip its dx GEMM
+        out.append(("dense", f"dense{i}", {"n_in": a, "n_out": b, "bias": not bn,
+                                           "need_input_grad": i > 0}))
+        if i == n - 1:
+            break
+        if bn:
+            out.append(("batchnorm", f"bn{i}", {"n": b, "momentum": bn_momentum}))
+        out.append(("act", f"act{i}", {"fn": activation}))
+        if keep_prob != 1.0:
+            out.append(("dropout", f"drop{i}", {"keep_prob": keep_prob, "seed": seed,
+                                                "stream": 1001 + i}))
+    return out
+
+
+def _count(entries) -> int:
+    return sum(int(np.prod(shape)) for kind, name, args in entries
+               for _, shape, _ in build_layer(kind, name, args).param_specs())
 
 
 def parameter_count(sizes, batchnorm: bool = False) -> int:
     """The parameters of a network of layer ``sizes`` (``Network`` allocates these)."""
-    n = 0
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        hidden = i < len(sizes) - 2
-        n += a * b + (2 * b if batchnorm and hidden else b)   # bias, or gamma and beta
-    return n
+    return _count(layer_entries(list(sizes), "relu", batchnorm))
 
 
 class Network:
@@ -105,7 +146,7 @@ class Network:
         self.spec = NetworkSpec(tuple(self.sizes), activation, output, cost, init, init_scale,
                                 keep_prob, keep_prob_input, bool(batchnorm), int(seed), dtype,
                                 bn_momentum)
-        self.layers = self._build(keep_prob, keep_prob_input, batchnorm, seed, bn_momentum)
+        self.layers = self._build(self.spec.entries())
         self._allocate()
         self.reset(init, seed, init_scale)
 
@@ -119,23 +160,14 @@ class Network:
         return {**dataclasses.asdict(self.spec), "sizes": list(self.sizes)}
 
     # -- construction -------------------------------------------------------------
-    def _build(self, keep_prob, keep_prob_input, batchnorm, seed, bn_momentum) -> list[Layer]:
-        layers: list[Layer] = []
-        if keep_prob_input != 1.0:
-            layers.append(Dropout("drop_in", keep_prob_input, seed, stream=1000))
-        n = len(self.sizes) - 1
-        for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
-            bn = batchnorm and i < n - 1
-            # nothing before the first Dense layer has parameters: skip its dx GEMM
-            layers.append(Dense(f"dense{i}", a, b, bias=not bn, need_input_grad=i > 0))
-            if i == n - 1:
-                break
-            if bn:
-                layers.append(BatchNorm(f"bn{i}", b, momentum=bn_momentum))
-            layers.append(Act(f"act{i}", self.hidden_fn))
-            if keep_prob != 1.0:
-                layers.append(Dropout(f"drop{i}", keep_prob, seed, stream=1001 + i))
-        self.dense = [l for l in layers if isinstance(l, Dense)]
+    def _build(self, entries) -> list[Layer]:
+        layers = [build_layer(kind, name, args) for kind, name, args in entries]
+        shape: tuple[int, ...] = (self.sizes[0],)
+        for layer in layers:
+            shape = layer.out_shape(shape)
+        #: the layers that hold weight matrices, input side first (L1/L2 per layer,
+        #: max-norm, gradient buckets)
+        self.weight_layers = [l for l in layers if l.matrices]
         self.dropouts = [l for l in layers if isinstance(l, Dropout)]
         self.batchnorms = [l for l in layers if isinstance(l, BatchNorm)]
         return layers
@@ -168,14 +200,12 @@ class Network:
 
     def reset(self, init: str = "fan-in", seed: int = 0, init_scale: float = 0.05) -> None:
         """Re-draw all parameters from ``init`` with ``np.random.default_rng(seed)``."""
+        initializers.check(init, init_scale)
         rng = np.random.default_rng(seed)
-        for d in self.dense:
-            initializers.init_dense(init, d.W, d.b, rng, init_scale)
-        for bn in self.batchnorms:
-            bn.gamma[...] = 1.0
-            bn.beta[...] = 0.0
-            bn.running_mean[...] = 0.0
-            bn.running_var[...] = 1.0
+        views = self.named_params()
+        for layer in self.layers:
+            own = {n: views[f"{layer.name}.{n}"] for n, _, _ in layer.param_specs()}
+            layer.init_(own, init, rng, init_scale)
 
     def rebind_grads(self, buf: np.ndarray) -> None:
         """Make ``buf[:P]`` the gradient vector (e.g. inside a larger all-reduce buffer
@@ -244,7 +274,14 @@ class Network:
 
     def named_buffers(self) -> dict[str, np.ndarray]:
         """Non-trained state (batch-norm running statistics), keyed like parameters."""
-        return {f"{bn.name}.{k}": v for bn in self.batchnorms for k, v in bn.buffers().items()}
+        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.buffers().items()}
+
+    def matrices(self) -> list[tuple[str, np.ndarray]]:
+        """[("dense0.weight", its (fan-in, units) view), ...]: every weight matrix,
+        input side first, as its layer reads it (``Layer.as_matrix``)."""
+        views = self.named_params()
+        return [(f"{l.name}.{m}", l.as_matrix(m, views[f"{l.name}.{m}"]))
+                for l in self.weight_layers for m in l.matrices]
 
     @property
     def n_classes(self) -> int:

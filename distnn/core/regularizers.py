@@ -7,7 +7,8 @@ Only weights are penalised (biases and batch-norm γ, β are not): they are the
 leading ``n_decay`` entries of the network's flat parameter vector.  In the
 distributed path these terms are added once, after the gradient all-reduce.
 
-λ may also be given per weight matrix (one value per Dense layer, input side first),
+λ may also be given per weight matrix (one value per matrix the network's layers declare,
+input side first: ``Network.matrices``),
 as in LeCun et al.'s "separate L2 per layer": ``Penalty`` resolves either form into
 blocks of the flat vector, one block when every layer shares λ.
 
@@ -50,13 +51,12 @@ class Penalty:
     """The L1/L2 terms of a network, as blocks (slice, λ1, λ2) of its flat vectors."""
 
     def __init__(self, net, l1=0.0, l2=0.0):
-        n_layers = len(net.dense)
-        l1s, l2s = per_layer(l1, n_layers, "l1"), per_layer(l2, n_layers, "l2")
+        keys = [k for k, _ in net.matrices()]
+        l1s, l2s = per_layer(l1, len(keys), "l1"), per_layer(l2, len(keys), "l2")
         if len(set(l1s)) == 1 and len(set(l2s)) == 1:
             blocks = [(slice(0, net.n_decay), l1s[0], l2s[0])]
         else:
-            blocks = [(net.slices[f"{d.name}.weight"], a, b)
-                      for d, a, b in zip(net.dense, l1s, l2s)]
+            blocks = [(net.slices[k], a, b) for k, a, b in zip(keys, l1s, l2s)]
         self.blocks = [(sl, a, b) for sl, a, b in blocks if a or b]
         self.only_l2 = all(not a for _, a, _ in self.blocks)
 

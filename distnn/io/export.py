@@ -34,18 +34,28 @@ def _layers(net, norm):
         steps += [("Sub", [norm.mean.astype(dt)]), ("Div", [(norm.std + norm.eps).astype(dt)])]
     p, b = net.named_params(), net.named_buffers()
     for layer in net.layers:
-        kind, name = type(layer).__name__, layer.name
-        if kind == "Dense":
-            steps.append(("MatMul", [p[f"{name}.weight"].astype(dt)]))
-            if f"{name}.bias" in p:
-                steps.append(("Add", [p[f"{name}.bias"].astype(dt)]))
-        elif kind == "BatchNorm":
-            scale = p[f"{name}.gamma"] / np.sqrt(b[f"{name}.running_var"] + layer.eps)
-            shift = p[f"{name}.beta"] - b[f"{name}.running_mean"] * scale
-            steps += [("Mul", [scale.astype(dt)]), ("Add", [shift.astype(dt)])]
-        elif kind == "Act":
-            steps += _activation(layer.fn.name, dt)
+        if layer.kind not in STEPS:
+            raise ValueError(f"layer {layer.name} ({layer.kind}) has no ONNX export yet; "
+                             "export it with --format npz")
+        own = {k.split(".", 1)[1]: v.astype(dt) for k, v in {**p, **b}.items()
+               if k.split(".", 1)[0] == layer.name}
+        steps += STEPS[layer.kind](layer, own, dt)
     return steps + _activation(net.out_fn.name, dt)
+
+
+def _dense(layer, p, dt) -> list:
+    return [("MatMul", [p["weight"]])] + ([("Add", [p["bias"]])] if "bias" in p else [])
+
+
+def _batchnorm(layer, p, dt) -> list:
+    scale = p["gamma"] / np.sqrt(p["running_var"] + dt.type(layer.eps))
+    shift = p["beta"] - p["running_mean"] * scale
+    return [("Mul", [scale.astype(dt)]), ("Add", [shift.astype(dt)])]
+
+
+#: layer kind (``core.layers.LAYERS``) -> its evaluation-mode ONNX steps (dropout: none)
+STEPS = {"dense": _dense, "batchnorm": _batchnorm, "dropout": lambda layer, p, dt: [],
+         "act": lambda layer, p, dt: _activation(layer.fn.name, dt)}
 
 
 def _activation(name: str, dt) -> list:

@@ -121,7 +121,7 @@ class Engine:
         one bucket of weights."""
         from .overlap import Overlap
         want = group.overlaps and self.cfg.bucket_mb > 0 and not self.net.syncs_per_step \
-            and len(self.net.dense) > 1
+            and len(self.net.weight_layers) > 1
         if want and self.overlap is None:
             self.overlap = Overlap(self.net, self._own_buf, self.cfg.bucket_mb * 2 ** 20)
         if self.overlap is not None and (not want or self.overlap.n_buckets <= 2):
@@ -195,7 +195,8 @@ class Engine:
         """Max-norm on the whole network (every shard is in place), then the parameter
         average (``--ema``) of this replica's shard."""
         if self.cfg.max_norm is not None:
-            regularizers.apply_max_norm([d.W for d in self.net.dense], self.cfg.max_norm)
+            regularizers.apply_max_norm([m for _, m in self.net.matrices()],
+                                        self.cfg.max_norm)
         self.optimizer.update_average(self._mine[0])
 
     def step(self, x, y, idx, b: int, epoch: int, key: int) -> float:

@@ -25,17 +25,20 @@ import threading
 
 
 def buckets(net, cap_bytes: float) -> dict[str, tuple[int, int]]:
-    """{name of the Dense layer after whose backward a bucket is complete: its span of
-    the gradient}.  Weights of consecutive layers are consecutive in the flat vector,
-    so a bucket of whole layers is one span; the first layer's closes the last bucket."""
+    """{name of the layer (of those with weights) after whose backward a bucket is
+    complete: its span of the gradient}.  Weights of consecutive layers are consecutive
+    in the flat vector, so a bucket of whole layers is one span; the first layer's
+    closes the last bucket."""
     spans, hi = {}, None
     item = net.params.itemsize
-    for d in reversed(net.dense):
-        sl = net.slices[f"{d.name}.weight"]
-        hi = sl.stop if hi is None else hi
-        if (hi - sl.start) * item >= cap_bytes or d is net.dense[0]:
-            spans[d.name] = (sl.start, hi)
-            hi = sl.start
+    first = net.weight_layers[0]
+    for layer in reversed(net.weight_layers):
+        own = [net.slices[f"{layer.name}.{m}"] for m in layer.matrices]
+        start = min(sl.start for sl in own)
+        hi = max(sl.stop for sl in own) if hi is None else hi
+        if (hi - start) * item >= cap_bytes or layer is first:
+            spans[layer.name] = (start, hi)
+            hi = start
     return spans
 
 

@@ -3,6 +3,7 @@ import pytest
 
 import distnn
 from distnn.core import activations
+from distnn.core.network import Network
 from distnn.core.gradcheck import check_network
 
 COMBOS = [(h, o, c) for h in sorted(activations.HIDDEN)
@@ -135,3 +136,42 @@ def test_float32_and_float64_agree(rng):
     assert g32.dtype == np.float32
     assert c32 == pytest.approx(c64, rel=1e-5)
     np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-6)
+
+
+def test_the_network_is_built_from_layer_entries_through_the_registry():
+    from distnn.core.layers import LAYERS
+    net = Network([6, 5, 4, 3], activation="relu", batchnorm=True, keep_prob=0.5,
+                  keep_prob_input=0.8)
+    entries = net.spec.entries()
+    assert [(k, n) for k, n, _ in entries] == [
+        ("dropout", "drop_in"), ("dense", "dense0"), ("batchnorm", "bn0"), ("act", "act0"),
+        ("dropout", "drop0"), ("dense", "dense1"), ("batchnorm", "bn1"), ("act", "act1"),
+        ("dropout", "drop1"), ("dense", "dense2")]
+    assert [type(l) for l in net.layers] == [LAYERS[k] for k, _, _ in entries]
+    assert [l.name for l in net.weight_layers] == ["dense0", "dense1", "dense2"]
+    assert [k for k, _ in net.matrices()] == ["dense0.weight", "dense1.weight",
+                                              "dense2.weight"]
+    assert net.spec.n_params == net.params.size == 6 * 5 + 2 * 5 + 5 * 4 + 2 * 4 + 4 * 3 + 3
+    assert set(net.named_buffers()) == {f"bn{i}.running_{s}" for i in (0, 1)
+                                        for s in ("mean", "var")}
+
+
+def test_an_unknown_layer_kind_and_a_layer_that_does_not_fit_are_named():
+    from distnn.core.layers import Dense, build
+    with pytest.raises(ValueError, match=r"unknown layer kind 'conv'; known: \['act', "):
+        build("conv", "conv0", {})
+    with pytest.raises(ValueError, match=r"layer dense1 takes 7 inputs, got an input of "
+                                         r"shape \(5,\)"):
+        Dense("dense1", 7, 3).out_shape((5,))
+
+
+def test_the_layers_draw_the_initial_weights_in_order(rng):
+    """Each layer initialises its own parameters, in layer order, from one generator:
+    the draws of a network of Dense layers with the fan-in rule, w ~ N(0, 1/n_in)."""
+    net = Network([6, 5, 3], init="fan-in", seed=4, dtype="float64")
+    g = np.random.default_rng(4)
+    w0 = g.standard_normal((6, 5)) / np.sqrt(6)
+    w1 = g.standard_normal((5, 3)) / np.sqrt(5)
+    np.testing.assert_array_equal(net.named_params()["dense0.weight"], w0)
+    np.testing.assert_array_equal(net.named_params()["dense1.weight"], w1)
+    assert not net.named_params()["dense0.bias"].any()

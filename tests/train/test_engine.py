@@ -70,11 +70,11 @@ def test_regularisation_shrinks_weights(splits):
     same = train(cfg(epochs=3, l2=(50.0, 50.0)), splits, progress=False)["network"]
     assert np.array_equal(same.params, l2.params)
     first = train(cfg(epochs=3, l2=(50.0, 0.0)), splits, progress=False)["network"]
-    w0 = lambda n: np.abs(n.dense[0].W).sum()  # noqa: E731
-    w1 = lambda n: np.abs(n.dense[1].W).sum()  # noqa: E731
+    w0 = lambda n: np.abs(n.weight_layers[0].W).sum()  # noqa: E731
+    w1 = lambda n: np.abs(n.weight_layers[1].W).sum()  # noqa: E731
     assert w0(first) < 0.5 * w0(plain) and w1(first) > 5 * w1(l2)
     capped = train(cfg(epochs=3, max_norm=0.5), splits, progress=False)["network"]
-    for w in (d.W for d in capped.dense):
+    for w in (d.W for d in capped.weight_layers):
         assert np.linalg.norm(w, axis=0).max() <= 0.5 + 1e-6
 
 
