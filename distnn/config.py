@@ -13,8 +13,7 @@ from dataclasses import dataclass, fields
 from .core import activations, costs, init, optim, regularizers, schedules
 from .core.network import NetworkSpec
 from .data.augment import parse_spec
-from .data.datasets import check_known
-from .data.parquet import PREFIX
+from .data.datasets import check_known, location
 
 
 @dataclass(frozen=True)
@@ -265,7 +264,7 @@ def _validate_run(c: TrainConfig) -> None:
     _int_at_least("max_image_pixels", c.max_image_pixels, 1)
     if c.shard_memory is not None:
         _int_at_least("shard_memory", c.shard_memory, 1)
-    parquet = c.dataset.startswith(PREFIX)
+    parquet = location(c.dataset) is not None
     for name, default in (("shard_memory", None), ("data_shards", 0),
                           ("label_column", "label"), ("feature_columns", ""),
                           ("split_column", None), ("split", "80/10/10")):

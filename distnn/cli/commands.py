@@ -193,8 +193,8 @@ def _convert(args, splits) -> int:
     if args.out is None:
         raise ValueError("data convert needs an output: distnn data convert mnist "
                          "mnist-parquet/ (or OUT.parquet, or s3://bucket/path)")
-    from ..data.parquet import PREFIX
-    if args.name.startswith(PREFIX):
+    from ..data.datasets import location
+    if location(args.name) is not None:
         raise ValueError("the dataset is Parquet already")
     files = write(args.out, splits, tabular=args.tabular, row_group=args.row_group,
                   overwrite=args.overwrite)

@@ -289,7 +289,7 @@ def load_custom_idx(data_dir) -> Splits:
 def _parquet(name, data_dir, mirrors, options) -> Splits:
     from .parquet import Options
     from .parquet_open import open_parquet
-    return open_parquet(name[len(PREFIX):], options or Options())
+    return open_parquet(location(name), options or Options())
 
 
 #: how each kind of dataset is loaded: (name, data_dir, mirrors, options) -> Splits;
@@ -310,6 +310,12 @@ def _digits(data_dir) -> Splits:
 
 def _kind(name: str) -> str:
     return "parquet" if name.startswith(PREFIX) else name
+
+
+def location(name: str) -> str | None:
+    """Where a dataset read on demand is read from (the path or URI of
+    ``parquet:URI``), or None for a built-in dataset, which is held whole."""
+    return name[len(PREFIX):] if name.startswith(PREFIX) else None
 
 
 def known(name: str) -> bool:

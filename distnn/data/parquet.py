@@ -89,6 +89,9 @@ class ParquetSplit:
     """A split of a Parquet dataset that is read on demand: ``len``, ``shape``,
     ``read(lo, hi)`` (examples lo..hi-1 as a ``Split``), ``chunks()``."""
 
+    #: read on demand, a part per worker (see ``splits.Split``)
+    held_whole = False
+
     def __init__(self, layout: Layout, parts: tuple[Part, ...], split_column=None):
         self.layout, self.parts, self.split_column = layout, tuple(parts), split_column
         self._ends = np.cumsum([p.count for p in self.parts], dtype=np.int64)
@@ -115,6 +118,14 @@ class ParquetSplit:
 
     def concat(self, other: "ParquetSplit") -> "ParquetSplit":
         return ParquetSplit(self.layout, self.parts + other.parts, self.split_column)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.layout.dtype)
+
+    @property
+    def where(self) -> str:
+        return self.layout.uri
 
     @property
     def ends(self) -> np.ndarray:

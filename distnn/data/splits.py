@@ -108,8 +108,29 @@ class Normalizer:
 
 @dataclass(frozen=True)
 class Split:
+    """A split held whole in memory.
+
+    Every kind of split says what it can do, and code asks that instead of its type:
+    ``held_whole`` is True for a split every worker can be handed whole (its arrays
+    ``x`` and ``y``); False for one read on demand, each worker reading its part
+    (``data.parquet.ParquetSplit``), which also offers what reading it in parts takes:
+
+    - ``ends``: where each block (a unit read at once: a row group) ends, cumulative;
+    - ``row_bytes`` and ``dtype``: one example's bytes and its array type;
+    - ``read(lo, hi, x=True)``: examples lo..hi-1 as a ``Split`` (``x=False``: labels
+      only, x None);
+    - ``normalizer(standardize)``: the input normaliser fitted on it (cached);
+    - ``concat(other)``, and ``where``: what to name it by in messages.
+
+    Both have ``len``, ``shape`` (N, *example shape), ``read(lo, hi)``, ``head(n)``,
+    ``describe()``, ``fingerprint(h)`` and ``chunks()``.  A new kind of dataset read on
+    demand is a class with these, and a loader in ``datasets.DATASETS``."""
+
     x: np.ndarray  # (N, H, W) uint8
     y: np.ndarray  # (N,) int64
+
+    #: see the class docstring
+    held_whole = True
 
     def __len__(self) -> int:
         return len(self.y)
@@ -152,7 +173,7 @@ class Splits:
     def merged(self) -> "Splits":
         """The validation split appended to the training split (and left empty): the
         data for a final model once the settings have been chosen on validation."""
-        if not isinstance(self.train, Split):     # read on demand: join the row lists
+        if not self.train.held_whole:     # read on demand: join the row lists
             return replace(self, train=self.train.concat(self.valid),
                            valid=self.valid.head(0))
         empty = Split(self.valid.x[:0], self.valid.y[:0])

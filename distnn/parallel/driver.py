@@ -10,7 +10,7 @@ import os
 import time
 
 from ..config import TrainConfig
-from ..data.parquet import PREFIX
+from ..data.datasets import location
 from ..data.splits import Splits
 from ..io.files import OutputError
 from ..train.callbacks import ProgressLogger
@@ -32,7 +32,7 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     and its input ``normalizer``."""
     comm.check(cfg.allreduce)
     compress.check(cfg.compress, cfg.dtype)
-    if cfg.data_shards == 0 and cfg.dataset.startswith(PREFIX):
+    if cfg.data_shards == 0 and location(cfg.dataset) is not None:
         cfg = cfg.replace(data_shards=cfg.workers)   # recorded: a resume keeps the order
     splits = splits or load_splits(cfg)
     if cfg.data_shards > len(splits.train):

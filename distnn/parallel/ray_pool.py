@@ -15,7 +15,6 @@ import logging
 import time
 
 from ..config import TrainConfig
-from ..data.splits import Split
 from ..train.data import TrainingData
 from ..train.engine import merge_states
 from ..train.pool import WorkerFailure
@@ -62,7 +61,7 @@ class RayPool:
         self.failure, self.scaling = failure or defaults[0], scaling or defaults[1]
         # whole splits go to the object store once (workers get zero-copy views); a
         # split read on demand travels as its small description
-        self._refs = [ray.put(s) if isinstance(s, Split) else s
+        self._refs = [ray.put(s) if s is not None and s.held_whole else s
                       for s in data.worker_splits()]
         self._args = (cfg, data.normalizer)
         # a worker takes one CPU per BLAS thread (--threads), and its BLAS no more

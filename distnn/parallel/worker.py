@@ -15,7 +15,6 @@ import os
 from ..config import TrainConfig
 from ..core import blas
 from ..data.augment import Augmenter
-from ..data.splits import Split
 from ..data.splits import Normalizer
 from ..train.batches import Batches, owned_range
 from ..train.engine import Engine
@@ -41,8 +40,7 @@ class Worker:
                      cfg.network_spec().dtype, {"cache": in_process})
         self._budget = cfg.shard_memory and cfg.shard_memory * 2 ** 20
         self._shards = max(cfg.data_shards, 1)
-        self._reads_own = any(s is not None and not isinstance(s, Split)
-                              for s in self.splits)
+        self._reads_own = any(s is not None and not s.held_whole for s in self.splits)
         if self._reads_own:
             import importlib     # pyarrow in memory before the baseline is taken
             importlib.import_module("pyarrow.parquet")
@@ -65,7 +63,7 @@ class Worker:
                                            (1, 8, 8), (self._shards, 1, 1)):
             if split is None or not len(split):
                 out.append(None)
-            elif isinstance(split, Split):
+            elif split.held_whole:
                 out.append(Batches(split, norm, a, dtype, **how))
             else:
                 n = len(split)

@@ -33,7 +33,7 @@ class TrainingData:
         """What the workers are given: the training and validation splits, and the test
         split when it is read on demand (else the trainer measures it)."""
         test = self.splits.test
-        return self.train, self.splits.valid, None if isinstance(test, Split) else test
+        return self.train, self.splits.valid, None if test.held_whole else test
 
     def describe(self) -> dict:
         """Each split's rows (and, for files read on demand, which files and how they
@@ -56,7 +56,7 @@ def prepare(cfg: TrainConfig, splits: Splits) -> TrainingData:
     if cfg.merge_valid:
         splits = splits.merged()
     train = subset(splits.train, cfg.train_size)
-    if isinstance(train, Split):
+    if train.held_whole:
         norm = Normalizer.fit(train.x, splits.pixel_max, cfg.standardize)
     else:     # read on demand: one pass, a row group at a time (or the cached result)
         norm = train.normalizer(cfg.standardize)
@@ -72,12 +72,12 @@ def prepare(cfg: TrainConfig, splits: Splits) -> TrainingData:
 
 def check_shard_memory(cfg: TrainConfig, train) -> None:
     """--shard-memory must hold two windows, and a window (half of it) one row group."""
-    if not cfg.shard_memory or isinstance(train, Split) or not len(train):
+    if not cfg.shard_memory or train.held_whole or not len(train):
         return
-    biggest = max(p.count for p in train.parts) * train.row_bytes
+    biggest = int(np.diff(train.ends, prepend=0).max()) * train.row_bytes
     if biggest > cfg.shard_memory * 2 ** 20 // 2:
         need = -(-2 * biggest // 2 ** 20)
-        raise ValueError(f"--shard-memory {cfg.shard_memory}: a row group of {train.layout.uri} "
+        raise ValueError(f"--shard-memory {cfg.shard_memory}: a row group of {train.where} "
                          f"holds {biggest / 2 ** 20:.1f} MB of examples, more than a window "
                          f"(half of it); give --shard-memory {need} or more, or write "
                          "the data in smaller row groups (distnn data convert --row-group N)")

@@ -86,10 +86,8 @@ def _resumes_from(cfg: TrainConfig) -> bool:
 
 def _dataset_path(cfg: TrainConfig) -> str | None:
     """The local path the data are read from (to keep outputs off it), if any."""
-    from ..data.parquet import PREFIX
-    if cfg.dataset.startswith(PREFIX):
-        return cfg.dataset[len(PREFIX):]
-    return cfg.data_dir
+    from ..data.datasets import location
+    return location(cfg.dataset) or cfg.data_dir
 
 
 def resume_source(cfg: TrainConfig):

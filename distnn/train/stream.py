@@ -69,7 +69,7 @@ class StreamedBatches(Batches):
     """``Batches`` over examples ``offset``..``offset + n - 1`` of a ``ParquetSplit``,
     read a row group at a time into a cache of at most ``budget`` bytes."""
 
-    source: object = None        # the ParquetSplit
+    source: object = None        # the split read on demand (``data.splits.Split``)
     budget: int = 0              # bytes of examples held at most
 
     def __post_init__(self):
@@ -130,7 +130,7 @@ class StreamedBatches(Batches):
             lo = max(int(self.starts[first]), self.offset)
             self._last = (lo, lo + len(x), x)
             return x.take(glob - lo, axis=0)
-        out = np.empty((len(rows), *self.source.layout.shape), self.source.layout.dtype)
+        out = np.empty((len(rows), *self.source.shape[1:]), self.source.dtype)
         for b in np.unique(blocks):
             sel = blocks == b
             x = self._block(int(b))

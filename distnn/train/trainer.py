@@ -11,7 +11,6 @@ import time
 
 from ..config import TrainConfig
 from ..core.schedules import HalveOnPlateau
-from ..data.splits import Split
 from ..io.files import OutputError
 from .batches import Batches, steps_per_epoch
 from .callbacks import EarlyStopping, PlateauSchedule, mode_of
@@ -129,7 +128,7 @@ class Trainer:
         """(cost + penalty, accuracy) of "train", "valid" (the workers, each on its part)
         or "test" (here, unless the workers read it a shard each), with the parameters
         the run is evaluated with."""
-        if which == "test" and isinstance(self.data.splits.test, Split):
+        if which == "test" and self.data.splits.test.held_whole:
             d = self.data
             parts = [measure(self.net, Batches(d.splits.test, d.normalizer, None,
                                                self.net.dtype), 0, len(d.splits.test))]

@@ -49,3 +49,12 @@ def test_digits_csv_parser():
         parse_csv(b"1,2,3\n4,5,6", "d.csv")
     with pytest.raises(DataError, match="0..16"):
         parse_csv((",".join(["17"] * 64) + ",1").encode(), "d.csv")
+
+
+def test_a_split_says_whether_it_is_held_whole():
+    """Code asks a split what it can do, not its type: held whole in memory, or read on
+    demand a part per worker (a Parquet dataset's)."""
+    from distnn.data.parquet import ParquetSplit
+    from distnn.data.splits import Split
+    assert Split(np.zeros((2, 2, 2), np.uint8), np.zeros(2, np.int64)).held_whole
+    assert ParquetSplit.held_whole is False
