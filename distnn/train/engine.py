@@ -24,6 +24,7 @@ from .batches import Batches, prefetch, steps_per_epoch
 from .evaluate import measure
 from .model import build_model
 from .records import load_state
+from .update import Update
 
 
 def digest(a: np.ndarray) -> str:
@@ -61,8 +62,7 @@ class Engine:
         self._own_params = net.params
         self._scratch = np.empty(net.n_decay, net.dtype)
         self.group, self.shard, self._key = None, (0, net.params.size), 0   # see join
-        self.prescaled = self.optimizer.prescalable   # the update takes -lr g (see step)
-        self.scale_after = False
+        self.update = Update(self.optimizer)   # where -lr goes: see join
         self.clock = Clock()
         self.step_seconds = None   # the last epoch's mean step: sets the step deadline
         # by the workers the run may have (cfg.workers), not those it has now (world):
@@ -80,8 +80,7 @@ class Engine:
         if self.group is not None:
             self.group.close()
         self.group = group
-        # a compressor with state sees the mean gradient and scales what it returns
-        self.scale_after = self.prescaled and not group.takes_scaled
+        self.update = Update(self.optimizer, group.takes_scaled)
         self._overlap_with(group)
         P = self.net.params.size
         # in the group's memory where it offers it (shm): the gradient its reduction
@@ -167,29 +166,11 @@ class Engine:
             self.group.load_state_dict(state.get("comm"), first=self.rank == 0)
 
     # -- one step ------------------------------------------------------------------------
-    def grad_scale(self, batch_count: int) -> float:
-        """What the summed batch gradient is multiplied by in the backward pass: -lr/B
-        for optimizers that take pre-scaled gradients, else 1/B (the mean)."""
-        if self.prescaled and not self.scale_after:
-            return -self.optimizer.lr / batch_count
-        return 1.0 / batch_count
-
     def apply_update(self) -> None:
         """Add the L1/L2 gradient (once, to the reduced gradient) and step the optimizer
         on this replica's shard ``params[lo:hi]``."""
-        opt, n, pen = self.optimizer, self.n_train, self._penalty
         params, grads = self._mine
-        opt.start_average(params)
-        if not self.prescaled:
-            pen.add_grad(grads, params, n, self._scratch)
-            opt.step(params, grads)
-        elif pen and pen.only_l2 and opt.folds_decay:
-            # w - lr (g + (l2/n) w) == (1 - lr l2 / n) w - lr g: one pass fewer
-            pen.decay_(params, opt.lr, n)
-            opt.step_prescaled(params, grads)
-        else:
-            pen.add_grad(grads, params, n, self._scratch, scale=-opt.lr)
-            opt.step_prescaled(params, grads)
+        self.update.apply(params, grads, self._penalty, self.n_train, self._scratch)
 
     def finish_step(self) -> None:
         """Max-norm on the whole network (every shard is in place), then the parameter
@@ -214,17 +195,14 @@ class Engine:
         else:
             if x is not None:
                 buf[-1] = net.loss_and_grad_sum_(x, y, epoch=epoch, indices=idx,
-                                                 scale=self.grad_scale(b))
+                                                 scale=self.update.backward_scale(b))
             else:
                 buf[:] = 0.0
                 if calls > 2:
                     net.sync_idle()
             self._key = key + calls - 2
             t1 = time.perf_counter()
-            if self.scale_after:
-                group.reduce_parts_(self._key, buf, self._parts, scale=-self.optimizer.lr)
-            else:
-                group.reduce_parts_(self._key, buf, self._parts)
+            group.reduce_parts_(self._key, buf, self._parts, self.update.reduce_scale())
         t2 = time.perf_counter()
         clock.compute += t1 - t0
         clock.comm += t2 - t1
@@ -249,7 +227,7 @@ class Engine:
         ov.start(self.group, self._key, self.cfg.comm_timeout)
         if x is not None:
             self.buf[-1] = self.net.loss_and_grad_sum_(x, y, epoch=epoch, indices=idx,
-                                                       scale=self.grad_scale(b),
+                                                       scale=self.update.backward_scale(b),
                                                        after=ov.layer_done)
             self._backprop_seconds = time.perf_counter() - t0
             ov.finish()

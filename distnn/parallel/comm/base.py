@@ -18,8 +18,12 @@ once the driver has every member's address, ``join``.
                             travel as they are.
 ``shard(size)``             the range [lo, hi) of a size-``size`` vector this member
                             reduces and updates (all of it unless the backend shards).
-``reduce_parts_(step, buf, parts)``  parts = [(lo, hi) = shard(P), (P, len(buf))]: the sum
-                            of buf[lo:hi] and of the tail buf[P:] (the batch's cost).
+``reduce_parts_(step, buf, parts, scale=1.0)``  parts = [(lo, hi) = shard(P), (P, len(buf))]:
+                            the sum of buf[lo:hi], times ``scale``, and of the tail
+                            buf[P:] (the batch's cost, never scaled).  A backend sums
+                            (``sum_parts_``); a group whose reduction is not linear
+                            (``takes_scaled`` False: a compressor with error feedback)
+                            applies ``scale`` itself.
 ``all_gather_(step, vec, lo, hi)``   every member's vec[its shard] into every vec.
 ``gradient_buffer(size)``   where the group offers one (shm), a buffer in its own memory
                             to compute the gradient in: its reduction copies nothing in.
@@ -52,6 +56,7 @@ class Group:
     #: the reduction is linear and keeps no state: its input may be pre-multiplied by
     #: -lr.  A group for which it is False (a compressor with error feedback) is given
     #: the mean gradient and ``reduce_parts_(..., scale=s)``: the result times s.
+    #: (Who folds -lr where is decided in one place: ``train.update.Update``.)
     takes_scaled = True
     #: reducing the gradient span by span while backprop still computes the rest
     #: (``reduce_span_``) can hide communication: the group crosses links
@@ -68,9 +73,17 @@ class Group:
     def shard(self, size: int) -> tuple[int, int]:
         return 0, size
 
-    def reduce_parts_(self, step: int, buf: np.ndarray, parts) -> None:
+    def reduce_parts_(self, step: int, buf: np.ndarray, parts, scale: float = 1.0) -> None:
         """Sum ``buf[lo:hi]`` over the group for each (lo, hi) in ``parts`` (at least;
-        other entries may be left as they are or summed too)."""
+        other entries may be left as they are or summed too), then multiply the first
+        part (this member's shard of the gradient) by ``scale``."""
+        self.sum_parts_(step, buf, parts)
+        if scale != 1.0:
+            lo, hi = parts[0]
+            buf[lo:hi] *= buf.dtype.type(scale)
+
+    def sum_parts_(self, step: int, buf: np.ndarray, parts) -> None:
+        """What a backend implements of ``reduce_parts_``: the sums alone."""
         self.allreduce_(step, buf)
 
     def reduce_span_(self, step: int, buf: np.ndarray, lo: int, hi: int,

@@ -57,7 +57,7 @@ class HierarchicalGroup(Group):
         ring_allreduce_(self.ring, step, buf[a:b], buf[n:], wire)
         self.local.all_gather_(2 * step + 1, buf[:n], a, b)
 
-    def reduce_parts_(self, step, buf, parts):
+    def sum_parts_(self, step, buf, parts):
         (lo, hi), (P, end) = parts
         a, b = self._local_shard(P)
         self.local.reduce_parts_(2 * step, buf, [(a, b), (P, end)])

@@ -164,7 +164,7 @@ class SharedMemoryCollective(Group):
         self._shared = np.asarray(self.row[:size])
         return self._shared
 
-    def reduce_parts_(self, step, buf, parts):
+    def sum_parts_(self, step, buf, parts):
         if self.world == 1:
             return
         if buf is self._inplace:

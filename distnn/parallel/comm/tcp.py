@@ -355,7 +355,7 @@ class TcpGroup(Group):
         n = buf.size - tail
         ring_allreduce_(self.ring, step, buf[:n], buf[n:], wire)
 
-    def reduce_parts_(self, step, buf, parts):
+    def sum_parts_(self, step, buf, parts):
         (lo, hi), (P, _) = parts
         if (lo, hi) != self.shard(P):
             raise ValueError(f"tcp reduces this member's shard {self.shard(P)}, not {(lo, hi)}")

@@ -329,3 +329,18 @@ def test_files_of_killed_drivers_are_swept(tmp_path):
         assert not stale.exists() and Path(mine.path).exists()
     finally:
         mine.close()
+
+
+def test_reduce_parts_scales_the_shard_and_never_the_cost(rng):
+    """The declared protocol: ``reduce_parts_(step, buf, parts, scale)`` sums, then
+    multiplies this member's shard of the gradient by ``scale``; the cost stays a sum."""
+    size = 40
+    with shm_members(2, size + 1, np.float64) as members:
+        bufs = [rng.standard_normal(size + 1) for _ in members]
+        total = bufs[0] + bufs[1]
+        shards = [m.shard(size) for m in members]
+        run_threads([lambda m=m, b=b, s=s: m.reduce_parts_(0, b, [s, (size, size + 1)], -0.5)
+                     for m, b, s in zip(members, bufs, shards)])
+        for b, (lo, hi) in zip(bufs, shards):
+            np.testing.assert_allclose(b[lo:hi], -0.5 * total[lo:hi], rtol=1e-15)
+            assert b[size] == total[size]
