@@ -101,11 +101,6 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
-    @property
-    def resumed(self) -> str | None:
-        """What ``--resume`` reads: a checkpoint or checkpoint directory."""
-        return resume_target(self.resume, self.checkpoint_dir)
-
     def data_options(self):
         """How a Parquet dataset's columns and splits are read (``data.parquet``)."""
         from .data.parquet import Options
@@ -367,11 +362,6 @@ def parse_split(text: str) -> tuple[float, float, float]:
              and vals[0] > 0, f"split must be three shares TRAIN/VALID/TEST like 80/10/10 "
              f"(train > 0), got {text!r}")
     return tuple(v / sum(vals) for v in vals)
-
-
-def resume_target(resume: str | None, checkpoint_dir: str | None) -> str | None:
-    """``--resume PATH`` reads PATH; ``--resume`` alone, --checkpoint-dir's latest."""
-    return checkpoint_dir if resume == "latest" else resume
 
 
 def parse_ports(text: str | None) -> tuple[int, int] | None:

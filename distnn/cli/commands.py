@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .flags import config_from_args, print_config
+from .flags import print_config, run_from_args
 
 
 def cmd_train(args) -> int:
@@ -15,11 +15,11 @@ def cmd_train(args) -> int:
     from ..parallel.driver import train
     from ..train.trainer import Interrupted
     from ..train.records import DivergenceError
-    cfg = config_from_args(args)
+    cfg, resumed = run_from_args(args)
     if print_config(args, cfg):
         return 0
     try:
-        m = train(cfg, inputs={"--config": args.config})
+        m = train(cfg, inputs={"--config": args.config}, resumed=resumed)
     except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

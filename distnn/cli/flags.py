@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import tomllib
 
-from ..config import TrainConfig, field_names, from_mapping, resume_target
+from ..config import TrainConfig, field_names, from_mapping
 
 # flag help; the default shown comes from TrainConfig so the two cannot disagree
 HELP = {
@@ -188,9 +188,16 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < recipe < TOML file < command-line flags.  With ``--resume`` the
-    checkpoint's settings take the place of the defaults, so a resumed run continues as
-    it was unless a flag says otherwise (which the resume then checks)."""
+    """The run's settings (``run_from_args`` without the checkpoint)."""
+    return run_from_args(args)[0]
+
+
+def run_from_args(args: argparse.Namespace):
+    """(settings, the checkpoint a ``--resume`` continues or None).  Defaults < recipe
+    < TOML file < command-line flags.  With ``--resume`` the checkpoint's settings take
+    the place of the defaults, so a resumed run continues as it was unless a flag says
+    otherwise (which the resume then checks); the checkpoint is read here, once, and
+    handed to the run."""
     from .. import recipes
     sources = []
     if getattr(args, "recipe", None):
@@ -202,14 +209,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         flags["override"] = [k for group in flags["override"] for k in group]
     sources.append(("command line", flags))
     merged = {k: v for _, values in sources for k, v in values.items()}
-    cfg = TrainConfig()
+    cfg, resumed = TrainConfig(), None
     if merged.get("resume"):
         where = from_mapping({k: merged[k] for k in ("resume", "checkpoint_dir")
                               if k in merged}, where="--resume")    # types checked first
-        cfg = checkpoint_config(where.resume, where.checkpoint_dir)
+        cfg, resumed = checkpoint_config(where.resume, where.checkpoint_dir)
     for where, values in sources:
         cfg = from_mapping(values, base=cfg, where=where)
-    return cfg
+    return cfg, resumed
 
 
 def print_config(args, cfg: TrainConfig) -> bool:
@@ -228,21 +235,13 @@ def read_toml(path) -> dict:
         raise ValueError(f"--config {path}: {e}") from None
 
 
-def checkpoint_config(resume: str, checkpoint_dir: str | None) -> TrainConfig:
-    """The settings of the run a ``--resume`` continues, saving where it saved (the
-    resumed checkpoint's directory) unless --checkpoint-dir says otherwise."""
-    from ..io.checkpoint import read_meta
-    from ..train.checkpointing import saved_config
-    source = resume_target(resume, checkpoint_dir)
-    if source is None:
-        return TrainConfig()      # validation says what is missing
-    path, meta = read_meta(source)
-    from ..io.store import Remote, is_uri
-    # where the run writes comes from this command line, never from the checkpoint: its
-    # --logdir and --metrics-out are the old command line's (give them again to go on)
-    elsewhere = dict(logdir=None, metrics_out=None)
-    if is_uri(source):      # read from a local copy: save to the URI itself
-        single = Remote(source).exists("meta.json")
-        return saved_config(meta, checkpoint_dir=source.rstrip("/").rsplit("/", 1)[0]
-                            if single else source.rstrip("/"), **elsewhere)
-    return saved_config(meta, checkpoint_dir=str(path.parent), **elsewhere)
+def checkpoint_config(resume: str, checkpoint_dir: str | None):
+    """(the settings of the run a ``--resume`` continues, saving where it saved unless
+    --checkpoint-dir says otherwise; the checkpoint, read once: ``train.resume``)."""
+    from ..io.checkpoint import load
+    from ..train import resume as resuming
+    given = resuming.source(resume, checkpoint_dir)
+    if given is None:
+        return TrainConfig(), None      # validation says what is missing
+    c = load(given)
+    return resuming.settings(c, given), c

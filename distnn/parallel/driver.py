@@ -17,7 +17,8 @@ from ..train.callbacks import ProgressLogger
 from ..train.data import load_splits, prepare
 from ..train.outputs import claim_outputs, release, stages_done
 from ..train.records import memory
-from ..train.trainer import Trainer, attach_outputs, finish, no_interrupts
+from ..train import resume
+from ..train.trainer import Trainer, attach_outputs, no_interrupts, run_to_end
 from . import comm
 from .comm import compress
 from .pools import open_pool
@@ -26,10 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = True,
-          callbacks=(), inputs: dict | None = None) -> dict:
+          callbacks=(), inputs: dict | None = None, resumed=None) -> dict:
     """Train as ``cfg`` says on ``cfg.workers`` workers (1: in this process, no Ray);
     return the metrics dict written by ``--metrics-out``, with the trained ``network``
-    and its input ``normalizer``."""
+    and its input ``normalizer``.  ``resumed``: the checkpoint ``cfg.resume`` names,
+    already read (``train.resume.read``; read here when not given)."""
     comm.check(cfg.allreduce)
     compress.check(cfg.compress, cfg.dtype)
     if cfg.data_shards == 0 and location(cfg.dataset) is not None:
@@ -43,7 +45,9 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     rss0 = memory()["rss"]
     data = prepare(cfg, splits)
     check_fits(cfg)
-    locks = claim_outputs(cfg, inputs)
+    if cfg.resume and resumed is None:
+        resumed = resume.read(cfg)
+    locks = claim_outputs(cfg, inputs, resumed)
     run_cfg = cfg     # what the run computes with; ``cfg`` is what the user asked for
     if cfg.lr_scaling == "linear" and cfg.workers > 1:
         log.info("linear lr scaling: lr %g x %d workers = %g", cfg.lr, cfg.workers,
@@ -60,9 +64,11 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
         pool = open_pool(run_cfg, data, cfg.network_spec().n_params + 1, world)
         trainer = Trainer(run_cfg, data, pool,
                           [ProgressLogger(bar=None if progress else False), *callbacks])
+        if resumed is not None:
+            resume.restore(trainer, cfg, resumed)
         attach_outputs(trainer, cfg)
         _say_what(cfg, data, pool)
-        return finish(trainer, cfg, t0, rss0)
+        return run_to_end(trainer, cfg, t0, rss0)
     except OutputError:
         kept = True       # a URI's stage may hold what could not be copied there
         raise

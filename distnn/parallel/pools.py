@@ -7,7 +7,7 @@ import os
 
 from ..config import TrainConfig
 from ..train.data import TrainingData
-from ..train.engine import merge_states
+from ..train.state import ReplicaState
 from .worker import Worker
 
 
@@ -25,12 +25,12 @@ class LocalPool:
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> list[dict]:
         return [self.worker.run_epoch(epoch, schedule_state, progress)]
 
-    def get_state(self) -> dict:
-        return merge_states([self.worker.get_state()])
+    def get_state(self) -> ReplicaState:
+        return ReplicaState.merge([self.worker.get_state()])
 
     epoch_state = get_state   # nothing per worker to reconcile at the end of an epoch
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: ReplicaState) -> None:
         self.worker.set_state(state)
 
     def evaluate(self, which: str, params=None) -> list[tuple[float, int, int]]:

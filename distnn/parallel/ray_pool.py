@@ -16,7 +16,7 @@ import time
 
 from ..config import TrainConfig
 from ..train.data import TrainingData
-from ..train.engine import merge_states
+from ..train.state import ReplicaState
 from ..train.pool import WorkerFailure
 from . import comm, policies
 from .worker import GuardedWorker, Refused
@@ -136,26 +136,25 @@ class RayPool:
                                     self.cfg.comm_timeout)
         return [got[r] for r in sorted(got)], failed
 
-    def get_state(self) -> dict:
+    def get_state(self) -> ReplicaState:
         states, dead = self._gather_states()
         if dead:
             raise WorkerFailure(f"workers {dead} died before training started")
-        return merge_states(states)
+        return ReplicaState.merge(states)
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: ReplicaState) -> None:
         self.state = state
         ref = self.ray.put(state)
         self._get([w.set_state.remote(ref) for w in self.workers], "take the state")
 
-    def epoch_state(self) -> dict:
+    def epoch_state(self) -> ReplicaState:
         """The state at the end of the epoch just run, every worker holding it."""
         self.state = self._end_state
-        if (self.state["buffers"] and not self.cfg.sync_batchnorm) or \
-                "errors" in (self.state.get("comm") or {}):
+        if (self.state.buffers and not self.cfg.sync_batchnorm) or self.state.has_shares:
             # batch-norm running statistics are per worker; adopt one worker's everywhere
             # (parameters and optimizer state are already identical: digests checked);
-            # a compressor's errors are per worker: their sum goes to the first worker,
-            # as a checkpoint holds them, so a resumed run continues exactly
+            # a plug-in's shares (a compressor's errors) are merged as it declares and
+            # handed out again, as a checkpoint holds them, so a resume continues exactly
             self.set_state(self.state)
         return self.state
 
@@ -178,7 +177,7 @@ class RayPool:
                 # only once every shard of it is back here
                 states, dead = self._gather_states()
                 if not dead:
-                    self._end_state = merge_states(states)
+                    self._end_state = ReplicaState.merge(states)
             if not dead:
                 self._last_epoch = max(r.get("seconds", 0.0) for r in results.values())
                 return [results[r] for r in range(self.world)]

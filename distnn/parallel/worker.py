@@ -19,6 +19,7 @@ from ..data.splits import Normalizer
 from ..train.batches import Batches, owned_range
 from ..train.engine import Engine
 from ..train.records import memory
+from ..train.state import ReplicaState
 from ..train.stream import StreamedBatches
 from .comm import BACKENDS
 from .comm import compress
@@ -129,10 +130,10 @@ class Worker:
             self.engine.group.close()
             self.engine.group = None
 
-    def get_state(self) -> dict:
+    def get_state(self) -> ReplicaState:
         return self.engine.get_state()
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: ReplicaState) -> None:
         self.engine.set_state(state)
 
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:

@@ -1,93 +1,16 @@
-"""Saving a trainer to a checkpoint and resuming from one, exactly.
-
-Resuming is exact because nothing in training draws from a stateful generator: the
-epoch order comes from (seed, epoch) and dropout/augmentation from (seed, epoch, example
-index).  A run resumed from the checkpoint of epoch k therefore computes epochs k+1...
-exactly as the uninterrupted run did; a run killed mid-epoch replays that epoch from
-the last checkpoint.
-"""
+"""Saving a trainer to a checkpoint after every epoch (``Checkpointing``), a model alone
+(``save_model``), and the settings a checkpoint was written with (``saved_config``).
+Resuming from one is ``train.resume``'s."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import numpy as np
-
-from ..config import PLACEMENT_KEYS, TrainConfig, field_names, from_mapping
-from ..core import optim
+from ..config import TrainConfig, field_names, from_mapping
 from ..io import checkpoint as ckpt
 from ..io import checkpoint_store as ckpt_store
 from ..io.layout import epoch_name
 from .callbacks import Callback, better
-
-log = logging.getLogger(__name__)
-
-ARCH_KEYS = ("layers", "activation", "output", "cost", "batchnorm", "dtype")
-#: --override of any of these changes the data on purpose ("data": the same settings)
-DATA_KEYS = {"data", "dataset", "train_size", "merge_valid", "split", "split_column",
-             "feature_columns", "label_column"}
-#: the prefix of a compressor's rows in optimizer.parquet ("compress.q.dense0.weight")
-COMPRESS = "compress"
-
-
-def state_to_checkpoint(state: dict, net, normalizer) -> tuple[dict, dict, dict]:
-    """(tensors, optimizer slots, optimizer/schedule scalars) from ``trainer.snapshot()``."""
-    tensors = {}
-    for key, sl in net.slices.items():
-        tensors[key] = state["params"][sl].reshape(net.named_params()[key].shape)
-    tensors.update(state["buffers"])
-    if normalizer is not None:
-        tensors.update(normalizer.tensors())
-    opt = state["optimizer"]
-    slots = {f"{name}.{key}": slot[sl].reshape(net.named_params()[key].shape)
-             for name, slot in opt["slots"].items() for key, sl in net.slices.items()}
-    scalars = {"optimizer": {k: v for k, v in opt.items() if k != "slots"},
-               "schedule": state["schedule"]}
-    comm = state.get("comm")
-    if comm is not None:      # a compressor's state: its arrays beside the slots
-        scalars["compress"] = {k: v for k, v in comm.items() if not isinstance(v, dict)}
-        slots.update({f"{COMPRESS}.{part}.{key}": a for part, arrays in comm.items()
-                      if isinstance(arrays, dict) for key, a in arrays.items()})
-    return tensors, slots, scalars
-
-
-def checkpoint_to_state(c: ckpt.Checkpoint, net) -> dict:
-    """The inverse of ``state_to_checkpoint``: a ``trainer.restore()`` state."""
-    params = np.empty_like(net.params)
-    for key, sl in net.slices.items():
-        params[sl] = _tensor(c, c.tensors, key, net.named_params()[key].shape)
-    buffers = {k: _tensor(c, c.tensors, k, v.shape) for k, v in net.named_buffers().items()}
-    slot_names = sorted({k.split(".", 1)[0] for k in c.optimizer} - {COMPRESS})
-    slots = {}
-    for name in slot_names:
-        flat = np.empty_like(net.params)
-        for key, sl in net.slices.items():
-            flat[sl] = _tensor(c, c.optimizer, f"{name}.{key}",
-                               net.named_params()[key].shape)
-        slots[name] = flat
-    state = {"params": params, "buffers": buffers,
-             "optimizer": {**c.meta["optimizer"], "slots": slots},
-             "schedule": c.meta["schedule"]}
-    if isinstance(c.meta.get("compress"), dict):
-        comm = dict(c.meta["compress"])
-        for k, a in c.optimizer.items():
-            if k.startswith(COMPRESS + "."):
-                part, key = k[len(COMPRESS) + 1:].split(".", 1)
-                comm.setdefault(part, {})[key] = a
-        state["comm"] = comm
-    return state
-
-
-def _tensor(c: ckpt.Checkpoint, table: dict, key: str, shape) -> np.ndarray:
-    """``table[key]`` as a flat array, if it is there with ``shape`` and finite."""
-    a = table.get(key)
-    if a is None or tuple(a.shape) != tuple(shape):
-        raise ckpt.CheckpointError(f"{c.path}: tensor {key} is "
-                                   f"{'missing' if a is None else f'of shape {a.shape}'}; "
-                                   f"the network needs {tuple(shape)}")
-    if not np.isfinite(a).all():
-        raise ckpt.CheckpointError(f"{c.path}: tensor {key} holds NaN or infinity")
-    return a.reshape(-1)
+from .state import ReplicaState
 
 
 def saved_config(meta: dict, **changes) -> TrainConfig:
@@ -97,66 +20,6 @@ def saved_config(meta: dict, **changes) -> TrainConfig:
     values = {k: v for k, v in meta["config"].items() if k in known}
     values.update(resume=None, override=(), overwrite=False, **changes)
     return from_mapping(values, where="the checkpoint's config")
-
-
-def config_changes(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
-    """{setting: (checkpoint's value, cfg's value)} where ``cfg`` computes something other
-    than the run that wrote ``saved`` (placement settings aside)."""
-    free = PLACEMENT_KEYS - ({"workers"} if cfg.lr_scaling == "linear" else set())
-    default, now = TrainConfig().to_dict(), cfg.to_dict()
-    return {k: (saved.get(k, default[k]), v) for k, v in now.items()
-            if k not in free and saved.get(k, default[k]) != v}
-
-
-def check_config(c: ckpt.Checkpoint, cfg: TrainConfig) -> dict[str, list]:
-    """Refuse a resume whose settings differ from the checkpoint's unless each change is
-    named in ``cfg.override``; return the accepted changes {key: [old, new]}."""
-    check_architecture(c, cfg)
-    changes = config_changes(c.meta["config"], cfg)
-    refused = {k: v for k, v in changes.items() if k not in cfg.override}
-    if refused:
-        shown = "; ".join(f"--{k.replace('_', '-')}: checkpoint {a!r}, now {b!r}"
-                          for k, (a, b) in refused.items())
-        raise ckpt.CheckpointError(
-            f"--resume {c.path}: this run's settings differ from the checkpoint's ({shown}). "
-            "Leave them out to continue with the checkpoint's settings, or pass --override "
-            f"{','.join(refused)} to change them (recorded in the checkpoint's history)")
-    return {k: [a, b] for k, (a, b) in changes.items()}
-
-
-def check_data(c: ckpt.Checkpoint, data, cfg) -> None:
-    """Refuse to resume on other data than the checkpoint was trained on (files changed
-    since, another --data-dir or dataset) unless ``--override data``."""
-    saved = c.meta.get("data")
-    if not isinstance(saved, dict) or set(cfg.override) & DATA_KEYS:
-        return          # (checkpoints from before data was recorded are not checked)
-    if saved.get("fingerprint") != data.fingerprint():
-        then, now = _rows(saved.get("splits") or {}), _rows(data.describe())
-        what = f"the same rows ({now}) with other contents" if then == now else \
-            f"{now}, where it was trained on {then}"
-        raise ckpt.CheckpointError(
-            f"--resume {c.path}: the data are not what this run was trained on: {what}. "
-            "Resume with the same data (--dataset, --data-dir), or pass --override data to "
-            "go on with these")
-
-
-def _rows(splits: dict) -> str:
-    return ", ".join(f"{k} {v.get('rows')} rows" for k, v in splits.items()
-                     if isinstance(v, dict))
-
-
-def check_architecture(c: ckpt.Checkpoint, cfg) -> None:
-    have = {k: c.meta["config"].get(k) for k in ARCH_KEYS}
-    want = {k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in ((k, getattr(cfg, k)) for k in ARCH_KEYS)}
-    if have != want:
-        diff = {k: (have[k], want[k]) for k in ARCH_KEYS if have[k] != want[k]}
-        raise ckpt.CheckpointError(
-            f"checkpoint {c.path} does not fit the requested network: "
-            + "; ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items()))
-    if c.meta["config"].get("optimizer") != cfg.optimizer:
-        raise ckpt.CheckpointError(f"checkpoint {c.path} holds {c.meta['config']['optimizer']} "
-                                   f"state but --optimizer is {cfg.optimizer}")
 
 
 class Checkpointing(Callback):
@@ -188,8 +51,8 @@ class Checkpointing(Callback):
 
     def on_epoch_end(self, epoch, logs, trainer):
         # the schedule as the callbacks left it (a plateau's halvings include this epoch)
-        state = {**trainer.snapshot(), "schedule": trainer.schedule.state_dict()}
-        tensors, slots, scalars = state_to_checkpoint(state, trainer.net, self.normalizer)
+        state = trainer.snapshot().replace(schedule=trainer.schedule.state_dict())
+        tensors, slots, scalars = state.to_checkpoint(trainer.net, self.normalizer)
         from .._version import __version__
         meta = {"distnn_version": __version__, "config": self.cfg.to_dict(), "epoch": epoch,
                 "step": None,
@@ -212,36 +75,11 @@ class Checkpointing(Callback):
                                     keep | ckpt.pointed(self.root))
 
 
-def resume(trainer, cfg, source) -> ckpt.Checkpoint:
-    """Load ``source`` (a checkpoint, or a root's latest) into ``trainer``, whose settings
-    ``cfg`` must be the checkpoint's but for placement and ``--override`` (then the
-    optimizer's hyperparameters are this run's, and the change is recorded)."""
-    c = ckpt.load(source)
-    changes = check_config(c, cfg)
-    check_data(c, trainer.data, cfg)
-    state = checkpoint_to_state(c, trainer.net)
-    # the optimizer's hyperparameters are this run's (the checkpoint's, or overridden)
-    state["optimizer"].update(optim.hyperparameters(trainer.cfg))
-    if c.meta["config"].get("compress", "none") != cfg.compress:
-        state.pop("comm", None)   # --override compress: the new compressor starts afresh
-    trainer.restore(state)
-    trainer.history = list(c.meta["history"])
-    trainer.epoch = c.meta["epoch"] + 1
-    trainer.best_epoch = c.meta.get("best_epoch")
-    trainer.overrides = list(c.meta.get("overrides") or [])
-    if changes:
-        trainer.overrides.append({"from_epoch": trainer.epoch, "changes": changes})
-        log.warning("resuming with changed settings: %s", ", ".join(
-            f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
-    log.info("resumed from %s (epoch %d done)", c.path, c.meta["epoch"])
-    return c
-
-
 def epoch_state_loader(root, net):
     """A function epoch -> restore-state, reading ``root/epoch-NNNN`` (for early stopping
     after a resume, whose best epoch may be older than the resume point)."""
     def load(epoch):
-        return checkpoint_to_state(ckpt.load(Path(root) / epoch_name(epoch)), net)
+        return ReplicaState.from_checkpoint(ckpt.load(Path(root) / epoch_name(epoch)), net)
     return load
 
 

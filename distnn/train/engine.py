@@ -23,7 +23,7 @@ from ..core import regularizers
 from .batches import Batches, prefetch, steps_per_epoch
 from .evaluate import measure
 from .model import build_model
-from .records import load_state
+from .state import ReplicaState
 from .update import Update
 
 
@@ -143,27 +143,19 @@ class Engine:
                 self.optimizer.state[name] = held[lo:hi].copy()
 
     # -- state ---------------------------------------------------------------------------
-    def get_state(self) -> dict:
-        """A copy of everything needed to resume from here: parameters, buffers,
-        schedule state, and the optimizer state of this replica's ``shard`` (the
-        replicas' shards together make the whole: ``merge_states``)."""
-        state = {"params": self.net.params.copy(),
-                 "buffers": {k: v.copy() for k, v in self.net.named_buffers().items()},
-                 "optimizer": self.optimizer.state_dict(),
-                 "schedule": self.schedule.state_dict(), "shard": self.shard}
-        comm = self.group.state_dict() if self.group is not None else None
-        if comm is not None:
-            state["comm"] = comm
-        return state
+    def get_state(self) -> ReplicaState:
+        """A copy of everything needed to resume from here, the optimizer's slots of
+        this replica's ``shard`` (``ReplicaState.merge`` of every replica's makes the
+        whole)."""
+        plugins = self.group.plugin_states() if self.group is not None else {}
+        return ReplicaState.capture(self.net, self.optimizer, self.schedule, plugins,
+                                    self.shard)
 
-    def set_state(self, state: dict) -> None:
-        load_state(self.net, state, average=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+    def set_state(self, state: ReplicaState) -> None:
+        state.put(self.net, self.optimizer, self.schedule)
         self._shard_optimizer_state()
-        # a compressor's state (None: afresh); the summed errors go to the first member
         if self.group is not None:
-            self.group.load_state_dict(state.get("comm"), first=self.rank == 0)
+            self.group.load_plugin_states(state, self.rank)
 
     # -- one step ------------------------------------------------------------------------
     def apply_update(self) -> None:
@@ -351,36 +343,3 @@ class Clock:
                 "wait_seconds": min(delta.get("wait_seconds", 0.0), comm),
                 "update_seconds": self.update,
                 "bytes_sent": int(delta.get("bytes_sent", 0))}
-
-
-def merge_states(states: list[dict]) -> dict:
-    """One whole state from the replicas' ``get_state()``: the parameters and buffers of
-    the first, each optimizer slot assembled from the replicas' shards."""
-    first = states[0]
-    P = first["params"].size
-    slots = {}
-    for name in first["optimizer"]["slots"]:
-        full = np.empty(P, first["params"].dtype)
-        for st in states:
-            lo, hi = st["shard"]
-            full[lo:hi] = st["optimizer"]["slots"][name]
-        slots[name] = full
-    covered = np.zeros(P, bool)
-    for st in states:
-        covered[slice(*st["shard"])] = True
-    if not covered.all():
-        raise RuntimeError("the replicas' shards do not cover the parameters; "
-                           "this is a bug, please report it")
-    state = {k: v for k, v in first.items() if k != "shard"}
-    if first.get("comm") is not None and "errors" in first["comm"]:
-        state["comm"] = {**first["comm"], "errors": {
-            k: _sum_in_order([st["comm"]["errors"][k] for st in states])
-            for k in first["comm"]["errors"]}}
-    return {**state, "optimizer": {**first["optimizer"], "slots": slots}}
-
-
-def _sum_in_order(arrays: list[np.ndarray]) -> np.ndarray:
-    total = arrays[0].copy()
-    for a in arrays[1:]:
-        total += a
-    return total

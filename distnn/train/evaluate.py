@@ -7,8 +7,8 @@ from ..config import TrainConfig
 from ..core.network import Network
 from ..data.splits import Normalizer
 from ..io import checkpoint as ckpt
-from .checkpointing import checkpoint_to_state, saved_config
-from .records import load_state
+from .checkpointing import saved_config
+from .state import ReplicaState
 
 
 def load_model(path, average: bool = True, prefer: str = "best"
@@ -22,7 +22,7 @@ def load_model(path, average: bool = True, prefer: str = "best"
     c = ckpt.load(path, prefer)
     cfg = saved_config(c.meta, checkpoint_dir=None, logdir=None, metrics_out=None)
     net = Network.from_spec(cfg.network_spec())
-    load_state(net, checkpoint_to_state(c, net), average)
+    ReplicaState.from_checkpoint(c, net).load_into(net, average)
     if "input.pixel_max" in c.tensors:
         pixel_max = float(c.tensors["input.pixel_max"][0])
     else:           # checkpoints from before it was recorded

@@ -14,13 +14,14 @@ log = logging.getLogger(__name__)
 CONFIG_HEADER = "# the settings of this run: distnn train --config config.toml trains it again\n"
 
 
-def claim_outputs(cfg: TrainConfig, inputs: dict | None = None) -> list:
+def claim_outputs(cfg: TrainConfig, inputs: dict | None = None, resumed=None) -> list:
     """Before any work: the checkpoint and log directories become this run's (locked;
     another run's refused unless --resume continues the run they hold, or --overwrite;
     for a URI, its local stage is locked and the URI checked), and the metrics file is
     checked to be writable and to be no output directory's and no input's (``inputs``:
-    {what: path}, such as --config).  A run resuming from a URI downloads the checkpoint
-    into the stage.  Returns the locks to release at the end."""
+    {what: path}, such as --config).  A run resuming from a checkpoint inside its URI
+    --checkpoint-dir copies the checkpoint it read (``resumed``, read from there) into
+    the directory's stage.  Returns the locks to release at the end."""
     from ..io import checkpoint as ckpt
     from ..io import checkpoint_store as ckpt_store
     from ..io import store
@@ -28,7 +29,7 @@ def claim_outputs(cfg: TrainConfig, inputs: dict | None = None) -> list:
     from ..io.files import check_targets, claim, write_text_atomic
     from ..io.store import check_file_target
     check_targets({"--checkpoint-dir": cfg.checkpoint_dir, "--logdir": cfg.logdir},
-                  {**(inputs or {}), "--resume": cfg.resumed if cfg.resume else None,
+                  {**(inputs or {}), "--resume": _resumed(cfg) if cfg.resume else None,
                    "the dataset": _dataset_path(cfg)},
                   ("--metrics-out", cfg.metrics_out) if cfg.metrics_out else None)
     if cfg.metrics_out:
@@ -53,8 +54,8 @@ def claim_outputs(cfg: TrainConfig, inputs: dict | None = None) -> list:
                 locks.append(claim(d, flag, used=used, clear=clear, **how))
         if cfg.checkpoint_dir:
             ckpt.clean_leftovers(store.local(cfg.checkpoint_dir))
-            if cfg.resume and store.is_uri(cfg.checkpoint_dir):
-                _fetch_resumed(cfg)
+            if resumed is not None and store.is_uri(cfg.checkpoint_dir):
+                _stage_resumed(cfg, resumed)
         for d in (cfg.checkpoint_dir, cfg.logdir):
             if d:        # the effective settings beside the run's outputs
                 own = store.local(d) / "config.toml"
@@ -77,7 +78,7 @@ def _resumes_from(cfg: TrainConfig) -> bool:
     from pathlib import Path
 
     from ..io import store
-    src, d = str(cfg.resumed).rstrip("/"), str(cfg.checkpoint_dir).rstrip("/")
+    src, d = str(_resumed(cfg)).rstrip("/"), str(cfg.checkpoint_dir).rstrip("/")
     if store.is_uri(src) or store.is_uri(d):
         return src == d or src.startswith(d + "/")
     s, r = Path(src).resolve(), Path(d).resolve()
@@ -90,26 +91,28 @@ def _dataset_path(cfg: TrainConfig) -> str | None:
     return location(cfg.dataset) or cfg.data_dir
 
 
-def resume_source(cfg: TrainConfig):
-    """What ``--resume`` loads: a path or URI, or for a checkpoint inside a URI
-    --checkpoint-dir, its copy in the stage (``_fetch_resumed``)."""
-    from ..io import store
-    src, d = cfg.resumed, cfg.checkpoint_dir
-    if d and store.is_uri(d) and store.is_uri(src) and \
-            (src.rstrip("/") + "/").startswith(d.rstrip("/") + "/"):
-        return store.local(d) / src.rstrip("/")[len(d.rstrip("/")):].lstrip("/")
-    return src
+def _resumed(cfg: TrainConfig):
+    from .resume import source
+    return source(cfg.resume, cfg.checkpoint_dir)
 
 
-def _fetch_resumed(cfg: TrainConfig) -> None:
-    """Download the checkpoint a run resumes into its URI checkpoint directory's stage,
-    known to the mirror as already there."""
-    from ..io import checkpoint_store as ckpt_store
+def _stage_resumed(cfg: TrainConfig, resumed) -> None:
+    """A checkpoint resumed from inside the run's URI checkpoint directory: the local
+    copy it was read from (the checkpoint, and the pointers read to find it) goes into
+    the directory's stage, known to the mirror as already there; the run saves beside
+    it.  (Resumed from elsewhere: nothing to copy.)"""
+    import shutil
+
     from ..io import store
-    if isinstance(resume_source(cfg), str):
-        return     # resuming from elsewhere: read from there
-    _, files = ckpt_store.fetch(cfg.resumed, into=store.local(cfg.checkpoint_dir))
-    store.mirror(cfg.checkpoint_dir).know(files)
+    src, d = str(_resumed(cfg)).rstrip("/"), cfg.checkpoint_dir.rstrip("/")
+    if not (store.is_uri(src) and (src + "/").startswith(d + "/")):
+        return
+    copy, stage = resumed.path.parent, store.local(d)
+    files = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())
+    for rel in files:
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(copy / rel, stage / rel)
+    store.mirror(d).know(files)
 
 
 def release(locks) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+from .state import ReplicaState
+
 
 class WorkerFailure(RuntimeError):
     """Workers were lost and the epoch could not be completed (the failure policy gave
@@ -24,13 +26,13 @@ class Pool(Protocol):
                   progress: Callable[[int, int], None] | None = None) -> list[dict]:
         """Every worker's result of the epoch (``train.engine.Engine.run_epoch``)."""
 
-    def get_state(self) -> dict:
-        """The whole state now (``train.engine.merge_states`` of the workers')."""
+    def get_state(self) -> ReplicaState:
+        """The whole state now (``ReplicaState.merge`` of the workers')."""
 
-    def epoch_state(self) -> dict:
+    def epoch_state(self) -> ReplicaState:
         """The state at the end of the epoch just run, every worker holding it."""
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: ReplicaState) -> None:
         """Every worker takes ``state``."""
 
     def evaluate(self, which: str, params=None) -> list[tuple[float, int, int]]:

@@ -76,21 +76,6 @@ def all_finite(logs: dict) -> bool:
     return all(not isinstance(v, (int, float)) or math.isfinite(v) for v in logs.values())
 
 
-def model_params(state: dict) -> np.ndarray:
-    """The parameters a trained state is evaluated and exported with: the parameter
-    average when the run kept one (``--ema``), else the parameters."""
-    avg = state["optimizer"]["slots"].get("average")
-    return avg if avg is not None else state["params"]
-
-
-def load_state(net, state: dict, average: bool = True) -> None:
-    """Put a state's parameters (its ``--ema`` average, if it has one and ``average``)
-    and batch-norm buffers into ``net``."""
-    net.params[...] = model_params(state) if average else state["params"]
-    for k, v in net.named_buffers().items():
-        v[...] = state["buffers"][k]
-
-
 def memory() -> dict:
     """{"rss": bytes resident now, "peak": the most resident so far} of this process
     (Linux /proc; the peak from getrusage elsewhere)."""

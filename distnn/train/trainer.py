@@ -19,8 +19,9 @@ from .diagnosis import from_history
 from .evaluate import cost_and_accuracy, measure
 from .model import build_model
 from .pool import Pool, WorkerFailure
-from .records import (DivergenceError, all_finite, diverged_message, epoch_logs, load_state,
-                      memory, straggler, write_json)
+from .records import (DivergenceError, all_finite, diverged_message, epoch_logs, memory,
+                      straggler, write_json)
+from .state import ReplicaState
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,15 @@ class Trainer:
     def lr(self) -> float:
         return self.schedule(self.epoch)
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> ReplicaState:
         return self.state
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: ReplicaState) -> None:
         self.state = state
         self.pool.set_state(state)
-        load_state(self.net, state)
-        if state["schedule"].get("spec") == self.schedule.spec:   # else: --override schedule
-            self.schedule.load_state_dict(state["schedule"])
+        state.load_into(self.net)
+        if state.schedule.get("spec") == self.schedule.spec:   # else: --override schedule
+            self.schedule.load_state_dict(state.schedule)
 
     def worker_pids(self) -> list[int]:
         return self.pool.worker_pids()
@@ -88,7 +89,7 @@ class Trainer:
         self._check_replicas(results, epoch)
         last_good = self.state
         self.state = self.pool.epoch_state()
-        load_state(self.net, self.state)
+        self.state.load_into(self.net)
         r0, cfg = results[0], self.cfg
         logs = epoch_logs(epoch, r0["lr"], len(self.data.train), seconds,
                           r0["loss_sum"],   # already summed over all workers
@@ -133,8 +134,8 @@ class Trainer:
             parts = [measure(self.net, Batches(d.splits.test, d.normalizer, None,
                                                self.net.dtype), 0, len(d.splits.test))]
         else:
-            avg = self.state["optimizer"]["slots"].get("average")
-            parts = self.pool.evaluate(which, self.net.params if avg is not None else None)
+            avg = self.state.average is not None
+            parts = self.pool.evaluate(which, self.net.params if avg else None)
         return cost_and_accuracy(self.net, self.penalty, parts, len(self.data.train))
 
     def close(self) -> None:
@@ -152,14 +153,11 @@ def run_callbacks(cfg: TrainConfig, schedule) -> list:
 
 
 def attach_outputs(trainer: "Trainer", cfg: TrainConfig) -> None:
-    """TensorBoard logging, checkpointing and resume, as the config asks; the
-    checkpoint callback goes last so it captures the other callbacks' decisions."""
+    """TensorBoard logging and checkpointing, as the config asks; the checkpoint
+    callback goes last so it captures the other callbacks' decisions."""
     from ..io.store import local
-    from .checkpointing import Checkpointing, epoch_state_loader, resume
-    from .outputs import resume_source
+    from .checkpointing import Checkpointing, epoch_state_loader
     d = trainer.data
-    if cfg.resume:
-        resume(trainer, cfg, resume_source(cfg))
     if cfg.logdir:
         from .tensorboard import TensorBoard
         trainer.callbacks.append(TensorBoard(cfg.logdir, cfg, d.splits, d.augmenter,
@@ -203,7 +201,7 @@ class no_interrupts:
             signal.signal(signal.SIGINT, self.old)
 
 
-def finish(trainer: Trainer, cfg: TrainConfig, t0: float, rss0: int = 0) -> dict:
+def run_to_end(trainer: Trainer, cfg: TrainConfig, t0: float, rss0: int = 0) -> dict:
     """Train, then measure the test split, diagnose, and write the metrics JSON; a
     stopped run (divergence, workers lost, a full disk, Ctrl-C) still writes what it
     has, then raises."""

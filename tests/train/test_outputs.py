@@ -1,11 +1,11 @@
 """train/outputs.py: a run's outputs decided and claimed before any work."""
-from pathlib import Path
 
 import pytest
 
 from distnn.config import TrainConfig, from_mapping
 from distnn.io.files import DirectoryInUse
-from distnn.train.outputs import CONFIG_HEADER, claim_outputs, release, resume_source
+from distnn.train.outputs import CONFIG_HEADER, claim_outputs, release
+from distnn.train.resume import source
 
 
 def test_the_outputs_are_locked_and_hold_the_runs_settings(tmp_path):
@@ -51,11 +51,12 @@ def test_the_metrics_file_is_kept_off_the_outputs_and_the_data(tmp_path):
 def test_what_a_resume_reads_and_whether_it_continues_this_directory():
     from distnn.train.outputs import _resumes_from
     here = TrainConfig(checkpoint_dir="/runs/a", resume="/runs/a/epoch-0003")
-    assert _resumes_from(here) and resume_source(here) == "/runs/a/epoch-0003"
+    assert _resumes_from(here) and source(here.resume, here.checkpoint_dir) == \
+        "/runs/a/epoch-0003"
     assert not _resumes_from(TrainConfig(checkpoint_dir="/runs/b", resume="/runs/a"))
+    assert source("latest", "/runs/b") == "/runs/b" and source(None, "/runs/b") is None
     remote = TrainConfig(checkpoint_dir="s3://bk/run", resume="s3://bk/run/epoch-0002")
     assert _resumes_from(remote)
-    staged = resume_source(remote)
-    assert isinstance(staged, Path) and staged.parts[-1] == "epoch-0002"
     other = TrainConfig(checkpoint_dir="s3://bk/run2", resume="s3://bk/run")
-    assert not _resumes_from(other) and resume_source(other) == "s3://bk/run"
+    assert not _resumes_from(other) and source(other.resume, other.checkpoint_dir) == \
+        "s3://bk/run"

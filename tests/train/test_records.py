@@ -2,7 +2,8 @@
 import numpy as np
 
 from distnn import Network
-from distnn.train.records import load_state, straggler
+from distnn.train.records import straggler
+from distnn.train.state import ReplicaState
 
 
 def _rank(r, work, comm=0.0):
@@ -23,10 +24,9 @@ def test_the_straggler_is_named_when_it_costs_a_tenth_of_the_epoch():
 def test_load_state_takes_the_average_unless_told_not_to(rng):
     net = Network([4, 3, 2], batchnorm=True)
     p = rng.standard_normal(net.params.size).astype(np.float32)
-    state = {"params": p, "buffers": {k: np.full_like(v, 7) for k, v in
-                                      net.named_buffers().items()},
-             "optimizer": {"slots": {"average": p * 0 + 1}}}
-    load_state(net, state)
+    state = ReplicaState(p, {k: np.full_like(v, 7) for k, v in net.named_buffers().items()},
+                         {"slots": {"average": p * 0 + 1}}, {})
+    state.load_into(net)
     assert (net.params == 1).all() and all((v == 7).all() for v in net.named_buffers().values())
-    load_state(net, state, average=False)
+    state.load_into(net, average=False)
     np.testing.assert_array_equal(net.params, p)

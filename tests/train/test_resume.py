@@ -152,3 +152,34 @@ def test_eval_of_an_ema_run_uses_the_average_and_last_the_parameters(blob_dir, t
     assert "--ema: checkpoint 0.99, now 0.0" in capsys.readouterr().err
     assert cli.main(["-q", *train_args(blob_dir, c, epochs=3), "--resume"]) == 0
     assert ckpt.load(c).meta["config"]["ema"] == 0.99
+
+
+def test_a_resume_reads_the_checkpoint_once(blob_dir, tmp_path, monkeypatch):
+    """The command line takes the resumed run's settings from the same reading of the
+    checkpoint that the run restores (#38): meta.json read once, each Parquet file once,
+    and the resumed run equals the uninterrupted one."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert cli.main(["-q", *train_args(blob_dir, full, epochs=3)]) == 0
+    assert cli.main(["-q", *train_args(blob_dir, part, epochs=2)]) == 0
+    reads = []          # the checkpoint directory of each file read
+    read_meta, read_table = ckpt.read_meta, ckpt._read_table
+
+    def counted_meta(path, *a, **k):
+        p, meta = read_meta(path, *a, **k)
+        reads.append((p.name, "meta.json"))
+        return p, meta
+
+    def counted_table(path, *a, **k):
+        reads.append((path.parent.name, path.name))
+        return read_table(path, *a, **k)
+    monkeypatch.setattr(ckpt, "read_meta", counted_meta)
+    monkeypatch.setattr(ckpt, "_read_table", counted_table)
+    assert cli.main(["-q", "train", "--resume", str(part), "--epochs", "3"]) == 0
+    # (after training, the command measures the best checkpoint: epoch-0000 here)
+    assert sorted(r for r in reads if r[0] == "epoch-0001") == [
+        ("epoch-0001", "meta.json"), ("epoch-0001", "optimizer.parquet"),
+        ("epoch-0001", "tensors.parquet")]
+    monkeypatch.undo()
+    a, b = _final(full), _final(part)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -114,12 +114,14 @@ class Group:
     def set_timeout(self, seconds: float) -> None:
         """How long a collective may wait for the other members from now on."""
 
-    def state_dict(self) -> dict | None:
-        """Run state the group keeps between steps (a compressor's), or None."""
-        return None
+    def plugin_states(self) -> dict:
+        """{setting: ``train.state.PluginState``} of what the group keeps between
+        steps (a compressor's run state); none by default."""
+        return {}
 
-    def load_state_dict(self, state: dict, first: bool) -> None:
-        """Take a whole ``state_dict()`` (``first``: this member is rank 0)."""
+    def load_plugin_states(self, state, rank: int) -> None:
+        """Take this member's part (``state.plugin_for(setting, rank)``) of a whole
+        ``train.state.ReplicaState``."""
 
     def deliver(self, key, data) -> None:
         raise RuntimeError(f"the {self.name} backend receives no messages")

@@ -54,6 +54,7 @@ import time
 
 import numpy as np
 
+from ...train.state import PluginState
 from .base import Group
 from .wire import BF16, RAW
 
@@ -80,14 +81,12 @@ class Compressor:
         """``buf[:-1]`` <- the (approximate) sum times ``scale``; ``buf[-1]``: the sum."""
         group.allreduce_(key, buf)
 
-    def state_dict(self) -> dict:
-        """{"name", ...}; an "errors" entry ({name: array}) is this member's share, and
-        the shares of every member sum to the whole (``train.engine.merge_states``)."""
-        return {"name": self.name}
+    def state(self) -> PluginState | None:
+        """The run state it keeps between steps (None: it keeps none)."""
+        return None
 
-    def load_state_dict(self, state: dict | None, first: bool) -> None:
-        """Take a whole state (None: start afresh); ``first``: this member is the first,
-        who holds the summed errors (the others start from zero)."""
+    def load_state(self, state: PluginState | None) -> None:
+        """Take this member's part of a whole state (None: start afresh)."""
 
 
 class BF16Compressor(Compressor):
@@ -227,26 +226,28 @@ class PowerSGD(Compressor):
                 buf[a:min(b, end)] *= buf.dtype.type(scale)
 
     # -- run state -----------------------------------------------------------------------
-    def state_dict(self):
-        return {"name": self.name, "rank": self.rank,
-                "q": {k: q.copy() for (k, _, _), q in zip(self.mats, self.q)},
-                "errors": {k: e.copy() for (k, _, _), e in zip(self.mats, self.errors)}}
+    def state(self):
+        """Q (the same on every member) and the error feedback: each member's own share
+        of the whole, which is their sum (``shares``)."""
+        return PluginState(
+            {"name": self.name, "rank": self.rank},
+            {"q": {k: q.copy() for (k, _, _), q in zip(self.mats, self.q)},
+             "errors": {k: e.copy() for (k, _, _), e in zip(self.mats, self.errors)}},
+            shares=("errors",))
 
-    def load_state_dict(self, state, first):
+    def load_state(self, state):
         if state is None:
             for j, ((_, _, shape), qt, e) in enumerate(zip(self.mats, self.qt, self.errors)):
                 qt[...] = self._initial_q(j, shape[1]).T
                 e[...] = 0
             return
-        if state.get("name") != self.name or state.get("rank") != self.rank:
-            raise ValueError(f"compression state is for {state.get('name')}:"
-                             f"{state.get('rank')}, not {self.name}:{self.rank}")
+        name, rank = state.scalars.get("name"), state.scalars.get("rank")
+        if name != self.name or rank != self.rank:
+            raise ValueError(f"compression state is for {name}:{rank}, "
+                             f"not {self.name}:{self.rank}")
         for (k, _, shape), qt, e in zip(self.mats, self.qt, self.errors):
-            qt[...] = state["q"][k].T
-            if first:
-                e[...] = state["errors"][k]
-            else:
-                e[...] = 0
+            qt[...] = state.arrays["q"][k].T
+            e[...] = state.arrays["errors"][k]
 
 
 def _complement(slices, size: int) -> list[tuple[int, int]]:
@@ -322,11 +323,15 @@ class CompressedGroup(Group):
     def all_gather_(self, step, vec, lo, hi):
         """Nothing to gather: every member updated everything."""
 
-    def state_dict(self):
-        return self.compressor.state_dict()
+    #: the setting that chose the compressor: its state's key in a replica's state
+    SETTING = "compress"
 
-    def load_state_dict(self, state, first):
-        self.compressor.load_state_dict(state, first)
+    def plugin_states(self):
+        state = self.compressor.state()
+        return {} if state is None else {self.SETTING: state}
+
+    def load_plugin_states(self, state, rank):
+        self.compressor.load_state(state.plugin_for(self.SETTING, rank))
 
     def set_timeout(self, seconds):
         self.inner.set_timeout(seconds)

@@ -8,7 +8,7 @@ from distnn.parallel.comm.base import Group
 from distnn.parallel.comm.compress import (BF16Compressor, CompressedGroup, PowerSGD,
                                            compressible, orthonormalize_)
 from distnn.parallel.comm.ring import RingCollective
-from distnn.train.engine import merge_states
+from distnn.train.state import PluginState
 from tests.parallel.comm.test_collective import _Handle
 from tests.parallel.comm.test_tcp import make_groups
 from tests.runs import run_threads
@@ -120,11 +120,9 @@ def _run(place, totals, rng, steps, rank=2, collapse_at=None, scale=1.0):
     try:
         for k in range(steps):
             if k == collapse_at:
-                merged = merge_states([{"params": np.zeros(1), "buffers": {},
-                                        "optimizer": {"slots": {}}, "shard": (0, 1),
-                                        "comm": c.state_dict()} for c in comps])
+                merged = PluginState.merge([c.state() for c in comps])
                 for r, c in enumerate(comps):
-                    c.load_state_dict(merged["comm"], first=r == 0)
+                    c.load_state(merged.share(first=r == 0))
             bufs = [np.append(g, 0.5) for g in _split(totals[k], world, rng)]
             run_threads([lambda w=w, b=b: w.reduce_parts_(10 * k, b, None, scale)
                          for w, b in zip(wrapped, bufs)])
@@ -182,19 +180,17 @@ def test_collapsed_errors_go_to_the_first_member_and_zeros_to_the_others(rng):
     comps = [PowerSGD("2", LAYOUT, np.float64, 7) for _ in range(3)]
     for c in comps:
         c.errors[0][...] = rng.standard_normal((40, 30))
-    states = [{"params": np.zeros(1), "buffers": {}, "optimizer": {"slots": {}},
-               "shard": (0, 1), "comm": c.state_dict()} for c in comps]
-    merged = merge_states(states)["comm"]
+    merged = PluginState.merge([c.state() for c in comps])
     total = (comps[0].errors[0] + comps[1].errors[0]) + comps[2].errors[0]
-    np.testing.assert_array_equal(merged["errors"]["dense0.weight"], total)
+    np.testing.assert_array_equal(merged.arrays["errors"]["dense0.weight"], total)
     for r, c in enumerate(comps):
-        c.load_state_dict(merged, first=r == 0)
+        c.load_state(merged.share(first=r == 0))
     np.testing.assert_array_equal(comps[0].errors[0], total)
     assert not comps[1].errors[0].any() and not comps[2].errors[0].any()
-    comps[1].load_state_dict(None, first=False)      # a fresh start: the initial Q
+    comps[1].load_state(None)      # a fresh start: the initial Q
     np.testing.assert_array_equal(comps[1].q[0], PowerSGD("2", LAYOUT, np.float64, 7).q[0])
     with pytest.raises(ValueError, match="powersgd:2, not powersgd:3"):
-        PowerSGD("3", LAYOUT, np.float64, 7).load_state_dict(merged, first=True)
+        PowerSGD("3", LAYOUT, np.float64, 7).load_state(merged)
 
 
 def test_bytes_per_step_at_rank_4_are_a_sixtieth_of_the_main_jobs_gradient():
