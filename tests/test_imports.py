@@ -1,4 +1,4 @@
-"""The layering of STYLE.md: core and data are leaves, train talks to other workers only
+"""The layering CONTRIBUTING.md describes: core and data are leaves, train talks to other workers only
 through the group it is handed (no parallel), only parallel and search import ray."""
 import ast
 from pathlib import Path

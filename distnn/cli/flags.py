@@ -6,6 +6,7 @@ import argparse
 import tomllib
 
 from ..config import TrainConfig, field_names, from_mapping
+from ..core.optim import OPTIMIZERS
 
 # flag help; the default shown comes from TrainConfig so the two cannot disagree
 HELP = {
@@ -57,7 +58,7 @@ HELP = {
                       "batch (all-reduced, 3 small all-reduces per layer and step) instead of "
                       "each worker's slice; training then equals one process's",
     "dtype": "float32 or float64",
-    "optimizer": "sgd, momentum, nesterov, rmsprop or adam",
+    "optimizer": ", ".join(OPTIMIZERS),
     "lr": "learning rate η",
     "momentum": "momentum μ (momentum, nesterov)",
     "beta1": "Adam β1", "beta2": "Adam β2", "eps": "ε of Adam and RMSprop",
