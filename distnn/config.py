@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 
-from .core import activations, costs, init, optim, regularizers, schedules
+from .core import activations, architecture, costs, init, optim, regularizers, schedules
 from .core.network import NetworkSpec
 from .data.augment import parse_spec
 from .data.datasets import check_known, location
@@ -35,7 +35,8 @@ class TrainConfig:
     data_shards: int = 0
     max_image_pixels: int = 1 << 24
     # network
-    layers: tuple[int, ...] = (784, 30, 10)
+    layers: tuple[int | str, ...] = (784, 30, 10)
+    input_shape: tuple[int, ...] = ()
     activation: str = "sigmoid"
     output: str = "softmax"
     cost: str = "log-likelihood"
@@ -91,7 +92,7 @@ class TrainConfig:
     bayes_error: float = 0.0
 
     def __post_init__(self):
-        for name in ("layers", "l1", "l2", "override"):
+        for name in ("layers", "input_shape", "l1", "l2", "override"):
             v = getattr(self, name)
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
@@ -192,6 +193,9 @@ _TYPES = {
         "a finite number or a list of them (one per weight layer)"),
     "tuple[int, ...]": (lambda v: isinstance(v, tuple) and all(_integer(x) for x in v),
                         "a list of integers like [784, 30, 10] (or \"784,30,10\")"),
+    "tuple[int | str, ...]": (
+        lambda v: isinstance(v, tuple) and all(_integer(x) or isinstance(x, str) for x in v),
+        "a list of widths and image layers like [784, 30, 10] or \"conv:20:5,pool:2,100,10\""),
     "tuple[str, ...]": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
                         "a list of setting names"),
 }
@@ -216,8 +220,11 @@ def validate(c: TrainConfig) -> None:
 
 
 def _validate_network(c: TrainConfig) -> None:
-    _require(len(c.layers) >= 2 and all(isinstance(n, int) and n >= 1 for n in c.layers),
-             f"layers must be >= 2 positive integers like 784,30,10, got {list(c.layers)!r}")
+    architecture.check(c.layers)
+    _require(not c.input_shape or (len(c.input_shape) in (2, 3) and min(c.input_shape) >= 1),
+             f"input_shape must be the input images' H,W or H,W,C, got {c.input_shape!r}")
+    if c.input_shape and architecture.has_images(c.layers):   # shapes fit: before any work
+        architecture.layer_entries(c.layers, input_shape=c.input_shape)
     activations.get(c.activation)
     out = activations.get(c.output, output=True)
     costs.get(c.cost).check_output(out)
@@ -238,7 +245,8 @@ def _validate_optimisation(c: TrainConfig) -> None:
     _positive("lr", c.lr)
     optim.build(c)
     for name in ("l1", "l2"):
-        regularizers.per_layer(getattr(c, name), len(c.layers) - 1, name)
+        regularizers.per_layer(getattr(c, name), architecture.weight_layer_count(c.layers),
+                               name)
     if c.max_norm is not None:
         _positive("max_norm", c.max_norm)
     _int_at_least("batch_size", c.batch_size, 1)
@@ -336,6 +344,8 @@ def from_mapping(values: dict, base: TrainConfig | None = None, where: str = "co
     vals = dict(values)
     if "layers" in vals and isinstance(vals["layers"], str):
         vals["layers"] = parse_layers(vals["layers"])
+    if isinstance(vals.get("input_shape"), str):
+        vals["input_shape"] = parse_layers(vals["input_shape"].replace("x", ","))
     for name in ("l1", "l2"):
         if isinstance(vals.get(name), str):
             vals[name] = parse_strength(vals[name], name)
@@ -375,9 +385,8 @@ def parse_ports(text: str | None) -> tuple[int, int] | None:
     return int(lo), int(hi or lo)
 
 
-def parse_layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in str(text).split(","))
-    except ValueError:
-        raise ValueError(f"layers must be comma-separated integers like 784,30,10, got "
-                         f"{text!r}") from None
+def parse_layers(text: str) -> tuple[int | str, ...]:
+    """"784,30,10" -> (784, 30, 10); "conv:20:5,pool:2,100,10" -> ("conv:20:5",
+    "pool:2", 100, 10) (checked by ``core.architecture``)."""
+    items = [p.strip() for p in str(text).split(",")]
+    return tuple(int(p) if p.lstrip("-").isdigit() else p for p in items)

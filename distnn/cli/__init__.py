@@ -103,7 +103,10 @@ def _add_gradcheck(sub) -> None:
                        "central differences in float64, on a random batch.",
                        formatter_class=Defaults)
     g.add_argument("--layers", type=parse_layers, default="20,15,10",
-                   help="layer sizes of the network checked, input first")
+                   help="the network checked, as train's --layers: widths, input first, "
+                        "or image layers (conv:F:K, pool:P) then widths, with --input-shape")
+    g.add_argument("--input-shape", type=parse_layers, default=None, metavar="H,W[,C]",
+                   help="the input images' shape, for a network with image layers")
     # the network's settings: train's flags, with their defaults and help
     from ..config import TrainConfig
     from .flags import HELP

@@ -132,15 +132,15 @@ def cmd_gradcheck(args) -> int:
     from ..config import TrainConfig
     from ..core.gradcheck import check_network
     from ..core.network import Network
-    sizes = args.layers
-    cfg = TrainConfig(layers=sizes, dtype="float64", batch_size=args.batch_size,
+    cfg = TrainConfig(layers=args.layers, input_shape=args.input_shape or (), dtype="float64",
+                      batch_size=args.batch_size,
                       **{k: getattr(args, k) for k in (
                           "activation", "output", "cost", "init", "init_scale", "keep_prob",
                           "keep_prob_input", "batchnorm", "seed", "l1", "l2")})
     net = Network.from_spec(cfg.network_spec())
     rng = np.random.default_rng(args.seed)
-    x = rng.standard_normal((args.batch_size, sizes[0]))
-    y = rng.integers(0, sizes[-1], args.batch_size)
+    x = rng.standard_normal((args.batch_size, net.n_inputs))
+    y = rng.integers(0, net.n_classes, args.batch_size)
     errors = check_network(net, x, y, l1=args.l1, l2=args.l2, n=args.batch_size,
                            max_per_block=args.max_per_block, rng=rng)
     worst = max(errors.values())

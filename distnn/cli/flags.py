@@ -45,7 +45,13 @@ HELP = {
     "augment": "on-the-fly augmentation, e.g. rotate=15,shift=2,scale=0.1,shear=10,"
                "elastic=34:4 (ALPHA:SIGMA), flip=0.5 (left-right mirror probability, for "
                "clothing, not digits), or none",
-    "layers": "layer sizes, input first, e.g. 784,30,10",
+    "layers": "the network, input first: dense layer widths (784,30,10), after image "
+              "layers where the input is images: conv:F:K (F filters of KxK; conv:F:K:same "
+              "pads to keep the size), pool:P (PxP max pooling), e.g. "
+              "conv:20:5,pool:2,conv:40:5,pool:2,1000,10 (the input width, 784, may lead; "
+              "the image shape is the dataset's)",
+    "input_shape": "the input images' H,W[,C] for image layers (default: the dataset's "
+                   "image shape; a run records it)",
     "activation": "hidden activation: sigmoid, tanh, scaled-tanh, relu",
     "output": "output activation: softmax, sigmoid, tanh, scaled-tanh, relu, identity",
     "cost": "cost: quadratic, cross-entropy (sigmoid output), log-likelihood (softmax output)",
@@ -179,7 +185,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                            default=None, help=help_)
             continue
         typ = FLAG_TYPES.get(kind, str)
-        metavar = {"layers": "N,N,...", "augment": "SPEC", "schedule": "SPEC",
+        metavar = {"layers": "N,N,...", "input_shape": "H,W[,C]", "augment": "SPEC", "schedule": "SPEC",
                    "metrics_out": "FILE.json", "data_dir": "DIR", "checkpoint_dir": "DIR",
                    "comm_ports": "LO-HI", "label_column": "NAME",
                    "feature_columns": "A,B,C", "split_column": "NAME", "split": "T/V/T",

@@ -186,7 +186,8 @@ def cmd_inspect(args) -> int:
     shapes = {k: list(v.shape) for k, v in c.tensors.items()}
     from ..core.network import parameter_count
     n_params = parameter_count(c.meta["config"].get("layers", ()),
-                               bool(c.meta["config"].get("batchnorm")))
+                               bool(c.meta["config"].get("batchnorm")),
+                               c.meta["config"].get("input_shape") or ())
     from ..io.checkpoint_store import shown
     info = {"checkpoint": shown(args.checkpoint, c.path), "format": f"{c.meta['format']} v{c.meta['version']}",
             "distnn_version": c.meta.get("distnn_version"), "epoch": c.meta["epoch"],

@@ -68,6 +68,17 @@ class Layer:
         ``in_shape``; a ValueError naming the layer where the input does not fit."""
         return in_shape
 
+    #: its output has kinks that a finite difference may cross (max pooling's choice of
+    #: maximum, ReLU's at 0): ``piece()`` then says which smooth piece the last forward
+    #: pass was on
+    kinked = False
+
+    def piece(self) -> np.ndarray | None:
+        return None
+    #: numbers of scratch a pass holds per example beyond its output (a convolution's
+    #: patches), for sizing the chunks of an evaluation
+    scratch_per_example = 0
+
     def bind(self, params: dict, grads: dict) -> None:
         """Receive views into the network's flat parameter/gradient vectors."""
 
@@ -171,6 +182,11 @@ class Act(Layer):
     def __init__(self, name: str, fn):
         self.name = name
         self.fn = activations.get(fn) if isinstance(fn, str) else fn
+        self.kinked = self.fn.name == "relu"
+
+    def piece(self):
+        """Which units were positive in the last forward pass (ReLU's kink is at 0)."""
+        return self.a > 0
 
     def forward(self, x, *, train):
         self.a = self.fn.forward_(x)
@@ -221,7 +237,8 @@ class Dropout(Layer):
         if len(indices) != x.shape[0]:
             raise ValueError(f"dropout got {len(indices)} example indices for a batch of "
                              f"{x.shape[0]}")
-        self.m = self.mask(epoch, indices, x.shape[1], x.dtype)
+        # (an image's elements are masked alike: (N, H, W, C) as rows of H*W*C)
+        self.m = self.mask(epoch, indices, x[0].size, x.dtype).reshape(x.shape)
         out = self._buf("out", x.shape, x.dtype)
         return np.multiply(x, self.m, out=out)
 
@@ -233,7 +250,8 @@ class Dropout(Layer):
 
 @register
 class BatchNorm(Layer):
-    """Batch normalisation (Ioffe & Szegedy 2015) over the batch axis.
+    """Batch normalisation (Ioffe & Szegedy 2015) over the batch axis (for images
+    (N, H, W, C): per channel, over the batch and every position).
 
     Train:  x̂ = (x - μ_B) / sqrt(σ²_B + eps),  y = γ ⊙ x̂ + β, and the running
     averages move as  r ← m r + (1 - m) s_B  (m = ``momentum``; the running variance
@@ -309,6 +327,8 @@ class BatchNorm(Layer):
         return mean, sq / n, n
 
     def forward(self, x, *, train):
+        shape = x.shape     # images (N, H, W, C): per channel, over N*H*W positions
+        x = x.reshape(-1, self.n)
         out = self._buf("out", x.shape, x.dtype)
         if train:
             mean, var, n = self._batch_stats(x, out)
@@ -330,9 +350,11 @@ class BatchNorm(Layer):
             out /= np.sqrt(self.running_var + self.eps)
         out *= self.gamma
         out += self.beta
-        return out
+        return out.reshape(shape)
 
     def backward(self, dout):
+        shape = dout.shape
+        dout = dout.reshape(-1, self.n)
         n = self.n_batch
         xhat = self.xhat
         np.add.reduce(dout, axis=0, out=self.gbeta)
@@ -348,7 +370,7 @@ class BatchNorm(Layer):
         dx += sum_dy / n
         np.subtract(dout, dx, out=dx)
         dx *= self.gamma * self.inv_std
-        return dx
+        return dx.reshape(shape)
 
     def sync_idle(self, dtype, backward: bool) -> None:
         """Take part in this layer's all-reduces with zeros (no rows this batch)."""
@@ -357,3 +379,6 @@ class BatchNorm(Layer):
         else:
             self.sync(np.zeros(self.n + 1, dtype))
             self.sync(np.zeros(self.n, dtype))
+
+
+from . import conv as _conv  # noqa: E402,F401  (registers the image layers)

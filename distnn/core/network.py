@@ -22,17 +22,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import activations, costs, init as initializers
+from . import activations, architecture, costs, init as initializers
 from .layers import BatchNorm, Dropout, Layer, build as build_layer
 
 DTYPES = ("float32", "float64")
 
 
-def _check_sizes(sizes) -> list[int]:
-    sizes = list(sizes)
-    if len(sizes) < 2 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in sizes):
-        raise ValueError(f"layer sizes must be >= 2 positive integers, got {sizes!r}")
-    return [int(s) for s in sizes]
+def _check_sizes(sizes) -> list:
+    """The architecture's items (``core.architecture``): widths as ints, image layers
+    as their text."""
+    sizes = [int(s) if isinstance(s, (int, np.integer)) and not isinstance(s, bool) else s
+             for s in sizes]
+    architecture.check(sizes)
+    return sizes
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class NetworkSpec:
     builds, what a training config, ``distnn gradcheck`` and a checkpoint describe a
     network by.  Field meanings and usual values as in ``Network``."""
 
-    sizes: tuple[int, ...]
+    sizes: tuple[int | str, ...]
     activation: str
     output: str
     cost: str
@@ -53,6 +55,7 @@ class NetworkSpec:
     seed: int
     dtype: str
     bn_momentum: float = 0.9
+    input_shape: tuple[int, ...] = ()     # (H, W[, C]) of the input images: image layers
 
     def replace(self, **changes) -> "NetworkSpec":
         return dataclasses.replace(self, **changes)
@@ -61,7 +64,7 @@ class NetworkSpec:
     def n_params(self) -> int:
         """The network's parameters: every weight, a bias per Dense layer's unit (none
         before a batch norm), batch norm's gamma and beta."""
-        return _count(self.entries())
+        return architecture.parameter_count(self.entries())
 
     def entries(self) -> list[tuple[str, str, dict]]:
         """The network as layer entries (kind, name, arguments), in order::
@@ -69,44 +72,15 @@ class NetworkSpec:
             [dropout drop_in] dense0 [batchnorm bn0] act0 [dropout drop0] ... dense(L-1)
 
         (the output activation and the cost are the network's own)."""
-        return layer_entries(self.sizes, self.activation, self.batchnorm, self.keep_prob,
-                             self.keep_prob_input, self.seed, self.bn_momentum)
+        return architecture.layer_entries(
+            self.sizes, self.activation, self.batchnorm, self.keep_prob,
+            self.keep_prob_input, self.seed, self.bn_momentum, self.input_shape)
 
 
-def layer_entries(sizes, activation: str = "sigmoid", batchnorm: bool = False,
-                  keep_prob: float = 1.0, keep_prob_input: float = 1.0, seed: int = 0,
-                  bn_momentum: float = 0.9) -> list[tuple[str, str, dict]]:
-    """The entries of a fully-connected network of layer ``sizes`` (see
-    ``NetworkSpec.entries``)."""
-    out = []
-    if keep_prob_input != 1.0:
-        out.append(("dropout", "drop_in", {"keep_prob": keep_prob_input, "seed": seed,
-                                           "stream": 1000}))
-    n = len(sizes) - 1
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        bn = batchnorm and i < n - 1
-        # nothing before the first Dense layer has parameters: skip its dx GEMM
-        out.append(("dense", f"dense{i}", {"n_in": a, "n_out": b, "bias": not bn,
-                                           "need_input_grad": i > 0}))
-        if i == n - 1:
-            break
-        if bn:
-            out.append(("batchnorm", f"bn{i}", {"n": b, "momentum": bn_momentum}))
-        out.append(("act", f"act{i}", {"fn": activation}))
-        if keep_prob != 1.0:
-            out.append(("dropout", f"drop{i}", {"keep_prob": keep_prob, "seed": seed,
-                                                "stream": 1001 + i}))
-    return out
-
-
-def _count(entries) -> int:
-    return sum(int(np.prod(shape)) for kind, name, args in entries
-               for _, shape, _ in build_layer(kind, name, args).param_specs())
-
-
-def parameter_count(sizes, batchnorm: bool = False) -> int:
+def parameter_count(sizes, batchnorm: bool = False, input_shape=()) -> int:
     """The parameters of a network of layer ``sizes`` (``Network`` allocates these)."""
-    return _count(layer_entries(list(sizes), "relu", batchnorm))
+    return architecture.parameter_count(architecture.layer_entries(
+        list(sizes), "relu", batchnorm, input_shape=input_shape))
 
 
 class Network:
@@ -128,7 +102,7 @@ class Network:
 
     def __init__(self, sizes, activation="sigmoid", output="softmax", cost="log-likelihood",
                  init="fan-in", keep_prob=1.0, batchnorm=False, seed=0, dtype="float32",
-                 *, keep_prob_input=1.0, init_scale=0.05, bn_momentum=0.9):
+                 *, keep_prob_input=1.0, init_scale=0.05, bn_momentum=0.9, input_shape=()):
         self.sizes = _check_sizes(sizes)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -145,7 +119,7 @@ class Network:
         initializers.check(init, init_scale)
         self.spec = NetworkSpec(tuple(self.sizes), activation, output, cost, init, init_scale,
                                 keep_prob, keep_prob_input, bool(batchnorm), int(seed), dtype,
-                                bn_momentum)
+                                bn_momentum, tuple(int(v) for v in input_shape))
         self.layers = self._build(self.spec.entries())
         self._allocate()
         self.reset(init, seed, init_scale)
@@ -162,9 +136,15 @@ class Network:
     # -- construction -------------------------------------------------------------
     def _build(self, entries) -> list[Layer]:
         layers = [build_layer(kind, name, args) for kind, name, args in entries]
-        shape: tuple[int, ...] = (self.sizes[0],)
+        shape: tuple[int, ...] = (self.n_inputs,)
+        #: the most numbers one array of a pass holds per example (evaluation chunks)
+        self.values_per_example = self.n_inputs
         for layer in layers:
             shape = layer.out_shape(shape)
+            self.values_per_example = max(self.values_per_example, int(np.prod(shape)),
+                                          layer.scratch_per_example)
+        if shape != (self.n_classes,):
+            raise ValueError(f"the network ends with {shape} outputs, not {self.n_classes}")
         #: the layers that hold weight matrices, input side first (L1/L2 per layer,
         #: max-norm, gradient buckets)
         self.weight_layers = [l for l in layers if l.matrices]
@@ -268,9 +248,11 @@ class Network:
 
     def layout(self) -> list[tuple[str, slice, tuple[int, ...]]]:
         """[(key, slice of ``params``, shape)] of every parameter, in their order in the
-        flat vector (weights first)."""
-        return sorted(((k, sl, self._views[k].shape) for k, sl in self.slices.items()),
-                      key=lambda t: t[1].start)
+        flat vector (weights first); a weight matrix's shape is the (fan-in, units) its
+        layer reads it as (``matrices``: what PowerSGD compresses), any other's its own."""
+        shapes = {k: m.shape for k, m in self.matrices()}
+        return sorted(((k, sl, shapes.get(k, self._views[k].shape))
+                       for k, sl in self.slices.items()), key=lambda t: t[1].start)
 
     def named_buffers(self) -> dict[str, np.ndarray]:
         """Non-trained state (batch-norm running statistics), keyed like parameters."""
@@ -286,6 +268,13 @@ class Network:
     @property
     def n_classes(self) -> int:
         return self.sizes[-1]
+
+    @property
+    def n_inputs(self) -> int:
+        """The width of an input row: an image's H*W*C values (C order), or the first
+        of ``sizes`` for a fully-connected network."""
+        shape = self.spec.input_shape
+        return int(np.prod(shape)) if architecture.has_images(self.sizes) else self.sizes[0]
 
     # -- computation ---------------------------------------------------------------
     def _forward(self, x, train, epoch, indices):
@@ -322,8 +311,8 @@ class Network:
     def check_batch(self, x, y=None):
         """Validate and convert a batch; returns (x as self.dtype, y as intp)."""
         x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
-            raise ValueError(f"inputs must have shape (N, {self.sizes[0]}) for layer sizes "
+        if x.ndim != 2 or x.shape[1] != self.n_inputs:
+            raise ValueError(f"inputs must have shape (N, {self.n_inputs}) for layer sizes "
                              f"{self.sizes}, got {x.shape}")
         if not np.issubdtype(x.dtype, np.number):
             raise ValueError(f"inputs must be numeric, got dtype {x.dtype}")

@@ -27,45 +27,82 @@ def to_npz(net, norm, path) -> None:
 
 
 def _layers(net, norm):
-    """The model as (op, constants) steps, in evaluation mode."""
+    """The model as (op, constants, attributes) steps, in evaluation mode."""
     dt = net.dtype
-    steps = [("Mul", [np.asarray(1.0 / norm.pixel_max, dt)])]
+    steps = [("Mul", [np.asarray(1.0 / norm.pixel_max, dt)], {})]
     if norm.mean is not None:
-        steps += [("Sub", [norm.mean.astype(dt)]), ("Div", [(norm.std + norm.eps).astype(dt)])]
+        steps += [("Sub", [norm.mean.astype(dt)], {}),
+                  ("Div", [(norm.std + norm.eps).astype(dt)], {})]
     p, b = net.named_params(), net.named_buffers()
+    images = {"nchw": False}        # ONNX's convolutions take (N, C, H, W) images
     for layer in net.layers:
         if layer.kind not in STEPS:
             raise ValueError(f"layer {layer.name} ({layer.kind}) has no ONNX export yet; "
                              "export it with --format npz")
         own = {k.split(".", 1)[1]: v.astype(dt) for k, v in {**p, **b}.items()
                if k.split(".", 1)[0] == layer.name}
-        steps += STEPS[layer.kind](layer, own, dt)
+        steps += STEPS[layer.kind](layer, own, dt, images)
     return steps + _activation(net.out_fn.name, dt)
 
 
-def _dense(layer, p, dt) -> list:
-    return [("MatMul", [p["weight"]])] + ([("Add", [p["bias"]])] if "bias" in p else [])
+def _dense(layer, p, dt, images) -> list:
+    return [("MatMul", [p["weight"]], {})] + \
+        ([("Add", [p["bias"]], {})] if "bias" in p else [])
 
 
-def _batchnorm(layer, p, dt) -> list:
+def _batchnorm(layer, p, dt, images) -> list:
     scale = p["gamma"] / np.sqrt(p["running_var"] + dt.type(layer.eps))
     shift = p["beta"] - p["running_mean"] * scale
-    return [("Mul", [scale.astype(dt)]), ("Add", [shift.astype(dt)])]
+    if images["nchw"]:              # per channel: (C, 1, 1) broadcasts over H and W
+        scale, shift = scale.reshape(-1, 1, 1), shift.reshape(-1, 1, 1)
+    return [("Mul", [scale.astype(dt)], {}), ("Add", [shift.astype(dt)], {})]
+
+
+def _to_nchw(layer, images) -> list:
+    """The flat (N, H*W*C) rows as (N, C, H, W) images, once, before the first image
+    layer (distnn's rows are NHWC)."""
+    if images["nchw"]:
+        return []
+    images["nchw"] = True
+    return [("Reshape", [np.array([-1, *layer.in_shape], np.int64)], {}),
+            ("Transpose", [], {"perm": [0, 3, 1, 2]})]
+
+
+def _conv(layer, p, dt, images) -> list:
+    pad = layer.pad
+    consts = [np.ascontiguousarray(p["weight"].transpose(3, 2, 0, 1))]    # (F, C, K, K)
+    if "bias" in p:
+        consts.append(p["bias"])
+    return _to_nchw(layer, images) + [("Conv", consts, {
+        "kernel_shape": [layer.k, layer.k], "pads": [pad] * 4, "strides": [1, 1]})]
+
+
+def _pool(layer, p, dt, images) -> list:
+    return _to_nchw(layer, images) + [("MaxPool", [], {
+        "kernel_shape": [layer.p, layer.p], "strides": [layer.p, layer.p]})]
+
+
+def _flatten(layer, p, dt, images) -> list:
+    images["nchw"] = False          # back to rows in distnn's (H, W, C) order
+    return [("Transpose", [], {"perm": [0, 2, 3, 1]}), ("Flatten", [], {"axis": 1})]
 
 
 #: layer kind (``core.layers.LAYERS``) -> its evaluation-mode ONNX steps (dropout: none)
-STEPS = {"dense": _dense, "batchnorm": _batchnorm, "dropout": lambda layer, p, dt: [],
-         "act": lambda layer, p, dt: _activation(layer.fn.name, dt)}
+STEPS = {"dense": _dense, "batchnorm": _batchnorm, "dropout": lambda *a: [],
+         "act": lambda layer, p, dt, images: _activation(layer.fn.name, dt),
+         "conv": _conv, "pool": _pool, "flatten": _flatten}
 
 
 def _activation(name: str, dt) -> list:
     if name == "scaled-tanh":          # 1.7159 tanh(2z/3)
-        return [("Mul", [np.asarray(2 / 3, dt)]), ("Tanh", []), ("Mul", [np.asarray(1.7159, dt)])]
+        return [("Mul", [np.asarray(2 / 3, dt)], {}), ("Tanh", [], {}),
+                ("Mul", [np.asarray(1.7159, dt)], {})]
     ops = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "softmax": "Softmax",
            "identity": None}
     if name not in ops:
         raise ValueError(f"no ONNX operator for activation {name!r}")
-    return [] if ops[name] is None else [(ops[name], [])]
+    return [] if ops[name] is None else [(ops[name], [], {"axis": 1} if name == "softmax"
+                                          else {})]
 
 
 def to_onnx(net, norm, path) -> None:
@@ -78,18 +115,17 @@ def to_onnx(net, norm, path) -> None:
             from None
     elem = TensorProto.FLOAT if net.dtype == np.float32 else TensorProto.DOUBLE
     nodes, inits, cur = [], [], "pixels"
-    for i, (op, consts) in enumerate(_layers(net, norm)):
+    for i, (op, consts, attrs) in enumerate(_layers(net, norm)):
         names = []
         for j, c in enumerate(consts):
             names.append(f"c{i}_{j}")
             inits.append(numpy_helper.from_array(np.ascontiguousarray(c), names[-1]))
-        attrs = {"axis": 1} if op == "Softmax" else {}
         nodes.append(helper.make_node(op, [cur, *names], [f"t{i}"], **attrs))
         cur = f"t{i}"
     nodes.append(helper.make_node("Identity", [cur], ["outputs"]))
     graph = helper.make_graph(
-        nodes, "distnn", [helper.make_tensor_value_info("pixels", elem, ["N", net.sizes[0]])],
-        [helper.make_tensor_value_info("outputs", elem, ["N", net.sizes[-1]])], inits)
+        nodes, "distnn", [helper.make_tensor_value_info("pixels", elem, ["N", net.n_inputs])],
+        [helper.make_tensor_value_info("outputs", elem, ["N", net.n_classes])], inits)
     model = helper.make_model(graph, producer_name="distnn",
                               opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
     model.ir_version = min(model.ir_version, 9)     # runtimes of 2024 on read it

@@ -25,6 +25,9 @@ def export(net, path) -> None:
         problems.append(f"cost is {c['cost']!r}")
     if c["batchnorm"]:
         problems.append("it uses batch norm")
+    image = sorted({layer.kind for layer in net.layers} - {"dense", "act", "dropout"})
+    if image:
+        problems.append(f"it has {' and '.join(image)} layers (network2 has dense ones only)")
     if problems:
         raise ValueError("network2.py runs sigmoid networks with a cross-entropy or quadratic "
                          "cost only; this one cannot be exported: " + "; ".join(problems))

@@ -14,7 +14,7 @@ from ..data.datasets import location
 from ..data.splits import Splits
 from ..io.files import OutputError
 from ..train.callbacks import ProgressLogger
-from ..train.data import load_splits, prepare
+from ..train.data import fit_input, load_splits, prepare
 from ..train.outputs import claim_outputs, release, stages_done
 from ..train.records import memory
 from ..train import resume
@@ -37,6 +37,7 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     if cfg.data_shards == 0 and location(cfg.dataset) is not None:
         cfg = cfg.replace(data_shards=cfg.workers)   # recorded: a resume keeps the order
     splits = splits or load_splits(cfg)
+    cfg = fit_input(cfg, splits)          # image layers: the input's shape, recorded
     if cfg.data_shards > len(splits.train):
         raise ValueError(f"--data-shards {cfg.data_shards} is more than the training split's "
                          f"{len(splits.train)} examples")

@@ -54,8 +54,9 @@ def initial_cost(cfg: TrainConfig, splits: Splits) -> float:
     from ..core.network import Network
     from ..core.regularizers import Penalty
     from ..train.batches import Batches
-    from ..train.data import prepare
+    from ..train.data import fit_input, prepare
     from ..train.evaluate import cost_and_accuracy, measure
+    cfg = fit_input(cfg, splits)
     data = prepare(cfg, splits)
     net = Network.from_spec(cfg.network_spec())
     rows = Batches(data.train, data.normalizer, None, net.dtype)

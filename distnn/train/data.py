@@ -89,9 +89,31 @@ def load_splits(cfg: TrainConfig, data_dir=None) -> Splits:
     return load(cfg.dataset, data_dir or cfg.data_dir, options=cfg.data_options())
 
 
+def fit_input(cfg: TrainConfig, splits: Splits) -> TrainConfig:
+    """``cfg`` with the input's image shape taken from the data where its network has
+    image layers (``input_shape``, recorded with the run), checked where it was given;
+    ``cfg`` itself for a fully-connected network."""
+    from ..core import architecture
+    if not architecture.has_images(cfg.layers):
+        return cfg
+    shape = tuple(int(v) for v in splits.train.shape[1:])
+    if len(shape) not in (2, 3):
+        raise ValueError(f"--layers {','.join(map(str, cfg.layers))} has image layers (conv, "
+                         f"pool), but {splits.name} holds feature vectors of {shape[0]} "
+                         "values, not images: use dense layers only")
+    if cfg.input_shape and (*cfg.input_shape, 1)[:3] != (*shape, 1)[:3]:
+        raise ValueError(f"--input-shape {','.join(map(str, cfg.input_shape))} is not the "
+                         f"shape of {splits.name}'s images ({','.join(map(str, shape))}); "
+                         "leave it out to take the dataset's")
+    return cfg if cfg.input_shape else cfg.replace(input_shape=shape)
+
+
 def check_data(cfg: TrainConfig, splits: Splits) -> None:
+    from ..core import architecture
     d = int(np.prod(splits.train.shape[1:]))
-    if cfg.layers[0] != d:
+    if architecture.has_images(cfg.layers):
+        fit_input(cfg, splits)     # (the config given is the one fitted: just checked)
+    elif cfg.layers[0] != d:
         raise ValueError(f"--layers starts with {cfg.layers[0]} inputs but {splits.name} images "
                          f"have {d} pixels; use --layers {d},...")
     if cfg.layers[-1] != splits.n_classes:

@@ -36,9 +36,10 @@ def measure(net: Network, data, lo: int, hi: int, chunk: int | None = None
     """(summed cost, number correct, count) of examples lo..hi-1 of ``data`` (a
     ``Batches``) in eval mode: the one evaluation every worker, the driver and
     ``distnn eval`` use.  Cost and accuracy are ``sum / count``.  ``chunk``: examples
-    per pass, by default 2000 or fewer so that a chunk's inputs stay under 8 MiB."""
+    per pass, by default 2000 or fewer so that the largest array of a chunk's pass (its
+    inputs, a layer's output, a convolution's patches) stays under 8 MiB."""
     if chunk is None:
-        chunk = max(1, min(2000, 2 ** 23 // (net.sizes[0] * net.dtype.itemsize)))
+        chunk = max(1, min(2000, 2 ** 23 // (net.values_per_example * net.dtype.itemsize)))
     loss, correct = 0.0, 0
     for s in range(lo, hi, chunk):
         e = min(s + chunk, hi)
@@ -81,7 +82,7 @@ def evaluate_committee(members, chunks) -> dict:
     class is the argmax of their outputs averaged, each output first scaled to sum to
     1 (a softmax output already does), and the cost is the mean -log of that average's
     true class. Also each member's own accuracy (``members``), from the same pass."""
-    sizes = {(net.sizes[0], net.n_classes) for net, _ in members}
+    sizes = {(net.n_inputs, net.n_classes) for net, _ in members}
     if len(sizes) != 1:
         raise ValueError(f"a committee's networks must share their inputs and classes; "
                          f"these have (inputs, classes) {sorted(sizes)}")

@@ -47,7 +47,7 @@ def test_bad_values_are_one_line(blob_dir, tmp_path, capsys, flags, words):
 
 
 @pytest.mark.parametrize("toml,words", [
-    ("layers = 784", ["layers must be a list of integers", "784"]),
+    ("layers = 784", ["layers must be a list of widths and image layers", "784"]),
     ('momentum = "0.9"', ["momentum must be a finite number", "'0.9'"]),
     ('monitor_train = "no"', ["monitor_train must be true or false", "'no'"]),
     ("epochs = 2.5", ["epochs must be an integer"]),

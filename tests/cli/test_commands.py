@@ -20,6 +20,16 @@ def test_gradcheck_passes_and_exits_zero(capsys):
     assert "dense0.weight" in out and "PASS" in out
 
 
+def test_gradcheck_of_a_conv_net_with_pooling_batch_norm_and_dropout(capsys):
+    """Max pooling's kinks: where a step of the finite difference changes a window's
+    maximum, that position is measured again with a smaller step."""
+    assert cli.main(["gradcheck", "--layers", "conv:3:3,pool:2,conv:4:3:same,pool:2,6,5",
+                     "--input-shape", "10,10,2", "--activation", "relu", "--batchnorm",
+                     "--keep-prob", "0.7", "--l2", "0.3", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert all(k in out for k in ("conv0.weight", "conv1.weight", "bnc1.gamma", "PASS"))
+
+
 def test_gradcheck_fails_above_tolerance(capsys):
     assert cli.main(["gradcheck", "--layers", "8,6,5", "--tol", "1e-30"]) == 1
     assert "FAIL" in capsys.readouterr().out
@@ -48,7 +58,7 @@ def test_train_from_flags_and_toml_with_flags_overriding(tmp_path, digits_dir, c
     (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
     (["--keep-prob", "1.5"], r"keep_prob must be in \(0, 1\]"),
     (["--cost", "cross-entropy", "--output", "softmax"], "needs output activation 'sigmoid'"),
-    (["--layers", "784,x,10"], "comma-separated integers"),
+    (["--layers", "784,x,10"], "layers: 'x' is not a layer; expected a positive width"),
     (["--layers", "30,10"], "images have 64 pixels"),
     (["--l2", "1,2,3"], "l2 has 3 values but the network has 2 weight layers"),
     (["--l2", "1,x"], "l2 must be a number or comma-separated numbers"),

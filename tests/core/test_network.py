@@ -100,8 +100,13 @@ def test_same_seed_same_parameters_different_seed_different():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(sizes=[784]), "layer sizes"),
-    (dict(sizes=[784, 0, 10]), "layer sizes"),
+    (dict(sizes=[784]), "layers must be >= 2 positive integers"),
+    (dict(sizes=[784, 0, 10]), "layers: 0 is not a layer"),
+    (dict(sizes=["conv:4:5", 10]), r"image layers, which need the input's image shape"),
+    (dict(sizes=["conv:4", 10], input_shape=(8, 8)), "'conv:4' is not a layer"),
+    (dict(sizes=[100, "conv:4:5", 10], input_shape=(8, 8)), "input width of 100"),
+    (dict(sizes=["conv:4:3", 10, "pool:2", 10]), "image layers .conv, pool. come before"),
+    (dict(sizes=["conv:4:9", 10], input_shape=(8, 8)), "conv0: a 9x9 kernel does not fit"),
     (dict(sizes=[4, 3], activation="gelu"), "unknown hidden activation 'gelu'"),
     (dict(sizes=[4, 3], cost="hinge"), "unknown cost 'hinge'"),
     (dict(sizes=[4, 3], output="sigmoid", cost="log-likelihood"), "needs output activation"),
@@ -158,8 +163,8 @@ def test_the_network_is_built_from_layer_entries_through_the_registry():
 
 def test_an_unknown_layer_kind_and_a_layer_that_does_not_fit_are_named():
     from distnn.core.layers import Dense, build
-    with pytest.raises(ValueError, match=r"unknown layer kind 'conv'; known: \['act', "):
-        build("conv", "conv0", {})
+    with pytest.raises(ValueError, match=r"unknown layer kind .lstm.; known: \[.act., "):
+        build("lstm", "lstm0", {})
     with pytest.raises(ValueError, match=r"layer dense1 takes 7 inputs, got an input of "
                                          r"shape \(5,\)"):
         Dense("dense1", 7, 3).out_shape((5,))

@@ -24,6 +24,10 @@ def _raw_test_pixels(blob_dir):
      "--dtype", "float64", "--ema", "0.9"),
     ("--activation", "tanh", "--output", "identity", "--cost", "quadratic",
      "--keep-prob-input", "0.9"),
+    # image layers (NHWC here, NCHW in ONNX): conv 'same', batch norm per channel, pool
+    ("--layers", "conv:4:3:same,pool:2,conv:6:3,12,4", "--activation", "relu", "--init",
+     "he", "--batchnorm"),
+    ("--layers", "64,conv:3:5,pool:2,4", "--standardize"),
 ])
 def test_onnx_in_onnxruntime_gives_distnns_outputs(blob_dir, tmp_path, capsys, extra):
     ort = pytest.importorskip("onnxruntime")

@@ -113,6 +113,31 @@ def test_two_powersgd_workers_reproduce_one_powersgd_process(ray_session, splits
         assert per_step < 0.3 * P * 8 and per_step == pytest.approx(sent * 8, rel=0.5)
 
 
+#: a small convolutional network for the 8x8 blobs (float64: "up to rounding" is tight)
+CONV = dict(layers=("conv:4:3", "pool:2", "conv:6:3:same", 16, 4), activation="relu",
+            init="he", dtype="float64", lr=0.1)
+
+
+@pytest.mark.parametrize("opts", [dict(allreduce="shm"),
+                                  dict(allreduce="tcp", batchnorm=True, sync_batchnorm=True,
+                                       keep_prob=0.8, l2=(0.5, 0.1, 1.0, 0.2), max_norm=2.0),
+                                  # kernels compressed as (k*k*C_in, C_out) matrices
+                                  dict(allreduce="tcp", compress="powersgd:2", ema=0.9)])
+def test_two_workers_train_a_conv_net_as_one_process(ray_session, splits, opts):
+    two = train(cfg(**CONV, **opts), splits)
+    one = train_one(cfg(workers=1, **CONV, **opts), splits)
+    # (PowerSGD's choice of subspace amplifies the rounding of another summation order,
+    # ~1e-16 here, by about 1e3 every 60 steps: 1e-7 after these 180; issue #41)
+    tol = 1e-6 if "compress" in opts else 1e-9
+    np.testing.assert_allclose(two["network"].params, one["network"].params, rtol=tol,
+                               atol=tol)
+    assert two["network"].spec.input_shape == (8, 8)
+    assert two["test_accuracy"] > 0.6         # (4 classes; 3 short epochs)
+    if "compress" in opts:
+        exact = train_one(cfg(workers=1, **{**CONV, **opts, "compress": "none"}), splits)
+        assert np.abs(exact["network"].params - one["network"].params).max() > 1e-4
+
+
 @pytest.mark.parametrize("backend", ["shm", "tcp"])
 def test_bf16_workers_agree_and_stay_close_to_one_process(ray_session, splits, backend):
     c = dict(compress="bf16", allreduce=backend, check_replicas=5)

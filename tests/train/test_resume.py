@@ -70,6 +70,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(blob_dir, tmp_path):
     _run_killed_and_resumed(blob_dir, tmp_path)
 
 
+def test_a_conv_net_killed_mid_epoch_resumes_bit_identically(blob_dir, tmp_path):
+    _run_killed_and_resumed(blob_dir, tmp_path, extra=(
+        "--layers", "conv:4:3,pool:2,conv:6:3:same,16,4", "--activation", "relu",
+        "--batchnorm"))
+
+
 def test_a_compressed_run_resumes_bit_identical_with_its_q_and_errors(blob_dir, tmp_path):
     """PowerSGD's state (each matrix's Q and error feedback) is checkpointed beside the
     optimizer's slots and restored, so the resumed run continues exactly."""
