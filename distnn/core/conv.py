@@ -14,10 +14,15 @@ into ``cols`` (N*Ho*Wo, K*K*C); then one sgemm each:
 
     forward      Y  = cols @ Wm                        (N*Ho*Wo, F), Wm = W as (K*K*C, F)
     weights      dWm = cols^T @ dY,  db = sum over n, i, j of dY
-    input        dcols = dY @ Wm^T, scattered back onto dx_pad by K*K strided additions
-                 (col2im; a loop over kernel offsets, never over examples or positions)
+    input        D[a, b] = dY @ W[a, b]^T  (one batched sgemm: (K*K, N*Ho*Wo, C)), then
+                 dx_pad[:, a:a+Ho, b:b+Wo] += D[a, b] for each kernel offset (col2im: a
+                 loop over the K*K offsets, never over examples or positions)
 
-The first layer of a network skips the input gradient, as Dense does.
+With one input channel (a grey image: the first layer) the patches are copied kernel
+offset by kernel offset into ``cols`` laid out (K, K, N*Ho*Wo) instead, each a block of
+whole image rows, and the products read it transposed: the same sgemms, a copy four
+times faster than gathering runs of K numbers.  D's layout lets col2im add contiguous
+blocks.  The first layer of a network skips the input gradient, as Dense does.
 """
 from __future__ import annotations
 
@@ -108,9 +113,17 @@ class Conv2D(Layer):
         x = x.reshape(n, *self.in_shape)
         ho, wo = self.out_hw
         k, c, f = self.k, self.in_shape[2], self.filters
-        cols = self._buf("cols", (n, ho, wo, k, k, c), x.dtype)
-        np.copyto(cols, patches(self._padded(x), k))        # im2col: the one copy
-        self.cols = cols.reshape(n * ho * wo, k * k * c)
+        xp = self._padded(x)
+        if c == 1:          # (K, K, N*Ho*Wo): whole rows of the image per kernel offset
+            cols = self._buf("cols", (k, k, n, ho, wo), x.dtype)
+            for a in range(k):
+                for b in range(k):
+                    cols[a, b] = xp[:, a:a + ho, b:b + wo, 0]
+            self.cols = cols.reshape(k * k, -1).T
+        else:
+            cols = self._buf("cols", (n, ho, wo, k, k, c), x.dtype)
+            np.copyto(cols, patches(xp, k))                  # im2col: the one copy
+            self.cols = cols.reshape(n * ho * wo, k * k * c)
         out = self._buf("out", (n, ho, wo, f), x.dtype)
         np.matmul(self.cols, self.W.reshape(-1, f), out=out.reshape(-1, f))
         if self.b is not None:
@@ -122,19 +135,23 @@ class Conv2D(Layer):
         f = self.filters
         d2 = dout.reshape(-1, f)
         np.matmul(self.cols.T, d2, out=self.gW.reshape(-1, f))
-        if self.gb is not None:
-            np.add.reduce(d2, axis=0, out=self.gb)
+        if self.gb is not None:     # (a GEMV: 7x a reduction over few long columns)
+            ones = self._buf("ones", (d2.shape[0],), d2.dtype)
+            ones[...] = 1
+            np.matmul(ones, d2, out=self.gb)
         if not self.need_input_grad:
             return None
         ho, wo = self.out_hw
         k, (h, w, c), p = self.k, self.in_shape, self.pad
-        dcols = self._buf("dcols", (n, ho, wo, k, k, c), dout.dtype)
-        np.matmul(d2, self.W.reshape(-1, f).T, out=dcols.reshape(n * ho * wo, k * k * c))
+        wt = self._buf("wt", (k * k, f, c), dout.dtype)      # W[a, b]^T, each (F, C)
+        np.copyto(wt, self.W.reshape(k * k, c, f).transpose(0, 2, 1))
+        d = self._buf("dcols", (k * k, n * ho * wo, c), dout.dtype)
+        np.matmul(d2, wt, out=d)
         dxp = self._buf("dxp", (n, h + 2 * p, w + 2 * p, c), dout.dtype)
         dxp[...] = 0
-        for a in range(k):                        # col2im: K*K strided additions
+        for a in range(k):                        # col2im: K*K additions of blocks
             for b in range(k):
-                dxp[:, a:a + ho, b:b + wo] += dcols[:, :, :, a, b]
+                dxp[:, a:a + ho, b:b + wo] += d[a * k + b].reshape(n, ho, wo, c)
         if not p:
             return dxp
         dx = self._buf("dx", (n, h, w, c), dout.dtype)
@@ -147,7 +164,8 @@ class MaxPool2D(Layer):
     """Max pooling over non-overlapping P x P windows (stride P) of (N, H, W, C); rows
     and columns past the last whole window are dropped (Ho = H // P), as PyTorch's
     default.  Backward routes each window's gradient to its first maximum (PyTorch's
-    choice among ties, which ReLU's zeros make common)."""
+    choice among ties, which ReLU's zeros make common).  Both are P*P element-wise
+    passes over strided views of the windows' k-th elements, no copy of the windows."""
 
     kind = "pool"
     kinked = True
@@ -166,38 +184,46 @@ class MaxPool2D(Layer):
                              f"of shape {tuple(in_shape)}")
         return (*self.out_hw, self.in_shape[2])
 
-    def _windows(self, x):
-        """(N, Ho, Wo, C, P*P) copy of every window."""
-        n, (ho, wo), p, c = x.shape[0], self.out_hw, self.p, self.in_shape[2]
-        v = x[:, :ho * p, :wo * p].reshape(n, ho, p, wo, p, c).transpose(0, 1, 3, 5, 2, 4)
-        win = self._buf("win", (n, ho, wo, c, p, p), x.dtype)
-        np.copyto(win, v)
-        return win.reshape(n, ho, wo, c, p * p)
+    def _elements(self, a):
+        """The P*P (N, Ho, Wo, C) strided views of ``a`` (N, H, W, C): each window's
+        element (i, j), in row order."""
+        (ho, wo), p = self.out_hw, self.p
+        s = a.strides
+        v = np.lib.stride_tricks.as_strided(
+            a, (a.shape[0], ho, p, wo, p, a.shape[3]),
+            (s[0], s[1] * p, s[1], s[2] * p, s[2], s[3]))
+        return [v[:, :, i, :, j] for i in range(p) for j in range(p)]
 
     def forward(self, x, *, train):
-        x = x.reshape(x.shape[0], *self.in_shape)
-        win = self._windows(x)
-        self.arg = win.argmax(axis=-1)[..., None]
-        out = self._buf("out", win.shape[:-1], x.dtype)
-        np.copyto(out, np.take_along_axis(win, self.arg, axis=-1)[..., 0])
+        self.x = x = x.reshape(x.shape[0], *self.in_shape)
+        first, *rest = self._elements(x)
+        out = self._buf("out", (x.shape[0], *self.out_hw, self.in_shape[2]), x.dtype)
+        np.copyto(out, first)
+        for e in rest:
+            np.maximum(out, e, out=out)
+        self.out = out
         return out
 
     def piece(self):
-        """Which element of each window the last forward pass took (a copy)."""
-        return self.arg.copy()
+        """Which element of each window the last forward pass took."""
+        taken = np.full(self.out.shape, -1, np.int8)
+        for k, e in enumerate(self._elements(self.x)):
+            taken[(taken < 0) & (e == self.out)] = k
+        return taken
 
     def backward(self, dout):
-        n, (ho, wo), p, (h, w, c) = dout.shape[0], self.out_hw, self.p, self.in_shape
-        dwin = self._buf("dwin", (n, ho, wo, c, p * p), dout.dtype)
-        dwin[...] = 0
-        np.put_along_axis(dwin, self.arg, dout[..., None], axis=-1)
+        n, (h, w, c) = dout.shape[0], self.in_shape
         dx = self._buf("dx", (n, h, w, c), dout.dtype)
-        back = dwin.reshape(n, ho, wo, c, p, p).transpose(0, 1, 4, 2, 5, 3)
-        if (ho * p, wo * p) == (h, w):
-            dx.reshape(n, ho, p, wo, p, c)[...] = back      # (a view: dx is whole)
-        else:
-            dx[...] = 0
-            dx[:, :ho * p, :wo * p] = back.reshape(n, ho * p, wo * p, c)
+        if (h, w) != (self.out_hw[0] * self.p, self.out_hw[1] * self.p):
+            dx[...] = 0           # (the rows and columns no window covers)
+        taken = self._buf("taken", dout.shape, np.bool_)
+        mine = self._buf("mine", dout.shape, np.bool_)
+        taken[...] = False
+        for e, de in zip(self._elements(self.x), self._elements(dx)):
+            np.equal(e, self.out, out=mine)       # a maximum of its window, and the
+            mine &= ~taken                        # first: the one that takes dout
+            taken |= mine
+            np.multiply(dout, mine, out=de)
         return dx
 
 
