@@ -86,9 +86,9 @@ def table(rows) -> str:
                          "vs 2(M-1)/M S"], out)
 
 
-TRAIN = ["-m", "distnn.cli", "-q", "train", "--dataset", "mnist", "--layers", "784,800,10",
-         "--activation", "relu", "--init", "he", "--optimizer", "momentum", "--lr", "0.05",
-         "--batch-size", "128", "--epochs", "4", "--no-monitor-train"]
+TRAIN = ["-m", "distnn.cli", "-q", "train", "--dataset", "mnist", "--activation", "relu",
+         "--init", "he", "--optimizer", "momentum", "--lr", "0.05", "--batch-size", "128",
+         "--epochs", "4", "--no-monitor-train"]
 
 
 def _rate(out: Path) -> float:
@@ -96,21 +96,24 @@ def _rate(out: Path) -> float:
     return statistics.median(e["examples_per_second"] for e in h[1:])
 
 
-def training(rounds: int, tmp: Path) -> list[list[float]]:
-    """Examples/s of [784,800,10]@128 on MNIST: one process, 2 workers on this node
-    (shm), 2 simulated hosts x 1 worker (tcp, links unshaped); ``rounds`` interleaved."""
+def training(rounds: int, tmp: Path, layers: str = "784,800,10", rate: str | None = None,
+             extra=()) -> list[list[float]]:
+    """Examples/s of ``layers``@128 on MNIST: one process, 2 workers on this node (shm),
+    2 simulated hosts x 1 worker (tcp; links shaped to ``rate``, or unshaped), with
+    ``extra`` flags for the hosts' run (--bucket-mb); ``rounds`` interleaved."""
     out = []
-    with simcluster.SimCluster(2, 1) as c:
+    train = [*TRAIN, "--layers", layers]
+    with simcluster.SimCluster(2, 1, rate) as c:
         for k in range(rounds):
             row = []
             for name, workers in (("one", 1), ("node", 2)):
                 f = tmp / f"{name}{k}.json"
-                subprocess.run([sys.executable, *TRAIN, "--workers", str(workers),
+                subprocess.run([sys.executable, *train, "--workers", str(workers),
                                 "--metrics-out", str(f)], cwd=ROOT, check=True, timeout=1800)
                 row.append(_rate(f))
             f = tmp / f"hosts{k}.json"
-            r = c.run(0, [sys.executable, *TRAIN, "--workers", "2", "--address", c.address,
-                          "--metrics-out", str(f)], cwd=ROOT, timeout=1800)
+            r = c.run(0, [sys.executable, *train, "--workers", "2", "--address", c.address,
+                          *extra, "--metrics-out", str(f)], cwd=ROOT, timeout=1800)
             if r.returncode:
                 raise RuntimeError(r.stderr[-3000:])
             row.append(_rate(f))
@@ -123,11 +126,13 @@ def training(rounds: int, tmp: Path) -> list[list[float]]:
 def training_table(rounds) -> str:
     med = [statistics.median(r[i] for r in rounds) for i in range(3)]
     ratio = statistics.median(r[2] / r[1] for r in rounds)
+    one = statistics.median(r[2] / r[0] for r in rounds)
     return _bench.table(
         ["one process ex/s", "2 workers, one node (shm) ex/s", "2 hosts x 1 worker (tcp) ex/s",
-         "2 hosts / one node"],
+         "2 hosts / one node", "2 hosts / one process"],
         [[f"{med[0]:,.0f}", f"{med[1]:,.0f}", f"{med[2]:,.0f}",
-          f"**{ratio:.2f}x** (" + ", ".join(f"{r[2] / r[1]:.2f}" for r in rounds) + ")"]])
+          f"**{ratio:.2f}x** (" + ", ".join(f"{r[2] / r[1]:.2f}" for r in rounds) + ")",
+          f"**{one:.2f}x** (" + ", ".join(f"{r[2] / r[0]:.2f}" for r in rounds) + ")"]])
 
 
 def main(argv=None) -> int:
@@ -141,6 +146,12 @@ def main(argv=None) -> int:
     p.add_argument("--write", metavar="BENCHMARKS.md")
     p.add_argument("--training", type=int, default=0, metavar="ROUNDS",
                    help="instead: training throughput across 2 simulated hosts vs one node")
+    p.add_argument("--layers", default="784,800,10",
+                   help="with --training: the network (e.g. a conv net's --layers)")
+    p.add_argument("--rate", default=None, help="with --training: the hosts' link rate "
+                   "(tbf, e.g. 1gbit); unshaped if not given")
+    p.add_argument("--bucket-mb", default=None,
+                   help="with --training: --bucket-mb for the hosts' run")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backends", default="ring,tcp", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -154,11 +165,17 @@ def main(argv=None) -> int:
     if args.training:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
-            rounds = training(args.training, Path(tmp))
-        _bench.report("bench_multihost_training", "Training across simulated hosts",
-                      "[784,800,10]@128 on MNIST, median examples/s over epochs 1-3, "
-                      f"{args.training} interleaved rounds; every simulated host shares this "
-                      "machine's 2 cores", [training_table(rounds)], args.write)
+            extra = ("--bucket-mb", args.bucket_mb) if args.bucket_mb else ()
+            rounds = training(args.training, Path(tmp), args.layers, args.rate, extra)
+        section = "bench_multihost_training" + ("" if args.layers == "784,800,10" and not
+                                                args.rate else "_" + args.layers.split(":")[0]
+                                                + (f"_{args.rate}" if args.rate else ""))
+        _bench.report(section, "Training across simulated hosts",
+                      f"[{args.layers}]@128 on MNIST, median examples/s over epochs 1-3, "
+                      f"{args.training} interleaved rounds, host links "
+                      f"{args.rate or 'unshaped'}{', ' + ' '.join(extra) if extra else ''}; "
+                      "every simulated host shares this machine's 2 cores",
+                      [training_table(rounds)], args.write)
         return 0
     rows = []
     for rate in args.rates.split(","):
