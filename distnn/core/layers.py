@@ -16,7 +16,8 @@ makes of an input's (``out_shape``).  Layers plug in through the registry ``LAYE
 (kind -> class); a network is built from entries ``(kind, name, arguments)``
 (``NetworkSpec.entries``).  Adding a layer type is one class here with
 ``@register``, its gradient check, and where it has no ONNX operator yet, an entry in
-``io/export.py``.
+``io/export.py``; a module of layers of its own (``conv``) is imported by the package's
+``__init__`` so that its layers are registered whatever is imported first.
 """
 from __future__ import annotations
 
@@ -380,5 +381,3 @@ class BatchNorm(Layer):
             self.sync(np.zeros(self.n + 1, dtype))
             self.sync(np.zeros(self.n, dtype))
 
-
-from . import conv as _conv  # noqa: E402,F401  (registers the image layers)

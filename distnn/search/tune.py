@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..train.data import load_splits
+from ..train.data import fit_input, load_splits
 from ..train.batches import steps_per_epoch
 from ..train.callbacks import mode_of
 from .results import TrialRecorder, pending, record_error, summarise, trial_dir
@@ -117,6 +117,7 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     out_dir, mirror = local_out(out, resume)
     todo = pending(trials, out_dir, resume)
     splits = splits or load_splits(base)
+    base = fit_input(base, splits)        # (a conv net's input shape: its trials' costs)
     started = start_ray(address, base.workers, worker_output=False) if todo else False
     watch = Progress(out_dir, len(trials), base.monitor, mirror=mirror)
     try:

@@ -251,6 +251,20 @@ def test_the_all_reduce_overlapped_with_backprop_gives_the_same_bits(ray_session
     np.testing.assert_allclose(at_once, one, rtol=1e-9, atol=1e-12)
 
 
+def test_a_conv_net_overlapped_and_in_bf16(ray_session, splits):
+    """A conv net's kernels are buckets like dense weights (--bucket-mb: the same bits as
+    reduced at once); --compress bf16 keeps the replicas identical and near float32."""
+    c = cfg(allreduce="tcp", epochs=2, **{**CONV, "dtype": "float64"})
+    at_once = train(c, splits)["network"].params
+    np.testing.assert_array_equal(train(c.replace(bucket_mb=1e-6), splits)["network"].params,
+                                  at_once)
+    f32 = cfg(allreduce="tcp", epochs=2, **{**CONV, "dtype": "float32"})
+    bf16 = train(f32.replace(compress="bf16", check_replicas=5), splits)
+    exact = train(f32, splits)
+    np.testing.assert_allclose(bf16["network"].params, exact["network"].params, atol=2e-2)
+    assert bf16["test_accuracy"] == pytest.approx(exact["test_accuracy"], abs=0.03)
+
+
 def test_threads_are_each_workers_blas_threads_and_cpus(ray_session, splits, caplog):
     """--threads K: K BLAS threads in each worker (in this process or a Ray actor), K
     CPUs taken by each Ray worker, the same result; the metrics say how many, and the
