@@ -2,7 +2,7 @@
 (issue 40, item 5), with where distnn's time goes against the sgemm peak of the run.
 
     python scripts/bench_conv.py [--batches 32,64,128] [--steps 10] [--nets NAME,...]
-                                 [--write docs/BENCHMARKS.md]
+                                 [--two-workers NAME] [--write docs/BENCHMARKS.md]
 
 The same step in both: forward, backward, momentum update (float32, ReLU, He init,
 softmax + log-likelihood, MNIST-shaped random images; PyTorch's torch.nn layers, NCHW,
@@ -18,7 +18,9 @@ in and ``Momentum.step_prescaled``, what a one-worker run's engine calls).  Netw
 
 For distnn the step is split into its GEMMs (the same products alone, into buffers of
 the same shapes), the im2col and col2im copies (alone), and the rest (element-wise work:
-activations, pooling, bias, cost, update; and Python).  torch is a benchmark peer only:
+activations, pooling, bias, cost, update; and Python).  ``--two-workers NAME`` instead
+measures 2 workers on this node (Ray, shared memory) against one process and against
+the two-process ceiling (``bench_deep.two_workers``), for that net at global batch 128.  torch is a benchmark peer only:
 ``pip install torch==2.13.0``.
 """
 from __future__ import annotations
@@ -178,13 +180,40 @@ def breakdown(net, batch, steps) -> dict:
             "flops": flops}
 
 
+def two_workers(name, steps, write) -> int:
+    import bench_deep
+    from distnn.config import TrainConfig
+
+    def make(workers, batch, epochs):
+        return TrainConfig(dataset="mnist", layers=NETS[name], input_shape=(28, 28, 1),
+                           activation="relu", init="he", optimizer="momentum", lr=LR,
+                           batch_size=batch, epochs=epochs, workers=workers,
+                           monitor_train=False)
+    one, two, ceiling, parts = bench_deep.two_workers(128, steps * 4, 3, 3, make=make)
+    c = _bench.median([b / a for a, b in ceiling])
+    line = (f"{name}, global batch 128: 2 workers {two:,.0f} ex/s against {one:,.0f} for "
+            f"one = {two / one:.2f}x; two independent processes at batch 64 against one at "
+            f"128 (no communication), interleaved: "
+            + "; ".join(f"{b / a:.2f}x" for a, b in ceiling)
+            + f", median {c:.2f}x; 2 workers reach **{two / one / c:.2f}** of it. A 2-worker "
+            "step, ms (rank 0 / rank 1): "
+            + ", ".join(f"{k} {a:.1f} / {b:.1f}" for k, (a, b) in parts.items()) + ".")
+    _bench.report("bench_conv_two_workers", "Two workers on one node, a conv net",
+                  f"{name}, float32, ReLU, momentum; medians of epochs 1-2 of "
+                  f"{steps * 4} steps; Ray, shared memory.", [line], write)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", default="32,64,128")
     p.add_argument("--steps", type=int, default=10, help="steps timed (median)")
     p.add_argument("--nets", default=",".join(NETS))
+    p.add_argument("--two-workers", metavar="NAME", help="instead: 2 workers vs the ceiling")
     p.add_argument("--write", metavar="BENCHMARKS.md")
     args = p.parse_args(argv)
+    if args.two_workers:
+        return two_workers(args.two_workers, args.steps, args.write)
     peak = sgemm_peak()
     print(f"sgemm peak {peak:.1f} GFLOP/s", flush=True)
     rows = []

@@ -107,22 +107,23 @@ def one_worker(batch, steps, augment, epochs):
     return out
 
 
-def two_workers(batch, steps, epochs, rounds):
+def two_workers(batch, steps, epochs, rounds, make=None):
     """(1 worker ex/s, 2 workers ex/s, ceiling pairs, {part: [ms per step of each
     rank]}): 2 Ray workers on this node against one process, and the two-process
-    ceiling (bench_dist.hardware_ceiling), for the deep net at global ``batch``."""
+    ceiling (bench_dist.hardware_ceiling), at global ``batch``, for the config
+    ``make(workers, batch, epochs)`` (default: the deep net's)."""
     import bench_dist
     from distnn.parallel.driver import train
     from distnn.parallel.session import start_ray, stop_ray
+    make = make or (lambda w, b, k: cfg(b, workers=w, epochs=k))
     n = batch * steps
     data = bench_dist.splits(n)
-    ceiling = bench_dist.hardware_ceiling(batch, n, epochs, rounds,
-                                          make=lambda w, b, k: cfg(b, workers=w, epochs=k))
+    ceiling = bench_dist.hardware_ceiling(batch, n, epochs, rounds, make=make)
     start_ray(None, 2)
     try:
         rate = {}
         for w in (1, 2):
-            h = train(cfg(batch, workers=w, epochs=epochs), data, progress=False)["history"]
+            h = train(make(w, batch, epochs), data, progress=False)["history"]
             rate[w] = _bench.median([e["examples_per_second"] for e in h[1:]])
     finally:
         stop_ray()
