@@ -136,8 +136,9 @@ class Conv2D(Layer):
         d2 = dout.reshape(-1, f)
         np.matmul(self.cols.T, d2, out=self.gW.reshape(-1, f))
         if self.gb is not None:     # (a GEMV: 7x a reduction over few long columns)
-            ones = self._buf("ones", (d2.shape[0],), d2.dtype)
-            ones[...] = 1
+            ones = self.__dict__.get("_ones")
+            if ones is None or ones.shape != d2.shape[:1] or ones.dtype != d2.dtype:
+                ones = self._ones = np.ones(d2.shape[:1], d2.dtype)   # (made once)
             np.matmul(ones, d2, out=self.gb)
         if not self.need_input_grad:
             return None
@@ -221,7 +222,7 @@ class MaxPool2D(Layer):
         taken[...] = False
         for e, de in zip(self._elements(self.x), self._elements(dx)):
             np.equal(e, self.out, out=mine)       # a maximum of its window, and the
-            mine &= ~taken                        # first: the one that takes dout
+            np.greater(mine, taken, out=mine)     # first (mine and not taken): it takes dout
             taken |= mine
             np.multiply(dout, mine, out=de)
         return dx
