@@ -75,6 +75,9 @@ class TrainConfig:
     comm_ports: str | None = None
     comm_timeout: float = 60.0
     bucket_mb: float = 0.0
+    local_steps: int = 1
+    outer: str = "average"
+    replicas: int = 0
     lr_scaling: str = "none"
     check_replicas: int = 0
     max_failures: int = 3
@@ -98,6 +101,18 @@ class TrainConfig:
                 object.__setattr__(self, name, tuple(v))
         check_types(self)
         validate(self)
+
+    @property
+    def local(self) -> bool:
+        """Whether the run trains logical replicas with local steps (``train.local``):
+        --local-steps above 1, --replicas or another --outer than average given."""
+        return self.local_steps > 1 or self.replicas > 0 or self.outer != "average"
+
+    @property
+    def replica_count(self) -> int:
+        """K, the logical replicas of a run with local steps (--replicas, else
+        --workers)."""
+        return self.replicas or self.workers
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -261,6 +276,29 @@ def _validate_optimisation(c: TrainConfig) -> None:
     _require(c.monitor in MONITORS, f"monitor must be one of {list(MONITORS)}, got {c.monitor!r}")
 
 
+def _validate_local(c: TrainConfig) -> None:
+    """--local-steps, --outer and --replicas, and what they do not combine with (yet)."""
+    _int_at_least("local_steps", c.local_steps, 1)
+    _int_at_least("replicas", c.replicas, 0)
+    optim.Outer(c.outer)
+    if not c.local:
+        return
+    _require(c.replicas == 0 or c.replicas >= c.workers,
+             f"--replicas {c.replicas} is fewer than --workers {c.workers}: every worker "
+             "hosts at least one logical replica; give --replicas >= --workers")
+    _require(c.replica_count <= c.batch_size,
+             f"--replicas {c.replica_count} is more than --batch-size {c.batch_size}: each "
+             "replica takes its slice of every global batch")
+    for ok, what in ((c.compress == "none", f"--compress {c.compress}"),
+                     (not c.sync_batchnorm, "--sync-batchnorm"),
+                     (not c.bucket_mb, f"--bucket-mb {c.bucket_mb:g}"),
+                     (c.threads in (None, 1), f"--threads {c.threads}")):
+        _require(ok, f"{what} does not apply to training with local steps (--local-steps "
+                 f"{c.local_steps}, --replicas, --outer): the replicas train apart between "
+                 "synchronisations, which are exact sums, one replica per BLAS thread (so "
+                 "that where a replica runs never changes its bits); leave it out")
+
+
 def _validate_run(c: TrainConfig) -> None:
     parse_split(c.split)
     _int_at_least("data_shards", c.data_shards, 0)
@@ -300,6 +338,7 @@ def _validate_run(c: TrainConfig) -> None:
              and 0 <= c.bucket_mb < float("inf"), f"bucket_mb must be a number of megabytes "
              f">= 0 (0: no overlap), got {c.bucket_mb!r}")
     _positive("replace_timeout", c.replace_timeout)
+    _validate_local(c)
     # shorter waits cannot work: connecting a group and a first step take longer
     _require(c.comm_timeout >= 1, f"comm_timeout must be at least 1 second (a worker "
              f"waits that long for its peers), got {c.comm_timeout!r}")

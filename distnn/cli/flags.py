@@ -96,6 +96,18 @@ HELP = {
                  "backprop has finished them, every worker then updating everything (tcp, "
                  "and hier with one worker a node; 0: off, the default: on 2 shared cores it "
                  "measured slower, docs/BENCHMARKS.md)",
+    "local_steps": "synchronise the replicas every H steps (default 1: every step, the "
+                   "synchronous run): each logical replica applies --optimizer to its own "
+                   "parameters for H steps on its slice of every global batch, then the "
+                   "replicas' averaged change goes through --outer (local SGD, DiLoCo); "
+                   "every epoch ends with a synchronisation. The result depends on "
+                   "--replicas, never on --workers or faults",
+    "outer": "with --local-steps: average (local SGD: the replicas' mean) or "
+             "nesterov[:LR[:MOMENTUM]] (DiLoCo's outer Nesterov on the averaged change; "
+             "defaults 0.7, 0.9)",
+    "replicas": "with --local-steps: the number K of logical replicas, fixed for the run "
+                "and spread over the workers (default: --workers); K on any number of "
+                "workers, with any faults, gives the same parameters bit for bit",
     "address": "Ray cluster to join: auto or HOST:PORT (default: start a local Ray on "
                "127.0.0.1 and stop it at the end)",
     "allreduce": "all-reduce backend: auto (shm on one node; on several, hier when each "
@@ -190,6 +202,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    "comm_ports": "LO-HI", "label_column": "NAME",
                    "feature_columns": "A,B,C", "split_column": "NAME", "split": "T/V/T",
                    "shard_memory": "MB", "bucket_mb": "MB", "data_shards": "S", "compress": "NAME[:ARG]",
+                   "local_steps": "H", "outer": "SPEC", "replicas": "K",
                    "logdir": "DIR"}.get(name, name.upper())
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_, metavar=metavar)
 

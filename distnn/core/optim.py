@@ -297,3 +297,56 @@ def build(hparams) -> Optimizer:
     the parameter average when ``hparams.ema`` > 0."""
     hyper = hyperparameters(hparams)       # (an unknown name is refused there)
     return OPTIMIZERS[hparams.optimizer](**hyper).average(hparams.ema)
+
+
+class Outer:
+    """The outer optimizer of training with local steps (``--outer``): how the replicas'
+    averaged change since the last synchronisation, ``delta = θ − mean_r θ_r`` (the
+    *outer gradient*), moves the global parameters θ.
+
+    ``average``              θ ← θ − delta  (= mean_r θ_r: local SGD, model averaging)
+    ``nesterov:LR:MOMENTUM`` m ← μ m + delta;  θ ← θ − LR (delta + μ m)
+                             (DiLoCo, Douillard et al. 2023: LR 0.7, μ 0.9; the update of
+                             ``torch.optim.SGD(nesterov=True)`` with delta as the gradient)
+
+    Its state (the momentum m) is explicit, like an optimizer's: ``state``.
+    """
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        name, _, rest = str(spec).partition(":")
+        if name == "average" and not rest:
+            self.lr, self.momentum = 1.0, 0.0
+        elif name == "nesterov":
+            args = rest.split(":") if rest else []
+            try:
+                vals = [float(a) for a in args]
+            except ValueError:
+                vals = None
+            if vals is None or len(vals) > 2:
+                raise ValueError(f"outer must be average or nesterov[:LR[:MOMENTUM]] such as "
+                                 f"nesterov:0.7:0.9, got {spec!r}")
+            self.lr, self.momentum = (vals + [0.7, 0.9][len(vals):])
+            _positive("the outer learning rate (--outer nesterov:LR:...)", self.lr)
+            _unit("the outer momentum (--outer nesterov:LR:MOMENTUM)", self.momentum)
+        else:
+            raise ValueError(f"outer must be average or nesterov[:LR[:MOMENTUM]] such as "
+                             f"nesterov:0.7:0.9, got {spec!r}")
+        self.name = name
+        self.state: dict[str, np.ndarray] = {}
+
+    def step(self, params: np.ndarray, delta: np.ndarray) -> None:
+        """θ ← the outer update of ``params`` with the outer gradient ``delta`` (same
+        dtype; ``delta`` is used as scratch)."""
+        if self.name == "average":
+            params -= delta
+            return
+        f = params.dtype.type
+        m = self.state.get("momentum")
+        if m is None or m.shape != params.shape:
+            m = self.state["momentum"] = np.zeros_like(params)
+        m *= f(self.momentum)
+        m += delta
+        delta += f(self.momentum) * m
+        delta *= f(self.lr)
+        params -= delta

@@ -15,6 +15,7 @@ from ..data.splits import Splits
 from ..io.files import OutputError
 from ..train.callbacks import ProgressLogger
 from ..train.data import fit_input, load_splits, prepare
+from ..train.local import reduce_buffer
 from ..train.outputs import claim_outputs, release, stages_done
 from ..train.records import memory
 from ..train import resume
@@ -36,8 +37,17 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     compress.check(cfg.compress, cfg.dtype)
     if cfg.data_shards == 0 and location(cfg.dataset) is not None:
         cfg = cfg.replace(data_shards=cfg.workers)   # recorded: a resume keeps the order
+    if cfg.local and not cfg.replicas:
+        cfg = cfg.replace(replicas=cfg.workers)   # K recorded: a resume keeps it
     splits = splits or load_splits(cfg)
     cfg = fit_input(cfg, splits)          # image layers: the input's shape, recorded
+    if cfg.local and not all(s is None or s.held_whole for s in
+                             (splits.train, splits.valid, splits.test)):
+        raise ValueError(f"--dataset {cfg.dataset} is read on demand, a shard per worker; "
+                         "training with local steps (--local-steps, --replicas, --outer) "
+                         "needs the dataset held whole by every worker (a logical replica "
+                         "may move to any worker): leave out --shard-memory, or train "
+                         "synchronously")
     if cfg.data_shards > len(splits.train):
         raise ValueError(f"--data-shards {cfg.data_shards} is more than the training split's "
                          f"{len(splits.train)} examples")
@@ -62,7 +72,7 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
             started = start_ray(cfg.address, cfg.workers, may_wait=True,
                                 threads=cfg.threads or 1)
         world = workers_to_start(cfg) if cfg.workers > 1 else 1
-        pool = open_pool(run_cfg, data, cfg.network_spec().n_params + 1, world)
+        pool = open_pool(run_cfg, data, reduce_buffer(run_cfg)[0], world)
         trainer = Trainer(run_cfg, data, pool,
                           [ProgressLogger(bar=None if progress else False), *callbacks])
         if resumed is not None:
@@ -88,7 +98,7 @@ def trainer_for(cfg: TrainConfig, data, callbacks=(), world: int | None = None) 
     """A ``Trainer`` on a pool of ``cfg.workers`` workers (``world`` to begin with) for
     prepared ``data``, without outputs or a Ray session of its own (tests, benchmarks);
     ``close()`` it."""
-    pool = open_pool(cfg, data, cfg.network_spec().n_params + 1, world)
+    pool = open_pool(cfg, data, reduce_buffer(cfg)[0], world)
     return Trainer(cfg, data, pool, callbacks)
 
 
@@ -101,6 +111,11 @@ def _say_what(cfg: TrainConfig, data, pool) -> None:
              len(data.train), data.splits.source, cfg.workers,
              "s" if cfg.workers > 1 else "", "/".join(map(str, threads)),
              pool.backend, "" if cfg.compress == "none" else f", {cfg.compress}")
+    if cfg.local:
+        log.info("local steps: %d logical replicas, each taking %d step(s) of --optimizer %s "
+                 "between synchronisations (outer: %s); the result depends on the replicas, "
+                 "not on the workers", cfg.replica_count, cfg.local_steps, cfg.optimizer,
+                 cfg.outer)
     log.info("BLAS kernels: %s", " / ".join(sorted({
         w.get("blas") or "unknown (not NumPy's bundled OpenBLAS)" for w in workers})))
     log.info("splits: %s", splits_said(data.describe()))

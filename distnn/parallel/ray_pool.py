@@ -16,6 +16,7 @@ import time
 
 from ..config import TrainConfig
 from ..train.data import TrainingData
+from ..train.local import reduce_buffer
 from ..train.state import ReplicaState
 from ..train.pool import WorkerFailure
 from . import comm, policies
@@ -90,7 +91,7 @@ class RayPool:
         backend = comm.choose(self.cfg.allreduce, self.world, nodes)
         comm.check_ports(backend, nodes, comm.options(self.cfg)["ports"])
         self.backend = backend.name
-        self.group = backend(self.world, self.size, self.cfg.network_spec().dtype, nodes,
+        self.group = backend(self.world, self.size, reduce_buffer(self.cfg)[1], nodes,
                              comm.options(self.cfg))
         spec = self.group.spec()
         addresses = self._get([w.listen.remote(self.backend, spec) for w in self.workers],

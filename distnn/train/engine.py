@@ -73,6 +73,12 @@ class Engine:
         #: gradient reduction and the all-gather of the updated shards
         self.calls_per_step = 2 + net.syncs_per_step
         self.overlap, self._uses_overlap = None, False    # see join
+        #: with --local-steps/--replicas: the logical replicas this worker hosts, their
+        #: epoch and synchronisations (``train.local``); None: the synchronous run
+        self.local = None
+        if cfg.local:
+            from .local import LocalSteps
+            self.local = LocalSteps(self)
 
     # -- the group ----------------------------------------------------------------------
     def join(self, group) -> None:
@@ -81,6 +87,9 @@ class Engine:
             self.group.close()
         self.group = group
         self.update = Update(self.optimizer, group.takes_scaled)
+        if self.local is not None:     # every replica updates all of its own parameters
+            self.shard = (0, self.net.params.size)
+            return
         self._overlap_with(group)
         P = self.net.params.size
         # in the group's memory where it offers it (shm): the gradient its reduction
@@ -148,14 +157,18 @@ class Engine:
         this replica's ``shard`` (``ReplicaState.merge`` of every replica's makes the
         whole)."""
         plugins = self.group.plugin_states() if self.group is not None else {}
+        if self.local is not None:
+            plugins["outer"] = self.local.plugin_state()
         return ReplicaState.capture(self.net, self.optimizer, self.schedule, plugins,
-                                    self.shard)
+                                    self.shard, self.local and self.local.inner)
 
     def set_state(self, state: ReplicaState) -> None:
         state.put(self.net, self.optimizer, self.schedule)
         self._shard_optimizer_state()
         if self.group is not None:
             self.group.load_plugin_states(state, self.rank)
+        if self.local is not None:
+            self.local.load(state)
 
     # -- one step ------------------------------------------------------------------------
     def apply_update(self) -> None:
@@ -240,6 +253,8 @@ class Engine:
         """Train one epoch; return the summed cost of its batches (all replicas), the
         timings, the learning rate and the parameter digests, or where it diverged.
         ``progress(done, total)`` is called a few hundred times at most."""
+        if self.local is not None:
+            return self.local.run_epoch(epoch, schedule_state, progress)
         sched, opt, cfg = self.schedule, self.optimizer, self.cfg
         sched.load_state_dict(schedule_state)
         n = self.n_train

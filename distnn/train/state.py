@@ -9,6 +9,8 @@ how it comes back.
 - ``optimizer``: the optimizer's ``state_dict()`` (``core.optim``), its slots over
   ``shard`` only when the update is sharded across workers;
 - ``schedule``: the learning-rate schedule's ``state_dict()``;
+- ``replicas``: ``{r: optimizer state_dict}``, each logical replica's own (inner)
+  optimizer state in training with local steps (``train.local``); empty otherwise;
 - ``plugins``: ``{setting: PluginState}``, the run state of each plug-in that keeps one
   (``"compress"``: a compressor's), keyed by the setting that chose the plug-in, so a
   resume that changes that setting (``--override compress``) starts it afresh.
@@ -67,17 +69,19 @@ class ReplicaState:
     schedule: dict
     plugins: dict[str, PluginState] = field(default_factory=dict)
     shard: tuple[int, int] | None = None
+    replicas: dict[int, dict] = field(default_factory=dict)
 
     # -- capture and restore ---------------------------------------------------------
     @classmethod
     def capture(cls, net, optimizer, schedule, plugins: dict | None = None,
-                shard: tuple[int, int] | None = None) -> "ReplicaState":
+                shard: tuple[int, int] | None = None,
+                replicas: dict | None = None) -> "ReplicaState":
         """A copy of a replica's state now (``optimizer`` holding ``shard`` of its
-        slots)."""
+        slots; ``replicas``: the inner optimizers of the logical replicas it hosts)."""
         return cls(net.params.copy(),
                    {k: v.copy() for k, v in net.named_buffers().items()},
                    optimizer.state_dict(), schedule.state_dict(), dict(plugins or {}),
-                   shard)
+                   shard, {r: o.state_dict() for r, o in (replicas or {}).items()})
 
     def put(self, net, optimizer, schedule, average: bool = False) -> None:
         """Into a replica: parameters (the average with ``average``), buffers, the
@@ -150,8 +154,13 @@ class ReplicaState:
                                "this is a bug, please report it")
         plugins = {k: PluginState.merge([st.plugins[k] for st in states])
                    for k in first.plugins}
+        replicas = {r: d for st in states for r, d in st.replicas.items()}
+        if replicas and sorted(replicas) != list(range(len(replicas))) \
+                or sum(len(st.replicas) for st in states) != len(replicas):
+            raise RuntimeError(f"the workers hold logical replicas {sorted(replicas)}, not "
+                               "each of 0..K-1 once; this is a bug, please report it")
         return cls(first.params, first.buffers, {**first.optimizer, "slots": slots},
-                   first.schedule, plugins, None)
+                   first.schedule, plugins, None, dict(sorted(replicas.items())))
 
     def span(self, size: int) -> tuple[int, int]:
         return self.shard if self.shard is not None else (0, size)
@@ -178,6 +187,13 @@ class ReplicaState:
             meta[name] = dict(p.scalars)
             rows.update({f"{name}.{part}.{key}": a for part, arrays in p.arrays.items()
                          for key, a in arrays.items()})
+        if self.replicas:
+            meta["replicas"] = {str(r): {k: v for k, v in d.items() if k != "slots"}
+                                for r, d in self.replicas.items()}
+            rows.update({f"{REPLICA}{r}.{name}.{key}": slot[sl].reshape(shapes[key].shape)
+                         for r, d in self.replicas.items()
+                         for name, slot in d["slots"].items()
+                         for key, sl in net.slices.items()})
         return tensors, rows, meta
 
     @classmethod
@@ -205,7 +221,9 @@ class ReplicaState:
 
         shapes = net.named_params()
         plugins = _plugins_of(c)
-        slot_names = sorted({k.split(".", 1)[0] for k in c.optimizer} - set(plugins))
+        replicas = c.meta.get("replicas") or {}
+        slot_names = sorted({k.split(".", 1)[0] for k in c.optimizer} - set(plugins)
+                            - {f"{REPLICA}{r}" for r in replicas})
         state = cls(flat(c.tensors, ""),
                     {k: tensor(c.tensors, k, v.shape) for k, v in net.named_buffers().items()},
                     {**c.meta["optimizer"],
@@ -218,7 +236,17 @@ class ReplicaState:
                     part, key = k[len(name) + 1:].split(".", 1)
                     arrays.setdefault(part, {})[key] = a
             state.plugins[name] = PluginState(dict(c.meta[name]), arrays, shares)
+        for r, d in replicas.items():
+            names = sorted({k.split(".")[1] for k in c.optimizer
+                            if k.startswith(f"{REPLICA}{r}.")})
+            state.replicas[int(r)] = {**d, "slots": {
+                name: flat(c.optimizer, f"{REPLICA}{r}.{name}.") for name in names}}
+        state.replicas = dict(sorted(state.replicas.items()))
         return state
+
+
+#: the prefix of a logical replica's optimizer rows in a checkpoint: "replica3.velocity.<key>"
+REPLICA = "replica"
 
 
 def _plugins_of(c) -> dict[str, tuple[str, ...]]:

@@ -1,0 +1,268 @@
+"""Training with local steps and logical replicas: ``--local-steps H``, ``--outer``,
+``--replicas K`` (local SGD; DiLoCo, Douillard et al. 2023).
+
+K logical replicas are fixed for the run; the workers host them, each a contiguous
+range (rank r of W hosts replicas [r K / W, (r + 1) K / W)), one after another.  From the
+global parameters θ, replica k takes the k-th of K contiguous slices of every global
+batch, as a worker of a synchronous run does, and applies the run's optimizer (its
+*inner* optimizer, whose state is the replica's own) to its own copy of the parameters
+for H steps; then the replicas synchronise: the averaged change ``delta = θ − mean_k θ_k``
+(the outer gradient) moves θ through the outer optimizer (``core.optim.Outer``: average,
+or DiLoCo's Nesterov), and every replica starts again from the new θ.  Batch-norm
+running statistics are averaged at each synchronisation.  Every epoch ends with one, so
+evaluation, checkpoints and the best epoch are of the one global network.
+
+**The result depends on K, never on the machines.**  Nothing a replica computes depends
+on where it runs: its slices are fixed by (seed, epoch, K, k), its dropout masks and
+augmentation by the examples' indices, its products run on one BLAS thread.  The sum at a
+synchronisation is exact, so it does not depend on how replicas map onto workers or on
+the order a backend adds in: each replica's change is rounded onto a grid shared by all
+(per tensor, a power of two fixed by the largest magnitude any replica holds, exchanged
+first), on which float64 adds K terms without rounding.  For float32 parameters the
+change itself is exact on that grid (a float32 difference within 2**27 of the largest is
+a multiple of it); float64 parameters lose the last log2(K) + 1 bits of the largest
+changes, deterministically.  So K replicas on 1, 2 or K workers, a worker lost and its
+replicas moved to the others (the epoch replayed), or a resume, give the same bits.
+
+The synchronisation sends float64 numbers: 8 bytes a parameter every H steps (a
+synchronous run of float32 sends 4 every step).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..core import blas, optim, regularizers
+from .batches import prefetch, steps_per_epoch
+from .state import PluginState
+from .update import Update
+
+#: the dtype of the synchronisation's exact sums (see the module's docstring)
+SYNC_DTYPE = np.dtype(np.float64)
+
+
+def reduce_buffer(cfg) -> tuple[int, str]:
+    """(numbers, dtype) of the largest buffer a run's workers reduce: the gradient and
+    the batch's cost; with local steps, the replicas' changes, batch-norm statistics and
+    each replica's cost, exactly, in float64 (and the exchange of magnitudes before)."""
+    spec = cfg.network_spec()
+    if not cfg.local:
+        return spec.n_params + 1, spec.dtype
+    from ..core.network import Network
+    net = Network.from_spec(spec)
+    n_buf = sum(v.size for v in net.named_buffers().values())
+    tensors = len(net.slices) + len(net.named_buffers())
+    return max(spec.n_params + n_buf + cfg.replica_count, cfg.workers * tensors), SYNC_DTYPE.name
+
+
+def hosted(rank: int, world: int, k: int) -> range:
+    """The logical replicas worker ``rank`` of ``world`` hosts."""
+    return range(rank * k // world, (rank + 1) * k // world)
+
+
+class LocalSteps:
+    """The local-steps epoch of one worker's ``Engine`` (see the module's docstring)."""
+
+    def __init__(self, engine):
+        self.engine = e = engine
+        cfg, net = e.cfg, e.net
+        self.K, self.H = cfg.replica_count, cfg.local_steps
+        self.outer = optim.Outer(cfg.outer)
+        if blas.threads() is not None:
+            blas.set_threads(1)        # a replica's products: the same wherever it runs
+        self.P = P = net.params.size
+        bufs = net.named_buffers()
+        self.n_buf = sum(v.size for v in bufs.values())
+        # the tensors that get a grid of their own: parameters, then buffers
+        spans, off = [(sl.start, sl.stop) for sl in net.slices.values()], P
+        for v in bufs.values():
+            spans.append((off, off + v.size))
+            off += v.size
+        self.spans = spans
+        self.sum = np.zeros(P + self.n_buf + self.K, SYNC_DTYPE)
+        self.inner: dict[int, optim.Optimizer] = {}
+        self.place()
+
+    # -- which replicas, and their state ------------------------------------------------
+    def place(self) -> None:
+        """Host the replicas of the engine's (rank, world), each with an inner optimizer
+        of its own (fresh; a state handed out next fills it)."""
+        e = self.engine
+        mine = hosted(e.rank, e.world, self.K)
+        self.inner = {k: self.inner.get(k) or optim.build(e.cfg.replace(ema=0.0))
+                      for k in mine}
+
+    def plugin_state(self) -> PluginState:
+        """The outer optimizer's state (the same on every worker)."""
+        arrays = {"momentum": {"params": m.copy()}} if (m := self.outer.state.get(
+            "momentum")) is not None else {}
+        return PluginState({"spec": self.outer.spec}, arrays)
+
+    def load(self, state) -> None:
+        """Take the outer optimizer's and the hosted replicas' inner states from a whole
+        ``ReplicaState`` (each replica afresh where it holds none: a new run)."""
+        self.place()
+        p = state.plugins.get("outer")
+        self.outer.state = {} if p is None or "momentum" not in p.arrays else \
+            {"momentum": np.array(p.arrays["momentum"]["params"], self.engine.net.dtype)}
+        hyper = {h: state.optimizer[h] for h in self.engine.optimizer.hyper
+                 if h in state.optimizer}
+        for k, opt in self.inner.items():
+            d = state.replicas.get(k)
+            if d is None:
+                self.inner[k] = optim.build(self.engine.cfg.replace(ema=0.0))
+            else:
+                opt.load_state_dict({**d, **hyper})
+
+    # -- one epoch --------------------------------------------------------------------
+    def _items(self, order: np.ndarray, steps: int):
+        """(global batch size, the replica's examples) in the order this worker trains
+        them: each period of H steps, each hosted replica, each step."""
+        B, data = self.engine.cfg.batch_size, self.engine.train
+        for k0 in range(0, steps, self.H):
+            for r in self.inner:
+                for k in range(k0, min(k0 + self.H, steps)):
+                    g = order[k * B:(k + 1) * B]
+                    yield len(g), data.owned(g, r, self.K, 0)
+
+    def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
+        from .engine import Clock, digest
+        e = self.engine
+        cfg, net, sched, main = e.cfg, e.net, e.schedule, e.optimizer
+        sched.load_state_dict(schedule_state)
+        n, B = e.n_train, cfg.batch_size
+        steps = steps_per_epoch(n, B)
+        periods = -(-steps // self.H)
+        warm = sched.warmup > 0 and epoch < sched.warmup
+        lr = main.lr = sched(epoch)
+        e.group.set_timeout(e.step_deadline())
+        e.clock = clock = Clock(e.group)
+        t0 = time.perf_counter()
+        theta = net.params.copy()                        # the global parameters
+        bufs = net.named_buffers()
+        held = {k: v.copy() for k, v in bufs.items()}     # their averaged statistics
+        work = {r: np.empty(self.P + self.n_buf, SYNC_DTYPE) for r in self.inner}
+        items = clock.timed(prefetch(e.train, self._items(e.train.order(cfg.seed, epoch),
+                                                          steps), epoch,
+                                     threaded=e.background))
+        loss_total = 0.0
+        for p in range(periods):
+            ks = range(p * self.H, min((p + 1) * self.H, steps))
+            losses = {}
+            for r, opt in self.inner.items():
+                np.copyto(net.params, theta)
+                for key, v in bufs.items():
+                    np.copyto(v, held[key])
+                losses[r] = self._train(opt, items, ks, steps, epoch, warm, lr, clock)
+                c0 = time.perf_counter()
+                w = work[r]
+                np.subtract(theta, net.params, out=w[:self.P], dtype=SYNC_DTYPE)
+                off = self.P
+                for v in bufs.values():
+                    w[off:off + v.size] = v.reshape(-1)
+                    off += v.size
+                clock.update += time.perf_counter() - c0
+            c0 = time.perf_counter()
+            ok = self._synchronise(epoch * periods + p, work, losses)
+            c1 = time.perf_counter()
+            tail = self.sum[self.P + self.n_buf:]
+            total = 0.0
+            for v in tail:               # in replica order, the same on every worker
+                total += float(v)
+            if not ok or not math.isfinite(total):
+                np.copyto(net.params, theta)
+                return {"diverged": True, "step": ks[-1], "lr": main.lr,
+                        "loss": total if not math.isfinite(total) else float("nan"),
+                        "rank": e.rank}
+            loss_total += total
+            mean = self.sum[:self.P + self.n_buf] / self.K
+            self.outer.step(theta, mean[:self.P].astype(net.dtype))
+            off = self.P
+            for key, v in held.items():
+                v[...] = mean[off:off + v.size].reshape(v.shape)
+                off += v.size
+            main.start_average(theta)
+            main.t += 1                   # the parameter average: one update a sync
+            main.update_average(theta)
+            clock.comm += c1 - c0
+            clock.update += time.perf_counter() - c1
+            if progress is not None:
+                progress(min(n, ks[-1] * B + B), n)
+        np.copyto(net.params, theta)
+        for key, v in bufs.items():
+            np.copyto(v, held[key])
+        seconds = time.perf_counter() - t0
+        e.step_seconds = seconds / periods     # a collective waits for one period
+        times = clock.record(e.rank, steps, seconds)
+        return {"diverged": False, "loss_sum": loss_total, "seconds": seconds,
+                "comm_seconds": times["comm_seconds"], "times": times, "lr": main.lr,
+                "digests": [], "final_digest": digest(net.params), "rank": e.rank}
+
+    def _train(self, opt, items, ks, steps, epoch, warm, lr, clock) -> float:
+        """Replica ``opt``'s steps ``ks`` (the net holds its parameters); its summed
+        cost (NaN from the step it diverged at: it stops there)."""
+        e = self.engine
+        net, cfg = e.net, e.cfg
+        update = Update(opt)
+        loss = 0.0
+        for k in ks:
+            (_, idx), x, y = next(items)
+            if not math.isfinite(loss):
+                continue                  # (the batches still pass)
+            opt.lr = e.schedule.during(epoch, (k + 1) / steps) if warm else lr
+            t0 = time.perf_counter()
+            if x is not None:
+                cost = net.loss_and_grad_sum_(x, y, epoch=epoch, indices=idx,
+                                              scale=update.backward_scale(len(idx)))
+            else:
+                cost = 0.0
+                net.grads[:] = 0.0
+            t1 = time.perf_counter()
+            loss += cost
+            if math.isfinite(cost):
+                update.apply(net.params, net.grads, e.penalty, e.n_train, e._scratch)
+                if cfg.max_norm is not None:
+                    regularizers.apply_max_norm([m for _, m in net.matrices()], cfg.max_norm)
+            clock.compute += t1 - t0
+            clock.update += time.perf_counter() - t1
+        return loss
+
+    def _synchronise(self, sync: int, work: dict, losses: dict) -> bool:
+        """``self.sum`` <- the exact sum over every replica of its change (and
+        statistics), and each replica's cost at its place; False where a replica's
+        numbers are not finite (it diverged)."""
+        e, S = self.engine, self.sum
+        group, T, key = e.group, len(self.spans), 2 * sync
+        # the largest magnitude of each tensor, over every replica (a one-hot exchange:
+        # adding zeros is exact)
+        mags = np.zeros(e.world * T, SYNC_DTYPE)
+        mine = mags[e.rank * T:(e.rank + 1) * T]
+        for w in work.values():
+            for t, (lo, hi) in enumerate(self.spans):
+                if hi > lo:
+                    mine[t] = max(mine[t], float(np.max(np.abs(w[lo:hi]))))
+        if not np.isfinite(mine).all():
+            mine[:] = np.inf
+        group.allreduce_(key, mags)
+        top = mags.reshape(e.world, T).max(axis=0)
+        S[:] = 0.0
+        if not np.isfinite(top).all():
+            S[self.P + self.n_buf:] = np.nan
+            group.allreduce_(key + 1, S)
+            return False
+        spare = math.ceil(math.log2(self.K)) if self.K > 1 else 0
+        for w in work.values():
+            for t, (lo, hi) in enumerate(self.spans):
+                if top[t] > 0:
+                    q = math.frexp(top[t])[1] - 53 + spare     # |change| < 2**(53-spare) q
+                    seg = w[lo:hi]
+                    np.ldexp(seg, -q, out=seg)
+                    np.rint(seg, out=seg)
+                    np.ldexp(seg, q, out=seg)
+            S[:self.P + self.n_buf] += w
+        for r, loss in losses.items():
+            S[self.P + self.n_buf + r] = loss
+        group.allreduce_(key + 1, S)
+        return True

@@ -1,0 +1,80 @@
+"""Local steps with logical replicas on Ray: K replicas give the same bits on any number
+of workers, on every backend, through a killed worker, a shrink and a growth."""
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from distnn.parallel.driver import train
+from distnn.train.callbacks import Callback
+from tests.parallel import test_driver
+from tests.parallel.test_driver import _Hog, KillWorker, cfg
+
+splits = test_driver.splits     # the synchronous tests' data (a fixture)
+
+pytestmark = pytest.mark.ray
+
+#: float64 with dropout and augmentation; float32 with batch norm (running statistics
+#: averaged at each synchronisation), a parameter average and L2
+OPTIONS = [dict(dtype="float64", keep_prob=0.8, augment="rotate=10,shift=1",
+                outer="nesterov"),
+           dict(dtype="float32", batchnorm=True, ema=0.9, l2=0.5, optimizer="adam",
+                lr=0.01)]
+
+
+def local(**kw):
+    return cfg(**{"local_steps": 4, "replicas": 4, "batch_size": 16, **kw})
+
+
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_k_replicas_give_the_same_bits_on_1_and_2_workers_and_every_backend(
+        ray_session, splits, opts):
+    one = train(local(workers=1, **opts), splits, progress=False)["network"].params
+    for backend in ("shm", "tcp", "ring"):
+        two = train(local(allreduce=backend, **opts), splits)["network"].params
+        np.testing.assert_array_equal(two, one, err_msg=backend)
+    # 3 replicas: 2 on one worker, 1 on the other
+    three = train(local(replicas=3, batch_size=15, **opts), splits)["network"].params
+    np.testing.assert_array_equal(
+        three, train(local(replicas=3, batch_size=15, workers=1, **opts), splits,
+                     progress=False)["network"].params)
+
+
+def test_a_killed_workers_replicas_are_replayed_to_the_same_bits(ray_session, splits):
+    c = local(batch_size=4, replicas=2, lr=0.02, epochs=3, **OPTIONS[0])
+    clean = train(c.replace(workers=1), splits, progress=False)["network"].params
+    killer = KillWorker()
+    faulted = train(c, splits, callbacks=[killer])
+    assert killer.killed
+    assert [f["epoch"] for f in faulted["faults"]] == [1]
+    np.testing.assert_array_equal(faulted["network"].params, clean)
+
+
+def test_a_lost_worker_not_replaced_moves_its_replicas_and_they_come_back(ray_session,
+                                                                            splits):
+    """Worker 1 killed after epoch 0 and its CPU taken: epoch 1 runs all 4 replicas on
+    the one worker left, epoch 2 on 2 again.  Unlike the synchronous run (equal up to
+    rounding), the parameters are the fault-free ones bit for bit."""
+    ray = ray_session
+    c = local(epochs=4, batch_size=8, replace_timeout=3.0, **OPTIONS[1])
+    clean = train(c, splits)
+
+    class Squeeze(Callback):
+        hog = None
+
+        def on_epoch_end(self, epoch, logs, trainer):
+            if epoch == 0:
+                os.kill(trainer.worker_pids()[1], signal.SIGKILL)
+                self.hog = ray.remote(num_cpus=1)(_Hog).remote()
+                ray.get(self.hog.ready.remote(), timeout=60)
+            if epoch == 1:
+                ray.kill(self.hog)
+                deadline = time.monotonic() + 30
+                while ray.available_resources().get("CPU", 0) < 1 and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.1)
+    out = train(c, splits, callbacks=[Squeeze()])
+    assert [h["workers"] for h in out["history"]] == [2, 1, 2, 2]
+    np.testing.assert_array_equal(out["network"].params, clean["network"].params)
