@@ -16,16 +16,16 @@ evaluation, checkpoints and the best epoch are of the one global network.
 on where it runs: its slices are fixed by (seed, epoch, K, k), its dropout masks and
 augmentation by the examples' indices, its products run on one BLAS thread.  The sum at a
 synchronisation is exact, so it does not depend on how replicas map onto workers or on
-the order a backend adds in: each replica's change is rounded onto a grid shared by all
-(per tensor, a power of two fixed by the largest magnitude any replica holds, exchanged
-first), on which float64 adds K terms without rounding.  For float32 parameters the
-change itself is exact on that grid (a float32 difference within 2**27 of the largest is
-a multiple of it); float64 parameters lose the last log2(K) + 1 bits of the largest
-changes, deterministically.  So K replicas on 1, 2 or K workers, a worker lost and its
-replicas moved to the others (the epoch replayed), or a resume, give the same bits.
+the order a backend adds in: each replica's change (computed exactly, in float64) is
+rounded onto a grid shared by all, per tensor a power of two fixed by the largest
+magnitude any replica's change holds (exchanged first), coarse enough that the network's
+dtype adds K values on it without rounding: the largest changes keep 24 - log2(K)
+significant bits in float32 (53 - log2(K) in float64), smaller ones the same absolute
+precision.  So K replicas on 1, 2 or K workers, a worker lost and its replicas moved to
+the others (the epoch replayed), or a resume, give the same bits.
 
-The synchronisation sends float64 numbers: 8 bytes a parameter every H steps (a
-synchronous run of float32 sends 4 every step).
+The synchronisation sends the change in the network's dtype, every H steps: what a
+synchronous run sends every step.
 """
 from __future__ import annotations
 
@@ -39,14 +39,14 @@ from .batches import prefetch, steps_per_epoch
 from .state import PluginState
 from .update import Update
 
-#: the dtype of the synchronisation's exact sums (see the module's docstring)
-SYNC_DTYPE = np.dtype(np.float64)
+#: the dtype each replica's change is computed in before it is rounded onto the grid
+WORK_DTYPE = np.dtype(np.float64)
 
 
 def reduce_buffer(cfg) -> tuple[int, str]:
     """(numbers, dtype) of the largest buffer a run's workers reduce: the gradient and
     the batch's cost; with local steps, the replicas' changes, batch-norm statistics and
-    each replica's cost, exactly, in float64 (and the exchange of magnitudes before)."""
+    each replica's cost, exactly (and the exchange of magnitudes before)."""
     spec = cfg.network_spec()
     if not cfg.local:
         return spec.n_params + 1, spec.dtype
@@ -54,7 +54,7 @@ def reduce_buffer(cfg) -> tuple[int, str]:
     net = Network.from_spec(spec)
     n_buf = sum(v.size for v in net.named_buffers().values())
     tensors = len(net.slices) + len(net.named_buffers())
-    return max(spec.n_params + n_buf + cfg.replica_count, cfg.workers * tensors), SYNC_DTYPE.name
+    return max(spec.n_params + n_buf + cfg.replica_count, cfg.workers * tensors), spec.dtype
 
 
 def hosted(rank: int, world: int, k: int) -> range:
@@ -81,7 +81,8 @@ class LocalSteps:
             spans.append((off, off + v.size))
             off += v.size
         self.spans = spans
-        self.sum = np.zeros(P + self.n_buf + self.K, SYNC_DTYPE)
+        self.sum = np.zeros(P + self.n_buf + self.K, net.dtype)
+        self.bits = np.finfo(net.dtype).nmant + 1    # significant bits of the dtype
         self.inner: dict[int, optim.Optimizer] = {}
         self.place()
 
@@ -143,7 +144,7 @@ class LocalSteps:
         theta = net.params.copy()                        # the global parameters
         bufs = net.named_buffers()
         held = {k: v.copy() for k, v in bufs.items()}     # their averaged statistics
-        work = {r: np.empty(self.P + self.n_buf, SYNC_DTYPE) for r in self.inner}
+        work = {r: np.empty(self.P + self.n_buf, WORK_DTYPE) for r in self.inner}
         items = clock.timed(prefetch(e.train, self._items(e.train.order(cfg.seed, epoch),
                                                           steps), epoch,
                                      threaded=e.background))
@@ -158,7 +159,7 @@ class LocalSteps:
                 losses[r] = self._train(opt, items, ks, steps, epoch, warm, lr, clock)
                 c0 = time.perf_counter()
                 w = work[r]
-                np.subtract(theta, net.params, out=w[:self.P], dtype=SYNC_DTYPE)
+                np.subtract(theta, net.params, out=w[:self.P], dtype=WORK_DTYPE)
                 off = self.P
                 for v in bufs.values():
                     w[off:off + v.size] = v.reshape(-1)
@@ -237,7 +238,7 @@ class LocalSteps:
         group, T, key = e.group, len(self.spans), 2 * sync
         # the largest magnitude of each tensor, over every replica (a one-hot exchange:
         # adding zeros is exact)
-        mags = np.zeros(e.world * T, SYNC_DTYPE)
+        mags = np.zeros(e.world * T, S.dtype)
         mine = mags[e.rank * T:(e.rank + 1) * T]
         for w in work.values():
             for t, (lo, hi) in enumerate(self.spans):
@@ -256,12 +257,13 @@ class LocalSteps:
         for w in work.values():
             for t, (lo, hi) in enumerate(self.spans):
                 if top[t] > 0:
-                    q = math.frexp(top[t])[1] - 53 + spare     # |change| < 2**(53-spare) q
+                    # on the grid 2**q, |change| <= 2**(bits - spare): K add exactly
+                    q = math.frexp(float(top[t]))[1] - self.bits + spare
                     seg = w[lo:hi]
                     np.ldexp(seg, -q, out=seg)
                     np.rint(seg, out=seg)
                     np.ldexp(seg, q, out=seg)
-            S[:self.P + self.n_buf] += w
+            S[:self.P + self.n_buf] += w          # (exact: on the grid, in range)
         for r, loss in losses.items():
             S[self.P + self.n_buf + r] = loss
         group.allreduce_(key + 1, S)
