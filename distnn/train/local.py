@@ -70,8 +70,6 @@ class LocalSteps:
         cfg, net = e.cfg, e.net
         self.K, self.H = cfg.replica_count, cfg.local_steps
         self.outer = optim.Outer(cfg.outer)
-        if blas.threads() is not None:
-            blas.set_threads(1)        # a replica's products: the same wherever it runs
         self.P = P = net.params.size
         bufs = net.named_buffers()
         self.n_buf = sum(v.size for v in bufs.values())
@@ -129,6 +127,18 @@ class LocalSteps:
                     yield len(g), data.owned(g, r, self.K, 0)
 
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
+        """The epoch, a replica's products on one BLAS thread (the same wherever it
+        runs), the process's threads back afterwards (evaluation)."""
+        threads = blas.threads()
+        if threads is not None:
+            blas.set_threads(1)
+        try:
+            return self._epoch(epoch, schedule_state, progress)
+        finally:
+            if threads is not None:
+                blas.set_threads(threads)
+
+    def _epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
         from .engine import Clock, digest
         e = self.engine
         cfg, net, sched, main = e.cfg, e.net, e.schedule, e.optimizer
@@ -259,10 +269,13 @@ class LocalSteps:
                 if top[t] > 0:
                     # on the grid 2**q, |change| <= 2**(bits - spare): K add exactly
                     q = math.frexp(float(top[t]))[1] - self.bits + spare
-                    seg = w[lo:hi]
-                    np.ldexp(seg, -q, out=seg)
-                    np.rint(seg, out=seg)
-                    np.ldexp(seg, q, out=seg)
+                    seg = w[lo:hi]          # (times a power of two: exact)
+                    if -1000 < q < 1000:
+                        seg *= math.ldexp(1.0, -q)
+                        np.rint(seg, out=seg)
+                        seg *= math.ldexp(1.0, q)
+                    else:                    # (2**-q itself out of float64's range)
+                        np.ldexp(np.rint(np.ldexp(seg, -q)), q, out=seg)
             S[:self.P + self.n_buf] += w          # (exact: on the grid, in range)
         for r, loss in losses.items():
             S[self.P + self.n_buf + r] = loss
