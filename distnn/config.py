@@ -286,13 +286,17 @@ def _validate_local(c: TrainConfig) -> None:
     _require(c.replicas == 0 or c.replicas >= c.workers,
              f"--replicas {c.replicas} is fewer than --workers {c.workers}: every worker "
              "hosts at least one logical replica; give --replicas >= --workers")
+    _require(not c.data_shards or c.data_shards >= c.replica_count,
+             f"--data-shards {c.data_shards} is fewer than the {c.replica_count} logical "
+             "replicas: each replica reads shards of its own; give at least --replicas")
     _require(c.replica_count <= c.batch_size,
              f"--replicas {c.replica_count} is more than --batch-size {c.batch_size}: each "
              "replica takes its slice of every global batch")
     for ok, what in ((c.compress == "none", f"--compress {c.compress}"),
                      (not c.sync_batchnorm, "--sync-batchnorm"),
                      (not c.bucket_mb, f"--bucket-mb {c.bucket_mb:g}"),
-                     (c.threads in (None, 1), f"--threads {c.threads}")):
+                     (c.threads in (None, 1), f"--threads {c.threads}"),
+                     (c.shard_memory is None, f"--shard-memory {c.shard_memory}")):
         _require(ok, f"{what} does not apply to training with local steps (--local-steps "
                  f"{c.local_steps}, --replicas, --outer): the replicas train apart between "
                  "synchronisations, which are exact sums, one replica per BLAS thread (so "

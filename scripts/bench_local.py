@@ -73,7 +73,7 @@ def peer(cluster, hosts: int, period: int, epochs: int, tmp: Path) -> dict:
     procs = [subprocess.Popen(cluster.command(i, [
         sys.executable, script, "--rank", str(i), "--world", str(hosts), "--master",
         f"{cluster.ips[0]}:29533", "--period", str(period), "--epochs", str(epochs),
-        "--out", str(out)]), env=cluster.env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+        "--out", str(out)]), env={**cluster.env(), "GLOO_SOCKET_IFNAME": "eth0"}, cwd=ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True) for i in range(hosts)]
     for pr in procs:
         _, err = pr.communicate(timeout=3600)
@@ -240,7 +240,9 @@ def main(argv=None) -> int:
           ("-" if r["valid"] != r["valid"] else f"{100 * r['valid']:.2f}%")
           + f" / {100 * (r['test'] or 0):.2f}% ({r['epochs']} ep.)"]
          for r in rows])
-    _bench.report(f"bench_local_{M}_{args.rate}", f"Local steps across {M} simulated hosts",
+    _bench.report(f"bench_local_{M}_{args.rate}" + ("_peer" if args.peer else ""),
+                  f"Local steps across {M} simulated hosts"
+                  + (", against PyTorch's PostLocalSGD" if args.peer else ""),
                   f"the main job ([784,800,10]@128, momentum 0.05) on {M} simulated hosts x 1 "
                   f"worker, links {args.rate} (tbf), tcp; every simulated host shares this "
                   "machine's 2 cores", [table], args.write)

@@ -35,19 +35,13 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     already read (``train.resume.read``; read here when not given)."""
     comm.check(cfg.allreduce)
     compress.check(cfg.compress, cfg.dtype)
-    if cfg.data_shards == 0 and location(cfg.dataset) is not None:
-        cfg = cfg.replace(data_shards=cfg.workers)   # recorded: a resume keeps the order
     if cfg.local and not cfg.replicas:
         cfg = cfg.replace(replicas=cfg.workers)   # K recorded: a resume keeps it
+    if cfg.data_shards == 0 and location(cfg.dataset) is not None:
+        # recorded: a resume keeps the order (with local steps: a shard per replica)
+        cfg = cfg.replace(data_shards=cfg.replica_count if cfg.local else cfg.workers)
     splits = splits or load_splits(cfg)
     cfg = fit_input(cfg, splits)          # image layers: the input's shape, recorded
-    if cfg.local and not all(s is None or s.held_whole for s in
-                             (splits.train, splits.valid, splits.test)):
-        raise ValueError(f"--dataset {cfg.dataset} is read on demand, a shard per worker; "
-                         "training with local steps (--local-steps, --replicas, --outer) "
-                         "needs the dataset held whole by every worker (a logical replica "
-                         "may move to any worker): leave out --shard-memory, or train "
-                         "synchronously")
     if cfg.data_shards > len(splits.train):
         raise ValueError(f"--data-shards {cfg.data_shards} is more than the training split's "
                          f"{len(splits.train)} examples")

@@ -18,6 +18,7 @@ from ..data.augment import Augmenter
 from ..data.splits import Normalizer
 from ..train.batches import Batches, owned_range
 from ..train.engine import Engine
+from ..train.local import replica_rows
 from ..train.records import memory
 from ..train.state import ReplicaState
 from ..train.stream import StreamedBatches
@@ -41,6 +42,9 @@ class Worker:
                      cfg.network_spec().dtype, {"cache": in_process})
         self._budget = cfg.shard_memory and cfg.shard_memory * 2 ** 20
         self._shards = max(cfg.data_shards, 1)
+        #: with local steps, the training shards read are those of the logical replicas
+        #: hosted (``train.local``): K, else None
+        self._replicas = cfg.replica_count if cfg.local else None
         self._reads_own = any(s is not None and not s.held_whole for s in self.splits)
         if self._reads_own:
             import importlib     # pyarrow in memory before the baseline is taken
@@ -69,6 +73,8 @@ class Worker:
             else:
                 n = len(split)
                 lo, hi = owned_range(n, shards, rank, world)
+                if self._replicas and a is aug:       # the training split
+                    lo, hi = replica_rows(n, shards, rank, world, self._replicas)
                 if self._budget:     # read as training visits it (train.stream); the
                     # evaluation reads in order: a few row groups of cache are enough
                     out.append(StreamedBatches.of(split, lo, hi, norm, a, dtype,

@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from ..core import blas, optim, regularizers
-from .batches import prefetch, steps_per_epoch
+from .batches import owned_range, prefetch, steps_per_epoch
 from .state import PluginState
 from .update import Update
 
@@ -60,6 +60,14 @@ def reduce_buffer(cfg) -> tuple[int, str]:
 def hosted(rank: int, world: int, k: int) -> range:
     """The logical replicas worker ``rank`` of ``world`` hosts."""
     return range(rank * k // world, (rank + 1) * k // world)
+
+
+def replica_rows(n: int, shards: int, rank: int, world: int, k: int) -> tuple[int, int]:
+    """The training examples (lo, hi) worker ``rank`` of ``world`` reads of a dataset
+    read on demand in ``shards`` shards (>= K): those of the replicas it hosts, replica
+    j owning shards j S / K .. (j + 1) S / K - 1 (``owned_range`` of K)."""
+    mine = hosted(rank, world, k)
+    return owned_range(n, shards, mine.start, k)[0], owned_range(n, shards, mine.stop - 1, k)[1]
 
 
 class LocalSteps:
@@ -120,11 +128,17 @@ class LocalSteps:
         """(global batch size, the replica's examples) in the order this worker trains
         them: each period of H steps, each hosted replica, each step."""
         B, data = self.engine.cfg.batch_size, self.engine.train
+        rows = {r: owned_range(data.total, data.shards, r, self.K) for r in self.inner}
         for k0 in range(0, steps, self.H):
             for r in self.inner:
+                lo, hi = rows[r]
                 for k in range(k0, min(k0 + self.H, steps)):
                     g = order[k * B:(k + 1) * B]
-                    yield len(g), data.owned(g, r, self.K, 0)
+                    # a split held whole: the r-th of K slices of the batch; one read
+                    # on demand in shards (however many of them this worker holds):
+                    # the batch's examples in replica r's shards
+                    yield len(g), (g[(g >= lo) & (g < hi)] if data.shards > 1
+                                   else data.owned(g, r, self.K))
 
     def run_epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
         """The epoch, a replica's products on one BLAS thread (the same wherever it

@@ -7,12 +7,14 @@ import time
 import numpy as np
 import pytest
 
+from distnn.config import TrainConfig
 from distnn.parallel.driver import train
 from distnn.train.callbacks import Callback
-from tests.parallel import test_driver
+from tests.parallel import test_driver, test_parquet_shards
 from tests.parallel.test_driver import _Hog, KillWorker, cfg
 
 splits = test_driver.splits     # the synchronous tests' data (a fixture)
+blob_parquet = test_parquet_shards.blob_parquet     # a Parquet dataset (a fixture)
 
 pytestmark = pytest.mark.ray
 
@@ -78,3 +80,23 @@ def test_a_lost_worker_not_replaced_moves_its_replicas_and_they_come_back(ray_se
     out = train(c, splits, callbacks=[Squeeze()])
     assert [h["workers"] for h in out["history"]] == [2, 1, 2, 2]
     np.testing.assert_array_equal(out["network"].params, clean["network"].params)
+
+
+def test_a_parquet_dataset_read_a_shard_per_replica_gives_the_same_bits(
+        ray_session, blob_parquet, tmp_path):
+    """A dataset read on demand: each worker reads the shards of the replicas it hosts
+    (--data-shards defaults to K), each replica trains on the examples of every global
+    batch in its own shards; with --logdir and --checkpoint-dir, on 1 and 2 workers."""
+    base = dict(dataset=blob_parquet, layers=(784, 16, 4), lr=0.1, optimizer="momentum",
+                batch_size=32, epochs=2, seed=5, monitor_train=False, local_steps=3,
+                replicas=4, keep_prob=0.8)
+    got = {}
+    for w in (1, 2):
+        out = train(TrainConfig(workers=w, logdir=str(tmp_path / f"tb{w}"),
+                                checkpoint_dir=str(tmp_path / f"ck{w}"), **base),
+                    progress=False)
+        got[w] = out["network"].params
+        assert out["config"]["data_shards"] == 4
+    np.testing.assert_array_equal(got[1], got[2])
+    with pytest.raises(ValueError, match="--data-shards 2 is fewer than the 4 logical"):
+        TrainConfig(data_shards=2, **base)
