@@ -78,6 +78,7 @@ class TrainConfig:
     local_steps: int = 1
     outer: str = "average"
     replicas: int = 0
+    overlap_sync: bool = False
     lr_scaling: str = "none"
     check_replicas: int = 0
     max_failures: int = 3
@@ -282,6 +283,8 @@ def _validate_local(c: TrainConfig) -> None:
     _int_at_least("replicas", c.replicas, 0)
     optim.Outer(c.outer)
     if not c.local:
+        _require(not c.overlap_sync, "--overlap-sync overlaps the synchronisations of "
+                 "local steps: give --local-steps H (H > 1) or --replicas with it")
         return
     _require(c.replicas == 0 or c.replicas >= c.workers,
              f"--replicas {c.replicas} is fewer than --workers {c.workers}: every worker "

@@ -105,6 +105,11 @@ HELP = {
     "outer": "with --local-steps: average (local SGD: the replicas' mean) or "
              "nesterov[:LR[:MOMENTUM]] (DiLoCo's outer Nesterov on the averaged change; "
              "defaults 0.7, 0.9)",
+    "overlap_sync": "with --local-steps: run each synchronisation while the replicas "
+                    "take their next H steps, and apply it one synchronisation late "
+                    "(each replica's progress meanwhile moved onto the new parameters, "
+                    "as Streaming DiLoCo does): hides the communication, changes the "
+                    "result (still the same on any number of workers)",
     "replicas": "with --local-steps: the number K of logical replicas, fixed for the run "
                 "and spread over the workers (default: --workers); K on any number of "
                 "workers, with any faults, gives the same parameters bit for bit",

@@ -30,6 +30,7 @@ synchronous run sends every step.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
@@ -165,65 +166,141 @@ class LocalSteps:
         e.group.set_timeout(e.step_deadline())
         e.clock = clock = Clock(e.group)
         t0 = time.perf_counter()
-        theta = net.params.copy()                        # the global parameters
-        bufs = net.named_buffers()
-        held = {k: v.copy() for k, v in bufs.items()}     # their averaged statistics
-        work = {r: np.empty(self.P + self.n_buf, WORK_DTYPE) for r in self.inner}
+        # the global state: parameters (theta, moved by the outer optimizer), then the
+        # buffers (batch-norm statistics, moved by the replicas' mean change)
+        g = self._state()
+        overlap = cfg.overlap_sync
+        # overlapped: each replica's own state, carried across synchronisations, and
+        # where its current period started; else every period starts from g
+        live = {r: g.copy() for r in self.inner} if overlap else {}
+        start = {r: g.copy() for r in self.inner} if overlap else {}
+        cur = None if overlap else np.empty_like(g)
+        work = {r: np.empty(g.size, WORK_DTYPE) for r in self.inner}
         items = clock.timed(prefetch(e.train, self._items(e.train.order(cfg.seed, epoch),
                                                           steps), epoch,
                                      threaded=e.background))
-        loss_total = 0.0
+        loss_total, pending = 0.0, None
         for p in range(periods):
             ks = range(p * self.H, min((p + 1) * self.H, steps))
             losses = {}
             for r, opt in self.inner.items():
-                np.copyto(net.params, theta)
-                for key, v in bufs.items():
-                    np.copyto(v, held[key])
+                self._load(live[r] if overlap else g)
                 losses[r] = self._train(opt, items, ks, steps, epoch, warm, lr, clock)
                 c0 = time.perf_counter()
-                w = work[r]
-                np.subtract(theta, net.params, out=w[:self.P], dtype=WORK_DTYPE)
-                off = self.P
-                for v in bufs.values():
-                    w[off:off + v.size] = v.reshape(-1)
-                    off += v.size
+                if overlap:
+                    self._save(live[r])
+                else:
+                    self._save(cur)
+                    np.subtract(g, cur, out=work[r], dtype=WORK_DTYPE)
                 clock.update += time.perf_counter() - c0
-            c0 = time.perf_counter()
-            ok = self._synchronise(epoch * periods + p, work, losses)
-            c1 = time.perf_counter()
-            tail = self.sum[self.P + self.n_buf:]
-            total = 0.0
-            for v in tail:               # in replica order, the same on every worker
-                total += float(v)
-            if not ok or not math.isfinite(total):
-                np.copyto(net.params, theta)
-                return {"diverged": True, "step": ks[-1], "lr": main.lr,
-                        "loss": total if not math.isfinite(total) else float("nan"),
-                        "rank": e.rank}
-            loss_total += total
-            mean = self.sum[:self.P + self.n_buf] / self.K
-            self.outer.step(theta, mean[:self.P].astype(net.dtype))
-            off = self.P
-            for key, v in held.items():
-                v[...] = mean[off:off + v.size].reshape(v.shape)
-                off += v.size
-            main.start_average(theta)
-            main.t += 1                   # the parameter average: one update a sync
-            main.update_average(theta)
-            clock.comm += c1 - c0
-            clock.update += time.perf_counter() - c1
+            if overlap:
+                joined = pending is not None
+                if joined:         # the last period's synchronisation, one period late
+                    done = self._join(pending, g, main, clock)
+                    if done is None:
+                        return self._diverged(ks[-1])
+                    loss_total += done
+                c0 = time.perf_counter()
+                for r in self.inner:
+                    np.subtract(start[r], live[r], out=work[r], dtype=WORK_DTYPE)
+                    if joined:     # this period's progress, moved onto the new g
+                        live[r] += g
+                        live[r] -= start[r]
+                    np.copyto(start[r], live[r])
+                clock.update += time.perf_counter() - c0
+                pending = self._launch(epoch * periods + p, work, losses, background=True)
+            else:
+                done = self._join(self._launch(epoch * periods + p, work, losses), g, main,
+                                  clock)
+                if done is None:
+                    return self._diverged(ks[-1])
+                loss_total += done
             if progress is not None:
                 progress(min(n, ks[-1] * B + B), n)
-        np.copyto(net.params, theta)
-        for key, v in bufs.items():
-            np.copyto(v, held[key])
+        if pending is not None:    # every epoch ends synchronised
+            done = self._join(pending, g, main, clock)
+            if done is None:
+                return self._diverged(steps - 1)
+            loss_total += done
+        self._load(g)
         seconds = time.perf_counter() - t0
         e.step_seconds = seconds / periods     # a collective waits for one period
         times = clock.record(e.rank, steps, seconds)
         return {"diverged": False, "loss_sum": loss_total, "seconds": seconds,
                 "comm_seconds": times["comm_seconds"], "times": times, "lr": main.lr,
                 "digests": [], "final_digest": digest(net.params), "rank": e.rank}
+
+    # -- the network's state as one vector: parameters, then buffers ---------------------
+    def _state(self) -> np.ndarray:
+        net = self.engine.net
+        return np.concatenate([net.params, *(v.reshape(-1)
+                                             for v in net.named_buffers().values())])
+
+    def _load(self, vec: np.ndarray) -> None:
+        net = self.engine.net
+        np.copyto(net.params, vec[:self.P])
+        off = self.P
+        for v in net.named_buffers().values():
+            v[...] = vec[off:off + v.size].reshape(v.shape)
+            off += v.size
+
+    def _save(self, vec: np.ndarray) -> None:
+        net = self.engine.net
+        np.copyto(vec[:self.P], net.params)
+        off = self.P
+        for v in net.named_buffers().values():
+            vec[off:off + v.size] = v.reshape(-1)
+            off += v.size
+
+    def _diverged(self, step: int) -> dict:
+        e = self.engine
+        return {"diverged": True, "step": step, "lr": e.optimizer.lr, "loss": float("nan"),
+                "rank": e.rank}
+
+    # -- synchronisations -----------------------------------------------------------------
+    def _launch(self, sync: int, work: dict, losses: dict, background: bool = False):
+        """Synchronisation ``sync`` of the changes ``work``: done now, or started in a
+        thread (``_join`` waits for it); the handle ``_join`` takes."""
+        if not background:
+            return self._synchronise(sync, work, losses), None
+        box: dict = {}
+
+        def run():
+            try:
+                box["ok"] = self._synchronise(sync, work, losses)
+            except BaseException as err:     # noqa: BLE001 - raised again in _join
+                box["error"] = err
+        t = threading.Thread(target=run, name="distnn-sync", daemon=True)
+        t.start()
+        return box, t
+
+    def _join(self, handle, g: np.ndarray, main, clock) -> float | None:
+        """Wait for a synchronisation and apply it to the global state ``g``: the outer
+        step on the parameters, the mean change on the buffers, the parameter average;
+        the replicas' summed cost, or None where one diverged."""
+        c0 = time.perf_counter()
+        ok, t = handle
+        if t is not None:
+            t.join()
+            if "error" in ok:
+                raise ok["error"]
+            ok = ok["ok"]
+        c1 = time.perf_counter()
+        total = 0.0
+        for v in self.sum[self.P + self.n_buf:]:   # in replica order, the same everywhere
+            total += float(v)
+        if not ok or not math.isfinite(total):
+            return None
+        mean = self.sum[:self.P + self.n_buf] / self.K
+        theta = g[:self.P]
+        self.outer.step(theta, mean[:self.P].astype(g.dtype))
+        g[self.P:] -= mean[self.P:].astype(g.dtype)
+        main.start_average(theta)
+        main.t += 1                   # the parameter average: one update a sync
+        main.update_average(theta)
+        clock.comm += c1 - c0
+        clock.update += time.perf_counter() - c1
+        return total
 
     def _train(self, opt, items, ks, steps, epoch, warm, lr, clock) -> float:
         """Replica ``opt``'s steps ``ks`` (the net holds its parameters); its summed

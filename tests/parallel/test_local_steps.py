@@ -18,10 +18,11 @@ blob_parquet = test_parquet_shards.blob_parquet     # a Parquet dataset (a fixtu
 
 pytestmark = pytest.mark.ray
 
-#: float64 with dropout and augmentation; float32 with batch norm (running statistics
-#: averaged at each synchronisation), a parameter average and L2
+#: float64 with dropout, augmentation and each synchronisation overlapped with the next
+#: period; float32 with batch norm (running statistics averaged at each
+#: synchronisation), a parameter average and L2
 OPTIONS = [dict(dtype="float64", keep_prob=0.8, augment="rotate=10,shift=1",
-                outer="nesterov"),
+                outer="nesterov", overlap_sync=True),
            dict(dtype="float32", batchnorm=True, ema=0.9, l2=0.5, optimizer="adam",
                 lr=0.01)]
 

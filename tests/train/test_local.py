@@ -33,11 +33,15 @@ def test_one_local_step_averaged_is_the_synchronous_run(blob_dir, k):
     assert not np.array_equal(params(blob_dir, local_steps=4, replicas=k), sync) or k == 1
 
 
-def test_local_steps_change_the_result_and_learn(blob_dir):
-    m = distnn.fit(dataset="idx", data_dir=str(blob_dir), **{**MAIN, "local_steps": 8,
-                                                             "replicas": 2, "epochs": 3})
+@pytest.mark.parametrize("overlap", [False, True])
+def test_local_steps_change_the_result_and_learn(blob_dir, overlap):
+    m = distnn.fit(dataset="idx", data_dir=str(blob_dir), **{
+        **MAIN, "local_steps": 8, "replicas": 2, "epochs": 3, "overlap_sync": overlap,
+        "batchnorm": True})
     assert m["test_accuracy"] > 0.9
     assert len(m["history"]) == 3
+    plain = params(blob_dir, local_steps=8, replicas=2, epochs=3, batchnorm=True)
+    assert np.array_equal(m["network"].params, plain) != overlap
 
 
 def test_outer_nesterov_is_pytorchs_nesterov_sgd_on_the_averaged_change():
@@ -64,6 +68,9 @@ def test_outer_nesterov_is_pytorchs_nesterov_sgd_on_the_averaged_change():
     (dict(outer="nesterov:x"), "outer must be average or nesterov"),
     (dict(outer="nesterov:0.7:1.0"), "outer momentum"),
     (dict(local_steps=0), "local_steps must be an integer >= 1"),
+    (dict(overlap_sync=True), "--overlap-sync overlaps the synchronisations of local"),
+    (dict(local_steps=8, shard_memory=64, dataset="parquet:/data/d"),
+     "--shard-memory 64 does not apply"),
     (dict(local_steps=8, compress="powersgd:2"), "--compress powersgd:2 does not apply"),
     (dict(local_steps=8, bucket_mb=1), "--bucket-mb 1 does not apply"),
     (dict(local_steps=8, threads=2), "--threads 2 does not apply"),
@@ -80,10 +87,12 @@ LOCAL = ("--local-steps", "4", "--replicas", "3", "--outer", "nesterov:0.5:0.8",
          "--optimizer", "momentum")
 
 
-def test_sigkill_then_resume_is_bit_identical_with_every_replicas_state(blob_dir, tmp_path):
+@pytest.mark.parametrize("overlap", [(), ("--overlap-sync",)])
+def test_sigkill_then_resume_is_bit_identical_with_every_replicas_state(blob_dir, tmp_path,
+                                                                        overlap):
     """Every replica's own velocity and the outer momentum are in the checkpoint and come
     back: the resumed run holds exactly the uninterrupted one's state."""
-    _run_killed_and_resumed(blob_dir, tmp_path, extra=LOCAL)
+    _run_killed_and_resumed(blob_dir, tmp_path, extra=LOCAL + overlap)
     c = ckpt.load(tmp_path / "part")
     assert {f"replica{r}.velocity.dense0.weight" for r in range(3)} <= set(c.optimizer)
     assert "outer.momentum.params" in c.optimizer
