@@ -146,7 +146,8 @@ def _add_data(sub) -> None:
                    help="convert: one numeric column per pixel (p0, p1, ...) instead of an "
                         "'image' column")
     d.add_argument("--overwrite", action="store_true",
-                   help="convert: replace the Parquet files already at OUT")
+                   help="convert: replace the Parquet files already at OUT; preview: "
+                        "replace the PNG at OUT")
     d.add_argument("--row-group", type=positive_int, default=4096,
                    help="convert: rows per Parquet row group (a worker reads whole ones)")
     d.add_argument("--data-dir", default=None, help="where the dataset's files are (idx: "
@@ -229,6 +230,7 @@ def _add_checkpoint_tools(sub) -> None:
     pl = sub.add_parser("plot", help="cost and accuracy curves as a PNG (needs matplotlib)")
     pl.add_argument("run", help="a --metrics-out JSON, a checkpoint, or a --checkpoint-dir")
     pl.add_argument("out", help="output PNG")
+    pl.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     pl.set_defaults(fn=tools.cmd_plot)
 
 

@@ -196,6 +196,8 @@ def _convert(args, splits) -> int:
     from ..data.datasets import location
     if location(args.name) is not None:
         raise ValueError("the dataset is Parquet already")
+    from ..io.files import check_not_input
+    check_not_input(args.out, "OUT", {"the dataset": args.data_dir})
     files = write(args.out, splits, tabular=args.tabular, row_group=args.row_group,
                   overwrite=args.overwrite)
     sizes = ", ".join(f"{p} {len(getattr(splits, p))}" for p in ("train", "valid", "test"))
@@ -209,8 +211,10 @@ def _preview(args, splits) -> int:
     from ..io.png import grid, write_png
     if args.out is None:
         raise ValueError("data preview needs an output file: distnn data preview mnist out.png")
-    from ..io.store import check_file_target
-    check_file_target(args.out, "OUT")
+    from ..data.datasets import location
+    from ..io.store import claim_file
+    claim_file(args.out, "OUT", overwrite=args.overwrite,
+               inputs={"the dataset": location(args.name) or args.data_dir})
     if args.count > len(splits.train):
         raise ValueError(f"--count {args.count} is more than the {len(splits.train)} "
                          "training images")

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 
-from ..io.store import check_file_target
+from ..io.store import claim_file
 from .flags import config_from_args, print_config
 
 
@@ -19,6 +19,8 @@ def cmd_search(args) -> int:
         return 0
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a file; give a directory for the results")
+    from ..io.files import check_not_input
+    check_not_input(args.out, "--out", run_inputs(args, cfg))
     grid, rand = list(args.grid), list(args.random)
     if not grid and not rand and (args.recipe or args.config):
         table = recipes.load(args.recipe) if args.recipe else {}
@@ -53,6 +55,14 @@ def cmd_search(args) -> int:
     return 0
 
 
+def run_inputs(args, cfg) -> dict:
+    """What a command that trains reads, which none of its outputs may be: its --config
+    and its dataset's files."""
+    from ..data.datasets import location
+    return {"--config": getattr(args, "config", None),
+            "the dataset": location(cfg.dataset) or cfg.data_dir}
+
+
 def cmd_lr_find(args) -> int:
     from ..train.data import load_splits
     from ..search.lr_find import find_lr
@@ -62,7 +72,8 @@ def cmd_lr_find(args) -> int:
     if args.plot:
         from ..io.plot import check_available
         check_available()
-        check_file_target(args.plot, "--plot")
+        claim_file(args.plot, "--plot", overwrite=cfg.overwrite,
+                   inputs=run_inputs(args, cfg))
     res = find_lr(cfg, load_splits(cfg), start=args.start, refine=args.refine,
                   report=lambda line: print(line, flush=True))
     print(f"threshold learning rate ~ {res['threshold']:.4g} (cost no longer falls at "
@@ -233,8 +244,8 @@ def cmd_export(args) -> int:
     if fmt is None:
         raise ValueError(f"cannot tell the format from {args.out!r}: name it .npz, .onnx or "
                          ".json (network2), or give --format")
-    check_file_target(args.out, "OUT")
-    _refuse_existing(args.out, args.overwrite)
+    claim_file(args.out, "OUT", overwrite=args.overwrite,
+               inputs={"the checkpoint": args.checkpoint})
     net, norm, _, c = load_model(args.checkpoint, prefer=args.which)
     if fmt == "network2-json" and norm.mean is not None:
         raise ValueError("this model standardises its inputs, which network2.py cannot "
@@ -251,18 +262,6 @@ def cmd_export(args) -> int:
             write_bytes(args.out, Path(out).read_bytes())
     print(f"wrote {args.out} ({fmt}) from {shown(args.checkpoint, c.path)}")
     return 0
-
-
-def _refuse_existing(out, overwrite: bool) -> None:
-    from ..io.store import Remote, is_uri
-    if is_uri(out):
-        parent, name = str(out).rstrip("/").rsplit("/", 1)
-        there = Remote(parent).exists(name)
-    else:
-        there = Path(out).exists() or Path(out).is_symlink()
-    if there and not overwrite:
-        raise ValueError(f"{out} exists; choose another output, or pass --overwrite to "
-                         "replace it")
 
 
 def cmd_import(args) -> int:
@@ -286,7 +285,7 @@ def cmd_import(args) -> int:
 
 def cmd_plot(args) -> int:
     from ..io.plot import history_of, plot_history
-    check_file_target(args.out, "OUT")
+    claim_file(args.out, "OUT", overwrite=args.overwrite, inputs={"the run": args.run})
     history, name = history_of(args.run)
     plot_history(history, args.out, title=name)
     print(f"wrote {args.out}")

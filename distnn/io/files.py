@@ -132,6 +132,48 @@ def check_targets(outputs: dict, inputs: dict, metrics: tuple[str, str] | None) 
                          "device or a directory); distnn writes only plain files")
 
 
+def claim_file(path, flag: str, *, overwrite: bool = False, inputs: dict | None = None) -> None:
+    """The one rule for every file a command writes (export, plot, data preview,
+    lr-find's plot, ...), checked before the first byte of anything is written: never
+    through a symbolic link, never onto an input or into one (``inputs``: {what: path},
+    a file or a directory; --overwrite or not), never onto an existing file without
+    ``overwrite``, and only where a file can be made (``check_file_target``).  A local
+    path (``store.claim_file``: anywhere)."""
+    p = Path(path)
+    if p.is_symlink():
+        raise ValueError(f"{flag} {p} is a symbolic link; distnn never writes through "
+                         f"links: give the file itself ({p.resolve()}), or remove the link")
+    check_file_target(p, flag)
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{flag} {p} exists and is not a regular file (a device, a pipe); "
+                         "distnn writes only plain files")
+    check_not_input(p, flag, inputs)
+    if p.exists() and not overwrite:
+        raise ValueError(f"{flag} {p} exists; choose another path, or pass --overwrite to "
+                         "replace it")
+
+
+def check_not_input(target, flag: str, inputs: dict | None) -> None:
+    """Refuse an output ``target`` (a file or a directory) that is an input of
+    ``inputs`` ({what: path}, files or directories) or inside one.  URIs are compared as
+    written."""
+    for what, q in (inputs or {}).items():
+        if not q:
+            continue
+        if is_uri(q) or is_uri(target):
+            t, u = str(target).rstrip("/"), str(q).rstrip("/")
+            clash = t == u or t.startswith(u + "/")
+        else:
+            qp, tp = Path(q), Path(target)
+            if not qp.exists():
+                continue
+            clash = tp.resolve() == qp.resolve() or (qp.is_dir() and _inside(tp, qp))
+        if clash:
+            raise ValueError(f"{flag} {target} is {what} {q} or inside it, which "
+                             "this command reads; an output is never an input or part of "
+                             f"one, --overwrite or not: give {flag} a path of its own")
+
+
 def check_file_target(path, flag: str) -> None:
     """Before training: local ``path`` can be written as a file (its directory can be
     made, it is not a directory), so a run never learns that at its end (a URI:

@@ -254,6 +254,20 @@ def write_text(path, text: str) -> None:
         files.write_text_atomic(path, text)
 
 
+def claim_file(path, flag: str, *, overwrite: bool = False, inputs: dict | None = None) -> None:
+    """``files.claim_file`` anywhere: for a URI, its store reached (a probe write), not
+    a directory there, not an input, and not there already without ``overwrite``."""
+    if not is_uri(path):
+        files.claim_file(path, flag, overwrite=overwrite, inputs=inputs)
+        return
+    check_file_target(path, flag)
+    files.check_not_input(path, flag, inputs)
+    parent, name = str(path).rstrip("/").rsplit("/", 1)
+    if not overwrite and Remote(parent).exists(name):
+        raise ValueError(f"{flag} {path} exists; choose another path, or pass --overwrite "
+                         "to replace it")
+
+
 def check_file_target(path, flag: str) -> None:
     """``files.check_file_target`` anywhere: for a URI, its store is reached
     (credentials, endpoint, bucket: a probe write), and it is not a directory there."""

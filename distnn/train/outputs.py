@@ -5,6 +5,7 @@ reads; what is left of them when the run ends."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from ..config import TrainConfig
 
@@ -34,6 +35,12 @@ def claim_outputs(cfg: TrainConfig, inputs: dict | None = None, resumed=None) ->
                   ("--metrics-out", cfg.metrics_out) if cfg.metrics_out else None)
     if cfg.metrics_out:
         check_file_target(cfg.metrics_out, "--metrics-out")
+    from ..io.files import check_not_input
+    for flag, d in (("--checkpoint-dir", cfg.checkpoint_dir), ("--logdir", cfg.logdir)):
+        if d:     # never into the data the run reads (a Parquet directory, --data-dir)
+            check_not_input(d, flag, {"the dataset": _dataset_path(cfg)})
+            if not store.is_uri(d):
+                _check_own_config(Path(d) / "config.toml", d)   # before deleting anything
     locks = []
     kinds = {cfg.checkpoint_dir: ("--checkpoint-dir", ckpt.used, ckpt.clear, ckpt_store.used_names,
                                   ckpt_store.clear_remote),
@@ -59,17 +66,23 @@ def claim_outputs(cfg: TrainConfig, inputs: dict | None = None, resumed=None) ->
         for d in (cfg.checkpoint_dir, cfg.logdir):
             if d:        # the effective settings beside the run's outputs
                 own = store.local(d) / "config.toml"
-                if own.is_symlink() or (own.exists() and not own.read_text(
-                        errors="replace").startswith(CONFIG_HEADER)):
-                    raise ValueError(f"{d} holds a config.toml that distnn did not write; "
-                                     "it would be replaced by this run's settings: move it, "
-                                     "or give the run a directory of its own")
+                _check_own_config(own, d)
                 write_text_atomic(own, CONFIG_HEADER + cfg.replace(
                     resume=None, override=(), overwrite=False).to_toml())
     except BaseException:
         release(locks)
         raise
     return locks
+
+
+def _check_own_config(own, d) -> None:
+    """Refuse a directory whose config.toml distnn did not write (this run would replace
+    it with its settings)."""
+    if own.is_symlink() or (own.exists() and not own.read_text(
+            errors="replace").startswith(CONFIG_HEADER)):
+        raise ValueError(f"{d} holds a config.toml that distnn did not write; it would be "
+                         "replaced by this run's settings: move it, or give the run a "
+                         "directory of its own")
 
 
 def _resumes_from(cfg: TrainConfig) -> bool:
