@@ -346,6 +346,16 @@ def _validate_run(c: TrainConfig) -> None:
              f">= 0 (0: no overlap), got {c.bucket_mb!r}")
     _positive("replace_timeout", c.replace_timeout)
     _validate_local(c)
+    if c.bucket_mb:        # where it cannot apply: refused, never silently ignored
+        for ok, why in ((c.workers > 1, "one worker has no all-reduce to overlap"),
+                        (c.compress == "none", f"--compress {c.compress} reduces the "
+                         "gradient whole, after backprop"),
+                        (not c.sync_batchnorm, "--sync-batchnorm all-reduces inside the "
+                         "forward and backward passes")):
+            _require(ok, f"--bucket-mb {c.bucket_mb:g} does not apply: {why}; leave it out")
+    _require(not (c.checkpoint_dir and c.checkpoint_dir == c.logdir),
+             f"--checkpoint-dir and --logdir are both {c.checkpoint_dir}: each is a "
+             "directory of its own (e.g. ckpt/run and runs/run)")
     # shorter waits cannot work: connecting a group and a first step take longer
     _require(c.comm_timeout >= 1, f"comm_timeout must be at least 1 second (a worker "
              f"waits that long for its peers), got {c.comm_timeout!r}")

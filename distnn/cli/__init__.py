@@ -12,6 +12,28 @@ from .flags import add_train_flags
 log = logging.getLogger("distnn")
 
 
+def natural(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {n}")
+    return n
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (x > 0 and x < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return x
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -122,7 +144,8 @@ def _add_gradcheck(sub) -> None:
     g.add_argument("--batch-size", type=positive_int, default=8,
                    help="examples in the random batch the cost is measured on")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
-    g.add_argument("--tol", type=float, default=1e-6, help="largest relative error accepted")
+    g.add_argument("--tol", type=positive_float, default=1e-6,
+                   help="largest relative error accepted")
     g.add_argument("--max-per-block", type=positive_int, default=None,
                    help="check at most this many entries per parameter block")
     g.set_defaults(fn=commands.cmd_gradcheck)
@@ -175,7 +198,8 @@ def _add_search(sub) -> None:
     lf.add_argument("--start", type=float, default=0.01, help="first learning rate tried")
     lf.add_argument("--find-epochs", type=positive_int, default=3,
                     help="epochs per try: the cost must fall over these")
-    lf.add_argument("--refine", type=int, default=4, help="bisection steps after the x10 search")
+    lf.add_argument("--refine", type=natural, default=4,
+                    help="bisection steps after the x10 search")
     lf.add_argument("--plot", metavar="OUT.png", help="plot the tried cost curves")
     lf.set_defaults(fn=tools.cmd_lr_find)
     r = sub.add_parser("recipes", help="list the named configs for --recipe, or show one "

@@ -258,6 +258,9 @@ def read_toml(path) -> dict:
             return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"--config {path}: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--config {path} is not a text file (not UTF-8): give a TOML file "
+                         "such as `distnn recipes show nielsen-ch3` prints") from None
 
 
 def checkpoint_config(resume: str, checkpoint_dir: str | None):

@@ -110,6 +110,10 @@ def _say_what(cfg: TrainConfig, data, pool) -> None:
                  "between synchronisations (outer: %s); the result depends on the replicas, "
                  "not on the workers", cfg.replica_count, cfg.local_steps, cfg.optimizer,
                  cfg.outer)
+    if cfg.bucket_mb and pool.backend not in ("tcp", "hier"):
+        log.warning("--bucket-mb %g is not used: the %s all-reduce does not cross links "
+                    "(buckets overlap tcp, and hier with one worker a node)", cfg.bucket_mb,
+                    pool.backend)
     log.info("BLAS kernels: %s", " / ".join(sorted({
         w.get("blas") or "unknown (not NumPy's bundled OpenBLAS)" for w in workers})))
     log.info("splits: %s", splits_said(data.describe()))

@@ -214,3 +214,41 @@ def test_any_train_flags_give_a_run_or_one_line(blob_dir, tmp_path, capsys, flag
     assert "Traceback" not in err
     if rc:
         assert "error: " in err, (argv, err)
+
+
+# -- round 4 (issue 41): settings silently ignored or accepted, misleading messages ----
+@pytest.mark.parametrize("flags,words", [
+    (["--bucket-mb", "1"], ["--bucket-mb 1 does not apply", "one worker"]),
+    (["--bucket-mb", "1", "--workers", "2", "--compress", "bf16"],
+     ["--compress bf16 reduces the gradient whole"]),
+    (["--bucket-mb", "1", "--workers", "2", "--batchnorm", "--sync-batchnorm"],
+     ["--sync-batchnorm all-reduces"]),
+])
+def test_a_setting_that_cannot_apply_is_refused_not_ignored(blob_dir, tmp_path, capsys,
+                                                            flags, words):
+    _fails_cleanly(["-q", *train_args(blob_dir, tmp_path / "c", epochs=1), *flags], capsys,
+                   *words)
+
+
+def test_one_directory_for_checkpoints_and_logs_is_named_not_blamed_on_another_run(
+        blob_dir, tmp_path, capsys):
+    _fails_cleanly(["-q", *train_args(blob_dir, tmp_path / "d", epochs=1), "--logdir",
+                    str(tmp_path / "d")], capsys, "--checkpoint-dir and --logdir are both")
+
+
+def test_a_binary_config_file_says_what_it_is(tmp_path, capsys):
+    f = tmp_path / "binary.toml"
+    f.write_bytes(b"\xff\xfe\x00\x01binary")
+    _fails_cleanly(["train", "--config", str(f)], capsys, "is not a text file", str(f))
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["lr-find", "--refine=-1"], ["--refine", "integer >= 0"]),
+    (["gradcheck", "--tol", "nan"], ["--tol", "finite number > 0"]),
+])
+def test_a_negative_or_nan_tool_setting_is_refused(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err

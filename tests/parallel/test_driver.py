@@ -444,3 +444,23 @@ def test_every_worker_stopped_is_noticed_by_the_epochs_deadline(ray_session, spl
     assert len(stopped) == 2 and time.monotonic() - t0 < 60
     assert [(f["epoch"], sorted(f["workers"])) for f in out["faults"]] == [(1, [0, 1])]
     np.testing.assert_array_equal(out["network"].params, clean)
+
+
+def test_a_comm_ports_range_already_taken_is_one_line(ray_session, splits):
+    """Every port of --comm-ports held by another program: the workers' listen refuses
+    with the user's mistake, raised here as the one line it is (was: a Ray worker
+    traceback ending in RuntimeError: no free port)."""
+    import socket
+    host = ray_session.util.get_node_ip_address()     # where the workers listen
+    held = []
+    while len(held) < 2:         # two neighbouring ports, both held (one per worker)
+        s = socket.socket()
+        s.bind((host, held[0].getsockname()[1] + 1 if held else 0))
+        s.listen(1)
+        held.append(s)
+    ports = f"{held[0].getsockname()[1]}-{held[1].getsockname()[1]}"
+    try:
+        with pytest.raises(ValueError, match=f"every port of --comm-ports {ports}"):
+            train(cfg(allreduce="tcp", comm_ports=ports, epochs=1), splits)
+    finally:
+        [s.close() for s in held]

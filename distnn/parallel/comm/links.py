@@ -62,7 +62,9 @@ def open_listener(host: str, ports: tuple[int, int] | None) -> socket.socket:
             continue
         s.listen(16)
         return s
-    raise RuntimeError(f"no free port in --comm-ports {ports[0]}-{ports[1]} on {host}")
+    raise ValueError(f"every port of --comm-ports {ports[0]}-{ports[1]} on {host} is taken "
+                     "(by another run or program): give a wider or another range, or leave "
+                     "--comm-ports out (any free port)")
 
 
 def accept_member(listener: socket.socket, secret: bytes, expect: int,
