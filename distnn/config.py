@@ -372,8 +372,14 @@ def _validate_run(c: TrainConfig) -> None:
     _require(isinstance(c.bayes_error, (int, float)) and 0 <= c.bayes_error < 1,
              f"bayes_error must be a fraction in [0, 1), got {c.bayes_error!r}")
     _require(c.resume is None or c.resume != "latest" or c.checkpoint_dir is not None,
-             "--resume without a path resumes from --checkpoint-dir's latest checkpoint; "
-             "give --checkpoint-dir DIR or --resume PATH")
+             "--resume alone (or --resume latest) resumes from --checkpoint-dir's latest "
+             "checkpoint, and no --checkpoint-dir is given: add --checkpoint-dir DIR, or "
+             "give --resume the checkpoint or checkpoint directory to resume from")
+    for name in ("metrics_out", "checkpoint_dir", "logdir", "resume"):
+        v = getattr(c, name)
+        _require(not (isinstance(v, str) and v.endswith("://")),
+                 f"--{name.replace('_', '-')} {v} names no location: give "
+                 f"{v}BUCKET/PATH (a bucket, then a path in it)")
     if c.min_workers is not None:
         _int_at_least("min_workers", c.min_workers, 1)
         _require(c.min_workers <= c.workers, f"min_workers {c.min_workers} must not exceed "

@@ -73,6 +73,9 @@ def claim(root, flag: str, *, used, clear, resume: bool, overwrite: bool) -> Dir
         # never through a link: a lock file that is one would truncate what it points to
         fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
+        if e.errno == errno.EISDIR:
+            raise DirectoryInUse(f"{flag} {root}: its {LOCK_NAME} is a directory; distnn "
+                                 "keeps a lock file there (remove the directory)") from None
         if e.errno == errno.ELOOP:
             raise DirectoryInUse(f"{flag} {root}: its {LOCK_NAME} is a symbolic link; "
                                  "distnn does not write through links (remove it)") from None

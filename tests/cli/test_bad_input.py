@@ -252,3 +252,20 @@ def test_a_negative_or_nan_tool_setting_is_refused(argv, words, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--resume", "latest"], ["--resume alone (or --resume latest)", "no --checkpoint-dir"]),
+    (["--checkpoint-dir", "s3://"], ["--checkpoint-dir s3:// names no location",
+                                     "s3://BUCKET/PATH"]),
+    (["--logdir", "gs://"], ["--logdir gs:// names no location"]),
+])
+def test_messages_say_what_was_given(blob_dir, capsys, flags, words):
+    _fails_cleanly(["-q", "train", "--dataset", "idx", "--data-dir", str(blob_dir),
+                    "--epochs", "1", *flags], capsys, *words)
+
+
+def test_a_lock_file_that_is_a_directory_is_named(blob_dir, tmp_path, capsys):
+    (tmp_path / "c" / ".distnn.lock").mkdir(parents=True)
+    _fails_cleanly(["-q", *train_args(blob_dir, tmp_path / "c", epochs=1)], capsys,
+                   ".distnn.lock is a directory")
