@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]   # the checkout this script is in
+
 #: the 99.5% recipe of the goal rows ([784,1000,500,10], 60,000 images, --ema)
 GOAL_60K_EMA = ("--layers 784,1000,500,10 --activation relu --init he --output softmax "
                 "--cost log-likelihood --optimizer momentum --lr 0.05 --momentum 0.9 "
@@ -300,8 +302,10 @@ def main(argv=None) -> int:
     r.add_argument("--first-seed", type=int, default=0, help="seeds run from this one up")
     r.add_argument("--root", default="results")
     t = sub.add_parser("table")
-    t.add_argument("--root", default="results")
-    t.add_argument("--out", default="docs/RESULTS.md")
+    t.add_argument("--root", default=str(REPO / "results"),
+                   help="where the runs were recorded (default: results/ of this checkout)")
+    t.add_argument("--out", default=str(REPO / "docs" / "RESULTS.md"),
+                   help="the table's file (default: docs/RESULTS.md of this checkout)")
     c = sub.add_parser("curve", help="test accuracy against training time of one run")
     c.add_argument("name", choices=sorted(EXPERIMENTS))
     c.add_argument("--seed", type=int, default=0)
@@ -310,10 +314,12 @@ def main(argv=None) -> int:
     c.add_argument("--root", default="results")
     a = p.parse_args(argv)
     root = Path(a.root)
-    root.mkdir(parents=True, exist_ok=True)
     if a.cmd == "table":
+        if not Path(a.out).parent.is_dir():
+            p.error(f"--out {a.out}: {Path(a.out).parent} is not a directory")
         table(root, Path(a.out))
         return 0
+    root.mkdir(parents=True, exist_ok=True)
     if a.cmd == "curve":
         if a.every < 1:
             p.error("--every must be at least 1")

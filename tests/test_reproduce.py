@@ -96,3 +96,17 @@ def test_curve_refuses_a_run_that_did_not_finish(tmp_path, monkeypatch):
     (tmp_path / "tiny-curve-s0").mkdir()
     with pytest.raises(SystemExit, match="did not finish.*--resume"):
         reproduce.curve("tiny", 0, tmp_path, every=1)
+
+
+def test_table_runs_from_outside_the_checkout(tmp_path, monkeypatch):
+    """Its defaults are this checkout's results/ and docs/RESULTS.md, not the working
+    directory's (was: FileNotFoundError outside the checkout); nothing is made where it
+    runs."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "R.md"
+    assert reproduce.main(["table", "--root", str(tmp_path / "none"), "--out", str(out)]) == 0
+    assert "| experiment |" in out.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["R.md"]
+    assert reproduce.REPO == Path(reproduce.__file__).resolve().parents[1]
+    with pytest.raises(SystemExit):
+        reproduce.main(["table", "--out", str(tmp_path / "no" / "R.md")])
