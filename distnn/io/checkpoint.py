@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -283,6 +284,12 @@ def check_meta(f: Path, meta) -> None:
         bad(f"'epoch' must be an integer >= -1, got {e!r}")
     if not all(isinstance(x, dict) for x in h) or (h and h[-1].get("epoch") != e):
         bad(f"'history' does not end at epoch {e}")
+    if [x.get("epoch") for x in h] != list(range(e - len(h) + 1, e + 1)):
+        bad("'history' does not hold consecutive epochs")
+    named = re.fullmatch(r"epoch-(\d+)", Path(f).parent.name)
+    if named and int(named.group(1)) != e:
+        bad(f"it records epoch {e} but is the checkpoint {Path(f).parent.name}: meta.json "
+            "was edited (its hashes recomputed) or moved between checkpoints")
     be = meta.get("best_epoch")
     if be is not None and (not _is_int(be) or not 0 <= be <= e):
         bad(f"'best_epoch' must be null or an epoch 0..{e}, got {be!r}")

@@ -107,3 +107,26 @@ def test_sigkill_while_writing_leaves_a_loadable_latest(tmp_path, delay):
     proc.wait()
     c = ckpt.load(tmp_path)              # verifies every hash
     assert c.meta["epoch"] >= 0 and len(c.tensors) == 4
+
+
+def test_an_edited_meta_with_recomputed_hashes_must_still_agree_with_itself(tmp_path):
+    """meta_sha256 detects damage, not a deliberate edit (anyone can recompute it): the
+    recorded values must also agree with each other and with the checkpoint's name."""
+    rng = np.random.default_rng(0)
+    tensors = {"dense0.weight": rng.standard_normal((4, 3)).astype(np.float32)}
+    meta = {"epoch": 3, "config": {}, "history": [{"epoch": e} for e in range(4)],
+            "optimizer": {"name": "sgd", "t": 0}, "schedule": {"spec": "constant"}}
+    path = ckpt.save(tmp_path, "epoch-0003", tensors, {}, meta)
+
+    def edit(**changes):
+        m = json.loads((path / "meta.json").read_text())
+        m.update(changes)
+        m["meta_sha256"] = ckpt.meta_checksum(m)
+        (path / "meta.json").write_text(json.dumps(m))
+    edit(epoch=1, history=[{"epoch": 0}, {"epoch": 1}])        # a rewound epoch
+    with pytest.raises(ckpt.CheckpointError, match="records epoch 1 but is the checkpoint "
+                                                   "epoch-0003"):
+        ckpt.load(path)
+    edit(epoch=3, history=[{"epoch": 0}, {"epoch": 2}, {"epoch": 3}])
+    with pytest.raises(ckpt.CheckpointError, match="does not hold consecutive epochs"):
+        ckpt.load(path)
