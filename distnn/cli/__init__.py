@@ -12,15 +12,22 @@ from .flags import add_train_flags
 log = logging.getLogger("distnn")
 
 
-def natural(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {n}")
-    return n
+def _integer_from(low: int):
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") \
+                from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {n}")
+        return n
+    return parse
+
+
+natural = _integer_from(0)
+positive_int = _integer_from(1)
 
 
 def positive_float(text: str) -> float:
@@ -32,17 +39,6 @@ def positive_float(text: str) -> float:
     if not (x > 0 and x < float("inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return x
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
-    return n
 
 
 def _search_args(p):

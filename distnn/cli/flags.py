@@ -122,8 +122,10 @@ HELP = {
     "compress": "gradient compression: none (the exact all-reduce), bf16 (gradients travel "
                 "as bfloat16: half the bytes) or powersgd:R (PowerSGD, each weight matrix "
                 "as a rank-R product with error feedback: R=4 sends ~1/60 of the main job's "
-                "bytes); N workers give one process's result with the same setting, and "
-                "every replica applies the whole update (no parameter all-gather)",
+                "bytes); every replica applies the whole update (no parameter all-gather). "
+                "N workers give one process's result with none; with powersgd each "
+                "step's update is one process's up to rounding, which PowerSGD amplifies "
+                "over a run: another trajectory of the same accuracy (README)",
     "comm_ports": "ports the tcp/hier backends listen on, LO-HI (for firewalled clusters; "
                   "default: any free port)",
     "comm_timeout": "seconds a worker waits in an all-reduce for its peers before the "

@@ -354,6 +354,27 @@ def test_a_stopped_worker_is_replaced_instead_of_hanging(ray_session, splits):
     np.testing.assert_array_equal(out["network"].params, clean)
 
 
+class Squeeze(Callback):
+    """Kills worker 1 after epoch 0 and holds its CPU (no replacement can be placed),
+    then gives the CPU back after epoch 1 (the run grows again)."""
+
+    def __init__(self, ray):
+        self.ray, self.hog = ray, None
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        ray = self.ray
+        if epoch == 0:
+            os.kill(trainer.worker_pids()[1], signal.SIGKILL)
+            self.hog = ray.remote(num_cpus=1)(_Hog).remote()
+            ray.get(self.hog.ready.remote(), timeout=60)   # placed: the CPU is taken
+        if epoch == 1:
+            ray.kill(self.hog)
+            deadline = time.monotonic() + 30
+            while ray.available_resources().get("CPU", 0) < 1 and \
+                    time.monotonic() < deadline:
+                time.sleep(0.1)
+
+
 class _Hog:
     """Holds a CPU so that no replacement worker can be placed."""
 
@@ -370,26 +391,10 @@ def test_shrinks_when_a_worker_cannot_be_replaced_and_grows_back(ray_session, sp
     boundary.  The updates are those of the fault-free run: the same parameters up to
     rounding (float64).  Compressed, the summed errors move to the new worker 0 at each
     change, so their sum, all the result depends on, is kept."""
-    ray = ray_session
     c = cfg(epochs=4, batch_size=6, lr=0.05, dtype="float64", replace_timeout=3.0,
             compress=compress)
     clean = train(c, splits)
-
-    class Squeeze(Callback):
-        hog = None
-
-        def on_epoch_end(self, epoch, logs, trainer):
-            if epoch == 0:
-                os.kill(trainer.worker_pids()[1], signal.SIGKILL)
-                self.hog = ray.remote(num_cpus=1)(_Hog).remote()
-                ray.get(self.hog.ready.remote(), timeout=60)   # placed: the CPU is taken
-            if epoch == 1:
-                ray.kill(self.hog)
-                deadline = time.monotonic() + 30
-                while ray.available_resources().get("CPU", 0) < 1 and \
-                        time.monotonic() < deadline:
-                    time.sleep(0.1)
-    out = train(c, splits, callbacks=[Squeeze()])
+    out = train(c, splits, callbacks=[Squeeze(ray_session)])
     actions = [(f["epoch"], f["action"]) for f in out["faults"]]
     assert (1, "could not be replaced; continuing on 1 workers") in actions
     assert (2, "grew to 2 workers") in actions

@@ -1,17 +1,13 @@
 """Local steps with logical replicas on Ray: K replicas give the same bits on any number
 of workers, on every backend, through a killed worker, a shrink and a growth."""
-import os
-import signal
-import time
 
 import numpy as np
 import pytest
 
 from distnn.config import TrainConfig
 from distnn.parallel.driver import train
-from distnn.train.callbacks import Callback
 from tests.parallel import test_driver, test_parquet_shards
-from tests.parallel.test_driver import _Hog, KillWorker, cfg
+from tests.parallel.test_driver import KillWorker, Squeeze, cfg
 
 splits = test_driver.splits     # the synchronous tests' data (a fixture)
 blob_parquet = test_parquet_shards.blob_parquet     # a Parquet dataset (a fixture)
@@ -60,25 +56,10 @@ def test_a_lost_worker_not_replaced_moves_its_replicas_and_they_come_back(ray_se
     """Worker 1 killed after epoch 0 and its CPU taken: epoch 1 runs all 4 replicas on
     the one worker left, epoch 2 on 2 again.  Unlike the synchronous run (equal up to
     rounding), the parameters are the fault-free ones bit for bit."""
-    ray = ray_session
     c = local(epochs=4, batch_size=8, replace_timeout=3.0, **OPTIONS[1])
     clean = train(c, splits)
 
-    class Squeeze(Callback):
-        hog = None
-
-        def on_epoch_end(self, epoch, logs, trainer):
-            if epoch == 0:
-                os.kill(trainer.worker_pids()[1], signal.SIGKILL)
-                self.hog = ray.remote(num_cpus=1)(_Hog).remote()
-                ray.get(self.hog.ready.remote(), timeout=60)
-            if epoch == 1:
-                ray.kill(self.hog)
-                deadline = time.monotonic() + 30
-                while ray.available_resources().get("CPU", 0) < 1 and \
-                        time.monotonic() < deadline:
-                    time.sleep(0.1)
-    out = train(c, splits, callbacks=[Squeeze()])
+    out = train(c, splits, callbacks=[Squeeze(ray_session)])
     assert [h["workers"] for h in out["history"]] == [2, 1, 2, 2]
     np.testing.assert_array_equal(out["network"].params, clean["network"].params)
 

@@ -236,3 +236,47 @@ def test_a_short_partition_costs_its_length_not_the_result(data, tmp_path):
         t.join()
     assert took < clean + 8.0 + 30.0
     _assert_same(_params(out), _long_reference(data, tmp_path))
+
+
+LOCAL = ("--local-steps", "4", "--replicas", "4", "--outer", "nesterov", "--overlap-sync",
+         "--batch-size", "4", "--epochs", "8")     # (K replicas need a batch of K at least)
+
+
+def _same_bits(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_local_steps_give_one_processs_bits_across_hosts_hier_and_a_lost_host(data, tmp_path):
+    """K = 4 logical replicas: on 2 hosts x 2 workers (hier), and on 2 hosts x 1 worker
+    with host 1 killed after epoch 0 and no spare CPU (its replicas move to host 0's
+    worker, the epoch replayed), the parameters and every replica's optimizer state are
+    one process's, bit for bit."""
+    import threading
+    import time
+    ref = tmp_path / "one"
+    r = subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *_args(data, ref, 1),
+                        *LOCAL], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = _params(ref)
+    assert "replica3.velocity.dense0.weight" not in one     # (adam: m and s)
+    assert "replica3.m.dense0.weight" in one
+    with _cluster(2, 2) as c:
+        log = _train_on(c, data, tmp_path / "hier", 4, *LOCAL)
+        assert "(all-reduce: hier)" in log
+        _same_bits(_params(tmp_path / "hier"), one)
+    out = tmp_path / "lost"
+    with _cluster(2, 1) as c:
+        def lose():
+            deadline = time.monotonic() + 300
+            while not (out / "epoch-0000").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            c.kill_node(1)
+        t = threading.Thread(target=lose)
+        t.start()
+        log = _train_on(c, data, out, 2, *LOCAL, "--comm-timeout", "5",
+                        "--replace-timeout", "5")
+        t.join()
+    assert "could not be replaced" in log or "continuing on 1 worker" in log, log[-3000:]
+    _same_bits(_params(out), one)

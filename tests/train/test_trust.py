@@ -163,7 +163,8 @@ def test_a_used_logdir_is_refused_and_a_resume_appends_to_it(blob_dir, tmp_path,
 
 @pytest.mark.parametrize("damage,match", [
     ("epoch", "meta_sha256 checksum does not match"),
-    ("swap", "not the file .*latest was written for"),
+    # (its own name says it first: epoch-0001 holding epoch 0's meta.json)
+    ("swap", "records epoch 0 but is the checkpoint epoch-0001"),
     ("outside", "must name a checkpoint directory inside"),
     ("symlink", "symbolic link"),
     ("version-str", "'version' must be a positive integer"),
