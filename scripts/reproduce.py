@@ -71,6 +71,11 @@ EXPERIMENTS = {
                             "--recipe simard-elastic --activation relu --init he --lr 0.05 "
                             "--batch-size 128 --epochs 200 --schedule exponential:0.98 "
                             "--no-monitor-train", 2),
+    "nielsen-ch6": ("conv 20@5x5, pool 2, conv 40@5x5, pool 2, 1000-1000 ReLU with dropout, "
+                    "shifted images, batch 10, 40 epochs (Nielsen ch. 6)", "99.60%",
+                    "--recipe nielsen-ch6 --no-monitor-train", 1),
+    "simard-cnn": ("convolutional net with elastic distortions (Simard 2003)", "99.6%",
+                   "--recipe simard-cnn --no-monitor-train", 1),
     "dropout": ("dropout 0.5 hidden + 0.2 input with max-norm (Hinton 2012 / Srivastava 2014)",
                 "98.7%–98.9%", "--recipe dropout --epochs 40", 1),
     "dropout-100": ("dropout, as above, 100 epochs", "98.7%–98.9%",

@@ -193,11 +193,11 @@ def _convert(args, splits) -> int:
     if args.out is None:
         raise ValueError("data convert needs an output: distnn data convert mnist "
                          "mnist-parquet/ (or OUT.parquet, or s3://bucket/path)")
-    from ..data.datasets import location
+    from ..data.datasets import location, read_from
     if location(args.name) is not None:
         raise ValueError("the dataset is Parquet already")
     from ..io.files import check_not_input
-    check_not_input(args.out, "OUT", {"the dataset": args.data_dir})
+    check_not_input(args.out, "OUT", read_from(args.name, args.data_dir))
     files = write(args.out, splits, tabular=args.tabular, row_group=args.row_group,
                   overwrite=args.overwrite)
     sizes = ", ".join(f"{p} {len(getattr(splits, p))}" for p in ("train", "valid", "test"))
@@ -211,10 +211,10 @@ def _preview(args, splits) -> int:
     from ..io.png import grid, write_png
     if args.out is None:
         raise ValueError("data preview needs an output file: distnn data preview mnist out.png")
-    from ..data.datasets import location
+    from ..data.datasets import read_from
     from ..io.store import claim_file
     claim_file(args.out, "OUT", overwrite=args.overwrite,
-               inputs={"the dataset": location(args.name) or args.data_dir})
+               inputs=read_from(args.name, args.data_dir))
     if args.count > len(splits.train):
         raise ValueError(f"--count {args.count} is more than the {len(splits.train)} "
                          "training images")

@@ -58,9 +58,8 @@ def cmd_search(args) -> int:
 def run_inputs(args, cfg) -> dict:
     """What a command that trains reads, which none of its outputs may be: its --config
     and its dataset's files."""
-    from ..data.datasets import location
-    return {"--config": getattr(args, "config", None),
-            "the dataset": location(cfg.dataset) or cfg.data_dir}
+    from ..data.datasets import read_from
+    return {"--config": getattr(args, "config", None), **read_from(cfg.dataset, cfg.data_dir)}
 
 
 def cmd_lr_find(args) -> int:

@@ -318,6 +318,16 @@ def location(name: str) -> str | None:
     return name[len(PREFIX):] if name.startswith(PREFIX) else None
 
 
+def read_from(name: str, data_dir: str | None) -> dict:
+    """What a run on dataset ``name`` reads, for outputs to keep off: {what: (path,
+    whole)}, whole for a Parquet location (every file under a directory is data),
+    not for a --data-dir (files of known names)."""
+    where = location(name)
+    if where is not None:
+        return {"the dataset": (where, True)}
+    return {"--data-dir": (data_dir, False)} if data_dir else {}
+
+
 def known(name: str) -> bool:
     """A dataset name ``load`` accepts (``parquet:`` needs a location after it)."""
     return name != "parquet" and _kind(name) in DATASETS and name != PREFIX

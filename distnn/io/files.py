@@ -157,10 +157,14 @@ def claim_file(path, flag: str, *, overwrite: bool = False, inputs: dict | None 
 
 
 def check_not_input(target, flag: str, inputs: dict | None) -> None:
-    """Refuse an output ``target`` (a file or a directory) that is an input of
-    ``inputs`` ({what: path}, files or directories) or inside one.  URIs are compared as
-    written."""
+    """Refuse an output ``target`` (a file or a directory) that would write onto an input
+    of ``inputs``: {what: path, or (path, whole)}.  A file input: ``target`` is it.  A
+    directory read whole (``whole``: every file in it is data, as in a Parquet dataset
+    directory): ``target`` is it or anywhere inside it.  Another directory (of named
+    files: --data-dir, a checkpoint directory): ``target`` is it, or an existing file
+    inside it.  URIs are compared as written, as directories read whole."""
     for what, q in (inputs or {}).items():
+        q, whole = q if isinstance(q, tuple) else (q, False)
         if not q:
             continue
         if is_uri(q) or is_uri(target):
@@ -170,11 +174,13 @@ def check_not_input(target, flag: str, inputs: dict | None) -> None:
             qp, tp = Path(q), Path(target)
             if not qp.exists():
                 continue
-            clash = tp.resolve() == qp.resolve() or (qp.is_dir() and _inside(tp, qp))
+            same = tp.resolve() == qp.resolve()
+            inside = qp.is_dir() and _inside(tp, qp)
+            clash = same or (inside and (whole or tp.is_file()))
         if clash:
-            raise ValueError(f"{flag} {target} is {what} {q} or inside it, which "
-                             "this command reads; an output is never an input or part of "
-                             f"one, --overwrite or not: give {flag} a path of its own")
+            raise ValueError(f"{flag} {target} is {what} {q} or inside it, which this "
+                             "command reads; an output is never an input or part of one, "
+                             f"--overwrite or not: give {flag} a path of its own")
 
 
 def check_file_target(path, flag: str) -> None:

@@ -141,20 +141,27 @@ class PlateauSchedule(Callback):
 class ProgressLogger(Callback):
     """One line per epoch through ``logging``, and on a terminal a live bar (tqdm) of the
     epoch's examples with their rate, the epoch's ETA and the run's (after its first
-    epoch).  No bar under ``-q`` or when stderr is not a terminal (a log file, a job)."""
+    epoch).  When stderr is not a terminal (a log file, ``ray job logs``), a progress
+    line every ``every`` seconds instead (examples, rate, the epoch's and the run's ETA);
+    neither under ``-q``."""
 
-    def __init__(self, stream=None, bar: bool | None = None, min_interval: float = 0.25):
+    def __init__(self, stream=None, bar: bool | None = None, min_interval: float = 0.25,
+                 every: float = 30.0):
         self.stream = stream or sys.stderr
-        self.bar = (self.stream.isatty() and log.isEnabledFor(logging.INFO)) \
-            if bar is None else bar
+        tty = self.stream.isatty()
+        self.bar = (tty and log.isEnabledFor(logging.INFO)) if bar is None else bar
+        #: seconds between progress lines where there is no bar (None: none)
+        self.every = every if bar is None and not tty else None
         self.min_interval, self._tqdm, self._seconds = min_interval, None, []
         self._last_end = None
+        self._epoch_start = self._last_line = None
 
     def on_train_begin(self, trainer):
         self._last_end = time.monotonic()
 
     def on_progress(self, done, total, trainer):
         if not self.bar:
+            self._line(done, total, trainer)
             return
         if self._tqdm is None:
             from tqdm import tqdm
@@ -162,6 +169,22 @@ class ProgressLogger(Callback):
                               file=self.stream, mininterval=self.min_interval,
                               dynamic_ncols=True, desc=self._desc(trainer))
         self._tqdm.update(done - self._tqdm.n)
+
+    def _line(self, done, total, trainer) -> None:
+        """Every ``every`` seconds of an epoch: where it is (no bar to show it)."""
+        if self.every is None or not log.isEnabledFor(logging.INFO):
+            return
+        now = time.monotonic()
+        if self._epoch_start is None:
+            self._epoch_start = self._last_line = now
+            return
+        if now - self._last_line < self.every or not done or now <= self._epoch_start:
+            return
+        self._last_line = now
+        rate = done / (now - self._epoch_start)
+        left = (total - done) / rate
+        log.info("%s: %d of %d examples (%.0f%%), %.0f ex/s, epoch ~%s left", self._desc(
+            trainer), done, total, 100 * done / total, rate, _duration(left))
 
     def _desc(self, trainer) -> str:
         epochs = getattr(getattr(trainer, "cfg", None), "epochs", None)
@@ -175,6 +198,7 @@ class ProgressLogger(Callback):
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
+        self._epoch_start = None
         now = time.monotonic()          # whole epochs, evaluation and checkpoint included
         if self._last_end is not None:
             self._seconds.append(now - self._last_end)

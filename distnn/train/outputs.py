@@ -35,10 +35,11 @@ def claim_outputs(cfg: TrainConfig, inputs: dict | None = None, resumed=None) ->
                   ("--metrics-out", cfg.metrics_out) if cfg.metrics_out else None)
     if cfg.metrics_out:
         check_file_target(cfg.metrics_out, "--metrics-out")
+    from ..data.datasets import read_from
     from ..io.files import check_not_input
     for flag, d in (("--checkpoint-dir", cfg.checkpoint_dir), ("--logdir", cfg.logdir)):
         if d:     # never into the data the run reads (a Parquet directory, --data-dir)
-            check_not_input(d, flag, {"the dataset": _dataset_path(cfg)})
+            check_not_input(d, flag, read_from(cfg.dataset, cfg.data_dir))
             if not store.is_uri(d):
                 _check_own_config(Path(d) / "config.toml", d)   # before deleting anything
     locks = []

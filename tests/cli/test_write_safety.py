@@ -80,18 +80,25 @@ def test_export_and_plot_replace_a_file_with_overwrite(run, tmp_path, capsys):
 
 
 def test_a_run_never_writes_into_its_data(blob_dir, tmp_path, capsys):
-    data = tmp_path / "data"
-    shutil.copytree(blob_dir, data)
+    """A Parquet dataset directory is read whole (every file under it is data): no
+    output directory goes inside it; a --data-dir holds files of known names: an output
+    may go beside them, never be the directory itself."""
+    data = tmp_path / "pq"
+    assert cli.main(["-q", "data", "convert", "idx", str(data), "--data-dir",
+                     str(blob_dir)]) == 0
     before = sorted(p.name for p in data.iterdir())
-    refused([*train_args(data, data / "ck", epochs=1), "--overwrite"], capsys,
-            "--checkpoint-dir")
-    refused([*train_args(data, tmp_path / "ck", epochs=1), "--logdir", str(data / "tb")],
-            capsys, "an output is never an input")
-    refused(["data", "convert", "idx", str(data / "pq"), "--data-dir", str(data)], capsys,
+    train = ["train", "--dataset", f"parquet:{data}", "--layers", "64,8,4", "--epochs", "1"]
+    refused([*train, "--checkpoint-dir", str(data / "ck"), "--overwrite"], capsys,
             "an output is never an input")
-    refused(["search", "--dataset", "idx", "--data-dir", str(data), "--grid", "lr=0.1",
-             "--out", str(data / "search")], capsys, "an output is never an input")
+    refused([*train, "--logdir", str(data / "tb")], capsys, "an output is never an input")
+    refused(["search", *train[1:], "--grid", "lr=0.1", "--out", str(data / "search")],
+            capsys, "an output is never an input")
     assert sorted(p.name for p in data.iterdir()) == before
+    idx_dir = tmp_path / "idx"
+    shutil.copytree(blob_dir, idx_dir)
+    refused(["data", "convert", "idx", str(idx_dir), "--data-dir", str(idx_dir)], capsys,
+            "an output is never an input")
+    assert cli.main(["-q", *train_args(idx_dir, idx_dir / "ck", epochs=1)]) == 0
 
 
 def test_overwrite_decides_before_deleting_anything(blob_dir, tmp_path, capsys):

@@ -128,3 +128,25 @@ def test_progress_logger_draws_on_a_terminal_and_logs_each_epoch(caplog):
     assert quiet.getvalue() == ""                      # not a terminal: no bar
     with caplog.at_level(logging.WARNING, logger="distnn.train.callbacks"):
         ProgressLogger(stream=Tty()).on_progress(50, 100, t)   # -q: no bar either
+
+
+def test_progress_lines_where_there_is_no_terminal(caplog):
+    """stderr not a terminal (a log file, `ray job logs`): a progress line every `every`
+    seconds within an epoch, where a terminal would show the bar (issue 42)."""
+    import io
+    import logging
+    import time
+    from types import SimpleNamespace
+
+    from distnn.train.callbacks import ProgressLogger
+    cb = ProgressLogger(stream=io.StringIO(), every=0.0)
+    assert not cb.bar and cb.every == 0.0
+    trainer = SimpleNamespace(epoch=2, cfg=SimpleNamespace(epochs=5))
+    with caplog.at_level(logging.INFO, logger="distnn.train.callbacks"):
+        for done in (0, 100, 200):
+            cb.on_progress(done, 1000, trainer)
+            time.sleep(0.01)
+    lines = [r.getMessage() for r in caplog.records if "examples (" in r.getMessage()]
+    assert lines and lines[-1].startswith("epoch 2 of 0..4: 200 of 1000 examples (20%)")
+    assert "ex/s, epoch ~" in lines[-1]
+    assert ProgressLogger(stream=io.StringIO(), bar=False).every is None   # asked: none
