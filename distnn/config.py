@@ -100,6 +100,12 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
+        for name in ("metrics_out", "checkpoint_dir", "logdir", "resume", "data_dir"):
+            v = getattr(self, name)     # file:///x is the local path /x
+            if isinstance(v, str) and v.startswith("file://"):
+                object.__setattr__(self, name, v[len("file://"):])
+        if isinstance(self.dataset, str) and self.dataset.startswith("parquet:file://"):
+            object.__setattr__(self, "dataset", "parquet:" + self.dataset[len("parquet:file://"):])
         check_types(self)
         validate(self)
 

@@ -269,3 +269,14 @@ def test_a_lock_file_that_is_a_directory_is_named(blob_dir, tmp_path, capsys):
     (tmp_path / "c" / ".distnn.lock").mkdir(parents=True)
     _fails_cleanly(["-q", *train_args(blob_dir, tmp_path / "c", epochs=1)], capsys,
                    ".distnn.lock is a directory")
+
+
+def test_file_uris_are_local_paths(blob_dir, tmp_path, capsys):
+    """file:///x is the local path /x (was: a directory named 'file:' made in the working
+    directory, or a failure)."""
+    out = tmp_path / "ck"
+    assert cli.main(["-q", *train_args(blob_dir, f"file://{out}", epochs=1),
+                     "--metrics-out", f"file://{tmp_path / 'm.json'}"]) == 0
+    assert (out / "latest").exists() and (tmp_path / "m.json").exists()
+    assert TrainConfig(checkpoint_dir="file:///a/b", dataset="parquet:file:///d").dataset \
+        == "parquet:/d"
