@@ -74,5 +74,5 @@ def open_file(layout_uri: str, path: str):
     fs, _ = filesystem(layout_uri)
     try:
         return pq.ParquetFile(fs.open_input_file(path))
-    except OSError as e:
+    except (OSError, ValueError) as e:      # (pyarrow.ArrowInvalid is a ValueError)
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None

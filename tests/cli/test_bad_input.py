@@ -280,3 +280,11 @@ def test_file_uris_are_local_paths(blob_dir, tmp_path, capsys):
     assert (out / "latest").exists() and (tmp_path / "m.json").exists()
     assert TrainConfig(checkpoint_dir="file:///a/b", dataset="parquet:file:///d").dataset \
         == "parquet:/d"
+
+
+@pytest.mark.parametrize("content", [b"not parquet at all", b"PAR1" + b"\0" * 64])
+def test_a_file_that_is_not_parquet_is_named(tmp_path, capsys, content):
+    f = tmp_path / "bad.parquet"
+    f.write_bytes(content)
+    _fails_cleanly(["data", "info", f"parquet:{f}"], capsys, str(f),
+                   "not a readable Parquet file")
