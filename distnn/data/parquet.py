@@ -303,7 +303,10 @@ def _as_pixels(values: np.ndarray, layout: Layout, where: str) -> np.ndarray:
                 raise DataError(f"{where}: integer pixels outside 0..255")
             values = values.astype(np.uint8)
         return values
-    return values.astype(np.float32)
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all():      # (else the first step's cost is NaN: --lr blamed)
+        raise DataError(f"{where}: float pixels hold NaN or infinity")
+    return values
 
 
 def decode_image(data: bytes, where: str, shape: tuple[int, ...] | None,

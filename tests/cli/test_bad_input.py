@@ -288,3 +288,16 @@ def test_a_file_that_is_not_parquet_is_named(tmp_path, capsys, content):
     f.write_bytes(content)
     _fails_cleanly(["data", "info", f"parquet:{f}"], capsys, str(f),
                    "not a readable Parquet file")
+
+
+def test_nan_in_float_images_is_blamed_on_the_data_not_the_lr(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    x = np.random.default_rng(0).random((40, 64)).astype(np.float32)
+    x[3, 5] = np.nan
+    f = tmp_path / "nan.parquet"
+    pq.write_table(pa.table({"image": pa.array(list(x), pa.list_(pa.float32())),
+                             "label": pa.array(np.arange(40) % 4)}), f)
+    err = _fails_cleanly(["-q", "train", "--dataset", f"parquet:{f}", "--layers", "64,8,4",
+                          "--epochs", "1"], capsys, str(f), "NaN or infinity")
+    assert "--lr" not in err
