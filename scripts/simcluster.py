@@ -157,11 +157,12 @@ class SimCluster:
         deadline = time.monotonic() + timeout
         have = 0.0
         while time.monotonic() < deadline:
-            r = subprocess.run(self.command(0, [sys.executable, "-c", probe]), env=self.env(),
-                               capture_output=True, text=True, timeout=max(5, timeout))
-            try:
+            try:      # (a loaded machine: the probe itself may outlast what is left)
+                r = subprocess.run(self.command(0, [sys.executable, "-c", probe]),
+                                   env=self.env(), capture_output=True, text=True,
+                                   timeout=max(5.0, deadline - time.monotonic()))
                 have = float(r.stdout.strip().splitlines()[-1])
-            except (ValueError, IndexError):
+            except (ValueError, IndexError, subprocess.TimeoutExpired):
                 have = 0.0
             if have >= cpus:
                 return
@@ -367,11 +368,15 @@ def main(argv=None) -> int:
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         p.error("give the driver command after --")
-    with SimCluster(args.hosts, args.cpus, args.rate) as c:
-        print(f"{args.hosts} simulated hosts {', '.join(c.ips)} (Ray at {c.address}); "
-              f"running: {' '.join(cmd)}", flush=True)
-        r = subprocess.run(c.command(0, cmd), env=c.env())
-        return r.returncode
+    try:
+        with SimCluster(args.hosts, args.cpus, args.rate) as c:
+            print(f"{args.hosts} simulated hosts {', '.join(c.ips)} (Ray at {c.address}); "
+                  f"running: {' '.join(cmd)}", flush=True)
+            r = subprocess.run(c.command(0, cmd), env=c.env())
+            return r.returncode
+    except TimeoutError as e:          # the cluster did not come up (a loaded machine)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
