@@ -168,6 +168,7 @@ class SimCluster:
                 return
             time.sleep(1.0)
         logs = "\n".join((self.tmp / f"node{i}.log").read_text(errors="replace")[-800:]
+                         if (self.tmp / f"node{i}.log").exists() else f"(host {i}: no log)"
                          for i in range(self.hosts))
         raise TimeoutError(f"the simulated cluster has {have:g} of {cpus} CPUs after "
                            f"{timeout:g}s; node logs:\n{logs}")
