@@ -39,7 +39,9 @@ def filesystem(uri: str):
         try:
             return pafs.FileSystem.from_uri(uri)
         except Exception as e:   # pyarrow raises several types for a bad URI or store
-            raise DataError(f"{uri}: cannot open this location ({e})") from None
+            from ..io.files import describe_store
+            raise DataError(f"{uri}: cannot open this location ({describe_store(e)})") \
+                from None
     import os
     path = uri[len("file://"):] if uri.startswith("file://") else uri
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))

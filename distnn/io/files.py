@@ -45,6 +45,16 @@ def describe(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def describe_store(e: Exception) -> str:
+    """pyarrow's error opening a filesystem, as one line a user can act on (HDFS's is
+    every path where it looked for a JVM)."""
+    text = str(e)
+    if "libjvm" in text:
+        return ("HDFS needs a Java runtime and Hadoop's libhdfs, which pyarrow could not "
+                "load: set JAVA_HOME, HADOOP_HOME and ARROW_LIBHDFS_DIR")
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
 class DirLock:
     """An exclusive ``flock`` on ``DIR/.distnn.lock``, held while the run writes there;
     the kernel drops it when the process dies, so a killed run never leaves it held."""

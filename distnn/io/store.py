@@ -58,7 +58,8 @@ class Remote:
         try:
             self.fs, self.path = pafs.FileSystem.from_uri(self.uri)
         except Exception as e:     # pyarrow raises several types for a bad URI or store
-            raise OutputError(f"{uri}: cannot open this location ({e})") from None
+            raise OutputUnusable(f"{uri}: cannot open this location "
+                                 f"({files.describe_store(e)})") from None
         self.path = self.path.rstrip("/")
 
     def _err(self, what: str, e: Exception) -> OutputError:

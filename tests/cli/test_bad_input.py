@@ -301,3 +301,16 @@ def test_nan_in_float_images_is_blamed_on_the_data_not_the_lr(tmp_path, capsys):
     err = _fails_cleanly(["-q", "train", "--dataset", f"parquet:{f}", "--layers", "64,8,4",
                           "--epochs", "1"], capsys, str(f), "NaN or infinity")
     assert "--lr" not in err
+
+
+@pytest.mark.parametrize("flags", [["--checkpoint-dir", "hdfs://nohost/run"],
+                                   ["--logdir", "hdfs://nohost/tb"]])
+def test_an_output_filesystem_that_cannot_be_opened_is_one_line_before_training(
+        blob_dir, capsys, flags):
+    """hdfs:// without a JVM: one line saying what is missing, before any work (was: a
+    page of dlopen lines and "no epoch was completed; start the run again")."""
+    err = _fails_cleanly(["train", "--dataset", "idx", "--data-dir", str(blob_dir),
+                          "--layers", "64,8,4", "--epochs", "1", *flags], capsys,
+                         "cannot open this location")
+    assert len(err.strip().splitlines()) == 1, err
+    assert "start the run again" not in err and "epoch 0" not in err
