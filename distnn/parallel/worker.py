@@ -131,8 +131,11 @@ class Worker:
             self.engine.group.abort()
 
     def close(self) -> None:
-        """Leave the group (its creator removes what it made, e.g. the shm file)."""
+        """Leave the group (its creator removes what it made, e.g. the shm file); an
+        epoch still running (the run stopped: Ctrl-C) is released and ends quietly."""
+        self._closing = True
         if self.engine.group is not None:
+            self.engine.group.abort()
             self.engine.group.close()
             self.engine.group = None
 
@@ -146,7 +149,14 @@ class Worker:
         """One epoch; its progress is ``progress(done, total)`` when given (in-process),
         else kept for ``progress()`` (the driver polls a Ray actor for it)."""
         self._progress = (0, 0)
-        return self.engine.run_epoch(epoch, schedule_state, progress or self._note)
+        try:
+            return self.engine.run_epoch(epoch, schedule_state, progress or self._note)
+        except Exception:
+            if getattr(self, "_closing", False):
+                # closed under it (the run is stopping): nobody reads this epoch, and an
+                # error here would be printed by Ray as an unhandled traceback
+                return {"closed": True}
+            raise
 
     def _note(self, done: int, total: int) -> None:
         self._progress = (done, total)

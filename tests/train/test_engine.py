@@ -200,3 +200,38 @@ def test_ema_evaluates_and_returns_the_parameter_average(splits):
     assert m["test_cost"] == pytest.approx(avg_cost, rel=1e-4)
     assert abs(raw_cost - avg_cost) > 1e-3 * avg_cost
     assert m["test_accuracy"] == np.mean(net.predict(xt) == splits.test.y)
+
+
+def test_an_epoch_closed_under_it_ends_quietly(monkeypatch):
+    """Ctrl-C closes the workers while an epoch runs in another of the actor's threads:
+    the epoch then fails inside (its group gone) and must return quietly, not raise (Ray
+    prints an unread task's error as a traceback before distnn's "stopped in epoch" line;
+    issue 41)."""
+    import threading
+
+    from distnn.parallel.worker import Worker
+    started, release = threading.Event(), threading.Event()
+
+    class FakeEngine:
+        group = None
+
+        def run_epoch(self, *args):
+            started.set()
+            release.wait(10)
+            return self.group.reduce_parts_       # the group was closed meanwhile
+
+    w = Worker.__new__(Worker)
+    w.engine = FakeEngine()
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=w.run_epoch(0, {})))
+    t.start()
+    started.wait(10)
+    w.close()
+    release.set()
+    t.join(10)
+    assert out["r"] == {"closed": True}
+    w2 = Worker.__new__(Worker)      # not closing: the error is raised as ever
+    w2.engine = FakeEngine()
+    release.set()
+    with pytest.raises(AttributeError):
+        w2.run_epoch(0, {})
