@@ -48,8 +48,13 @@ def cmd_search(args) -> int:
     if "error" in shown:                 # the CSV keeps the whole message
         shown["error"] = shown["error"].map(lambda e: e if not isinstance(e, str)
                                             else e.split(":")[0][:40])
+    for c in shown.columns:          # accuracies as percentages, as everywhere else
+        if c.endswith("accuracy"):
+            shown[c] = shown[c].map(lambda v: f"{100 * v:.2f}%" if v == v else "-")
     print(shown.to_string(index=False))
-    print(f"best: {res['best']}  {cfg.monitor} {res['best_valid']:.4f}  "
+    best = res["best_valid"]
+    shown_best = f"{100 * best:.2f}%" if cfg.monitor.endswith("accuracy") else f"{best:.4f}"
+    print(f"best: {res['best']}  {cfg.monitor} {shown_best}  "
           f"test accuracy (winner, once) {100 * (res['test_accuracy'] or 0):.2f}%")
     print(f"best config: {res['best_config']}  (distnn train --config {res['best_config']})")
     return 0

@@ -100,8 +100,10 @@ def _say_what(cfg: TrainConfig, data, pool) -> None:
     """The run's first log lines: what trains on what, where, and the splits."""
     workers = pool.memory()
     threads = sorted({w.get("blas_threads") for w in workers}, key=str)
-    log.info("training %s on %s (%d examples, source: %s) with %d worker%s x %s "
-             "BLAS thread(s) (all-reduce: %s%s)", list(cfg.layers), cfg.dataset,
+    default = " (the default --layers: Nielsen's first network; give --layers for another)" \
+        if cfg.layers == TrainConfig().layers else ""
+    log.info("training %s%s on %s (%d examples, source: %s) with %d worker%s x %s "
+             "BLAS thread(s) (all-reduce: %s%s)", list(cfg.layers), default, cfg.dataset,
              len(data.train), data.splits.source, cfg.workers,
              "s" if cfg.workers > 1 else "", "/".join(map(str, threads)),
              pool.backend, "" if cfg.compress == "none" else f", {cfg.compress}")

@@ -185,7 +185,9 @@ class Progress(threading.Thread):
         done, running, failed, best = progress(self.out_dir, self.monitor)
         line = f"search: {done}/{self.total} trials done, {running} running, {failed} failed"
         if best:
-            line += f"; best so far {self.monitor} {best[0]:.4g} (trial {best[1]:04d}, {best[2]})"
+            v = f"{100 * best[0]:.2f}%" if self.monitor.endswith("accuracy") \
+                else f"{best[0]:.4g}"
+            line += f"; best so far {self.monitor} {v} (trial {best[1]:04d}, {best[2]})"
         if line != self.last:
             self.last = line
             log.info("%s", line)

@@ -180,5 +180,5 @@ def test_live_progress_counts_trials_and_names_the_best_so_far(tmp_path):
         final = {"valid_accuracy": acc} if acc is not None else {"error": "diverged"}
         (d / name).write_text(json.dumps({"index": i, "overrides": {"lr": i}, "final": final}))
     assert prog.report() == ("search: 2/5 trials done, 1 running, 1 failed; best so far "
-                             "valid_accuracy 0.9 (trial 0001, {'lr': 1})")
+                             "valid_accuracy 90.00% (trial 0001, {'lr': 1})")
     assert prog.report() is None                  # nothing changed: nothing said
