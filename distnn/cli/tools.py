@@ -229,12 +229,13 @@ def cmd_inspect(args) -> int:
 
 
 def _print_history(history) -> None:
-    keys = [k for k in ("batch_cost", "train_accuracy", "valid_cost", "valid_accuracy", "lr")
-            if any(h.get(k) is not None for h in history)]
+    keys = [k for k in ("batch_cost", "train_cost", "train_accuracy", "valid_cost",
+                        "valid_accuracy", "lr") if any(h.get(k) is not None for h in history)]
     print("epoch " + " ".join(f"{k:>15}" for k in keys))
     for h in history:
+        # one format a column: accuracies as percentages, costs to 4 decimals, lr as given
         cells = [("" if h.get(k) is None else f"{100 * h[k]:.2f}%" if k.endswith("accuracy")
-                  else f"{h[k]:.4g}") for k in keys]
+                  else f"{h[k]:.4g}" if k == "lr" else f"{h[k]:.4f}") for k in keys]
         print(f"{h['epoch']:>5} " + " ".join(f"{v:>15}" for v in cells))
 
 

@@ -131,6 +131,15 @@ def test_train_ends_with_the_accuracy_that_eval_will_print(worse_at_the_end, cap
     assert head[1].startswith(f"accuracy {best_acc}")
     rc, out = run_cli("inspect", str(d), capsys=capsys)
     assert rc == 0 and f"epoch {int(latest[-4:])}, the latest" in out.out.splitlines()[0]
+    # the history: train_cost among the columns, each column in one format (issue 42)
+    lines = out.out.splitlines()
+    header = next(ln for ln in lines if ln.startswith("epoch "))
+    assert "train_cost" in header.split()
+    rows = [ln.split() for ln in lines[lines.index(header) + 1:] if ln[:5].strip().isdigit()]
+    col = header.split().index("valid_accuracy")
+    assert rows and all(r[col].endswith("%") for r in rows)
+    col = header.split().index("valid_cost")
+    assert all(len(r[col].split(".")[1]) == 4 for r in rows)
 
 
 def test_eval_accepts_validation_as_parquet_names_it(worse_at_the_end, capsys):
