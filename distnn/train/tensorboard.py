@@ -109,12 +109,17 @@ class TensorBoard(Callback):
             best = max((e["valid_accuracy"] for e in h if e["valid_accuracy"] is not None),
                        default=None)
             last = h[-1]
+            test = {}
+            if len(trainer.data.splits.test):   # the last parameters' test figures
+                test["cost"], test["accuracy"] = trainer.evaluate("test")
+                self.writer.scalars(len(h) - 1, {f"test/{k}": v for k, v in test.items()})
             self.writer.hparams(
                 {k: v for k, v in self.cfg.to_dict().items() if not isinstance(v, (list, dict))}
                 | {"layers": ",".join(map(str, self.cfg.layers))},
                 {"hparam/best_valid_accuracy": best,
                  "hparam/final_valid_accuracy": last["valid_accuracy"],
                  "hparam/final_train_accuracy": last["train_accuracy"],
+                 "hparam/final_test_accuracy": test.get("accuracy"),
                  "hparam/epochs": len(h)}, step=len(h) - 1)
             d = from_history(h, trainer.best_epoch, self.cfg.bayes_error)
             if d:

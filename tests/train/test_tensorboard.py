@@ -21,3 +21,9 @@ def test_tensorboard_events_have_every_scalar_for_every_epoch(blob_dir, tmp_path
     assert "augmented_samples" in tags["images"] and "config/text_summary" in tags["tensors"]
     assert ea.PluginTagToContent("hparams")          # the hparams view has this run
     assert [e.step for e in ea.Scalars("hparam/best_valid_accuracy")] == [2]
+    # the test figures a run ends with, where the run's other figures are (issue 42)
+    for tag in ("test/accuracy", "test/cost", "hparam/final_test_accuracy"):
+        assert [e.step for e in ea.Scalars(tag)] == [2], tag
+    acc = ea.Scalars("test/accuracy")[0].value
+    assert 0.5 < acc <= 1.0
+    assert ea.Scalars("hparam/final_test_accuracy")[0].value == pytest.approx(acc)
