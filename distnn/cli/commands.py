@@ -59,8 +59,9 @@ def cmd_train(args) -> int:
     if m.get("diagnosis"):
         from ..train.diagnosis import format_diagnosis
         print(format_diagnosis(m["diagnosis"]))
-    if cfg.metrics_out:
-        print(f"metrics written to {cfg.metrics_out}")
+    if m.get("metrics_path"):
+        print(f"metrics written to {m['metrics_path']} (each epoch's figures: "
+              "pandas.DataFrame(json.load(open(PATH))['history']))")
     if cfg.checkpoint_dir:
         _print_checkpoints(cfg)
     return 0

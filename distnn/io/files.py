@@ -120,21 +120,25 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def check_targets(outputs: dict, inputs: dict, metrics: tuple[str, str] | None) -> None:
+def check_targets(outputs: dict, inputs: dict, metrics: tuple[str, str] | None,
+                  beside: str | None = None) -> None:
     """Before any work, the one check that distnn writes only where the command line
     says: ``outputs`` {flag: directory}, ``inputs`` {what: path} (a config file, the
     data, the checkpoint being read), ``metrics`` (flag, file) or None.  The file may
     not be, or be inside, an output directory or an input, and what is at it now must
-    be a regular file (not a link, a device or a directory).  URIs are checked by their
-    own probe."""
+    be a regular file (not a link, a device or a directory); ``beside``: the output
+    directory it is the run's own metrics file of (its default place).  URIs are
+    checked by their own probe."""
     if metrics is None or is_uri(metrics[1]):
         return
     flag, target = metrics[0], Path(metrics[1])
     for other, d in outputs.items():
-        if d and not is_uri(d) and _inside(target, Path(d)):
+        if d and not is_uri(d) and _inside(target, Path(d)) and d != beside:
             raise ValueError(f"{flag} {target} is inside {other} {d}, which the run writes "
                              "as a directory of its own; put the metrics file elsewhere")
     for what, p in inputs.items():       # an input, or a file in an input directory
+        if beside and p and not is_uri(p) and (_inside(Path(p), Path(beside))):
+            continue      # the run's own checkpoints (a resume): its metrics beside them
         if p and not is_uri(p) and Path(p).exists() and (target.exists() or not Path(
                 p).is_dir()) and (_inside(target, Path(p)) if Path(p).is_dir() else
                                   target.resolve() == Path(p).resolve()):

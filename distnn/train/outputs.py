@@ -29,12 +29,14 @@ def claim_outputs(cfg: TrainConfig, inputs: dict | None = None, resumed=None) ->
     from ..io import tensorboard as tb
     from ..io.files import check_targets, claim, write_text_atomic
     from ..io.store import check_file_target
+    metrics = metrics_path(cfg)
     check_targets({"--checkpoint-dir": cfg.checkpoint_dir, "--logdir": cfg.logdir},
                   {**(inputs or {}), "--resume": _resumed(cfg) if cfg.resume else None,
                    "the dataset": _dataset_path(cfg)},
-                  ("--metrics-out", cfg.metrics_out) if cfg.metrics_out else None)
-    if cfg.metrics_out:
-        check_file_target(cfg.metrics_out, "--metrics-out")
+                  ("--metrics-out", metrics) if metrics else None,
+                  beside=cfg.checkpoint_dir if not cfg.metrics_out else None)
+    if metrics:
+        check_file_target(metrics, "--metrics-out")
     from ..data.datasets import read_from
     from ..io.files import check_not_input
     for flag, d in (("--checkpoint-dir", cfg.checkpoint_dir), ("--logdir", cfg.logdir)):
@@ -74,6 +76,20 @@ def claim_outputs(cfg: TrainConfig, inputs: dict | None = None, resumed=None) ->
         release(locks)
         raise
     return locks
+
+
+#: the metrics JSON of a run with --checkpoint-dir and no --metrics-out, in that directory
+METRICS_NAME = "metrics.json"
+
+
+def metrics_path(cfg: TrainConfig) -> str | None:
+    """Where the run's metrics JSON goes: --metrics-out, else beside its checkpoints
+    (CKPT_DIR/metrics.json), else nowhere."""
+    if cfg.metrics_out:
+        return cfg.metrics_out
+    if cfg.checkpoint_dir:
+        return f"{str(cfg.checkpoint_dir).rstrip('/')}/{METRICS_NAME}"
+    return None
 
 
 def _check_own_config(own, d) -> None:

@@ -235,9 +235,11 @@ def _metrics(trainer: Trainer, cfg: TrainConfig, t0: float, error, rss0: int = 0
     metrics["memory"] = _memory(workers, rss0)
     metrics["blas_threads"] = [w.get("blas_threads") for w in workers]
     metrics["blas"] = [w.get("blas") for w in workers]
-    if cfg.metrics_out:
+    from .outputs import metrics_path
+    path = metrics["metrics_path"] = metrics_path(cfg)
+    if path:
         try:
-            write_json(cfg.metrics_out, metrics)
+            write_json(path, metrics)
         except OutputError as e:
             if error is None:
                 raise

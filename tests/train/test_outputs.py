@@ -60,3 +60,25 @@ def test_what_a_resume_reads_and_whether_it_continues_this_directory():
     other = TrainConfig(checkpoint_dir="s3://bk/run2", resume="s3://bk/run")
     assert not _resumes_from(other) and source(other.resume, other.checkpoint_dir) == \
         "s3://bk/run"
+
+
+def test_a_run_with_checkpoints_writes_its_metrics_beside_them(blob_dir, tmp_path, capsys):
+    """No --metrics-out: the metrics JSON is CKPT_DIR/metrics.json (the one place for a
+    run's result, issue 42), readable as a table by pandas from its history, and a
+    resume from that directory writes it again; --config of the run's config.toml does
+    not point another run there."""
+    import json
+
+    from distnn import cli
+    from tests.runs import train_args
+    d = tmp_path / "ck"
+    assert cli.main(["-q", *train_args(blob_dir, d, epochs=2)]) == 0
+    assert "metrics written to " + str(d / "metrics.json") in capsys.readouterr().out
+    m = json.loads((d / "metrics.json").read_text())
+    assert [h["epoch"] for h in m["history"]] == [0, 1] and "test_accuracy" in m
+    assert "metrics_out" not in (d / "config.toml").read_text()
+    assert cli.main(["-q", *train_args(blob_dir, d, epochs=3), "--resume"]) == 0
+    assert [h["epoch"] for h in json.loads((d / "metrics.json").read_text())["history"]] \
+        == [0, 1, 2]
+    pd = pytest.importorskip("pandas")
+    assert len(pd.DataFrame(m["history"])) == 2
