@@ -253,8 +253,6 @@ def test_local_steps_give_one_processs_bits_across_hosts_hier_and_a_lost_host(da
     with host 1 killed after epoch 0 and no spare CPU (its replicas move to host 0's
     worker, the epoch replayed), the parameters and every replica's optimizer state are
     one process's, bit for bit."""
-    import threading
-    import time
     ref = tmp_path / "one"
     r = subprocess.run([sys.executable, "-m", "distnn.cli", "-q", *_args(data, ref, 1),
                         *LOCAL], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -268,13 +266,7 @@ def test_local_steps_give_one_processs_bits_across_hosts_hier_and_a_lost_host(da
         _same_bits(_params(tmp_path / "hier"), one)
     out = tmp_path / "lost"
     with _cluster(2, 1) as c:
-        def lose():
-            deadline = time.monotonic() + 300
-            while not (out / "epoch-0000").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            c.kill_node(1)
-        t = threading.Thread(target=lose)
-        t.start()
+        t = _during(c, out, "epoch-0000", lambda: c.kill_node(1))
         log = _train_on(c, data, out, 2, *LOCAL, "--comm-timeout", "5",
                         "--replace-timeout", "5")
         t.join()
