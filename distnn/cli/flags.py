@@ -96,7 +96,7 @@ HELP = {
                  "backprop has finished them, every worker then updating everything (tcp, "
                  "and hier with one worker a node; 0: off, the default: on 2 shared cores it "
                  "measured slower, docs/BENCHMARKS.md)",
-    "local_steps": "synchronise the replicas every H steps (default 1: every step, the "
+    "local_steps": "synchronise the replicas every H steps (1: every step, the "
                    "synchronous run): each logical replica applies --optimizer to its own "
                    "parameters for H steps on its slice of every global batch, then the "
                    "replicas' averaged change goes through --outer (local SGD, DiLoCo); "
