@@ -39,9 +39,8 @@ def filesystem(uri: str):
         try:
             return pafs.FileSystem.from_uri(uri)
         except Exception as e:   # pyarrow raises several types for a bad URI or store
-            from ..io.files import describe_store
-            raise DataError(f"{uri}: cannot open this location ({describe_store(e)})") \
-                from None
+            said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"{uri}: cannot open this location ({said})") from None
     import os
     path = uri[len("file://"):] if uri.startswith("file://") else uri
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..core import blas, optim, regularizers
 from .batches import owned_range, prefetch, steps_per_epoch
+from .clock import Clock, digest
 from .state import PluginState
 from .update import Update
 
@@ -154,7 +155,6 @@ class LocalSteps:
                 blas.set_threads(threads)
 
     def _epoch(self, epoch: int, schedule_state: dict, progress=None) -> dict:
-        from .engine import Clock, digest
         e = self.engine
         cfg, net, sched, main = e.cfg, e.net, e.schedule, e.optimizer
         sched.load_state_dict(schedule_state)

@@ -38,7 +38,8 @@ def test_checkpoints_logs_and_metrics_reach_the_bucket(blob_dir, tmp_path, bucke
         "--logdir", f"s3://{b}/logs", "--metrics-out", f"s3://{b}/m.json", "--keep-last", "2"))
     assert cli.main(["-q", *args]) == 0
     assert cli.main(["-q", *train_args(blob_dir, tmp_path / "local", epochs=4,
-                                       extra=("--keep-last", "2"))]) == 0
+                                       extra=("--keep-last", "2", "--metrics-out",
+                                              str(tmp_path / "local-m.json")))]) == 0
     # the same files as the local run keeps (--keep-last 2 and the best), no others
     here = sorted(p.relative_to(tmp_path / "local").as_posix() for p in
                   (tmp_path / "local").rglob("*") if p.is_file() and p.name[0] != ".")
