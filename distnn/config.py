@@ -305,7 +305,9 @@ def _validate_local(c: TrainConfig) -> None:
                      (not c.sync_batchnorm, "--sync-batchnorm"),
                      (not c.bucket_mb, f"--bucket-mb {c.bucket_mb:g}"),
                      (c.threads in (None, 1), f"--threads {c.threads}"),
-                     (c.shard_memory is None, f"--shard-memory {c.shard_memory}")):
+                     (c.shard_memory is None, f"--shard-memory {c.shard_memory}"),
+                     (c.lr_scaling == "none", f"--lr-scaling {c.lr_scaling} (it ties the "
+                      "learning rate to --workers)")):
         _require(ok, f"{what} does not apply to training with local steps (--local-steps "
                  f"{c.local_steps}, --replicas, --outer): the replicas train apart between "
                  "synchronisations, which are exact sums, one replica per BLAS thread (so "

@@ -74,6 +74,7 @@ def test_outer_nesterov_is_pytorchs_nesterov_sgd_on_the_averaged_change():
     (dict(local_steps=8, compress="powersgd:2"), "--compress powersgd:2 does not apply"),
     (dict(local_steps=8, bucket_mb=1), "--bucket-mb 1 does not apply"),
     (dict(local_steps=8, threads=2), "--threads 2 does not apply"),
+    (dict(local_steps=8, lr_scaling="linear"), "--lr-scaling linear"),
     (dict(local_steps=8, batchnorm=True, sync_batchnorm=True), "--sync-batchnorm"),
     (dict(local_steps=8, replicas=2, workers=3, batch_size=30), "--replicas 2 is fewer than"),
     (dict(local_steps=8, replicas=16, batch_size=8), "--replicas 16 is more than --batch"),
