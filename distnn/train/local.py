@@ -81,14 +81,15 @@ class LocalSteps:
         self.K, self.H = cfg.replica_count, cfg.local_steps
         self.outer = optim.Outer(cfg.outer)
         self.P = P = net.params.size
-        bufs = net.named_buffers()
-        self.n_buf = sum(v.size for v in bufs.values())
-        # the tensors that get a grid of their own: parameters, then buffers
-        spans, off = [(sl.start, sl.stop) for sl in net.slices.values()], P
-        for v in bufs.values():
-            spans.append((off, off + v.size))
+        # the state as one vector: the parameters, then each buffer (batch-norm
+        # statistics) at its (offset, end); every tensor gets a grid of its own
+        self.buffers, off = [], P
+        for v in net.named_buffers().values():
+            self.buffers.append((v, off, off + v.size))
             off += v.size
-        self.spans = spans
+        self.n_buf = off - P
+        self.spans = [(sl.start, sl.stop) for sl in net.slices.values()] + \
+            [(lo, hi) for _, lo, hi in self.buffers]
         self.sum = np.zeros(P + self.n_buf + self.K, net.dtype)
         self.bits = np.finfo(net.dtype).nmant + 1    # significant bits of the dtype
         self.inner: dict[int, optim.Optimizer] = {}
@@ -232,25 +233,19 @@ class LocalSteps:
 
     # -- the network's state as one vector: parameters, then buffers ---------------------
     def _state(self) -> np.ndarray:
-        net = self.engine.net
-        return np.concatenate([net.params, *(v.reshape(-1)
-                                             for v in net.named_buffers().values())])
+        vec = np.empty(self.P + self.n_buf, self.engine.net.dtype)
+        self._save(vec)
+        return vec
 
     def _load(self, vec: np.ndarray) -> None:
-        net = self.engine.net
-        np.copyto(net.params, vec[:self.P])
-        off = self.P
-        for v in net.named_buffers().values():
-            v[...] = vec[off:off + v.size].reshape(v.shape)
-            off += v.size
+        np.copyto(self.engine.net.params, vec[:self.P])
+        for v, lo, hi in self.buffers:
+            v[...] = vec[lo:hi].reshape(v.shape)
 
     def _save(self, vec: np.ndarray) -> None:
-        net = self.engine.net
-        np.copyto(vec[:self.P], net.params)
-        off = self.P
-        for v in net.named_buffers().values():
-            vec[off:off + v.size] = v.reshape(-1)
-            off += v.size
+        np.copyto(vec[:self.P], self.engine.net.params)
+        for v, lo, hi in self.buffers:
+            vec[lo:hi] = v.reshape(-1)
 
     def _diverged(self, step: int) -> dict:
         e = self.engine
