@@ -301,8 +301,13 @@ def _validate_local(c: TrainConfig) -> None:
     _require(c.replica_count <= c.batch_size,
              f"--replicas {c.replica_count} is more than --batch-size {c.batch_size}: each "
              "replica takes its slice of every global batch")
-    for ok, what in ((c.compress == "none", f"--compress {c.compress}"),
-                     (not c.sync_batchnorm, "--sync-batchnorm"),
+    _require(c.compress in ("none", "bf16"),
+             f"--compress {c.compress} does not apply to training with local steps "
+             f"(--local-steps {c.local_steps}, --replicas, --outer): their synchronisation "
+             "is an exact sum, which bf16 keeps (the changes rounded onto a grid that "
+             "bfloat16 carries exactly) and a low-rank or lossy sum would not; use "
+             "--compress bf16 or leave it out")
+    for ok, what in ((not c.sync_batchnorm, "--sync-batchnorm"),
                      (not c.bucket_mb, f"--bucket-mb {c.bucket_mb:g}"),
                      (c.threads in (None, 1), f"--threads {c.threads}"),
                      (c.shard_memory is None, f"--shard-memory {c.shard_memory}"),

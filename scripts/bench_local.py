@@ -2,11 +2,11 @@
 process and against the same hosts synchronising once an epoch (the ceiling).
 
     python scripts/bench_local.py [--hosts 2] [--rate 1gbit] [--steps 1,8,32,128]
-        [--outer average,nesterov] [--epochs 6] [--overlap] [--peer]
-        [--write docs/BENCHMARKS.md]
+        [--outer average,nesterov] [--compress none,bf16] [--epochs 6] [--overlap]
+        [--peer] [--write docs/BENCHMARKS.md]
     python scripts/bench_local.py --projection [--write docs/BENCHMARKS.md]
     python scripts/bench_local.py --accuracy 3 [--layers 784,800,10] [--steps 32]
-        [--epochs 10] [--write docs/BENCHMARKS.md]
+        [--compress none,bf16] [--epochs 10] [--write docs/BENCHMARKS.md]
 
 The main job's network and batch ([784,800,10]@128, relu, He, momentum 0.05, MNIST).
 Every run goes through ``distnn train --metrics-out``: one process (synchronous, this
@@ -131,14 +131,21 @@ def projection(args) -> int:
     return 0
 
 
+def compressions(args) -> list[tuple[str, list[str]]]:
+    """(name suffix, flags) of each value of --compress for the local-steps runs."""
+    return [("" if c == "none" else f", --compress {c}",
+             [] if c == "none" else ["--compress", c]) for c in args.compress.split(",")]
+
+
 def accuracy(args) -> int:
     """Test accuracy after --epochs, per seed: synchronous against each H and outer
     optimizer with K = --hosts replicas, in one process (the same bits as on K hosts)."""
     rows = []
     runs = [("synchronous", [])] + [
-        (f"H = {h}, {outer}", ["--local-steps", str(h), "--outer", outer, "--replicas",
-                               str(args.hosts)])
-        for outer in args.outer.split(",") for h in (int(x) for x in args.steps.split(","))]
+        (f"H = {h}, {outer}" + tag, ["--local-steps", str(h), "--outer", outer, "--replicas",
+                                     str(args.hosts), *flags])
+        for outer in args.outer.split(",") for h in (int(x) for x in args.steps.split(","))
+        for tag, flags in compressions(args)]
     with tempfile.TemporaryDirectory() as tmp:
         for name, flags in runs:
             accs = []
@@ -171,6 +178,8 @@ def main(argv=None) -> int:
     p.add_argument("--rate", default="1gbit")
     p.add_argument("--steps", default="1,8,32,128", help="values of --local-steps H")
     p.add_argument("--outer", default="average,nesterov")
+    p.add_argument("--compress", default="none",
+                   help="values of --compress for the local-steps runs (none, bf16)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--write", metavar="BENCHMARKS.md")
     p.add_argument("--overlap", action="store_true",
@@ -223,11 +232,13 @@ def main(argv=None) -> int:
                 for h in (int(x) for x in args.steps.split(",")):
                     if h == 1 and outer == "average":
                         continue      # (the synchronous run's updates, slower)
-                    flags = ["--local-steps", str(h), "--outer", outer, "--replicas", str(M)]
-                    one(f"{M} hosts, H = {h}, {outer}", flags, args.epochs, c)
-                    if args.overlap:
-                        one(f"{M} hosts, H = {h}, {outer}, --overlap-sync",
-                            [*flags, "--overlap-sync"], args.epochs, c)
+                    for tag, more in compressions(args):
+                        flags = ["--local-steps", str(h), "--outer", outer, "--replicas",
+                                 str(M), *more]
+                        one(f"{M} hosts, H = {h}, {outer}{tag}", flags, args.epochs, c)
+                        if args.overlap:
+                            one(f"{M} hosts, H = {h}, {outer}{tag}, --overlap-sync",
+                                [*flags, "--overlap-sync"], args.epochs, c)
             if args.peer:
                 for h in (int(x) for x in args.steps.split(",")):
                     rows.append(peer(c, M, h, args.epochs, Path(tmp)))

@@ -55,7 +55,8 @@ class Worker:
         self.engine = Engine(cfg, train, valid, test=test, rank=rank, world=world,
                              background=in_process)
         # the compressor outlives the groups it reduces through (a fault re-wires them)
-        self.compressor = None if cfg.compress == "none" else compress.build(
+        # (local steps carry --compress bf16 in their synchronisation: train.local)
+        self.compressor = None if cfg.compress == "none" or cfg.local else compress.build(
             cfg.compress, self.engine.net.layout(), self.engine.net.dtype, cfg.seed)
 
     def _batches(self, rank: int, world: int) -> tuple:

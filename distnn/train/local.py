@@ -25,7 +25,11 @@ precision.  So K replicas on 1, 2 or K workers, a worker lost and its replicas m
 the others (the epoch replayed), or a resume, give the same bits.
 
 The synchronisation sends the change in the network's dtype, every H steps: what a
-synchronous run sends every step.
+synchronous run sends every step.  With ``--compress bf16`` (float32 networks) it sends
+half of that: the grid is made coarse enough that bfloat16 carries every partial sum
+exactly (the largest changes keep 8 - log2(K) significant bits, OpenDiLoCo's precision
+for the outer gradient; the replicas' costs travel as they are), so the sum is still
+exact and the result still that of K replicas on any machines.
 """
 from __future__ import annotations
 
@@ -91,7 +95,12 @@ class LocalSteps:
         self.spans = [(sl.start, sl.stop) for sl in net.slices.values()] + \
             [(lo, hi) for _, lo, hi in self.buffers]
         self.sum = np.zeros(P + self.n_buf + self.K, net.dtype)
-        self.bits = np.finfo(net.dtype).nmant + 1    # significant bits of the dtype
+        # significant bits of what carries the sum: the dtype, or bfloat16 (8)
+        self.wire = "bf16" if cfg.compress == "bf16" else "raw"
+        self.bits = 8 if self.wire == "bf16" else np.finfo(net.dtype).nmant + 1
+        # the finest grid: 2**q times an integer of up to `bits` bits stays a normal
+        # number of the dtype (bfloat16 has no finer subnormals than float32 reaches)
+        self.q_min = np.finfo(net.dtype).minexp
         self.inner: dict[int, optim.Optimizer] = {}
         self.place()
 
@@ -354,7 +363,7 @@ class LocalSteps:
             for t, (lo, hi) in enumerate(self.spans):
                 if top[t] > 0:
                     # on the grid 2**q, |change| <= 2**(bits - spare): K add exactly
-                    q = math.frexp(float(top[t]))[1] - self.bits + spare
+                    q = max(math.frexp(float(top[t]))[1] - self.bits + spare, self.q_min)
                     seg = w[lo:hi]          # (times a power of two: exact)
                     if -1000 < q < 1000:
                         seg *= math.ldexp(1.0, -q)
@@ -365,5 +374,8 @@ class LocalSteps:
             S[:self.P + self.n_buf] += w          # (exact: on the grid, in range)
         for r, loss in losses.items():
             S[self.P + self.n_buf + r] = loss
-        group.allreduce_(key + 1, S)
+        if self.wire == "raw":
+            group.allreduce_(key + 1, S)
+        else:                          # (the costs, at the tail, travel as they are)
+            group.allreduce_(key + 1, S, group.wire(self.wire), tail=self.K)
         return True

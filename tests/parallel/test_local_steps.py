@@ -16,11 +16,13 @@ pytestmark = pytest.mark.ray
 
 #: float64 with dropout, augmentation and each synchronisation overlapped with the next
 #: period; float32 with batch norm (running statistics averaged at each
-#: synchronisation), a parameter average and L2
+#: synchronisation), a parameter average and L2; float32 synchronised in bfloat16
 OPTIONS = [dict(dtype="float64", keep_prob=0.8, augment="rotate=10,shift=1",
                 outer="nesterov", overlap_sync=True),
            dict(dtype="float32", batchnorm=True, ema=0.9, l2=0.5, optimizer="adam",
-                lr=0.01)]
+                lr=0.01),
+           dict(dtype="float32", compress="bf16", outer="nesterov", overlap_sync=True,
+                batchnorm=True)]
 
 
 def local(**kw):

@@ -44,6 +44,33 @@ def test_local_steps_change_the_result_and_learn(blob_dir, overlap):
     assert np.array_equal(m["network"].params, plain) != overlap
 
 
+def test_bf16_synchronisations_learn_and_send_what_bfloat16_carries_exactly(blob_dir,
+                                                                            monkeypatch):
+    """--compress bf16: the sum of the 4 replicas' changes (on their grid) is a
+    bfloat16, so carrying it in bfloat16 rounds nothing (partial sums on 2 workers and
+    every backend: tests/parallel/test_local_steps.py); the run learns, and differs from
+    the float32 one."""
+    from distnn.parallel.comm import base
+    from distnn.parallel.comm.wire import BF16
+    seen = []
+    real = base.Group.allreduce_
+
+    def spy(self, step, buf, wire=base.RAW, tail=0):
+        if wire is BF16:
+            head = buf[:buf.size - tail].copy()
+            seen.append(head.copy())
+            BF16.round_(head)
+            np.testing.assert_array_equal(head, buf[:buf.size - tail])
+        real(self, step, buf, wire, tail)
+    monkeypatch.setattr(base.Group, "allreduce_", spy)
+    run = dict(local_steps=8, replicas=4, epochs=2, dtype="float32", batchnorm=True)
+    m = distnn.fit(dataset="idx", data_dir=str(blob_dir), **{**MAIN, **run,
+                                                             "compress": "bf16"})
+    assert m["test_accuracy"] > 0.9
+    assert seen and all(np.count_nonzero(s) for s in seen)
+    assert not np.array_equal(m["network"].params, params(blob_dir, **run))
+
+
 def test_outer_nesterov_is_pytorchs_nesterov_sgd_on_the_averaged_change():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
@@ -72,6 +99,7 @@ def test_outer_nesterov_is_pytorchs_nesterov_sgd_on_the_averaged_change():
     (dict(local_steps=8, shard_memory=64, dataset="parquet:/data/d"),
      "--shard-memory 64 does not apply"),
     (dict(local_steps=8, compress="powersgd:2"), "--compress powersgd:2 does not apply"),
+    (dict(local_steps=8, compress="powersgd:2"), "use --compress bf16 or leave it out"),
     (dict(local_steps=8, bucket_mb=1), "--bucket-mb 1 does not apply"),
     (dict(local_steps=8, threads=2), "--threads 2 does not apply"),
     (dict(local_steps=8, lr_scaling="linear"), "--lr-scaling linear"),

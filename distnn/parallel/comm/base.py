@@ -16,6 +16,7 @@ once the driver has every member's address, ``join``.
                             ``wire`` (``wire.BF16``: rounded to bfloat16 whenever it is
                             sent, accumulated in float32); the last ``tail`` numbers always
                             travel as they are.
+``wire(name)``              the wire format named "raw" or "bf16", for ``allreduce_``.
 ``shard(size)``             the range [lo, hi) of a size-``size`` vector this member
                             reduces and updates (all of it unless the backend shards).
 ``reduce_parts_(step, buf, parts, scale=1.0)``  parts = [(lo, hi) = shard(P), (P, len(buf))]:
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .wire import RAW
+from .wire import RAW, WIRES
 
 
 class CollectiveAborted(RuntimeError):
@@ -69,6 +70,11 @@ class Group:
 
     def allreduce_(self, step: int, buf: np.ndarray, wire=RAW, tail: int = 0) -> None:
         """Sum ``buf`` over the group, in place (a group of one: nothing travels)."""
+
+    def wire(self, name: str):
+        """The wire format ``name`` ("raw", "bf16") for ``allreduce_``: how code that
+        does not import the backends (train/) names one."""
+        return WIRES[name]
 
     def shard(self, size: int) -> tuple[int, int]:
         return 0, size

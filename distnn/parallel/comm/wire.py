@@ -99,3 +99,4 @@ class BF16Wire(Wire):
 
 RAW = Wire()
 BF16 = BF16Wire()
+WIRES = {w.name: w for w in (RAW, BF16)}
