@@ -125,7 +125,9 @@ HELP = {
                 "bytes); every replica applies the whole update (no parameter all-gather). "
                 "N workers give one process's result with none; with powersgd each "
                 "step's update is one process's up to rounding, which PowerSGD amplifies "
-                "over a run: another trajectory of the same accuracy (README)",
+                "over a run: another trajectory of the same accuracy (README). With "
+                "--local-steps: none or bf16 (each synchronisation in bfloat16, still an "
+                "exact sum)",
     "comm_ports": "ports the tcp/hier backends listen on, LO-HI (for firewalled clusters; "
                   "default: any free port)",
     "comm_timeout": "seconds a worker waits in an all-reduce for its peers before the "
