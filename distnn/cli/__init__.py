@@ -247,7 +247,8 @@ def _add_checkpoint_tools(sub) -> None:
     m.add_argument("--overwrite", action="store_true",
                    help="CKPT_DIR holds checkpoints: delete them first")
     m.set_defaults(fn=tools.cmd_import)
-    pl = sub.add_parser("plot", help="cost and accuracy curves as a PNG (needs matplotlib)")
+    pl = sub.add_parser("plot", help="cost and accuracy curves as a PNG, the best "
+                        "epoch and the test accuracy marked (needs matplotlib)")
     pl.add_argument("run", help="a --metrics-out JSON, a checkpoint, or a --checkpoint-dir")
     pl.add_argument("out", help="output PNG")
     pl.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

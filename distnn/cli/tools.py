@@ -289,9 +289,12 @@ def cmd_import(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from ..io.plot import history_of, plot_history
+    from ..io.plot import plot_history, run_of
     claim_file(args.out, "OUT", overwrite=args.overwrite, inputs={"the run": args.run})
-    history, name = history_of(args.run)
-    plot_history(history, args.out, title=name)
-    print(f"wrote {args.out}")
+    history, name, marks = run_of(args.run)
+    plot_history(history, args.out, title=name, **marks)
+    shown = [f"best epoch {marks['best_epoch']}"] if marks["best_epoch"] is not None else []
+    if marks["test_accuracy"] is not None:
+        shown.append(f"test accuracy {100 * marks['test_accuracy']:.2f}%")
+    print(f"wrote {args.out}" + (f" (marked: {', '.join(shown)})" if shown else ""))
     return 0

@@ -49,6 +49,18 @@ def better(v: float, best: float, mode: str, min_delta: float = 0.0) -> bool:
     return v < best - min_delta if mode == "min" else v > best + min_delta
 
 
+def best_of(history: list[dict], monitor: str) -> dict | None:
+    """{"epoch", "monitor", "value"} of the history's best epoch by ``monitor`` (the
+    first of equals, as the checkpoint kept as ``best`` is), or None where no epoch
+    measured it."""
+    best = None
+    for h in history:
+        v = h.get(monitor)
+        if v is not None and (best is None or better(v, best["value"], mode_of(monitor))):
+            best = {"epoch": h["epoch"], "monitor": monitor, "value": v}
+    return best
+
+
 class _Improvement:
     """Tracks the best value of a metric; ``mode`` is "min" or "max"."""
 

@@ -13,7 +13,7 @@ from ..config import TrainConfig
 from ..core.schedules import HalveOnPlateau
 from ..io.files import OutputError
 from .batches import Batches, steps_per_epoch
-from .callbacks import EarlyStopping, PlateauSchedule, mode_of
+from .callbacks import EarlyStopping, PlateauSchedule, best_of, mode_of
 from .data import TrainingData
 from .diagnosis import from_history
 from .evaluate import cost_and_accuracy, measure
@@ -221,7 +221,8 @@ def run_to_end(trainer: Trainer, cfg: TrainConfig, t0: float, rss0: int = 0) -> 
 
 def _metrics(trainer: Trainer, cfg: TrainConfig, t0: float, error, rss0: int = 0) -> dict:
     metrics = {"config": cfg.to_dict(), "history": trainer.history,
-               "best_epoch": trainer.best_epoch, "wall_seconds": time.perf_counter() - t0,
+               "best_epoch": trainer.best_epoch, "best": best_of(trainer.history, cfg.monitor),
+               "wall_seconds": time.perf_counter() - t0,
                "workers": cfg.workers, "allreduce": trainer.backend,
                "faults": trainer.pool.faults, "overrides": trainer.overrides,
                "first_epoch": trainer.first_epoch,
