@@ -7,7 +7,7 @@ from .train.callbacks import Callback
 from .train.result import Result, TrainedModel
 
 __all__ = ["Callback", "Network", "Result", "TrainConfig", "TrainedModel", "data", "fit",
-           "__version__"]
+           "run_search", "__version__"]
 
 
 def fit(config: TrainConfig | None = None, splits=None, *, callbacks=(),
@@ -24,3 +24,25 @@ def fit(config: TrainConfig | None = None, splits=None, *, callbacks=(),
     from .parallel.driver import train
     from .train.result import Result
     return Result(train(cfg, splits, callbacks=tuple(callbacks)))
+
+
+def run_search(config: TrainConfig | None = None, grid=None, random=None, *, samples: int = 10,
+               out: str = "results/search", search_seed: int = 0, asha: bool = False,
+               resume: bool = False, splits=None, **overrides) -> dict:
+    """``distnn search`` from Python: train every configuration of ``grid`` (``{"lr":
+    [0.05, 0.1], "hidden": [30, 100]}`` or ``["lr=0.05,0.1"]``), each with ``samples``
+    draws from ``random`` (``{"lr": "loguniform:1e-3:1"}``), on Ray Tune (the session
+    already open, or a local one), ``config.workers`` CPUs a trial; results into ``out``
+    (results.csv/.parquet, best.toml, a checkpoint per trial).  Returns {"table": a
+    pandas DataFrame, best first by ``config.monitor``; "best": the winning overrides;
+    "best_valid"; "test_accuracy" and "test_cost" of the winner; "best_config": the path
+    of its TOML; "trials"}."""
+    cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    from .data.datasets import read_from
+    from .io.files import check_not_input
+    from .search import space, tune
+    trials = space.trials(grid, random, samples, search_seed)
+    space.check_trials(cfg, trials)
+    check_not_input(out, "out", read_from(cfg.dataset, cfg.data_dir))
+    return tune.run_search(cfg, trials, out, asha=asha, resume=resume, address=cfg.address,
+                           splits=splits)

@@ -3,7 +3,7 @@ process and against the same hosts synchronising once an epoch (the ceiling).
 
     python scripts/bench_local.py [--hosts 2] [--rate 1gbit] [--steps 1,8,32,128]
         [--outer average,nesterov] [--compress none,bf16] [--epochs 6] [--overlap]
-        [--peer] [--write docs/BENCHMARKS.md]
+        [--peer [localsgd,diloco]] [--write docs/BENCHMARKS.md]
     python scripts/bench_local.py --projection [--write docs/BENCHMARKS.md]
     python scripts/bench_local.py --accuracy 3 [--layers 784,800,10] [--steps 32]
         [--compress none,bf16] [--epochs 10] [--write docs/BENCHMARKS.md]
@@ -66,16 +66,20 @@ def summary(path: Path, ckpt_dir: Path) -> dict:
             "epochs": len(h)}
 
 
-def peer(cluster, hosts: int, period: int, epochs: int, tmp: Path) -> dict:
-    """PyTorch's PostLocalSGDOptimizer at period H on the same hosts
-    (scripts/peer_localsgd.py, a process per host, gloo)."""
-    out = tmp / f"peer{period}.json"
-    script = str(ROOT / "scripts" / "peer_localsgd.py")
+def peer(cluster, hosts: int, period: int, epochs: int, tmp: Path,
+         kind: str = "localsgd") -> dict:
+    """PyTorch's PostLocalSGDOptimizer (scripts/peer_localsgd.py, gloo) or torchft's
+    DiLoCo (scripts/peer_diloco.py) at period H on the same hosts, a process per host."""
+    out = tmp / f"peer-{kind}{period}.json"
+    script = str(ROOT / "scripts" / f"peer_{kind}.py")
+    where = (["--master", f"{cluster.ips[0]}:29533"] if kind == "localsgd" else
+             ["--lighthouse", cluster.ips[0]])
     procs = [subprocess.Popen(cluster.command(i, [
-        sys.executable, script, "--rank", str(i), "--world", str(hosts), "--master",
-        f"{cluster.ips[0]}:29533", "--period", str(period), "--epochs", str(epochs),
-        "--out", str(out)]), env={**cluster.env(), "GLOO_SOCKET_IFNAME": "eth0"}, cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True) for i in range(hosts)]
+        sys.executable, script, "--rank", str(i), "--world", str(hosts), *where,
+        *([] if kind == "localsgd" else ["--ip", cluster.ips[i]]),
+        "--period", str(period), "--epochs", str(epochs), "--out", str(out)]),
+        env={**cluster.env(), "GLOO_SOCKET_IFNAME": "eth0"}, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(hosts)]
     for pr in procs:
         _, err = pr.communicate(timeout=3600)
         if pr.returncode:
@@ -87,7 +91,8 @@ def peer(cluster, hosts: int, period: int, epochs: int, tmp: Path) -> dict:
         if to98 is None and e["test_accuracy"] >= 0.98:
             to98 = t
     # every H steps each host sends about the parameters once (2 (M-1)/M of them)
-    return {"name": f"PyTorch PostLocalSGD, {hosts} hosts, H = {period}", "ex_s":
+    name = "PyTorch PostLocalSGD" if kind == "localsgd" else "torchft DiLoCo (nesterov)"
+    return {"name": f"{name}, {hosts} hosts, H = {period}", "ex_s":
             statistics.median(e["examples_per_second"] for e in h[1:]), "to98": to98,
             "bytes_per_example": 2 * (hosts - 1) / hosts * 636010 * 4 / (period * 128),
             "valid": float("nan"), "test": h[-1]["test_accuracy"], "epochs": len(h)}
@@ -164,7 +169,8 @@ def accuracy(args) -> int:
         [[name, f"{100 * statistics.mean(a):.2f}%",
           f"{100 * (statistics.mean(a) - sync):+.2f}",
           ", ".join(f"{100 * x:.2f}" for x in a)] for name, a in rows])
-    _bench.report(f"bench_local_accuracy_{args.layers.replace(',', '-')}",
+    _bench.report(f"bench_local_accuracy_{args.layers.replace(',', '-')}"
+                  + ("" if args.compress == "none" else "_" + args.compress.replace(",", "-")),
                   "Local steps: accuracy against synchronous",
                   f"[{args.layers}]@128 on MNIST, relu, He, momentum 0.05, {args.epochs} "
                   f"epochs, seeds 0-{args.accuracy - 1}, K = {args.hosts} replicas in one "
@@ -184,8 +190,11 @@ def main(argv=None) -> int:
     p.add_argument("--write", metavar="BENCHMARKS.md")
     p.add_argument("--overlap", action="store_true",
                    help="also each H with --overlap-sync")
-    p.add_argument("--peer", action="store_true",
-                   help="also PyTorch's PostLocalSGDOptimizer at each H (torch installed)")
+    p.add_argument("--peer", nargs="?", const="localsgd", default="",
+                   metavar="localsgd,diloco",
+                   help="also the peers at each H: PyTorch's PostLocalSGDOptimizer "
+                   "(localsgd, the default) and torchft's DiLoCo (diloco: torchft "
+                   "importable, e.g. pip install --target DIR torchft and PYTHONPATH=DIR)")
     p.add_argument("--accuracy", type=int, default=0, metavar="SEEDS",
                    help="instead: test accuracy over SEEDS seeds against synchronous")
     p.add_argument("--layers", default="784,800,10", help="with --accuracy: the network")
@@ -239,9 +248,9 @@ def main(argv=None) -> int:
                         if args.overlap:
                             one(f"{M} hosts, H = {h}, {outer}{tag}, --overlap-sync",
                                 [*flags, "--overlap-sync"], args.epochs, c)
-            if args.peer:
+            for kind in filter(None, (args.peer or "").split(",")):
                 for h in (int(x) for x in args.steps.split(",")):
-                    rows.append(peer(c, M, h, args.epochs, Path(tmp)))
+                    rows.append(peer(c, M, h, args.epochs, Path(tmp), kind))
                     print(json.dumps(rows[-1]), flush=True)
             one(f"{M} hosts, one sync an epoch (ceiling)",
                 ["--local-steps", str(STEPS_PER_EPOCH), "--replicas", str(M)], 2, c)
@@ -258,9 +267,13 @@ def main(argv=None) -> int:
           ("-" if r["valid"] != r["valid"] else f"{100 * r['valid']:.2f}%")
           + f" / {100 * (r['test'] or 0):.2f}% ({r['epochs']} ep.)"]
          for r in rows])
-    _bench.report(f"bench_local_{M}_{args.rate}" + ("_peer" if args.peer else ""),
+    peers = {"localsgd": "PyTorch's PostLocalSGD", "diloco": "torchft's DiLoCo"}
+    _bench.report(f"bench_local_{M}_{args.rate}" + (
+        "" if not args.peer else "_peer" if args.peer == "localsgd" else
+        "_peer_" + args.peer.replace(",", "_")),
                   f"Local steps across {M} simulated hosts"
-                  + (", against PyTorch's PostLocalSGD" if args.peer else ""),
+                  + (", against " + " and ".join(peers[k] for k in args.peer.split(","))
+                     if args.peer else ""),
                   f"the main job ([784,800,10]@128, momentum 0.05) on {M} simulated hosts x 1 "
                   f"worker, links {args.rate} (tbf), tcp; every simulated host shares this "
                   "machine's 2 cores", [table], args.write)

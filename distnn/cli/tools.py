@@ -29,15 +29,7 @@ def cmd_search(args) -> int:
             table = {**table, **read_toml(args.config)}
         spec = recipes.split(table, args.config or args.recipe)[1]
         grid, rand = spec.get("grid", []), spec.get("random", [])
-    if not grid and not rand:
-        raise ValueError("nothing to search: give --grid and/or --random (or a search recipe)")
-    grid_space = space.parse_grid(grid) if grid else {}
-    rand_space = space.parse_random(rand) if rand else {}
-    space.check_size(space.count(grid_space, args.samples if rand else None))
-    trials = space.expand_grid(grid_space) if grid else [{}]
-    if rand:
-        draws = space.sample_random(rand_space, args.samples, args.search_seed)
-        trials = [{**t, **d} for t in trials for d in draws]
+    trials = space.trials(grid, rand, args.samples, args.search_seed)
     space.check_trials(cfg, trials)
     print(f"{len(trials)} trials, {cfg.workers} CPU each, selecting on {cfg.monitor}")
     res = tune.run_search(cfg, trials, args.out, name=args.name, asha=args.asha,

@@ -135,6 +135,48 @@ def sample_random(space: dict[str, tuple], samples: int, seed: int) -> list[dict
     return trials
 
 
+def _items(spec, what: str) -> list[str]:
+    """``KEY=...`` strings from a list of them or a ``{key: values}`` mapping (values a
+    list for a grid, a spec string such as ``"loguniform:1e-3:1"`` for a draw)."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        raise ValueError(f"{what} is a list of KEY=... strings or a {{key: values}} dict, "
+                         f"not the string {spec!r}")
+    if isinstance(spec, dict):
+        out = []
+        for key, vals in spec.items():
+            if what == "grid":
+                if isinstance(vals, (str, bytes)) or not hasattr(vals, "__iter__"):
+                    vals = [vals]
+                vals = list(vals)
+                if not vals:
+                    raise ValueError(f"grid {key!r} has no values")
+                out.append(f"{key}=" + ",".join(str(v) for v in vals))
+            else:
+                out.append(f"{key}={vals}")
+        return out
+    return list(spec)
+
+
+def trials(grid=None, random=None, samples: int = 10, seed: int = 0) -> list[dict]:
+    """The configurations a search tries: every combination of ``grid``, each with
+    ``samples`` draws from ``random`` (the draws the same for every combination), as
+    override dicts; the grid and draws given as ``--grid``/``--random`` items or dicts
+    (``{"lr": [0.05, 0.1]}``, ``{"lr": "loguniform:1e-3:1"}``)."""
+    grid, random = _items(grid, "grid"), _items(random, "random")
+    if not grid and not random:
+        raise ValueError("nothing to search: give --grid and/or --random (or a search recipe)")
+    grid_space = parse_grid(grid) if grid else {}
+    rand_space = parse_random(random) if random else {}
+    check_size(count(grid_space, samples if random else None))
+    out = expand_grid(grid_space) if grid else [{}]
+    if random:
+        draws = sample_random(rand_space, samples, seed)
+        out = [{**t, **d} for t in out for d in draws]
+    return out
+
+
 def apply(base: TrainConfig, overrides: dict) -> TrainConfig:
     """The trial's config: ``hidden=H`` sets every hidden layer to H."""
     o = dict(overrides)

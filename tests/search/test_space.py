@@ -38,3 +38,15 @@ def test_hidden_override_sets_every_hidden_layer():
     base = TrainConfig(layers=(784, 30, 30, 10))
     c = space.apply(base, {"hidden": 100, "lr": 0.3})
     assert c.layers == (784, 100, 100, 10) and c.lr == 0.3
+
+
+def test_trials_from_python_values_are_the_flags_trials():
+    flags = space.trials(["hidden=10,25", "lr=0.05,0.1"], ["l2=loguniform:0.001:1"], 3, 7)
+    python = space.trials({"hidden": [10, 25], "lr": (0.05, 0.1)},
+                          {"l2": "loguniform:0.001:1"}, samples=3, seed=7)
+    assert python == flags and len(flags) == 12
+    assert space.trials({"lr": 0.1}) == [{"lr": 0.1}]      # one value, not a list
+    for bad, message in (("lr=0.1", "not the string"), ({"lr": []}, "no values"),
+                         ({}, "nothing to search"), ({"learning_rate": [1]}, "learning_rate")):
+        with pytest.raises(ValueError, match=message):
+            space.trials(bad)

@@ -182,3 +182,21 @@ def test_live_progress_counts_trials_and_names_the_best_so_far(tmp_path):
     assert prog.report() == ("search: 2/5 trials done, 1 running, 1 failed; best so far "
                              "valid_accuracy 90.00% (trial 0001, {'lr': 1})")
     assert prog.report() is None                  # nothing changed: nothing said
+
+
+@pytest.mark.ray
+def test_run_search_from_python_returns_the_table_best_first(tmp_path, ray_session):
+    import distnn
+    from tests.data import tiny
+    data = tiny.write_blobs(tmp_path, 600, 200, low=150, high=100)
+    res = distnn.run_search(TrainConfig(dataset="idx", data_dir=str(data), layers=(64, 8, 4),
+                                    epochs=2, batch_size=20),
+                        grid={"lr": [0.05, 0.5]}, out=str(tmp_path / "s"))
+    table = res["table"]
+    assert sorted(table["lr"]) == [0.05, 0.5] and res["trials"] == 2
+    assert list(table["valid_accuracy"]) == sorted(table["valid_accuracy"], reverse=True)
+    assert res["best"] == {"lr": table["lr"].iloc[0]} and 0 < res["test_accuracy"] <= 1
+    assert (tmp_path / "s" / "best.toml").is_file()
+    with pytest.raises(ValueError, match="out"):       # never onto its own dataset
+        distnn.run_search(TrainConfig(dataset="idx", data_dir=str(data)), grid={"lr": [0.1]},
+                      out=str(data))
