@@ -19,7 +19,8 @@ def cmd_train(args) -> int:
     if print_config(args, cfg):
         return 0
     try:
-        m = train(cfg, inputs={"--config": args.config}, resumed=resumed)
+        m = train(cfg, inputs={"--config": args.config}, resumed=resumed,
+                  on_node_lost=lambda: _print_resume(cfg))
     except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

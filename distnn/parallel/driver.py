@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = True,
-          callbacks=(), inputs: dict | None = None, resumed=None) -> dict:
+          callbacks=(), inputs: dict | None = None, resumed=None, on_node_lost=None) -> dict:
     """Train as ``cfg`` says on ``cfg.workers`` workers (1: in this process, no Ray);
     return the metrics dict written by ``--metrics-out``, with the trained ``network``
     and its input ``normalizer``.  ``resumed``: the checkpoint ``cfg.resume`` names,
-    already read (``train.resume.read``; read here when not given)."""
+    already read (``train.resume.read``; read here when not given).  ``on_node_lost``:
+    called before this process exits (status 4) if the Ray node it started dies
+    (``session.watch_node``)."""
     comm.check(cfg.allreduce)
     compress.check(cfg.compress, cfg.dtype)
     if cfg.local and not cfg.replicas:
@@ -65,6 +67,9 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
             from .session import start_ray, workers_to_start
             started = start_ray(cfg.address, cfg.workers, may_wait=True,
                                 threads=cfg.threads or 1)
+            if started:
+                from .session import watch_node
+                watch_node(on_node_lost)
         world = workers_to_start(cfg) if cfg.workers > 1 else 1
         pool = open_pool(run_cfg, data, reduce_buffer(run_cfg)[0], world)
         trainer = Trainer(run_cfg, data, pool,

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 
 from ..config import TrainConfig
@@ -164,10 +165,92 @@ def _start_local(worker_output: bool = True) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)   # a Ctrl-C pressed meanwhile
 
 
-def stop_ray() -> None:
-    """Shut down the Ray that ``start_ray`` started, and its watchdog."""
+#: the watch of the node started here (``watch_node``); set to None to end it
+_node_watch = None
+
+
+def watch_node(on_lost=None, poll: float = 0.1) -> None:
+    """For a Ray that ``start_ray`` started here: a daemon thread that, once the node's
+    raylet has died (killed, out of memory; its agent's death takes it down too), says
+    so on stderr, calls ``on_lost()`` (e.g. to say how to resume), and ends this process
+    with exit status 4.  Ray's driver would otherwise exit on its own a moment later with
+    nothing but Ray's log lines (its workers already gone with their raylet)."""
+    import threading
     import ray
-    global _reaper
+    global _node_watch
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    node = getattr(node, "_global_node", None)
+    procs = getattr(node, "all_processes", {}).get("raylet") or []
+    pid = getattr(getattr(procs[0], "process", None), "pid", None) if procs else None
+    if pid is None:
+        return
+    token = _node_watch = object()
+
+    def watch():
+        agents: dict[int, str] = {}
+        n = 0
+        while _node_watch is token:
+            time.sleep(poll)
+            if n % 10 == 0:                # the raylet's agents, once started
+                agents.update(_agents(pid))
+            n += 1
+            dead = [f"its raylet (pid {pid})"] if not _alive(pid) else \
+                [f"its {name} (pid {a}), which the raylet does not outlive,"
+                 for a, name in agents.items() if not _alive(a)]
+            if _node_watch is token and dead:
+                print(f"error: this machine's Ray node stopped: {dead[0]} died (killed, "
+                      "or out of memory), and with it every worker; the run cannot go "
+                      "on", file=sys.stderr, flush=True)
+                if on_lost is not None:
+                    try:
+                        on_lost()
+                    finally:
+                        sys.stderr.flush()
+                os._exit(4)
+    threading.Thread(target=watch, name="distnn-node-watch", daemon=True).start()
+
+
+def _agents(raylet: int) -> dict[int, str]:
+    """The raylet's agent processes ({pid: name}): Ray stops the node when one dies."""
+    out = {}
+    try:
+        kids = open(f"/proc/{raylet}/task/{raylet}/children").read().split()
+    except OSError:
+        return out
+    for k in map(int, kids):
+        try:
+            comm = open(f"/proc/{k}/comm").read().strip()
+        except OSError:
+            continue
+        for prefix, name in (("ray::DashboardA", "DashboardAgent"),
+                             ("ray::RuntimeEnv", "RuntimeEnvAgent")):
+            if comm.startswith(prefix):
+                out[k] = name
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:            # no /proc here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
+def stop_ray() -> None:
+    """Shut down the Ray that ``start_ray`` started, and its watchdogs."""
+    import ray
+    global _reaper, _node_watch
+    _node_watch = None
     ray.shutdown()
     if _reaper is not None:
         _reaper.terminate()

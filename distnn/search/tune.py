@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,6 +120,10 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     splits = splits or load_splits(base)
     base = fit_input(base, splits)        # (a conv net's input shape: its trials' costs)
     started = start_ray(address, base.workers, worker_output=False) if todo else False
+    if started:       # the node gone: say so, and how to go on, not Ray's exit alone
+        from ..parallel.session import watch_node
+        watch_node(lambda: print(f"the finished trials are in {out}; the same command "
+                                 "with --resume-search runs the rest", file=sys.stderr))
     watch = Progress(out_dir, len(trials), base.monitor, mirror=mirror)
     try:
         watch.start()

@@ -114,3 +114,36 @@ def test_a_killed_drivers_ray_processes_and_shm_file_go_with_it(blob_dir, tmp_pa
     t0 = time.monotonic()
     assert _wait_gone(pids, 20) == ([], [])
     assert time.monotonic() - t0 < 10            # was 30-60 s, and the file stayed
+
+
+def _child(pid, comm_prefix):
+    """The descendant of ``pid`` whose process name starts with ``comm_prefix``."""
+    for p in descendants(pid):
+        try:
+            if Path(f"/proc/{p}/comm").read_text().startswith(comm_prefix):
+                return p
+        except OSError:
+            continue
+    pytest.fail(f"no {comm_prefix} process under {pid}")
+
+
+@pytest.mark.parametrize("victim,named", [("raylet", "its raylet"),
+                                          ("ray::DashboardA", "its DashboardAgent")])
+def test_a_dead_raylet_or_agent_ends_the_run_with_a_message_and_the_resume(
+        blob_dir, tmp_path, victim, named):
+    """Ray's driver exits on its own once its node is gone, with Ray's log lines only
+    (exit 1): distnn says what died and how to resume, exit 4, and the resume works."""
+    ck = tmp_path / "ck"
+    proc = _start(blob_dir, ck)
+    _wait_for_checkpoint(proc, ck)
+    pid = _child(proc.pid, victim)
+    pids = descendants(proc.pid)
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 4, err[-3000:]
+    assert f"error: this machine's Ray node stopped: {named} (pid {pid})" in err
+    assert "Traceback" not in err
+    last = ckpt.load(ck).meta["epoch"]
+    assert err.rstrip().endswith(f"the last checkpoint is {ck}/epoch-{last:04d}; resume "
+                                 f"with: distnn train --resume {ck}"), err[-500:]
+    assert _wait_gone(pids, 20) == ([], [])
