@@ -3,7 +3,7 @@ process and against the same hosts synchronising once an epoch (the ceiling).
 
     python scripts/bench_local.py [--hosts 2] [--rate 1gbit] [--steps 1,8,32,128]
         [--outer average,nesterov] [--compress none,bf16] [--epochs 6] [--overlap]
-        [--peer [localsgd,diloco]] [--write docs/BENCHMARKS.md]
+        [--peer [localsgd,diloco]] [--torchft DIR] [--write docs/BENCHMARKS.md]
     python scripts/bench_local.py --projection [--write docs/BENCHMARKS.md]
     python scripts/bench_local.py --accuracy 3 [--layers 784,800,10] [--steps 32]
         [--compress none,bf16] [--epochs 10] [--write docs/BENCHMARKS.md]
@@ -67,7 +67,7 @@ def summary(path: Path, ckpt_dir: Path) -> dict:
 
 
 def peer(cluster, hosts: int, period: int, epochs: int, tmp: Path,
-         kind: str = "localsgd") -> dict:
+         kind: str = "localsgd", path: str | None = None) -> dict:
     """PyTorch's PostLocalSGDOptimizer (scripts/peer_localsgd.py, gloo) or torchft's
     DiLoCo (scripts/peer_diloco.py) at period H on the same hosts, a process per host."""
     out = tmp / f"peer-{kind}{period}.json"
@@ -78,7 +78,8 @@ def peer(cluster, hosts: int, period: int, epochs: int, tmp: Path,
         sys.executable, script, "--rank", str(i), "--world", str(hosts), *where,
         *([] if kind == "localsgd" else ["--ip", cluster.ips[i]]),
         "--period", str(period), "--epochs", str(epochs), "--out", str(out)]),
-        env={**cluster.env(), "GLOO_SOCKET_IFNAME": "eth0"}, cwd=ROOT,
+        env={**cluster.env(), "GLOO_SOCKET_IFNAME": "eth0",
+             **({"PYTHONPATH": path} if path else {})}, cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(hosts)]
     for pr in procs:
         _, err = pr.communicate(timeout=3600)
@@ -194,7 +195,10 @@ def main(argv=None) -> int:
                    metavar="localsgd,diloco",
                    help="also the peers at each H: PyTorch's PostLocalSGDOptimizer "
                    "(localsgd, the default) and torchft's DiLoCo (diloco: torchft "
-                   "importable, e.g. pip install --target DIR torchft and PYTHONPATH=DIR)")
+                   "importable: pip install --target DIR --no-deps torchft, its "
+                   "opentelemetry dependencies beside it, and --torchft DIR)")
+    p.add_argument("--torchft", metavar="DIR",
+                   help="where torchft is installed (the diloco peer's PYTHONPATH alone)")
     p.add_argument("--accuracy", type=int, default=0, metavar="SEEDS",
                    help="instead: test accuracy over SEEDS seeds against synchronous")
     p.add_argument("--layers", default="784,800,10", help="with --accuracy: the network")
@@ -250,7 +254,8 @@ def main(argv=None) -> int:
                                 [*flags, "--overlap-sync"], args.epochs, c)
             for kind in filter(None, (args.peer or "").split(",")):
                 for h in (int(x) for x in args.steps.split(",")):
-                    rows.append(peer(c, M, h, args.epochs, Path(tmp), kind))
+                    rows.append(peer(c, M, h, args.epochs, Path(tmp), kind,
+                                     args.torchft if kind == "diloco" else None))
                     print(json.dumps(rows[-1]), flush=True)
             one(f"{M} hosts, one sync an epoch (ceiling)",
                 ["--local-steps", str(STEPS_PER_EPOCH), "--replicas", str(M)], 2, c)

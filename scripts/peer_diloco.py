@@ -80,6 +80,7 @@ def main(argv=None) -> int:
         replica_id=f"replica{a.rank}", store_addr=a.ip, store_port=store.port, rank=0,
         world_size=1, lighthouse_addr=f"http://{a.lighthouse}:{LIGHTHOUSE_PORT}",
         hostname=a.ip, port=19530 + a.rank, timeout=timedelta(seconds=120),
+        init_sync=False,       # every replica starts from the same seed: nothing to heal
         quorum_timeout=timedelta(seconds=120), connect_timeout=timedelta(seconds=60))
     loss_fn = torch.nn.CrossEntropyLoss()
     n, B = len(y), a.batch_size
