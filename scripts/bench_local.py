@@ -81,10 +81,11 @@ def peer(cluster, hosts: int, period: int, epochs: int, tmp: Path,
         env={**cluster.env(), "GLOO_SOCKET_IFNAME": "eth0",
              **({"PYTHONPATH": path} if path else {})}, cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(hosts)]
-    for pr in procs:
-        _, err = pr.communicate(timeout=3600)
-        if pr.returncode:
-            raise RuntimeError(f"the peer failed:\n{err[-3000:]}")
+    errs = [pr.communicate(timeout=3600)[1] for pr in procs]
+    failed = [(i, pr.returncode, e) for i, (pr, e) in enumerate(zip(procs, errs)) if pr.returncode]
+    if failed:
+        raise RuntimeError("the peer failed:\n" + "\n".join(
+            f"rank {i} (exit {rc}):\n{e[-3000:]}" for i, rc, e in failed))
     h = json.loads(out.read_text())["history"]
     t, to98 = 0.0, None
     for e in h:
@@ -100,6 +101,22 @@ def peer(cluster, hosts: int, period: int, epochs: int, tmp: Path,
 
 
 P_MAIN = 784 * 800 + 800 + 800 * 10 + 10
+
+
+def peer_row(cluster, hosts: int, period: int, args, tmp: Path, kind: str) -> dict:
+    """The peer's row; a peer that fails twice (torchft's quorum has timed out here now
+    and then) is a row that says so, and the run goes on."""
+    for attempt in (1, 2):
+        try:
+            return peer(cluster, hosts, period, args.epochs, tmp, kind,
+                        args.torchft if kind == "diloco" else None)
+        except RuntimeError as e:
+            why = [line for line in str(e).splitlines() if "Error" in line][-1:] or ["?"]
+            print(f"{kind} at H = {period}, attempt {attempt} failed: {why[0][:200]}",
+                  flush=True)
+    return {"name": f"{kind} at H = {period}: failed twice ({why[0][:80]})",
+            "ex_s": float("nan"), "to98": None, "bytes_per_example": 0.0,
+            "valid": float("nan"), "test": None, "epochs": 0}
 
 
 def projection(args) -> int:
@@ -254,8 +271,7 @@ def main(argv=None) -> int:
                                 [*flags, "--overlap-sync"], args.epochs, c)
             for kind in filter(None, (args.peer or "").split(",")):
                 for h in (int(x) for x in args.steps.split(",")):
-                    rows.append(peer(c, M, h, args.epochs, Path(tmp), kind,
-                                     args.torchft if kind == "diloco" else None))
+                    rows.append(peer_row(c, M, h, args, Path(tmp), kind))
                     print(json.dumps(rows[-1]), flush=True)
             one(f"{M} hosts, one sync an epoch (ceiling)",
                 ["--local-steps", str(STEPS_PER_EPOCH), "--replicas", str(M)], 2, c)

@@ -19,55 +19,33 @@ and test accuracy.  ``scripts/bench_local.py --peer diloco`` runs it on simulate
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _peer  # noqa: E402
 
 LIGHTHOUSE_PORT = 29510
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--world", type=int, required=True)
+    p = _peer.parser(__doc__)
     p.add_argument("--ip", required=True, help="this host's address")
     p.add_argument("--lighthouse", required=True, help="rank 0's address")
-    p.add_argument("--period", type=int, required=True)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out")
     a = p.parse_args(argv)
-    import numpy as np
     import torch
     import torch.distributed as dist
     from torchft._torchft import LighthouseServer
     from torchft.local_sgd import DiLoCo
     from torchft.manager import Manager
     from torchft.process_group import ProcessGroupGloo
-
-    from distnn.config import TrainConfig
-    from distnn.train.data import load_splits
-    torch.set_num_threads(1)
-    lighthouse = LighthouseServer(bind=f"[::]:{LIGHTHOUSE_PORT}", min_replicas=a.world) \
-        if a.rank == 0 else None
-    s = load_splits(TrainConfig(dataset="mnist"))
-    x = torch.tensor(s.train.x.reshape(len(s.train.y), -1), dtype=torch.float32) / 255
-    y = torch.tensor(s.train.y, dtype=torch.long)
-    xt = torch.tensor(s.test.x.reshape(len(s.test.y), -1), dtype=torch.float32) / 255
-    yt = torch.tensor(s.test.y, dtype=torch.long)
-    torch.manual_seed(a.seed)           # the same initial parameters on every replica
-    model = torch.nn.Sequential(torch.nn.Linear(784, 800), torch.nn.ReLU(),
-                                torch.nn.Linear(800, 10))
-    for m in model:
-        if isinstance(m, torch.nn.Linear):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            torch.nn.init.zeros_(m.bias)
+    # (heartbeats missed for a minute, not torchft's default seconds: the simulated
+    # hosts share 2 cores, and a replica is never lost here)
+    lighthouse = LighthouseServer(bind=f"[::]:{LIGHTHOUSE_PORT}", min_replicas=a.world,
+                                  heartbeat_timeout_ms=60000) if a.rank == 0 else None
+    data = _peer.main_job(a.seed)        # the same initial parameters on every replica
+    model = data[-1]
     inner = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     outer = torch.optim.SGD(model.parameters(), lr=0.7, momentum=0.9, nesterov=True)
     store = dist.TCPStore(host_name=a.ip, port=0, is_master=True, wait_for_workers=False)
@@ -82,30 +60,9 @@ def main(argv=None) -> int:
         hostname=a.ip, port=19530 + a.rank, timeout=timedelta(seconds=120),
         init_sync=False,       # every replica starts from the same seed: nothing to heal
         quorum_timeout=timedelta(seconds=120), connect_timeout=timedelta(seconds=60))
-    loss_fn = torch.nn.CrossEntropyLoss()
-    n, B = len(y), a.batch_size
-    history = []
     with DiLoCo(manager, [model], inner, outer, sync_every=a.period,
                 backup_device=torch.device("cpu"), pin_memory=False):
-        for epoch in range(a.epochs):
-            order = torch.from_numpy(np.random.default_rng([a.seed, epoch]).permutation(n))
-            t0 = time.perf_counter()
-            for k in range(0, n, B):
-                g = order[k:k + B]
-                mine = g[a.rank * len(g) // a.world:(a.rank + 1) * len(g) // a.world]
-                inner.zero_grad(set_to_none=True)
-                loss_fn(model(x[mine]), y[mine]).backward()
-                inner.step()
-            seconds = time.perf_counter() - t0
-            with torch.no_grad():
-                acc = float((model(xt).argmax(1) == yt).float().mean())
-            history.append({"epoch": epoch, "train_seconds": seconds,
-                            "examples_per_second": n / seconds, "test_accuracy": acc,
-                            "syncs": manager.current_step()})
-            if a.rank == 0:
-                print(json.dumps(history[-1]), flush=True)
-    if a.rank == 0 and a.out:
-        Path(a.out).write_text(json.dumps({"history": history}))
+        _peer.train(a, data, inner, extra=lambda: {"syncs": manager.current_step()})
     manager.shutdown(wait=False)
     if lighthouse is not None:
         lighthouse.shutdown()
