@@ -74,14 +74,23 @@ def peer(cluster, hosts: int, period: int, epochs: int, tmp: Path,
     script = str(ROOT / "scripts" / f"peer_{kind}.py")
     where = (["--master", f"{cluster.ips[0]}:29533"] if kind == "localsgd" else
              ["--lighthouse", cluster.ips[0]])
+    logs = [tempfile.TemporaryFile(dir=tmp) for _ in range(hosts)]
     procs = [subprocess.Popen(cluster.command(i, [
         sys.executable, script, "--rank", str(i), "--world", str(hosts), *where,
         *([] if kind == "localsgd" else ["--ip", cluster.ips[i]]),
         "--period", str(period), "--epochs", str(epochs), "--out", str(out)]),
         env={**cluster.env(), "GLOO_SOCKET_IFNAME": "eth0",
              **({"PYTHONPATH": path} if path else {})}, cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(hosts)]
-    errs = [pr.communicate(timeout=3600)[1] for pr in procs]
+        # (stderr into files, not pipes read one after another: torchft logs enough
+        # to fill a pipe, and a rank blocked writing to it stalls every other rank)
+        stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(hosts)]
+    for pr in procs:
+        pr.wait(timeout=3600)
+    errs = []
+    for f in logs:
+        f.seek(0)
+        errs.append(f.read().decode(errors="replace"))
+        f.close()
     failed = [(i, pr.returncode, e) for i, (pr, e) in enumerate(zip(procs, errs)) if pr.returncode]
     if failed:
         raise RuntimeError("the peer failed:\n" + "\n".join(
@@ -257,6 +266,12 @@ def main(argv=None) -> int:
 
         one("one process, synchronous", [], args.epochs)
         with simcluster.SimCluster(M, 1, args.rate) as c:
+            # the peers first, on hosts where no distnn run has been: torchft's DiLoCo
+            # hung in its quorum (twice in a row) when run after them
+            for kind in filter(None, (args.peer or "").split(",")):
+                for h in (int(x) for x in args.steps.split(",")):
+                    rows.append(peer_row(c, M, h, args, Path(tmp), kind))
+                    print(json.dumps(rows[-1]), flush=True)
             one(f"{M} hosts, synchronous", [], 2, c)
             for outer in args.outer.split(","):
                 for h in (int(x) for x in args.steps.split(",")):
@@ -269,10 +284,6 @@ def main(argv=None) -> int:
                         if args.overlap:
                             one(f"{M} hosts, H = {h}, {outer}{tag}, --overlap-sync",
                                 [*flags, "--overlap-sync"], args.epochs, c)
-            for kind in filter(None, (args.peer or "").split(",")):
-                for h in (int(x) for x in args.steps.split(",")):
-                    rows.append(peer_row(c, M, h, args, Path(tmp), kind))
-                    print(json.dumps(rows[-1]), flush=True)
             one(f"{M} hosts, one sync an epoch (ceiling)",
                 ["--local-steps", str(STEPS_PER_EPOCH), "--replicas", str(M)], 2, c)
         ceiling = rows[-1]["ex_s"]
