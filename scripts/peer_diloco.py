@@ -57,7 +57,10 @@ def main(argv=None) -> int:
         state_dict=lambda: {"model": model.state_dict(), "inner": inner.state_dict()},
         replica_id=f"replica{a.rank}", store_addr=a.ip, store_port=store.port, rank=0,
         world_size=1, lighthouse_addr=f"http://{a.lighthouse}:{LIGHTHOUSE_PORT}",
-        hostname=a.ip, port=19530 + a.rank, timeout=timedelta(seconds=120),
+        # (the manager server on any free port: a fixed one such as torchft's
+        # examples' 19530 lies in Ray's worker port range, 10002-19999, and a Ray
+        # worker on these hosts may hold it)
+        hostname=a.ip, port=0, timeout=timedelta(seconds=120),
         init_sync=False,       # every replica starts from the same seed: nothing to heal
         quorum_timeout=timedelta(seconds=120), connect_timeout=timedelta(seconds=60))
     with DiLoCo(manager, [model], inner, outer, sync_every=a.period,
