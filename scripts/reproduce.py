@@ -76,9 +76,6 @@ EXPERIMENTS = {
                     "--recipe nielsen-ch6 --no-monitor-train", 1),
     "simard-cnn": ("convolutional net with elastic distortions (Simard 2003)", "99.6%",
                    "--recipe simard-cnn --no-monitor-train", 1),
-    "cnn-elastic": ("Goal (#40): Nielsen ch. 6's conv net trained as the 99.5% MLP is (momentum, "
-                    "cosine over 60 epochs, affine + elastic, 60,000 images, --ema 0.999)",
-                    "≥ 99.6% (goal)", "--recipe cnn-elastic", 1),
     "dropout": ("dropout 0.5 hidden + 0.2 input with max-norm (Hinton 2012 / Srivastava 2014)",
                 "98.7%–98.9%", "--recipe dropout --epochs 40", 1),
     "dropout-100": ("dropout, as above, 100 epochs", "98.7%–98.9%",
