@@ -20,7 +20,7 @@ def cmd_train(args) -> int:
         return 0
     try:
         m = train(cfg, inputs={"--config": args.config}, resumed=resumed,
-                  on_node_lost=lambda: _print_resume(cfg))
+                  on_node_lost=lambda: resume_hint(cfg))
     except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -116,18 +116,19 @@ def _output_flags(cfg) -> str:
 def _print_resume(cfg) -> None:
     """After a stop, where the last complete epoch is and the command that continues
     (the checkpoint holds every setting, so ``--resume DIR`` is the whole command)."""
+    print(resume_hint(cfg), file=sys.stderr)
+
+
+def resume_hint(cfg) -> str:
+    """``_print_resume``'s line."""
     if not cfg.checkpoint_dir:
-        print("no --checkpoint-dir was given, so there is nothing to resume from",
-              file=sys.stderr)
-        return
+        return "no --checkpoint-dir was given, so there is nothing to resume from"
     name = _pointers(cfg.checkpoint_dir).get("latest")
     if name is None:
-        print("no epoch was completed; start the run again", file=sys.stderr)
-        return
+        return "no epoch was completed; start the run again"
     where = f"the last checkpoint is {cfg.checkpoint_dir.rstrip('/')}/{name}"
-    more = _output_flags(cfg)
-    print(f"{where}; resume with: distnn train --resume {shlex.quote(cfg.checkpoint_dir)}"
-          f"{more}", file=sys.stderr)
+    return f"{where}; resume with: distnn train --resume {shlex.quote(cfg.checkpoint_dir)}" \
+        f"{_output_flags(cfg)}"
 
 
 def cmd_gradcheck(args) -> int:

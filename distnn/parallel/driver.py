@@ -33,8 +33,8 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     return the metrics dict written by ``--metrics-out``, with the trained ``network``
     and its input ``normalizer``.  ``resumed``: the checkpoint ``cfg.resume`` names,
     already read (``train.resume.read``; read here when not given).  ``on_node_lost``:
-    called before this process exits (status 4) if the Ray node it started dies
-    (``session.watch_node``)."""
+    returns a line to say (how to resume) before this process exits (status 4) if the
+    Ray node it started dies (``session.watch_node``)."""
     comm.check(cfg.allreduce)
     compress.check(cfg.compress, cfg.dtype)
     if cfg.local and not cfg.replicas:

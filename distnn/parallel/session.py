@@ -172,8 +172,8 @@ _node_watch = None
 def watch_node(on_lost=None, poll: float = 0.1) -> None:
     """For a Ray that ``start_ray`` started here: a daemon thread that, once the node's
     raylet has died (killed, out of memory; its agent's death takes it down too), says
-    so on stderr, calls ``on_lost()`` (e.g. to say how to resume), and ends this process
-    with exit status 4.  Ray's driver would otherwise exit on its own a moment later with
+    so on stderr with what ``on_lost()`` returns (e.g. how to resume), and ends this
+    process with exit status 4.  Ray's driver would otherwise exit on its own a moment later with
     nothing but Ray's log lines (its workers already gone with their raylet)."""
     import threading
     import ray
@@ -187,44 +187,102 @@ def watch_node(on_lost=None, poll: float = 0.1) -> None:
     token = _node_watch = object()
 
     def watch():
-        agents: dict[int, str] = {}
-        n = 0
+        names = {pid: f"raylet (pid {pid})"}
+        waits = _Exits()
+        waits.add(pid)
+        rescan = 0.0
         while _node_watch is token:
-            time.sleep(poll)
-            if n % 10 == 0:                # the raylet's agents, once started
-                agents.update(_agents(pid))
-            n += 1
-            dead = [f"its raylet (pid {pid})"] if not _alive(pid) else \
-                [f"its {name} (pid {a}), which the raylet does not outlive,"
-                 for a, name in agents.items() if not _alive(a)]
+            if time.monotonic() >= rescan:    # the raylet's agents, once started
+                for a, name in _agents(pid).items():
+                    if a not in names:
+                        names[a] = f"{name} (pid {a})"
+                        waits.add(a)
+                rescan = time.monotonic() + (0.2 if len(names) < 3 else 5.0)
+            # woken the moment one exits (a pidfd), or polled where there are none;
+            # an agent's death is seen before the raylet's, and Ray's driver quits
+            # on its own soon after the raylet
+            woken = waits.wait(poll if not waits.fds or len(names) < 3 else 1.0)
+            dead = [p for p in (woken and names) if not _alive(p)]
             if _node_watch is token and dead:
-                print(f"error: this machine's Ray node stopped: {dead[0]} died (killed, "
-                      "or out of memory), and with it every worker; the run cannot go "
-                      "on", file=sys.stderr, flush=True)
-                if on_lost is not None:
-                    try:
-                        on_lost()
-                    finally:
-                        sys.stderr.flush()
+                # one write, then the exit at once: Ray's driver quits by itself (exit 1)
+                # a moment after its raylet, whatever Python is doing
+                # (all that are gone by now, agents first: the raylet does not
+                # outlive an agent, and stops the others)
+                gone = [names[p] for p in sorted(set(dead), key=lambda p: p == pid)]
+                what = gone[0] if len(gone) == 1 else \
+                    ", ".join(gone[:-1]) + " and " + gone[-1]
+                text = (f"error: this machine's Ray node stopped: its {what} died "
+                        "(killed, or out of memory; the raylet does not outlive its "
+                        "agents), and with it every worker; the run cannot go on\n")
+                try:
+                    more = on_lost() if on_lost is not None else None
+                except Exception:      # noqa: BLE001 - the message above still goes out
+                    more = None
+                if more:
+                    text += more.rstrip("\n") + "\n"
+                sys.stderr.flush()
+                os.write(2, text.encode(errors="replace"))
                 os._exit(4)
+        waits.close()
     threading.Thread(target=watch, name="distnn-node-watch", daemon=True).start()
 
 
+class _Exits:
+    """Processes to be told of the moment one exits: a pidfd each where Linux offers
+    them (``wait`` returns at once), else polled."""
+
+    def __init__(self):
+        import select
+        self.pids, self.fds = [], {}
+        self.poller = select.poll() if hasattr(os, "pidfd_open") else None
+
+    def add(self, pid: int) -> None:
+        self.pids.append(pid)
+        if self.poller is not None:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:       # gone already (then seen dead at once), or no pidfds
+                return
+            self.fds[fd] = pid
+            self.poller.register(fd)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = {}
+
+    def wait(self, timeout: float) -> list[int]:
+        """The pids that may have exited within ``timeout`` seconds (check them)."""
+        if self.fds:
+            ready = self.poller.poll(timeout * 1000)
+            return [self.fds[fd] for fd, _ in ready] or \
+                [p for p in self.pids if p not in self.fds.values()]
+        time.sleep(timeout)
+        return list(self.pids)
+
+
 def _agents(raylet: int) -> dict[int, str]:
-    """The raylet's agent processes ({pid: name}): Ray stops the node when one dies."""
-    out = {}
+    """The raylet's agent processes ({pid: name}): Ray stops the node when one dies.
+    Known by their process title, or before they set it by their script."""
+    kids = []
     try:
-        kids = open(f"/proc/{raylet}/task/{raylet}/children").read().split()
+        for task in os.listdir(f"/proc/{raylet}/task"):      # any thread may spawn
+            with open(f"/proc/{raylet}/task/{task}/children") as f:
+                kids += f.read().split()
     except OSError:
-        return out
+        return {}
+    out = {}
     for k in map(int, kids):
         try:
-            comm = open(f"/proc/{k}/comm").read().strip()
+            with open(f"/proc/{k}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ")
         except OSError:
             continue
-        for prefix, name in (("ray::DashboardA", "DashboardAgent"),
-                             ("ray::RuntimeEnv", "RuntimeEnvAgent")):
-            if comm.startswith(prefix):
+        for marks, name in (((b"ray::DashboardAgent", b"dashboard/agent.py"),
+                             "DashboardAgent"),
+                            ((b"ray::RuntimeEnvAgent", b"runtime_env/agent"),
+                             "RuntimeEnvAgent")):
+            if any(m in cmd for m in marks):
                 out[k] = name
     return out
 

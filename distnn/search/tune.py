@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,8 +121,8 @@ def run_search(base: TrainConfig, trials: list[dict], out: str, *, name: str = "
     started = start_ray(address, base.workers, worker_output=False) if todo else False
     if started:       # the node gone: say so, and how to go on, not Ray's exit alone
         from ..parallel.session import watch_node
-        watch_node(lambda: print(f"the finished trials are in {out}; the same command "
-                                 "with --resume-search runs the rest", file=sys.stderr))
+        watch_node(lambda: f"the finished trials are in {out}; the same command with "
+                   "--resume-search runs the rest")
     watch = Progress(out_dir, len(trials), base.monitor, mirror=mirror)
     try:
         watch.start()
