@@ -173,8 +173,9 @@ def watch_node(on_lost=None, poll: float = 0.1) -> None:
     """For a Ray that ``start_ray`` started here: a daemon thread that, once the node's
     raylet has died (killed, out of memory; its agent's death takes it down too), says
     so on stderr with what ``on_lost()`` returns (e.g. how to resume), and ends this
-    process with exit status 4.  Ray's driver would otherwise exit on its own a moment later with
-    nothing but Ray's log lines (its workers already gone with their raylet)."""
+    process with exit status 4.  Ray's driver would otherwise exit on its own a moment
+    later with nothing but Ray's log lines (its workers already gone with their
+    raylet)."""
     import threading
     import ray
     global _node_watch
