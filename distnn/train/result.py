@@ -101,8 +101,9 @@ class Result(Mapping):
     @property
     def checkpoint_dir(self) -> Path | str | None:
         """Where the checkpoints are: a Path, or the URI (``s3://...``) as given."""
+        from ..io import store
         p = self._metrics["config"].get("checkpoint_dir")
-        return None if not p else p if "://" in p else Path(p)
+        return None if not p else p if store.is_uri(p) else store.local(p)
 
     def dataframe(self):
         """The history as a pandas DataFrame, one row per epoch (needs pandas)."""
