@@ -35,7 +35,7 @@ def run_of(run) -> tuple[list[dict], str, dict]:
     best = c.meta.get("best_epoch")
     if (root / "best").is_file():
         try:
-            best = ckpt.read_meta(ckpt.resolve(root, "best")[0])[1]["epoch"]
+            best = ckpt.read_meta(root, "best")[1]["epoch"]
         except (ckpt.CheckpointError, OSError, ValueError):
             pass
     return history, f"{root.name} ({c.path.name})", _marks(
