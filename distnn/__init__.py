@@ -10,6 +10,12 @@ __all__ = ["Callback", "Network", "Result", "TrainConfig", "TrainedModel", "data
            "run_search", "__version__"]
 
 
+def _config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
+    """``config`` (the defaults where None) with ``overrides`` applied."""
+    cfg = config or TrainConfig()
+    return cfg.replace(**overrides) if overrides else cfg
+
+
 def fit(config: TrainConfig | None = None, splits=None, *, callbacks=(),
         **overrides) -> "Result":
     """Train from a ``TrainConfig`` (fields may be overridden by keyword, e.g.
@@ -20,9 +26,8 @@ def fit(config: TrainConfig | None = None, splits=None, *, callbacks=(),
     Returns a ``Result``: ``.network``, ``.test_accuracy``, ``.history``,
     ``.dataframe()``, ``.best``, ``.checkpoint("best")``, ... and, as a mapping, the
     metrics dict that --metrics-out writes (``result["test_accuracy"]``)."""
-    cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    cfg = _config(config, overrides)
     from .parallel.driver import train
-    from .train.result import Result
     return Result(train(cfg, splits, callbacks=tuple(callbacks)))
 
 
@@ -37,7 +42,7 @@ def run_search(config: TrainConfig | None = None, grid=None, random=None, *, sam
     pandas DataFrame, best first by ``config.monitor``; "best": the winning overrides;
     "best_valid"; "test_accuracy" and "test_cost" of the winner; "best_config": the path
     of its TOML; "trials"}."""
-    cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    cfg = _config(config, overrides)
     from .data.datasets import read_from
     from .io.files import check_not_input
     from .search import space, tune
