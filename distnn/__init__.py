@@ -16,17 +16,28 @@ def _config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def fit(config: TrainConfig | None = None, splits=None, *, callbacks=(),
+def fit(config: TrainConfig | None = None, splits=None, *, datasets=None, callbacks=(),
         **overrides) -> "Result":
     """Train from a ``TrainConfig`` (fields may be overridden by keyword, e.g.
     ``workers=2``); ``workers > 1`` runs on Ray (in the session already open, or a local
     one).  ``splits``: a ``data.Splits`` to train on instead of ``config.dataset``.
+    ``datasets``: a ``ray.data.Dataset``, or {"train": ds, "valid": ds, "test": ds},
+    read as a Parquet dataset is (its columns, ``split_column`` and ``split`` settings;
+    ``data.ray_data``): the run records ``dataset = "ray-dataset"``, and a resume is
+    given the same rows again.
     ``callbacks``: ``Callback`` objects, called on this process after every epoch (and
     with progress within one); ``trainer.stop = True`` ends the run after the epoch.
     Returns a ``Result``: ``.network``, ``.test_accuracy``, ``.history``,
     ``.dataframe()``, ``.best``, ``.checkpoint("best")``, ... and, as a mapping, the
     metrics dict that --metrics-out writes (``result["test_accuracy"]``)."""
-    cfg = _config(config, overrides)
+    if datasets is not None:
+        if splits is not None:
+            raise ValueError("give splits or datasets, not both")
+        from .data.ray_data import NAME, open_ray
+        cfg = _config(config, {**overrides, "dataset": NAME})
+        splits = open_ray(datasets, cfg.data_options())
+    else:
+        cfg = _config(config, overrides)
     from .parallel.driver import train
     return Result(train(cfg, splits, callbacks=tuple(callbacks)))
 

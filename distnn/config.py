@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from .core import activations, architecture, costs, init, optim, regularizers, schedules
 from .core.network import NetworkSpec
 from .data.augment import parse_spec
-from .data.datasets import check_known, location
+from .data.datasets import check_known, on_demand
 
 
 @dataclass(frozen=True)
@@ -325,12 +325,13 @@ def _validate_run(c: TrainConfig) -> None:
     _int_at_least("max_image_pixels", c.max_image_pixels, 1)
     if c.shard_memory is not None:
         _int_at_least("shard_memory", c.shard_memory, 1)
-    parquet = location(c.dataset) is not None
+    parquet = on_demand(c.dataset)
     for name, default in (("shard_memory", None), ("data_shards", 0),
                           ("label_column", "label"), ("feature_columns", ""),
                           ("split_column", None), ("split", "80/10/10")):
         _require(parquet or getattr(c, name) == default, f"{name} applies to a --dataset "
-                 f"parquet:...; {c.dataset} has its own splits and columns and is held "
+                 f"parquet:... (or a Ray Dataset); {c.dataset} has its own splits and "
+                 "columns and is held "
                  "whole: leave it out")
     features = [f.strip() for f in c.feature_columns.split(",") if f.strip()]
     _require(len(set(features)) == len(features), f"feature_columns names a column twice: "

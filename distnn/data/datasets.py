@@ -292,6 +292,12 @@ def _parquet(name, data_dir, mirrors, options) -> Splits:
     return open_parquet(location(name), options or Options())
 
 
+def _ray_dataset(name, data_dir, mirrors, options) -> Splits:
+    raise DataError("--dataset ray-dataset is a Ray Dataset given from Python, not a "
+                    "location: pass it again, distnn.fit(config, datasets=...) (to resume: "
+                    "the same Dataset with resume=...)")
+
+
 #: how each kind of dataset is loaded: (name, data_dir, mirrors, options) -> Splits;
 #: "parquet" serves every ``parquet:URI``
 DATASETS = {
@@ -300,6 +306,7 @@ DATASETS = {
     "digits": lambda name, d, mirrors, o: _digits(d),
     "idx": lambda name, d, mirrors, o: load_custom_idx(d),
     "parquet": _parquet,
+    "ray-dataset": _ray_dataset,
 }
 
 
@@ -316,6 +323,12 @@ def location(name: str) -> str | None:
     """Where a dataset read on demand is read from (the path or URI of
     ``parquet:URI``), or None for a built-in dataset, which is held whole."""
     return name[len(PREFIX):] if name.startswith(PREFIX) else None
+
+
+def on_demand(name: str) -> bool:
+    """Whether dataset ``name`` is read on demand, a shard per worker (a Parquet
+    location or a Ray Dataset), not held whole; its column and split settings apply."""
+    return location(name) is not None or name == "ray-dataset"
 
 
 def read_from(name: str, data_dir: str | None) -> dict:

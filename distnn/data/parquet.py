@@ -69,6 +69,18 @@ class Layout:
     max_pixels: int = 1 << 24  # the largest encoded image decoded (--max-image-pixels)
     root: str = ""             # the files' common directory (names are shown below it)
     content: str = ""          # the files' names below root, sizes and row groups, hashed
+    #: a Ray Dataset's blocks in place of files (``data.ray_data``): ((name, (ObjectRef of
+    #: each block's Arrow table, ...)), ...); a "file" is then one of the names and its row
+    #: groups are its blocks
+    blocks: tuple = ()
+
+    def open(self, path: str):
+        """The file ``path`` of this dataset, open (a ParquetFile, or a Ray Dataset's
+        blocks read as its row groups)."""
+        if self.blocks:
+            from .ray_data import BlockFile
+            return BlockFile(dict(self.blocks)[path])
+        return open_file(self.uri, path)
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,16 @@ class ParquetSplit:
         """Add what this split holds to the hash ``h``: the files' names, sizes and row
         groups, and which rows of them are in the split (not the files' times or where
         they are: a copy of the same files is the same data)."""
+        if self.layout.blocks:    # a Ray Dataset: its rows' digest, whatever the blocks
+            runs: list = []
+            for p in self.parts:
+                key = (p.file, p.names, p.fraction)
+                if runs and runs[-1][0] == key:
+                    runs[-1][1] += p.count
+                else:
+                    runs.append([key, p.count])
+            h.update(repr((self.layout.content, runs)).encode())
+            return
         h.update(repr((self.layout.content, [(self.rel(p.file), p.group, p.count, p.names,
                                               p.fraction) for p in self.parts])).encode())
 
@@ -187,6 +209,8 @@ class ParquetSplit:
         pixel_max = self.layout.pixel_max
         if not standardize:
             return Normalizer(pixel_max)
+        if self.layout.blocks:      # a Ray Dataset's blocks: nothing to key a cache by
+            return Normalizer.fit_stream(self.chunks(), pixel_max, True)
         key = hashlib.sha256(repr((self.layout, self.parts, self.split_column)).encode())
         path = cache_root() / "stats" / f"{key.hexdigest()[:32]}.npz"
         if path.is_file():
@@ -201,7 +225,7 @@ class ParquetSplit:
     def _file(self, path: str):
         """``path`` opened once for this split's reads (its footer read once)."""
         if path not in self._files:
-            self._files[path] = open_file(self.layout.uri, path)
+            self._files[path] = self.layout.open(path)
         return self._files[path]
 
     def chunks(self):
@@ -223,7 +247,7 @@ def read_part(layout: Layout, p: Part, split_column=None, with_x: bool = True,
     already open."""
     cols = [layout.label, *(layout.columns if with_x else ())] + \
         ([split_column] if p.names else [])
-    table = (handle or open_file(layout.uri, p.file)).read_row_group(p.group, columns=cols)
+    table = (handle or layout.open(p.file)).read_row_group(p.group, columns=cols)
     keep = _selected(p, table.column(split_column) if p.names else None)
     y = _labels(table.column(layout.label), layout, p.file)
     x = None

@@ -59,7 +59,11 @@ def open_parquet(uri: str, opts: Options):
                   layout.n_classes, uri, pixel_max=layout.pixel_max)
 
 
-def _layout(uri, schema, handles, opts: Options) -> Layout:
+def _layout(uri, schema, handles, opts: Options, n_classes: int | None = None) -> Layout:
+    """How an example is laid out in ``schema`` (``handles``: the files, open; the first
+    row group of the first is read for an encoded or listed image's size);
+    ``n_classes``: the class count where the caller knows it (else the schema's
+    metadata, or the largest label in the footers)."""
     import pyarrow.types as pt
     names = schema.names
     if opts.label not in names:
@@ -69,7 +73,8 @@ def _layout(uri, schema, handles, opts: Options) -> Layout:
         raise DataError(f"--split-column {opts.split_column!r}: not a column of {uri} "
                         f"({names})")
     meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-    n_classes = _n_classes(meta, uri) or _max_label(handles, schema, opts.label) + 1
+    n_classes = n_classes or _n_classes(meta, uri) or \
+        _max_label(handles, schema, opts.label) + 1
     full = _pixel_max(meta, uri)
     if "image" in names and not opts.features:
         t = schema.field("image").type
@@ -179,12 +184,15 @@ def _max_label(handles, schema, label) -> int:
     return top
 
 
-def _assign(uri, files, groups, opts: Options, layout) -> dict[str, tuple[Part, ...]]:
-    """Each split's parts: by the split column, by file name, or by fraction."""
+def _assign(uri, files, groups, opts: Options, layout,
+            opener=None) -> dict[str, tuple[Part, ...]]:
+    """Each split's parts: by the split column, by file name, or by fraction
+    (``opener(f)``: file ``f`` open, to read its split column; default ``open_file``)."""
+    opener = opener or (lambda f: open_file(uri, f))
     out = {s: [] for s in SPLITS}
     if opts.split_column:
         for f, g, off, rows in groups:
-            col = open_file(uri, f).read_row_group(g, columns=[opts.split_column]).column(
+            col = opener(f).read_row_group(g, columns=[opts.split_column]).column(
                 opts.split_column).to_pylist()
             vals = [SPLIT_NAMES.get(str(v).lower()) for v in col]
             bad = {v for v, s in zip(col, vals) if s is None}

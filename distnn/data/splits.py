@@ -75,11 +75,9 @@ class Normalizer:
         if not standardize:
             return norm
         n, mean, m2 = 0, 0.0, 0.0
-        for c in chunks:
-            for s in range(0, len(c.x), 512):      # float64 copies of 512 rows at most
-                n, mean, m2 = _merge(n, mean, m2, np.asarray(
-                    c.x[s:s + 512], np.float64).reshape(-1, int(np.prod(c.x.shape[1:]))) /
-                    pixel_max)
+        for x in _pieces(chunks, 512):            # float64 copies of 512 rows at most
+            n, mean, m2 = _merge(n, mean, m2, np.asarray(x, np.float64).reshape(
+                -1, int(np.prod(x.shape[1:]))) / pixel_max)
         if n == 0:
             raise ValueError("cannot standardise: the training split is empty")
         norm.mean = np.asarray(mean, np.float32)
@@ -104,6 +102,27 @@ class Normalizer:
         if self.mean is None:
             return out
         return {**out, "input.mean": self.mean, "input.std": self.std}
+
+
+def _pieces(chunks, rows: int):
+    """The examples of ``chunks`` (each a Split) in pieces of ``rows`` (the last one
+    shorter) wherever the chunks end: the same pieces, and so the same sums, for the
+    same rows read in row groups or blocks of any sizes."""
+    carry = None
+    for c in chunks:
+        x = c.x
+        if carry is not None:
+            take = rows - len(carry)
+            carry, x = np.concatenate([carry, x[:take]]), x[take:]
+            if len(carry) < rows:
+                continue
+            yield carry
+        full = len(x) - len(x) % rows
+        for s in range(0, full, rows):
+            yield x[s:s + rows]
+        carry = x[full:] if full < len(x) else None
+    if carry is not None:
+        yield carry
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import os
 import time
 
 from ..config import TrainConfig
-from ..data.datasets import location
+from ..data.datasets import on_demand
 from ..data.splits import Splits
 from ..io.files import OutputError
 from ..train.callbacks import ProgressLogger
@@ -39,7 +39,7 @@ def train(cfg: TrainConfig, splits: Splits | None = None, *, progress: bool = Tr
     compress.check(cfg.compress, cfg.dtype)
     if cfg.local and not cfg.replicas:
         cfg = cfg.replace(replicas=cfg.workers)   # K recorded: a resume keeps it
-    if cfg.data_shards == 0 and location(cfg.dataset) is not None:
+    if cfg.data_shards == 0 and on_demand(cfg.dataset):
         # recorded: a resume keeps the order (with local steps: a shard per replica)
         cfg = cfg.replace(data_shards=cfg.replica_count if cfg.local else cfg.workers)
     splits = splits or load_splits(cfg)
