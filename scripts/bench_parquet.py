@@ -1,5 +1,6 @@
-"""Epoch time and memory: MNIST from Parquet shards (each worker reading its own) vs the
-object-store path (the driver loads the dataset and puts it in Ray's object store).
+"""Epoch time and memory: MNIST from Parquet shards (each worker reading its own) and
+from a Ray Dataset vs the object-store path (the driver loads the dataset and puts it in
+Ray's object store).
 
     python scripts/bench_parquet.py [--epochs 8] [--rounds 3] [--write docs/BENCHMARKS.md]
 
@@ -7,7 +8,10 @@ MNIST is converted once (``distnn data convert mnist DIR``); each configuration 
 runs ``distnn train --workers 2`` in a fresh process, the three data paths interleaved
 ``--rounds`` times: the built-in loader (object store), ``--dataset parquet:DIR`` (each
 worker holds its shard), and ``--dataset parquet:DIR --shard-memory 8`` (each worker
-holds at most 8 MB of examples, reading row groups as training visits them).  Reported:
+holds at most 8 MB of examples, reading row groups as training visits them), and
+``distnn.fit(datasets={"train": ray.data.read_parquet(DIR/train.parquet), ...})`` in
+the process's own ``ray.init``
+(each worker reads its shard's blocks from the object store).  Reported:
 each run's median epoch time (train seconds, epoch 0 left out: it includes warm-up),
 the best (lowest) of the rounds and their median, the ratio of the best to the
 object-store path's best (the machine is shared: a run that meets another job's load is
@@ -36,10 +40,25 @@ SHAPES = {"784,30,10 batch 10": ["--layers", "784,30,10", "--batch-size", "10"],
               "--optimizer", "momentum", "--lr", "0.05", "--batch-size", "128"]}
 
 
+#: the Ray Dataset path: distnn.fit from Python, the shape's flags read by the CLI's parser
+RAY_DATASET = """
+import sys, ray, distnn
+from distnn.cli import build_parser
+from distnn.cli.flags import config_from_args
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+ray.data.DataContext.get_current().enable_progress_bars = False
+ds = {s: ray.data.read_parquet(f"{sys.argv[1]}/{f}.parquet")       # the files' splits
+      for s, f in (("train", "train"), ("valid", "validation"), ("test", "test"))}
+distnn.fit(config_from_args(build_parser().parse_args(["train", *sys.argv[2:]])), datasets=ds)
+"""
+
+
 def run(dataset: list[str], shape: list[str], epochs: int, tmp: Path) -> dict:
     out = tmp / f"m{time.monotonic_ns()}.json"
-    cmd = [sys.executable, "-m", "distnn.cli", "-q", "train", *dataset, *shape, "--workers",
-           "2", "--epochs", str(epochs), "--metrics-out", str(out)]
+    flags = [*shape, "--workers", "2", "--epochs", str(epochs), "--metrics-out", str(out)]
+    cmd = [sys.executable, "-c", RAY_DATASET, dataset[1], *flags] if \
+        dataset[0] == "ray-dataset" else \
+        [sys.executable, "-m", "distnn.cli", "-q", "train", *dataset, *flags]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     m = json.loads(out.read_text())
@@ -63,7 +82,8 @@ def main() -> None:
         paths = {"object store": ["--dataset", "mnist"],
                  "Parquet shards": ["--dataset", f"parquet:{tmp / 'mnist'}"],
                  "Parquet, --shard-memory 8": ["--dataset", f"parquet:{tmp / 'mnist'}",
-                                               "--shard-memory", "8"]}
+                                               "--shard-memory", "8"],
+                 "Ray Dataset (read_parquet)": ["ray-dataset", str(tmp / "mnist")]}
         rows = []
         for label, shape in SHAPES.items():
             got = {k: [] for k in paths}
@@ -87,8 +107,10 @@ def main() -> None:
         body = (f"### Parquet shards vs the object store ({time.strftime('%Y-%m-%d')})\n\n"
                 f"`python scripts/bench_parquet.py --epochs {args.epochs} --rounds "
                 f"{args.rounds} --write docs/BENCHMARKS.md` on {_bench.machine()}: MNIST, "
-                "2 workers, each configuration a fresh `distnn train` process, the three "
-                "interleaved. Epoch time: a run's median train seconds of epochs 1.., "
+                "2 workers, each configuration a fresh process (`distnn train`, or "
+                "`distnn.fit(datasets={split: ray.data.read_parquet(file)})` in its own "
+                "`ray.init`), "
+                "the four interleaved. Epoch time: a run's median train seconds of epochs 1.., "
                 "the best and the median of the rounds. Memory: peak resident above the process's start (the driver's "
                 "once its modules are imported; a worker's when it starts hosting its "
                 "worker).\n\n" + table + "\n")
