@@ -26,6 +26,10 @@ def test_readme_train_flags_exist():
     assert args.command == "train" and args.dataset == "mnist"
 
 
+#: the pages whose commands a user copies: the front page and docs/
+DOCS = ("README.md", "docs/GUIDE.md", "docs/CLUSTER.md", "docs/RESULTS.md")
+
+
 def _doc_commands(path):
     """Every ``distnn ...`` command in a Markdown file's bash blocks and table cells,
     continuation lines joined and comments dropped."""
@@ -47,11 +51,11 @@ def _doc_commands(path):
 
 
 def test_every_documented_command_parses():
-    """Each ``distnn`` command in the README and docs/RESULTS.md is accepted as written
+    """Each ``distnn`` command in the README and docs/ is accepted as written
     (flags that exist, values of the right type, no placeholders like ``--seed S``)."""
     from distnn.cli import build_parser
     from distnn.io.files import check_targets
-    commands = _doc_commands("README.md") + _doc_commands("docs/RESULTS.md")
+    commands = [c for doc in DOCS for c in _doc_commands(doc)]
     assert len(commands) > 30
     for words in commands:
         try:
@@ -77,7 +81,7 @@ def test_the_cheap_readme_commands_run_as_written(tmp_path):
     import os
     import subprocess
     import sys
-    readme = (ROOT / "README.md").read_text()
+    readme = "\n".join((ROOT / doc).read_text() for doc in DOCS)
     cheap = ["distnn recipes", "distnn recipes show nielsen-ch3 > ch3.toml",
              "distnn train --config ch3.toml --lr 0.25 --print-config",
              "distnn gradcheck --layers 20,15,10 --activation tanh --batchnorm --keep-prob 0.8 "
@@ -88,3 +92,29 @@ def test_the_cheap_readme_commands_run_as_written(tmp_path):
         r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 0, (cmd, r.stderr[-2000:])
+
+
+def _anchors(text: str) -> set:
+    """The anchors GitHub makes of a Markdown file's headings."""
+    out = set()
+    for h in re.findall(r"^#+ (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        out.add(slug)
+    return out
+
+
+def test_every_link_between_the_pages_resolves():
+    """The README and docs/ link to each other's sections: each file exists and each
+    #anchor is a heading of the page it names."""
+    pages = [*DOCS, "docs/BENCHMARKS.md", "CONTRIBUTING.md"]
+    for page in pages:
+        text = (ROOT / page).read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            where = (ROOT / page).parent / path if path else ROOT / page
+            assert where.exists(), f"{page}: link to {target}: no such file"
+            if anchor and where.suffix == ".md":
+                assert anchor in _anchors(where.read_text()), \
+                    f"{page}: link to {target}: no such heading"
