@@ -208,7 +208,8 @@ def run(name: str, seed: int, root: Path) -> dict:
     row = {"name": name, "seed": seed, "test_accuracy": res["accuracy"],
            "test_cost": res["cost"], "wall_seconds": wall, "workers": workers,
            "command": cmd}
-    if "--ema" in args:   # the ablation comes with the run: the last parameters too
+    ema = json.loads(Path(f"{ckpt}.metrics.json").read_text())["config"].get("ema")
+    if ema:   # (a flag or a recipe's) the ablation comes with the run: the last parameters
         row["test_accuracy_last"] = _eval(ckpt, "--last")["accuracy"]
     return row
 
