@@ -2,6 +2,9 @@
 
     python scripts/bench_multihost.py [--hosts 2,3,4] [--per-host 1,2] [--rates 1gbit,10gbit]
         [--mb 2.54,10] [--reps 20] [--write docs/BENCHMARKS.md]
+    python scripts/bench_multihost.py --training ROUNDS --layers L [--rate 1gbit]
+    python scripts/bench_multihost.py --to-accuracy 0.99 --hosts 2,4 --layers L --rate 1gbit
+        [--epochs 8]
 
 For every placement (M hosts x L workers, links shaped with tbf at each rate) it starts
 a simulated cluster (scripts/simcluster.py), runs bare all-reduce members as Ray actors
@@ -123,6 +126,65 @@ def training(rounds: int, tmp: Path, layers: str = "784,800,10", rate: str | Non
     return out
 
 
+def _test_curve(ckpt: Path, metrics: Path) -> list[tuple[int, float, float]]:
+    """(epoch, training seconds up to its end, test accuracy) of every epoch a run kept,
+    each checkpoint read back with ``distnn eval`` (nothing in training sees the test
+    split)."""
+    hist = json.loads(metrics.read_text())["history"]
+    out, t = [], 0.0
+    for e in hist:
+        t += e["train_seconds"]
+        ev = subprocess.run([sys.executable, "-m", "distnn.cli", "eval", "--json",
+                             str(ckpt / f"epoch-{e['epoch']:04d}")], cwd=ROOT, check=True,
+                            capture_output=True, text=True, timeout=600)
+        out.append((e["epoch"], t, json.loads(ev.stdout)["accuracy"]))
+    return out
+
+
+def to_accuracy(target: float, epochs: int, hosts: list[int], tmp: Path, layers: str,
+                rate: str | None, extra=()) -> list[dict]:
+    """Time to ``target`` test accuracy of ``layers``@128 on MNIST: one process, then
+    H simulated hosts x 1 worker for each H of ``hosts`` (tcp, links shaped to
+    ``rate``), each trained ``epochs`` epochs keeping every checkpoint."""
+    train = [*TRAIN, "--layers", layers, "--epochs", str(epochs), "--keep-last", "1000"]
+    rows = []
+
+    def row(name, ck, f):
+        curve = _test_curve(ck, f)
+        hit = next(((e, t, a) for e, t, a in curve if a >= target), None)
+        rows.append({"run": name, "ex/s": _rate(f), "curve": curve, "hit": hit})
+        print(name, f"{rows[-1]['ex/s']:,.0f} ex/s", "reached at", hit, flush=True)
+
+    ck, f = tmp / "one", tmp / "one.json"
+    subprocess.run([sys.executable, *train, "--workers", "1", "--checkpoint-dir", str(ck),
+                    "--metrics-out", str(f)], cwd=ROOT, check=True, timeout=3600)
+    row("one process", ck, f)
+    for h in hosts:
+        with simcluster.SimCluster(h, 1, rate) as c:
+            ck, f = tmp / f"hosts{h}", tmp / f"hosts{h}.json"
+            r = c.run(0, [sys.executable, *train, "--workers", str(h), "--address", c.address,
+                          *extra, "--checkpoint-dir", str(ck), "--metrics-out", str(f)],
+                      cwd=ROOT, timeout=3600)
+            if r.returncode:
+                raise RuntimeError(r.stderr[-3000:])
+        row(f"{h} hosts x 1 worker", ck, f)
+    return rows
+
+
+def to_accuracy_table(rows, target: float) -> str:
+    base = rows[0]["hit"][1] if rows[0]["hit"] else None
+    out = []
+    for r in rows:
+        e, t, _ = r["hit"] or (None, None, None)
+        out.append([r["run"], f"{r['ex/s']:,.0f}", f"{r['ex/s'] / rows[0]['ex/s']:.2f}x",
+                    "not reached" if e is None else str(e), "-" if t is None else f"{t:.1f}",
+                    "-" if t is None or base is None else f"**{base / t:.2f}x**",
+                    " ".join(f"{100 * a:.2f}" for _, _, a in r["curve"])])
+    return _bench.table(["run", "ex/s", "vs one process", f"first epoch >= {100 * target:g}%",
+                         "training s to it", "speed-up to it", "test accuracy by epoch, %"],
+                        out)
+
+
 def training_table(rounds) -> str:
     med = [statistics.median(r[i] for r in rounds) for i in range(3)]
     ratio = statistics.median(r[2] / r[1] for r in rounds)
@@ -152,6 +214,10 @@ def main(argv=None) -> int:
                    "(tbf, e.g. 1gbit); unshaped if not given")
     p.add_argument("--bucket-mb", default=None,
                    help="with --training: --bucket-mb for the hosts' run")
+    p.add_argument("--to-accuracy", type=float, default=None, metavar="FRACTION",
+                   help="instead: time to this test accuracy (e.g. 0.99), one process vs "
+                   "each of --hosts x 1 worker at --rate, --epochs epochs each")
+    p.add_argument("--epochs", type=int, default=8, help="with --to-accuracy")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backends", default="ring,tcp", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -162,10 +228,25 @@ def main(argv=None) -> int:
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
+    extra = ("--bucket-mb", args.bucket_mb) if args.bucket_mb else ()
+    if args.to_accuracy:
+        import tempfile
+        hosts = [int(h) for h in args.hosts.split(",")]
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = to_accuracy(args.to_accuracy, args.epochs, hosts, Path(tmp), args.layers,
+                               args.rate, extra)
+        _bench.report(f"bench_multihost_to_accuracy_{args.layers.split(':')[0]}",
+                      f"Time to {100 * args.to_accuracy:g}% test accuracy across simulated "
+                      "hosts", f"[{args.layers}]@128 on MNIST, {args.epochs} epochs each, "
+                      f"every epoch's checkpoint read back with `distnn eval`; host links "
+                      f"{args.rate or 'unshaped'}{', ' + ' '.join(extra) if extra else ''}; "
+                      "training seconds (the runs' own train_seconds, summed; "
+                      "evaluation left out); every simulated host shares this machine's "
+                      "2 cores", [to_accuracy_table(rows, args.to_accuracy)], args.write)
+        return 0
     if args.training:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
-            extra = ("--bucket-mb", args.bucket_mb) if args.bucket_mb else ()
             rounds = training(args.training, Path(tmp), args.layers, args.rate, extra)
         section = "bench_multihost_training" + ("" if args.layers == "784,800,10" and not
                                                 args.rate else "_" + args.layers.split(":")[0]
