@@ -194,6 +194,7 @@ class RayPool:
         is known: --comm-timeout plus ten times the last epoch.  No wait lasts for ever."""
         ray = self.ray
         refs = [w.run_epoch.remote(epoch, schedule_state) for w in self.workers]
+        self._epoch_refs = refs          # read by ``close`` if the run stops under them
         results, failed, pending, deadline = {}, [], list(refs), None
         whole = None if self._last_epoch is None else \
             time.monotonic() + self.cfg.comm_timeout + 10 * self._last_epoch
@@ -371,6 +372,18 @@ class RayPool:
             self._replace(failed)
         raise WorkerFailure(f"worker(s) {failed} failed twice while evaluating {which}")
 
+    def _read_epoch(self) -> None:
+        """The answers of an epoch the run stopped under (Ctrl-C), read and dropped: a
+        worker whose collective was aborted by another's ``close`` before its own ends
+        with an error, which Ray prints as an unhandled traceback if nobody reads it."""
+        refs, self._epoch_refs = getattr(self, "_epoch_refs", []), []
+        done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=5) if refs else ([], [])
+        for ref in done:
+            try:
+                self.ray.get(ref)
+            except Exception:    # noqa: BLE001 - the epoch is abandoned; its error is not news
+                pass
+
     def memory(self) -> list[dict]:
         """Each worker's resident memory: at its start, now, and at its peak (bytes), of
         the workers that answer within --comm-timeout."""
@@ -389,6 +402,7 @@ class RayPool:
         self.ray.wait(refs, num_returns=len(refs), timeout=10)
         for w in self.workers:
             self.ray.kill(w, no_restart=True)
+        self._read_epoch()
         if self.group is not None:
             self.group.close()
             self.group = None
