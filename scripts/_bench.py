@@ -56,7 +56,9 @@ def write_section(path: str, name: str, body: str) -> None:
 
 
 def command_line() -> str:
-    return "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    """The command as typed, quoted where a shell needs it (copy-paste runnable)."""
+    import shlex
+    return "python " + shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
 
 
 def now() -> str:

@@ -4,7 +4,7 @@
         [--mb 2.54,10] [--reps 20] [--write docs/BENCHMARKS.md]
     python scripts/bench_multihost.py --training ROUNDS --layers L [--rate 1gbit]
     python scripts/bench_multihost.py --to-accuracy 0.99 --hosts 2,4 --layers L --rate 1gbit
-        [--epochs 8]
+        [--epochs 8] [--train-flags '--schedule cosine:8 --merge-valid']
 
 For every placement (M hosts x L workers, links shaped with tbf at each rate) it starts
 a simulated cluster (scripts/simcluster.py), runs bare all-reduce members as Ray actors
@@ -142,11 +142,13 @@ def _test_curve(ckpt: Path, metrics: Path) -> list[tuple[int, float, float]]:
 
 
 def to_accuracy(target: float, epochs: int, hosts: list[int], tmp: Path, layers: str,
-                rate: str | None, extra=()) -> list[dict]:
+                rate: str | None, extra=(), flags=()) -> list[dict]:
     """Time to ``target`` test accuracy of ``layers``@128 on MNIST: one process, then
     H simulated hosts x 1 worker for each H of ``hosts`` (tcp, links shaped to
-    ``rate``), each trained ``epochs`` epochs keeping every checkpoint."""
-    train = [*TRAIN, "--layers", layers, "--epochs", str(epochs), "--keep-last", "1000"]
+    ``rate``), each trained ``epochs`` epochs keeping every checkpoint, with ``flags``
+    (e.g. a schedule) in every run."""
+    train = [*TRAIN, "--layers", layers, "--epochs", str(epochs), "--keep-last", "1000",
+             *flags]
     rows = []
 
     def row(name, ck, f):
@@ -218,6 +220,8 @@ def main(argv=None) -> int:
                    help="instead: time to this test accuracy (e.g. 0.99), one process vs "
                    "each of --hosts x 1 worker at --rate, --epochs epochs each")
     p.add_argument("--epochs", type=int, default=8, help="with --to-accuracy")
+    p.add_argument("--train-flags", default="", help="with --to-accuracy: more distnn "
+                   "train flags for every run, e.g. '--schedule cosine:20 --merge-valid'")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backends", default="ring,tcp", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -234,10 +238,11 @@ def main(argv=None) -> int:
         hosts = [int(h) for h in args.hosts.split(",")]
         with tempfile.TemporaryDirectory() as tmp:
             rows = to_accuracy(args.to_accuracy, args.epochs, hosts, Path(tmp), args.layers,
-                               args.rate, extra)
+                               args.rate, extra, args.train_flags.split())
         _bench.report(f"bench_multihost_to_accuracy_{args.layers.split(':')[0]}",
                       f"Time to {100 * args.to_accuracy:g}% test accuracy across simulated "
-                      "hosts", f"[{args.layers}]@128 on MNIST, {args.epochs} epochs each, "
+                      "hosts", f"[{args.layers}]@128 on MNIST, {args.epochs} epochs each "
+                      f"{args.train_flags}, "
                       f"every epoch's checkpoint read back with `distnn eval`; host links "
                       f"{args.rate or 'unshaped'}{', ' + ' '.join(extra) if extra else ''}; "
                       "training seconds (the runs' own train_seconds, summed; "
