@@ -23,7 +23,7 @@ def fit(config: TrainConfig | None = None, splits=None, *, datasets=None, callba
     one).  ``splits``: a ``data.Splits`` to train on instead of ``config.dataset``.
     ``datasets``: a ``ray.data.Dataset``, or {"train": ds, "valid": ds, "test": ds},
     read as a Parquet dataset is (its columns, ``split_column`` and ``split`` settings;
-    ``data.ray_data``): the run records ``dataset = "ray-dataset"``, and a resume is
+    ``parallel.ray_data``): the run records ``dataset = "ray-dataset"``, and a resume is
     given the same rows again.
     ``callbacks``: ``Callback`` objects, called on this process after every epoch (and
     with progress within one); ``trainer.stop = True`` ends the run after the epoch.
@@ -33,7 +33,7 @@ def fit(config: TrainConfig | None = None, splits=None, *, datasets=None, callba
     if datasets is not None:
         if splits is not None:
             raise ValueError("give splits or datasets, not both")
-        from .data.ray_data import NAME, open_ray
+        from .parallel.ray_data import NAME, open_ray
         cfg = _config(config, {**overrides, "dataset": NAME})
         splits = open_ray(datasets, cfg.data_options())
     else:

@@ -69,17 +69,17 @@ class Layout:
     max_pixels: int = 1 << 24  # the largest encoded image decoded (--max-image-pixels)
     root: str = ""             # the files' common directory (names are shown below it)
     content: str = ""          # the files' names below root, sizes and row groups, hashed
-    #: a Ray Dataset's blocks in place of files (``data.ray_data``): ((name, (ObjectRef of
-    #: each block's Arrow table, ...)), ...); a "file" is then one of the names and its row
-    #: groups are its blocks
-    blocks: tuple = ()
+    #: where the rows come from when they are not files: an object whose ``open(path)``
+    #: gives what ``open_file`` does (``read_row_group``, ``num_row_groups``), e.g. a Ray
+    #: Dataset's blocks (``parallel.ray_data.Blocks``); ``content`` is then a digest of
+    #: the rows themselves, whatever the blocks
+    source: object = None
 
     def open(self, path: str):
-        """The file ``path`` of this dataset, open (a ParquetFile, or a Ray Dataset's
-        blocks read as its row groups)."""
-        if self.blocks:
-            from .ray_data import BlockFile
-            return BlockFile(dict(self.blocks)[path])
+        """The file ``path`` of this dataset, open (a ParquetFile, or what ``source``
+        opens)."""
+        if self.source is not None:
+            return self.source.open(path)
         return open_file(self.uri, path)
 
 
@@ -185,7 +185,7 @@ class ParquetSplit:
         """Add what this split holds to the hash ``h``: the files' names, sizes and row
         groups, and which rows of them are in the split (not the files' times or where
         they are: a copy of the same files is the same data)."""
-        if self.layout.blocks:    # a Ray Dataset: its rows' digest, whatever the blocks
+        if self.layout.source is not None:  # its rows' digest, whatever the blocks
             runs: list = []
             for p in self.parts:
                 key = (p.file, p.names, p.fraction)
@@ -209,7 +209,7 @@ class ParquetSplit:
         pixel_max = self.layout.pixel_max
         if not standardize:
             return Normalizer(pixel_max)
-        if self.layout.blocks:      # a Ray Dataset's blocks: nothing to key a cache by
+        if self.layout.source is not None:    # not files: nothing to key a cache by
             return Normalizer.fit_stream(self.chunks(), pixel_max, True)
         key = hashlib.sha256(repr((self.layout, self.parts, self.split_column)).encode())
         path = cache_root() / "stats" / f"{key.hexdigest()[:32]}.npz"

@@ -25,13 +25,28 @@ import hashlib
 
 import numpy as np
 
-from .idx import DataError
+from ..data.idx import DataError
 
 #: the dataset name a run on a Ray Dataset records (``--dataset`` cannot name one)
 NAME = "ray-dataset"
 #: what each split's Dataset is called as a "file" (sorted as a directory's files are)
 NAMES = {"train": "train", "training": "train", "valid": "valid", "validation": "valid",
          "val": "valid", "test": "test"}
+
+
+class Blocks:
+    """The ``source`` of a Ray Dataset's ``Layout`` (``data.parquet``): each "file" (a
+    split's Dataset, by name) is its blocks, read as a Parquet file's row groups.  Travels
+    to the workers with the splits (ObjectRefs pickle as references)."""
+
+    def __init__(self, files: dict):
+        self.files = {name: tuple(refs) for name, refs in files.items()}
+
+    def open(self, path: str) -> "BlockFile":
+        return BlockFile(self.files[path])
+
+    def __repr__(self) -> str:        # (in the Layout's repr: no ObjectRef ids)
+        return f"Blocks({ {n: len(r) for n, r in self.files.items()} })"
 
 
 class BlockFile:
@@ -110,7 +125,7 @@ def _digest(table, layout, offset: int) -> int:
     labels in range, no NaN, images of one size), digested: sum over rows of
     blake2b(row) times an odd function of the row's position, mod 2**64; blocks of
     any sizes add up to the same digest for the same rows in the same order."""
-    from .parquet import _features, _images, _labels
+    from ..data.parquet import _features, _images, _labels
     t = _select(table)
     y = _labels(t.column(layout.label), layout, "Ray Dataset")
     x = _images(t.column(layout.columns[0]), layout, "Ray Dataset") if \
@@ -162,9 +177,9 @@ def open_ray(datasets, opts):
     demand like a Parquet dataset's; ``opts``: a ``parquet.Options``."""
     import ray
     from dataclasses import replace
-    from .parquet import ParquetSplit
-    from .parquet_open import SPLITS, _assign, _layout
-    from .splits import Splits
+    from ..data.parquet import ParquetSplit
+    from ..data.parquet_open import SPLITS, _assign, _layout
+    from ..data.splits import Splits
     named = _named(datasets)
     facts_of = _remote(_facts)
     files, blocks, facts = [], {}, {}
@@ -209,7 +224,7 @@ def open_ray(datasets, opts):
             groups.append((name, g, offset, f["rows"]))
             offsets[(name, g)] = offset
             offset += f["rows"]
-    layout = replace(layout, max_pixels=opts.max_pixels, blocks=tuple(blocks.items()))
+    layout = replace(layout, max_pixels=opts.max_pixels, source=Blocks(blocks))
     digest_of = _remote(_digest)
     digests = ray.get([digest_of.remote(blocks[n][g], layout, offsets[(n, g)])
                        for n in files for g in range(len(blocks[n]))])
