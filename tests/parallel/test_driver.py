@@ -460,7 +460,12 @@ def test_a_comm_ports_range_already_taken_is_one_line(ray_session, splits):
     held = []
     while len(held) < 2:         # two neighbouring ports, both held (one per worker)
         s = socket.socket()
-        s.bind((host, held[0].getsockname()[1] + 1 if held else 0))
+        try:
+            s.bind((host, held[0].getsockname()[1] + 1 if held else 0))
+        except OSError:          # the next port is another program's: start elsewhere
+            [h.close() for h in [*held, s]]
+            held = []
+            continue
         s.listen(1)
         held.append(s)
     ports = f"{held[0].getsockname()[1]}-{held[1].getsockname()[1]}"
