@@ -196,23 +196,18 @@ def open_ray(datasets, opts):
     if opts.split_column is None and "split" in schema.names and \
             str(schema.field("split").type) in ("string", "large_string"):
         opts = replace(opts, split_column="split")   # as ``distnn data convert`` writes
-    for name in files:
-        for f in facts[name]:
-            for c in (opts.label, *([opts.split_column] if opts.split_column else ())):
-                if c in schema.names and (c not in f["schema"].names or
-                                          f["schema"].field(c).type != schema.field(c).type):
-                    raise DataError(f"the {name!r} Ray Dataset: column {c!r} is missing from "
-                                    "a block or of another type than in the first")
     uri = f"{NAME}:" + ",".join(files)
     los = [f["lo"] for n in files for f in facts[n] if f["lo"] is not None]
     if los and min(los) < 0:
         raise DataError(f"label column {opts.label!r} has negative labels ({min(los)})")
     his = [f["hi"] for n in files for f in facts[n] if f["hi"] is not None]
-    handles = [BlockFile(blocks[n], remote=True) for n in files]
+    by_name = {n: BlockFile(blocks[n], remote=True) for n in files}   # the driver's reads
+    handles = [by_name[n] for n in files]
     layout = _layout(uri, schema, handles, opts, n_classes=max(his) + 1 if his else None)
+    read = (opts.label, *([opts.split_column] if opts.split_column else ()), *layout.columns)
     for name in files:
         for f in facts[name]:
-            for c in layout.columns:
+            for c in read:
                 if c not in f["schema"].names or f["schema"].field(c).type != \
                         schema.field(c).type:
                     raise DataError(f"the {name!r} Ray Dataset: column {c!r} is missing "
@@ -231,7 +226,6 @@ def open_ray(datasets, opts):
     content = hashlib.sha256(repr((files, str(schema.remove_metadata()), offset,
                                    sum(digests) % 2 ** 64)).encode()).hexdigest()
     layout = replace(layout, content=content, version=content)
-    by_name = {n: BlockFile(blocks[n], remote=True) for n in files}
     parts = _assign(uri, files, groups, opts, layout, opener=by_name.__getitem__)
     split = {s: ParquetSplit(layout, parts[s], opts.split_column) for s in SPLITS}
     if not len(split["train"]):
