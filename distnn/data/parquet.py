@@ -249,14 +249,23 @@ def read_part(layout: Layout, p: Part, split_column=None, with_x: bool = True,
         ([split_column] if p.names else [])
     table = (handle or layout.open(p.file)).read_row_group(p.group, columns=cols)
     keep = _selected(p, table.column(split_column) if p.names else None)
-    y = _labels(table.column(layout.label), layout, p.file)
-    x = None
-    if with_x:
-        x = (_images(table.column(layout.columns[0]), layout, f"{p.file}, row group {p.group}")
-             if layout.kind == "image" else _features(table, layout, p.file))
+    x, y = decode(table, layout, p.file, f"{p.file}, row group {p.group}", with_x)
     if keep is not None:
         x, y = (x[keep] if with_x else None), y[keep]
     return (x[:p.count] if with_x else None), y[:p.count]
+
+
+def decode(table, layout: Layout, where: str, where_images: str | None = None,
+           with_x: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    """(x, y) of every row of ``table`` as ``layout`` says, checked (labels in range, no
+    NaN, images of one size); x None when not ``with_x``.  ``where``: what to name in
+    messages (``where_images`` for the images, if more precise)."""
+    y = _labels(table.column(layout.label), layout, where)
+    if not with_x:
+        return None, y
+    x = (_images(table.column(layout.columns[0]), layout, where_images or where)
+         if layout.kind == "image" else _features(table, layout, where))
+    return x, y
 
 
 def _selected(p: Part, split_values) -> np.ndarray | None:

@@ -103,7 +103,7 @@ def _select(table, columns=None):
     return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=meta or None))
 
 
-def _facts(table, label: str, split_column: str | None) -> dict:
+def _facts(table, label: str) -> dict:
     """One block's rows, schema (tensor columns as their storage) and label range."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -125,11 +125,8 @@ def _digest(table, layout, offset: int) -> int:
     labels in range, no NaN, images of one size), digested: sum over rows of
     blake2b(row) times an odd function of the row's position, mod 2**64; blocks of
     any sizes add up to the same digest for the same rows in the same order."""
-    from ..data.parquet import _features, _images, _labels
-    t = _select(table)
-    y = _labels(t.column(layout.label), layout, "Ray Dataset")
-    x = _images(t.column(layout.columns[0]), layout, "Ray Dataset") if \
-        layout.kind == "image" else _features(t, layout, "Ray Dataset")
+    from ..data.parquet import decode
+    x, y = decode(_select(table), layout, "Ray Dataset")
     rows = np.ascontiguousarray(x).reshape(len(y), -1).view(np.uint8)
     d = np.fromiter((int.from_bytes(hashlib.blake2b(r.tobytes() + int(v).to_bytes(8, "little"),
                                                     digest_size=8).digest(), "little")
@@ -185,7 +182,7 @@ def open_ray(datasets, opts):
     files, blocks, facts = [], {}, {}
     for name in sorted(named):          # as a directory's files: test, train, valid
         refs = _blocks(named[name])
-        got = ray.get([facts_of.remote(r, opts.label, opts.split_column) for r in refs])
+        got = ray.get([facts_of.remote(r, opts.label) for r in refs])
         keep = [i for i, f in enumerate(got) if f["rows"]]
         if not keep:
             raise DataError(f"the {name!r} Ray Dataset holds no rows")
