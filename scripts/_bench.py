@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts (timing, markdown, BENCHMARKS.md sections)."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -74,6 +75,23 @@ def report(section: str, title: str, setup: str, lines: list[str], write: str | 
     if write:
         write_section(write, section, body)
     return body
+
+
+def breakdown(path) -> dict:
+    """Milliseconds per step of each part, the mean over ranks of the median over epochs,
+    and the bytes a rank sent per step (``comm_seconds``: exposed communication;
+    ``overlapped_seconds``: the communication hidden behind backprop)."""
+    h = json.loads(Path(path).read_text())["history"][1:]
+    keys = ("compute_seconds", "compress_seconds", "comm_seconds", "overlapped_seconds",
+            "wait_seconds", "update_seconds", "data_seconds")
+    out = {}
+    for k in keys:
+        per_rank = [statistics.median(e["ranks"][r].get(k, 0.0) / e["ranks"][r]["steps"]
+                                      for e in h)
+                    for r in range(len(h[0]["ranks"]))]
+        out[k] = 1e3 * statistics.mean(per_rank)
+    out["bytes"] = statistics.median(e["bytes_per_step"] for e in h)
+    return out
 
 
 def one_worker(cfg, split):

@@ -67,21 +67,6 @@ def _rate(path: Path, epochs_of: int = 1) -> float:
     return epochs_of * statistics.median(e["examples_per_second"] for e in _history(path)[1:])
 
 
-def _breakdown(path: Path) -> dict:
-    """Milliseconds per step of each part, the mean over ranks of the median over epochs,
-    and the bytes a rank sent per step."""
-    h = _history(path)[1:]
-    keys = ("compute_seconds", "compress_seconds", "comm_seconds", "wait_seconds",
-            "update_seconds", "data_seconds")
-    out = {}
-    for k in keys:
-        per_rank = [statistics.median(e["ranks"][r][k] / e["ranks"][r]["steps"] for e in h)
-                    for r in range(len(h[0]["ranks"]))]
-        out[k] = 1e3 * statistics.mean(per_rank)
-    out["bytes"] = statistics.median(e["bytes_per_step"] for e in h)
-    return out
-
-
 def _common(args) -> list[str]:
     return ["--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
             "--train-size", str(args.train_size), "--no-monitor-train"]
@@ -126,7 +111,7 @@ def throughput(args, tmp: Path) -> list[dict]:
                             raise RuntimeError(f"{comp} on {hosts} hosts failed:\n"
                                                f"{r.stderr[-3000:]}")
                         row = {**base, "compress": comp, "rate_ex": _rate(out),
-                               **_breakdown(out)}
+                               **_bench.breakdown(out)}
                         if comp != "none":
                             row["floor"] = _ceiling(hosts, args, tmp, comp)
                         rows.append(row)

@@ -3,6 +3,7 @@
     python scripts/bench_multihost.py [--hosts 2,3,4] [--per-host 1,2] [--rates 1gbit,10gbit]
         [--mb 2.54,10] [--reps 20] [--write docs/BENCHMARKS.md]
     python scripts/bench_multihost.py --training ROUNDS --layers L [--rate 1gbit]
+        [--hosts 2,4] [--bucket-mb MB]
     python scripts/bench_multihost.py --to-accuracy 0.99 --hosts 2,4 --layers L --rate 1gbit
         [--epochs 8] [--train-flags '--schedule cosine:8 --merge-valid']
 
@@ -100,13 +101,18 @@ def _rate(out: Path) -> float:
 
 
 def training(rounds: int, tmp: Path, layers: str = "784,800,10", rate: str | None = None,
-             extra=()) -> list[list[float]]:
+             extra=(), hosts=(2,)) -> tuple[list[list[float]], dict]:
     """Examples/s of ``layers``@128 on MNIST: one process, 2 workers on this node (shm),
-    2 simulated hosts x 1 worker (tcp; links shaped to ``rate``, or unshaped), with
-    ``extra`` flags for the hosts' run (--bucket-mb); ``rounds`` interleaved."""
-    out = []
+    then H simulated hosts x 1 worker for each H of ``hosts`` (tcp; links shaped to
+    ``rate``, or unshaped), with ``extra`` flags for the hosts' runs (--bucket-mb);
+    ``rounds`` interleaved.  Also each host run's step, part by part
+    (``_bench.breakdown``, the median over rounds): {H: parts}."""
+    out, parts = [], {h: [] for h in hosts}
     train = [*TRAIN, "--layers", layers]
-    with simcluster.SimCluster(2, 1, rate) as c:
+    clusters = {}
+    try:
+        for h in hosts:
+            clusters[h] = simcluster.SimCluster(h, 1, rate).__enter__()
         for k in range(rounds):
             row = []
             for name, workers in (("one", 1), ("node", 2)):
@@ -114,16 +120,24 @@ def training(rounds: int, tmp: Path, layers: str = "784,800,10", rate: str | Non
                 subprocess.run([sys.executable, *train, "--workers", str(workers),
                                 "--metrics-out", str(f)], cwd=ROOT, check=True, timeout=1800)
                 row.append(_rate(f))
-            f = tmp / f"hosts{k}.json"
-            r = c.run(0, [sys.executable, *train, "--workers", "2", "--address", c.address,
-                          *extra, "--metrics-out", str(f)], cwd=ROOT, timeout=1800)
-            if r.returncode:
-                raise RuntimeError(r.stderr[-3000:])
-            row.append(_rate(f))
+            for h, c in clusters.items():
+                f = tmp / f"hosts{h}-{k}.json"
+                r = c.run(0, [sys.executable, *train, "--workers", str(h), "--address",
+                              c.address, *extra, "--metrics-out", str(f)], cwd=ROOT,
+                          timeout=1800)
+                if r.returncode:
+                    raise RuntimeError(r.stderr[-3000:])
+                row.append(_rate(f))
+                parts[h].append(_bench.breakdown(f))
             print(f"round {k + 1}: one process {row[0]:,.0f}, 2 workers on one node "
-                  f"{row[1]:,.0f}, 2 hosts {row[2]:,.0f} ex/s", flush=True)
+                  f"{row[1]:,.0f}, " + ", ".join(f"{h} hosts {x:,.0f}" for h, x in
+                                                 zip(hosts, row[2:])) + " ex/s", flush=True)
             out.append(row)
-    return out
+    finally:
+        for c in reversed(list(clusters.values())):
+            c.__exit__(None, None, None)
+    return out, {h: {k: statistics.median(p[k] for p in ps) for k in ps[0]}
+                 for h, ps in parts.items()}
 
 
 def _test_curve(ckpt: Path, metrics: Path) -> list[tuple[int, float, float]]:
@@ -154,7 +168,8 @@ def to_accuracy(target: float, epochs: int, hosts: list[int], tmp: Path, layers:
     def row(name, ck, f):
         curve = _test_curve(ck, f)
         hit = next(((e, t, a) for e, t, a in curve if a >= target), None)
-        rows.append({"run": name, "ex/s": _rate(f), "curve": curve, "hit": hit})
+        rows.append({"run": name, "ex/s": _rate(f), "curve": curve, "hit": hit,
+                     "parts": _bench.breakdown(f)})
         print(name, f"{rows[-1]['ex/s']:,.0f} ex/s", "reached at", hit, flush=True)
 
     ck, f = tmp / "one", tmp / "one.json"
@@ -187,21 +202,44 @@ def to_accuracy_table(rows, target: float) -> str:
                         out)
 
 
-def training_table(rounds) -> str:
-    med = [statistics.median(r[i] for r in rounds) for i in range(3)]
-    ratio = statistics.median(r[2] / r[1] for r in rounds)
-    one = statistics.median(r[2] / r[0] for r in rounds)
-    return _bench.table(
-        ["one process ex/s", "2 workers, one node (shm) ex/s", "2 hosts x 1 worker (tcp) ex/s",
-         "2 hosts / one node", "2 hosts / one process"],
-        [[f"{med[0]:,.0f}", f"{med[1]:,.0f}", f"{med[2]:,.0f}",
-          f"**{ratio:.2f}x** (" + ", ".join(f"{r[2] / r[1]:.2f}" for r in rounds) + ")",
-          f"**{one:.2f}x** (" + ", ".join(f"{r[2] / r[0]:.2f}" for r in rounds) + ")"]])
+def breakdown_table(runs, rate: str | None) -> str:
+    """Per step of each (name, breakdown) run: compute, the communication (exposed plus
+    what ran hidden behind backprop), the exposed part and, of it, the wait for the
+    other hosts, the update, the bytes a host sent and their time at the link's rate."""
+    bps = RATES.get(rate)
+    out = []
+    for name, p in runs:
+        comm = p["comm_seconds"] + p["overlapped_seconds"]
+        out.append([name, f"{p['compute_seconds']:.1f}", f"{comm:.1f}",
+                    f"{p['comm_seconds']:.1f}", f"{p['wait_seconds']:.1f}",
+                    f"{p['update_seconds']:.1f}", f"{p['bytes'] / 1e3:,.0f}",
+                    f"{8e3 * p['bytes'] / bps:.1f}" if bps else "-"])
+    return _bench.table(["run", "compute ms", "communication ms", "exposed comm ms",
+                         "of it waiting for peers ms", "update ms", "kB sent",
+                         f"kB at {rate or 'the link rate'}, ms"], out)
+
+
+def training_table(rounds, hosts) -> str:
+    med = [statistics.median(r[i] for r in rounds) for i in range(len(rounds[0]))]
+    cells = [f"{med[0]:,.0f}", f"{med[1]:,.0f}"]
+    head = ["one process ex/s", "2 workers, one node (shm) ex/s"]
+    for i, h in enumerate(hosts, 2):
+        one = statistics.median(r[i] / r[0] for r in rounds)
+        head += [f"{h} hosts x 1 worker (tcp) ex/s", f"{h} hosts / one process"]
+        cells += [f"{med[i]:,.0f}", f"**{one:.2f}x** (" + ", ".join(
+            f"{r[i] / r[0]:.2f}" for r in rounds) + ")"]
+        if h == 2:
+            ratio = statistics.median(r[i] / r[1] for r in rounds)
+            head.append("2 hosts / one node")
+            cells.append(f"**{ratio:.2f}x** (" + ", ".join(f"{r[i] / r[1]:.2f}"
+                                                          for r in rounds) + ")")
+    return _bench.table(head, [cells])
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--hosts", default="2,3,4")
+    p.add_argument("--hosts", default=None, help="host counts (default: 2,3,4; with "
+                   "--training 2; with --to-accuracy 2,4)")
     p.add_argument("--per-host", default="1,2")
     p.add_argument("--rates", default="1gbit,10gbit",
                    help="link rates (tbf), or none: unshaped, the floor of these cores")
@@ -209,7 +247,9 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--write", metavar="BENCHMARKS.md")
     p.add_argument("--training", type=int, default=0, metavar="ROUNDS",
-                   help="instead: training throughput across 2 simulated hosts vs one node")
+                   help="instead: training throughput across --hosts simulated hosts (default 2) "
+                   "x 1 worker vs one process and one node, with each host run's step "
+                   "part by part")
     p.add_argument("--layers", default="784,800,10",
                    help="with --training: the network (e.g. a conv net's --layers)")
     p.add_argument("--rate", default=None, help="with --training: the hosts' link rate "
@@ -235,7 +275,7 @@ def main(argv=None) -> int:
     extra = ("--bucket-mb", args.bucket_mb) if args.bucket_mb else ()
     if args.to_accuracy:
         import tempfile
-        hosts = [int(h) for h in args.hosts.split(",")]
+        hosts = [int(h) for h in (args.hosts or "2,4").split(",")]
         with tempfile.TemporaryDirectory() as tmp:
             rows = to_accuracy(args.to_accuracy, args.epochs, hosts, Path(tmp), args.layers,
                                args.rate, extra, args.train_flags.split())
@@ -247,26 +287,39 @@ def main(argv=None) -> int:
                       f"{args.rate or 'unshaped'}{', ' + ' '.join(extra) if extra else ''}; "
                       "training seconds (the runs' own train_seconds, summed; "
                       "evaluation left out); every simulated host shares this machine's "
-                      "2 cores", [to_accuracy_table(rows, args.to_accuracy)], args.write)
+                      "2 cores", [to_accuracy_table(rows, args.to_accuracy), "",
+                                  "Per step of rank 0.. (the mean over hosts of the median "
+                                  "over epochs 1..):", "",
+                                  breakdown_table([(r["run"], r["parts"]) for r in rows[1:]],
+                                                  args.rate)], args.write)
         return 0
     if args.training:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
-            rounds = training(args.training, Path(tmp), args.layers, args.rate, extra)
+            hosts = [int(h) for h in (args.hosts or "2").split(",")]
+            rounds, parts = training(args.training, Path(tmp), args.layers, args.rate, extra,
+                                     hosts)
         section = "bench_multihost_training" + ("" if args.layers == "784,800,10" and not
                                                 args.rate else "_" + args.layers.split(":")[0]
-                                                + (f"_{args.rate}" if args.rate else ""))
+                                                + (f"_{args.rate}" if args.rate else "")) \
+            + (f"_bucket{args.bucket_mb}" if args.bucket_mb else "") \
+            + ("" if hosts == [2] else "_hosts" + "-".join(map(str, hosts)))
         _bench.report(section, "Training across simulated hosts",
                       f"[{args.layers}]@128 on MNIST, median examples/s over epochs 1-3, "
                       f"{args.training} interleaved rounds, host links "
                       f"{args.rate or 'unshaped'}{', ' + ' '.join(extra) if extra else ''}; "
                       "every simulated host shares this machine's 2 cores",
-                      [training_table(rounds)], args.write)
+                      [training_table(rounds, hosts), "", "The hosts' step, per host (the "
+                       "mean over hosts of the median over epochs 1.., the median over "
+                       "rounds):", "", breakdown_table([(f"{h} hosts x 1 worker", p)
+                                                        for h, p in parts.items()],
+                                                       args.rate)],
+                      args.write)
         return 0
     rows = []
     for rate in args.rates.split(","):
         for per_host in (int(x) for x in args.per_host.split(",")):
-            for hosts in (int(x) for x in args.hosts.split(",")):
+            for hosts in (int(x) for x in (args.hosts or "2,3,4").split(",")):
                 rows += measure(hosts, per_host, rate, args)
                 print(table(rows[-len(args.mb.split(",")) * 2:]), flush=True)
     _bench.report("bench_multihost", "All-reduce across simulated hosts",

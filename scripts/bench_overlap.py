@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                             raise RuntimeError(f"--bucket-mb {b} at {rate} failed:\n"
                                                f"{r.stderr[-3000:]}")
                         got[b].append(_step_ms(out, args.batch_size))
-                        parts[b] = bc._breakdown(out)
+                        parts[b] = _bench.breakdown(out)
                         print(rate, b, got[b][-1], parts[b], flush=True)
             at_once = statistics.median(got["0"]) if "0" in got else None
             for b, ms in got.items():

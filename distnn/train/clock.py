@@ -15,12 +15,16 @@ def digest(a: np.ndarray) -> str:
 class Clock:
     """Where one replica's epoch goes: building batches (``data``), forward and backward
     (``compute``), collectives inside them (``sync``: synchronised batch norm), the
-    gradient reduction and parameter gather (``comm``), and the optimizer step
+    gradient reduction and parameter gather (``comm``: the time the replica waited for
+    them, its exposed communication), the reduction that ran while backprop computed
+    (``overlapped``: --bucket-mb's communication thread, hidden), and the optimizer step
     (``update``); the group's own counters say how much of ``comm`` was waiting for
-    the others, local compression work, and the bytes sent."""
+    the others, local compression work, and the bytes sent.  A step's communication
+    is ``comm`` + ``overlapped``."""
 
     def __init__(self, group=None):
         self.data = self.compute = self.sync = self.comm = self.update = 0.0
+        self.overlapped = 0.0
         self.group = group
         self._start = dict(group.stats) if group is not None else {}
 
@@ -45,6 +49,7 @@ class Clock:
         return {"rank": rank, "steps": steps, "seconds": seconds,
                 "data_seconds": self.data, "compute_seconds": self.compute - self.sync,
                 "compress_seconds": compress, "comm_seconds": comm,
+                "overlapped_seconds": self.overlapped,
                 "wait_seconds": min(delta.get("wait_seconds", 0.0), comm),
                 "update_seconds": self.update,
                 "bytes_sent": int(delta.get("bytes_sent", 0))}

@@ -22,6 +22,7 @@ needs every matrix whole).
 from __future__ import annotations
 
 import threading
+import time
 
 
 def buckets(net, cap_bytes: float) -> dict[str, tuple[int, int]]:
@@ -57,6 +58,8 @@ class Overlap:
         self._cond = threading.Condition()
         self._todo: list = []
         self._pending, self._error, self._closed = 0, None, False
+        #: seconds the thread has spent in the group's reductions (read after a step)
+        self.busy = 0.0
         self._thread = threading.Thread(target=self._run, name="distnn-overlap", daemon=True)
         self._thread.start()
 
@@ -117,12 +120,14 @@ class Overlap:
                 if self._closed:
                     return
                 group, key, (lo, hi), tail = self._todo.pop(0)
+            t0 = time.perf_counter()
             try:
                 if self._error is None:
                     group.reduce_span_(key, self.buf, lo, hi, tail)
             except BaseException as e:      # raised on the training thread (finish)
                 self._error = e
             with self._cond:
+                self.busy += time.perf_counter() - t0
                 self._pending -= 1
                 self._cond.notify_all()
 

@@ -25,7 +25,7 @@ SCALARS = {"batch_cost": "train/batch_cost", "train_cost": "train/cost", "train_
            "workers": "membership/workers", "bytes_per_step": "comm/bytes_per_step"}
 #: each rank's figures of an epoch (``history[].ranks``), as ranks/<rank>/<name>
 RANK_SCALARS = ("data_seconds", "compute_seconds", "compress_seconds", "comm_seconds",
-                "wait_seconds", "update_seconds", "bytes_sent")
+                "overlapped_seconds", "wait_seconds", "update_seconds", "bytes_sent")
 
 
 def saturation(net, x) -> dict[str, float]:
@@ -87,7 +87,7 @@ class TensorBoard(Callback):
     def on_epoch_end(self, epoch, logs, trainer):
         w = self.writer
         w.scalars(epoch, {tag: logs.get(k) for k, tag in SCALARS.items()})
-        w.scalars(epoch, {f"ranks/{r['rank']}/{k}": r[k] for r in logs.get("ranks") or ()
+        w.scalars(epoch, {f"ranks/{r['rank']}/{k}": r.get(k) for r in logs.get("ranks") or ()
                           for k in RANK_SCALARS})
         net = trainer.net
         x, y = self._probe(trainer)

@@ -243,10 +243,16 @@ def test_the_all_reduce_overlapped_with_backprop_gives_the_same_bits(ray_session
     process up to rounding."""
     c = cfg(allreduce="tcp", layers=(64, 48, 32, 16, 4), batch_size=21, epochs=2,
             optimizer="adam", lr=0.01, l2=1.0, ema=0.5, keep_prob=0.9, dtype="float64")
-    at_once = train(c.replace(bucket_mb=0.0), splits)["network"].params
+    m = train(c.replace(bucket_mb=0.0), splits)
+    at_once = m["network"].params
+    # where the step's communication went: all of it exposed when reduced at once ...
+    assert all(r["overlapped_seconds"] == 0 and r["comm_seconds"] > 0
+               for e in m["history"] for r in e["ranks"])
     for cap in (1e-6, 0.01):          # a bucket per layer; a few layers a bucket
-        overlapped = train(c.replace(bucket_mb=cap), splits)["network"].params
-        np.testing.assert_array_equal(overlapped, at_once)
+        m = train(c.replace(bucket_mb=cap), splits)
+        np.testing.assert_array_equal(m["network"].params, at_once)
+        # ... and partly behind backprop when overlapped (the thread's own clock)
+        assert all(r["overlapped_seconds"] > 0 for e in m["history"] for r in e["ranks"])
     one = train_one(c.replace(workers=1), splits)["network"].params
     np.testing.assert_allclose(at_once, one, rtol=1e-9, atol=1e-12)
 

@@ -45,6 +45,7 @@ def test_learns_separable_data(splits):
     parts = sum(r[k] for k in ("data_seconds", "compute_seconds", "compress_seconds",
                                "comm_seconds", "update_seconds"))
     assert 0.5 * r["seconds"] < parts <= r["seconds"] and r["compute_seconds"] > 0
+    assert r["overlapped_seconds"] == 0        # (only --bucket-mb's thread hides any)
     assert h[-1]["batch_cost"] < h[0]["batch_cost"]
 
 
