@@ -80,6 +80,13 @@ EXPERIMENTS = {
                   "pool 2, 1000-1000 ReLU with dropout) with momentum, a cosine schedule over "
                   "40 epochs, affine distortions and --ema 0.999, all 60,000 training images",
                   "99.60% (Nielsen ch. 6; Simard 2003)", "--recipe mnist-cnn", 1),
+    "mnist-cnn-bn": ("mnist-cnn with batch norm after every convolution and hidden dense "
+                     "layer (per channel)", "99.60% (Nielsen ch. 6; Simard 2003)",
+                     "--recipe mnist-cnn --batchnorm", 1),
+    "mnist-cnn-wide": ("mnist-cnn with its convolutions widened to 32@5x5 and 64@5x5",
+                       "99.60% (Nielsen ch. 6; Simard 2003)",
+                       "--recipe mnist-cnn --layers "
+                       "conv:32:5,pool:2,conv:64:5,pool:2,1000,1000,10", 1),
     "dropout": ("dropout 0.5 hidden + 0.2 input with max-norm (Hinton 2012 / Srivastava 2014)",
                 "98.7%–98.9%", "--recipe dropout --epochs 40", 1),
     "dropout-100": ("dropout, as above, 100 epochs", "98.7%–98.9%",
