@@ -397,7 +397,7 @@ def test_shrinks_when_a_worker_cannot_be_replaced_and_grows_back(ray_session, sp
     boundary.  The updates are those of the fault-free run: the same parameters up to
     rounding (float64).  Compressed, the summed errors move to the new worker 0 at each
     change, so their sum, all the result depends on, is kept."""
-    c = cfg(epochs=4, batch_size=6, lr=0.05, dtype="float64", replace_timeout=3.0,
+    c = cfg(epochs=4, batch_size=6, lr=0.05, dtype="float64", replace_timeout=10.0,
             compress=compress)
     clean = train(c, splits)
     out = train(c, splits, callbacks=[Squeeze(ray_session)])

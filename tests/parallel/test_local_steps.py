@@ -58,7 +58,7 @@ def test_a_lost_worker_not_replaced_moves_its_replicas_and_they_come_back(ray_se
     """Worker 1 killed after epoch 0 and its CPU taken: epoch 1 runs all 4 replicas on
     the one worker left, epoch 2 on 2 again.  Unlike the synchronous run (equal up to
     rounding), the parameters are the fault-free ones bit for bit."""
-    c = local(epochs=4, batch_size=8, replace_timeout=3.0, **OPTIONS[1])
+    c = local(epochs=4, batch_size=8, replace_timeout=10.0, **OPTIONS[1])
     clean = train(c, splits)
 
     out = train(c, splits, callbacks=[Squeeze(ray_session)])
